@@ -1,0 +1,589 @@
+"""ComfyUI's wire protocol as pure data: frames and JSON bodies in, typed records out.
+
+This module does no I/O and imports neither aiohttp nor asyncio (sans-I/O, as in the
+websockets library): the multiplexer feeds it raw WebSocket frames, the HTTP layer feeds it
+decoded JSON bodies, and the tests feed it recorded traffic of a real server.
+
+Every parser raises only :class:`~dreamgen_async.errors.ProtocolError` on input that does
+not follow the protocol. Unknown message types are not errors: they parse to
+:class:`UnknownMessage` / :class:`UnknownBinary`, which callers ignore.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeAlias
+
+from dreamgen_async.errors import NodeError, ProtocolError
+
+__all__ = [
+    "BinaryText",
+    "Event",
+    "Executed",
+    "Executing",
+    "ExecutionCached",
+    "ExecutionErrorEvent",
+    "ExecutionInterruptedEvent",
+    "ExecutionStart",
+    "ExecutionSuccess",
+    "FeatureFlags",
+    "HistoryRecord",
+    "ImageRef",
+    "PreviewImage",
+    "Progress",
+    "ProgressState",
+    "QueueItem",
+    "QueueState",
+    "Status",
+    "UnknownBinary",
+    "UnknownMessage",
+    "feature_flags_message",
+    "parse_binary",
+    "parse_history",
+    "parse_node_errors",
+    "parse_output_images",
+    "parse_queue",
+    "parse_text",
+]
+
+#: Binary event types (``uint32`` big-endian at the start of a binary frame).
+PREVIEW_IMAGE = 1
+UNENCODED_PREVIEW_IMAGE = 2
+TEXT = 3
+PREVIEW_IMAGE_WITH_METADATA = 4
+
+_IMAGE_FORMATS = {1: "image/jpeg", 2: "image/png"}
+
+JSONDict: TypeAlias = Mapping[str, Any]
+
+
+# --------------------------------------------------------------------------- records
+
+
+@dataclass(frozen=True, slots=True)
+class ImageRef:
+    """An image the server holds, as ``/view`` addresses it.
+
+    ``filename`` and ``subfolder`` come from the server: never use them as a local path.
+    """
+
+    filename: str
+    subfolder: str = ""
+    type: str = "output"
+
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    """Queue state broadcast to every socket. ``sid`` is set only on the greeting."""
+
+    queue_remaining: int
+    sid: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ExecutionStart:
+    prompt_id: str
+    timestamp: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ExecutionCached:
+    prompt_id: str
+    nodes: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Executing:
+    """A node started; ``node is None`` means the prompt is done and its history is written.
+
+    ``prompt_id`` is ``None`` on the re-send the server makes to a reconnecting socket.
+    """
+
+    prompt_id: str | None
+    node: str | None
+    display_node: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    prompt_id: str | None
+    node: str | None
+    value: float
+    max: float
+
+
+@dataclass(frozen=True, slots=True)
+class ProgressState:
+    prompt_id: str | None
+    nodes: Mapping[str, Mapping[str, Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class Executed:
+    """An output node finished; ``images`` are parsed from its ui ``output``."""
+
+    prompt_id: str
+    node: str
+    output: Mapping[str, Any] | None
+    images: tuple[ImageRef, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ExecutionSuccess:
+    prompt_id: str
+    timestamp: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ExecutionErrorEvent:
+    prompt_id: str
+    node_id: str | None
+    node_type: str | None
+    exception_type: str
+    exception_message: str
+    traceback: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ExecutionInterruptedEvent:
+    prompt_id: str
+    node_id: str | None
+    node_type: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class FeatureFlags:
+    flags: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class UnknownMessage:
+    type: str
+    data: Any
+
+
+@dataclass(frozen=True, slots=True)
+class PreviewImage:
+    """A sampler preview (not an output). ``prompt_id`` is known only after negotiation."""
+
+    prompt_id: str | None
+    node_id: str | None
+    mime_type: str
+    data: bytes = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class BinaryText:
+    """A TEXT binary frame (type 3): progress text from a node, broadcast to every socket."""
+
+    node_id: str
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class UnknownBinary:
+    event_type: int
+    payload: bytes = field(repr=False)
+
+
+Event: TypeAlias = (
+    Status
+    | ExecutionStart
+    | ExecutionCached
+    | Executing
+    | Progress
+    | ProgressState
+    | Executed
+    | ExecutionSuccess
+    | ExecutionErrorEvent
+    | ExecutionInterruptedEvent
+    | FeatureFlags
+    | UnknownMessage
+    | PreviewImage
+    | BinaryText
+    | UnknownBinary
+)
+
+
+# --------------------------------------------------------------------------- field helpers
+
+
+def _str(data: JSONDict, key: str, what: str) -> str:
+    value = data.get(key)
+    if not isinstance(value, str):
+        raise ProtocolError(f"{what}: field {key!r} must be a string, got {value!r:.80}")
+    return value
+
+
+def _opt_str(data: JSONDict, key: str, what: str) -> str | None:
+    value = data.get(key)
+    if value is None:
+        return None
+    if isinstance(value, str | int) and not isinstance(value, bool):
+        return str(value)
+    raise ProtocolError(f"{what}: field {key!r} must be a string or null, got {value!r:.80}")
+
+
+def _number(data: JSONDict, key: str, what: str) -> float:
+    value = data.get(key)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ProtocolError(f"{what}: field {key!r} must be a number, got {value!r:.80}")
+    return float(value)
+
+
+def _opt_int(data: JSONDict, key: str) -> int | None:
+    value = data.get(key)
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _dict(value: Any, what: str) -> JSONDict:
+    if not isinstance(value, dict):
+        raise ProtocolError(f"{what} must be a JSON object, got {type(value).__name__}")
+    return value
+
+
+# --------------------------------------------------------------------------- text frames
+
+
+def parse_output_images(output: Any) -> tuple[ImageRef, ...]:
+    """The images of one node's ui output (``{"images": [{filename, subfolder, type}]}``).
+
+    Entries that are not well-formed image records are skipped: a custom node may put
+    anything in its ui dict, and that must not cost us the other images.
+    """
+    if not isinstance(output, dict):
+        return ()
+    images = output.get("images")
+    if not isinstance(images, list):
+        return ()
+    refs = []
+    for item in images:
+        if isinstance(item, dict) and isinstance(item.get("filename"), str):
+            subfolder = item.get("subfolder")
+            kind = item.get("type")
+            refs.append(
+                ImageRef(
+                    filename=item["filename"],
+                    subfolder=subfolder if isinstance(subfolder, str) else "",
+                    type=kind if isinstance(kind, str) else "output",
+                )
+            )
+    return tuple(refs)
+
+
+def _parse_status(data: JSONDict) -> Status:
+    status = _dict(data.get("status"), "status.status")
+    exec_info = _dict(status.get("exec_info"), "status.exec_info")
+    remaining = _number(exec_info, "queue_remaining", "status")
+    sid = data.get("sid")
+    return Status(queue_remaining=int(remaining), sid=sid if isinstance(sid, str) else None)
+
+
+def _parse_executing(data: JSONDict) -> Executing:
+    return Executing(
+        prompt_id=_opt_str(data, "prompt_id", "executing"),
+        node=_opt_str(data, "node", "executing"),
+        display_node=_opt_str(data, "display_node", "executing"),
+    )
+
+
+def _parse_cached(data: JSONDict) -> ExecutionCached:
+    nodes = data.get("nodes")
+    if not isinstance(nodes, list):
+        raise ProtocolError("execution_cached: field 'nodes' must be a list")
+    return ExecutionCached(
+        prompt_id=_str(data, "prompt_id", "execution_cached"),
+        nodes=tuple(str(n) for n in nodes),
+    )
+
+
+def _parse_progress(data: JSONDict) -> Progress:
+    return Progress(
+        prompt_id=_opt_str(data, "prompt_id", "progress"),
+        node=_opt_str(data, "node", "progress"),
+        value=_number(data, "value", "progress"),
+        max=_number(data, "max", "progress"),
+    )
+
+
+def _parse_progress_state(data: JSONDict) -> ProgressState:
+    nodes = _dict(data.get("nodes"), "progress_state.nodes")
+    return ProgressState(
+        prompt_id=_opt_str(data, "prompt_id", "progress_state"),
+        nodes={str(k): v for k, v in nodes.items() if isinstance(v, dict)},
+    )
+
+
+def _parse_executed(data: JSONDict) -> Executed:
+    output = data.get("output")
+    if output is not None and not isinstance(output, dict):
+        raise ProtocolError("executed: field 'output' must be an object or null")
+    return Executed(
+        prompt_id=_str(data, "prompt_id", "executed"),
+        node=_str(data, "node", "executed"),
+        output=output,
+        images=parse_output_images(output),
+    )
+
+
+def _parse_error(data: JSONDict) -> ExecutionErrorEvent:
+    tb = data.get("traceback")
+    return ExecutionErrorEvent(
+        prompt_id=_str(data, "prompt_id", "execution_error"),
+        node_id=_opt_str(data, "node_id", "execution_error"),
+        node_type=_opt_str(data, "node_type", "execution_error"),
+        exception_type=str(data.get("exception_type") or "Exception"),
+        exception_message=str(data.get("exception_message") or ""),
+        traceback=tuple(str(line) for line in tb) if isinstance(tb, list) else (),
+    )
+
+
+def _parse_interrupted(data: JSONDict) -> ExecutionInterruptedEvent:
+    return ExecutionInterruptedEvent(
+        prompt_id=_str(data, "prompt_id", "execution_interrupted"),
+        node_id=_opt_str(data, "node_id", "execution_interrupted"),
+        node_type=_opt_str(data, "node_type", "execution_interrupted"),
+    )
+
+
+_TEXT_PARSERS: dict[str, Callable[[JSONDict], Event]] = {
+    "status": _parse_status,
+    "execution_start": lambda d: ExecutionStart(
+        _str(d, "prompt_id", "execution_start"), _opt_int(d, "timestamp")
+    ),
+    "execution_cached": _parse_cached,
+    "executing": _parse_executing,
+    "progress": _parse_progress,
+    "progress_state": _parse_progress_state,
+    "executed": _parse_executed,
+    "execution_success": lambda d: ExecutionSuccess(
+        _str(d, "prompt_id", "execution_success"), _opt_int(d, "timestamp")
+    ),
+    "execution_error": _parse_error,
+    "execution_interrupted": _parse_interrupted,
+    "feature_flags": lambda d: FeatureFlags(dict(d)),
+}
+
+
+def parse_text(frame: str | bytes) -> Event:
+    """Parse one text frame (``{"type": T, "data": {...}}``) into an event.
+
+    Raises:
+        ProtocolError: not JSON, not an object, or a known type with malformed fields.
+    """
+    try:
+        message = json.loads(frame)
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise ProtocolError(f"text frame is not JSON: {exc}") from exc
+    message = _dict(message, "a text frame")
+    kind = message.get("type")
+    if not isinstance(kind, str):
+        raise ProtocolError("text frame has no string 'type'")
+    parser = _TEXT_PARSERS.get(kind)
+    if parser is None:
+        return UnknownMessage(type=kind, data=message.get("data"))
+    return parser(_dict(message.get("data"), f"{kind}.data"))
+
+
+def feature_flags_message() -> str:
+    """The first message a client sends to get previews attributed to their prompt."""
+    return json.dumps({"type": "feature_flags", "data": {"supports_preview_metadata": True}})
+
+
+# --------------------------------------------------------------------------- binary frames
+
+_U32 = struct.Struct(">I")
+
+
+def _u32(data: bytes, offset: int, what: str) -> int:
+    if len(data) < offset + 4:
+        raise ProtocolError(f"binary frame truncated: no room for {what}")
+    value: int = _U32.unpack_from(data, offset)[0]
+    return value
+
+
+def parse_binary(frame: bytes) -> Event:
+    """Parse one binary frame (``uint32`` big-endian event type, then a payload).
+
+    Raises:
+        ProtocolError: truncated headers, lengths past the end, bad metadata JSON.
+    """
+    event_type = _u32(frame, 0, "the event type")
+    if event_type == PREVIEW_IMAGE:
+        image_format = _u32(frame, 4, "the image format")
+        return PreviewImage(
+            prompt_id=None,
+            node_id=None,
+            mime_type=_IMAGE_FORMATS.get(image_format, "application/octet-stream"),
+            data=bytes(frame[8:]),
+        )
+    if event_type == PREVIEW_IMAGE_WITH_METADATA:
+        length = _u32(frame, 4, "the metadata length")
+        if 8 + length > len(frame):
+            raise ProtocolError(
+                f"binary frame: metadata length {length} runs past the frame ({len(frame)} bytes)"
+            )
+        try:
+            metadata = json.loads(frame[8 : 8 + length])
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+            raise ProtocolError(f"preview metadata is not JSON: {exc}") from exc
+        metadata = _dict(metadata, "preview metadata")
+        image_type = metadata.get("image_type")
+        return PreviewImage(
+            prompt_id=_opt_str(metadata, "prompt_id", "preview metadata"),
+            node_id=_opt_str(metadata, "node_id", "preview metadata"),
+            mime_type=image_type if isinstance(image_type, str) else "application/octet-stream",
+            data=bytes(frame[8 + length :]),
+        )
+    if event_type == TEXT:
+        length = _u32(frame, 4, "the node id length")
+        if 8 + length > len(frame):
+            raise ProtocolError(f"binary text frame: node id length {length} runs past the frame")
+        try:
+            node_id = frame[8 : 8 + length].decode()
+            text = frame[8 + length :].decode()
+        except UnicodeDecodeError as exc:
+            raise ProtocolError(f"binary text frame is not UTF-8: {exc}") from exc
+        return BinaryText(node_id=node_id, text=text)
+    return UnknownBinary(event_type=event_type, payload=bytes(frame[4:]))
+
+
+# --------------------------------------------------------------------------- HTTP bodies
+
+
+@dataclass(frozen=True, slots=True)
+class QueueItem:
+    """One entry of ``GET /queue``. Only the fields a client needs are kept."""
+
+    number: float
+    prompt_id: str
+    client_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class QueueState:
+    """``GET /queue``: ``pending`` is sorted in run order (the server sends a raw heap)."""
+
+    running: tuple[QueueItem, ...]
+    pending: tuple[QueueItem, ...]
+
+    def __contains__(self, prompt_id: object) -> bool:
+        return any(item.prompt_id == prompt_id for item in (*self.running, *self.pending))
+
+    def is_running(self, prompt_id: str) -> bool:
+        return any(item.prompt_id == prompt_id for item in self.running)
+
+
+def _queue_item(raw: Any) -> QueueItem:
+    if not isinstance(raw, list) or len(raw) < 2:
+        raise ProtocolError(f"queue item must be a list of at least 2 entries, got {raw!r:.80}")
+    number, prompt_id = raw[0], raw[1]
+    if isinstance(number, bool) or not isinstance(number, int | float):
+        raise ProtocolError(f"queue item number must be a number, got {number!r:.40}")
+    if not isinstance(prompt_id, str):
+        raise ProtocolError(f"queue item prompt_id must be a string, got {prompt_id!r:.40}")
+    extra = raw[3] if len(raw) > 3 and isinstance(raw[3], dict) else {}
+    client_id = extra.get("client_id")
+    return QueueItem(float(number), prompt_id, client_id if isinstance(client_id, str) else None)
+
+
+def parse_queue(body: Any) -> QueueState:
+    """Parse ``GET /queue`` into a :class:`QueueState` with pending in run order."""
+    body = _dict(body, "/queue body")
+    running = body.get("queue_running", [])
+    pending = body.get("queue_pending", [])
+    if not isinstance(running, list) or not isinstance(pending, list):
+        raise ProtocolError("/queue body: queue_running and queue_pending must be lists")
+    items = sorted((_queue_item(x) for x in pending), key=lambda i: (i.number, i.prompt_id))
+    return QueueState(running=tuple(_queue_item(x) for x in running), pending=tuple(items))
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryRecord:
+    """One ``/history/{id}`` entry.
+
+    Attributes:
+        status: ``"success"`` or ``"error"`` (``status_str``).
+        completed: The server's ``completed`` flag.
+        outputs: Images per output node id.
+        interrupted: Whether the last message was ``execution_interrupted``.
+        error: The ``execution_error`` message data, when the prompt failed.
+    """
+
+    prompt_id: str
+    status: str
+    completed: bool
+    outputs: Mapping[str, tuple[ImageRef, ...]]
+    interrupted: bool = False
+    error: ExecutionErrorEvent | None = None
+
+
+def parse_history(prompt_id: str, body: Any) -> HistoryRecord | None:
+    """Parse ``GET /history/{id}``; ``None`` when the server has no entry (``{}``).
+
+    ``{}`` means either "queued or running" or "unknown": ask ``/queue`` to tell them apart.
+    """
+    body = _dict(body, "/history body")
+    entry = body.get(prompt_id)
+    if entry is None:
+        return None
+    entry = _dict(entry, f"/history entry {prompt_id}")
+    outputs_raw = entry.get("outputs") or {}
+    outputs_raw = _dict(outputs_raw, "history outputs")
+    outputs = {str(node): parse_output_images(ui) for node, ui in outputs_raw.items()}
+    status = entry.get("status") or {}
+    status = _dict(status, "history status")
+    messages = status.get("messages") or []
+    last_event = None
+    error = None
+    if isinstance(messages, list):
+        for item in messages:
+            if isinstance(item, list) and len(item) == 2 and isinstance(item[0], str):
+                last_event = item[0]
+                if item[0] == "execution_error" and isinstance(item[1], dict):
+                    error = _parse_error({"prompt_id": prompt_id, **item[1]})
+    status_str = status.get("status_str")
+    return HistoryRecord(
+        prompt_id=prompt_id,
+        status=status_str if isinstance(status_str, str) else "success",
+        completed=bool(status.get("completed", True)),
+        outputs=outputs,
+        interrupted=last_event == "execution_interrupted",
+        error=error,
+    )
+
+
+def parse_node_errors(raw: Any) -> tuple[NodeError, ...]:
+    """Flatten ``node_errors`` (``{node_id: {"errors": [...], "class_type": ...}}``).
+
+    One :class:`NodeError` per reported error, in node order; the input name is taken from
+    ``extra_info.input_name`` when the server gave it.
+    """
+    if not isinstance(raw, dict):
+        return ()
+    result = []
+    for node_id, node in raw.items():
+        if not isinstance(node, dict):
+            continue
+        class_type = node.get("class_type")
+        for err in node.get("errors") or []:
+            if not isinstance(err, dict):
+                continue
+            extra = err.get("extra_info")
+            extra = extra if isinstance(extra, dict) else {}
+            input_name = extra.get("input_name")
+            result.append(
+                NodeError(
+                    node_id=str(node_id),
+                    class_type=class_type if isinstance(class_type, str) else None,
+                    type=str(err.get("type") or "unknown"),
+                    message=str(err.get("message") or ""),
+                    details=str(err.get("details") or ""),
+                    input_name=input_name if isinstance(input_name, str) else None,
+                    extra_info=extra,
+                )
+            )
+    return tuple(result)
