@@ -1,0 +1,647 @@
+"""The simulator's queue, worker and execution: what happens to a prompt after ``POST /prompt``.
+
+One worker task runs one prompt at a time, in ``(number, prompt_id)`` order, and emits exactly
+the WebSocket messages a real ComfyUI 0.8.0 emits, in the recorded order (see
+``COMFYUI_PROTOCOL.md`` section 6): two ``status`` frames around the dequeue,
+``execution_start``, ``execution_cached``, per node ``progress_state`` + ``executing``, sampler
+steps as ``progress_state``/``progress``/previews, ``executed`` for output nodes,
+``execution_success``, then the history entry, ``status`` and ``executing {node: null}``.
+
+Node outputs are cached by input signature like ComfyUI's classic cache: an entry survives only
+while the next prompt still uses it, and an identical graph runs nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import heapq
+import json
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from dreamgen_async.testing.hub import Hub
+from dreamgen_async.testing.nodes import (
+    Latent,
+    NodeRegistry,
+    NodeResult,
+    NodeRuntimeError,
+    RunContext,
+    encode_jpeg,
+    resolve_input_path,
+    sample_images,
+)
+
+PromptStatus = Literal["pending", "running", "success", "error", "interrupted", "deleted", "lost"]
+
+HISTORY_CAPACITY = 10_000
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class SimPrompt:
+    """What the simulator knows about one accepted prompt (for tests to assert on).
+
+    ``status`` is ``lost`` when a :meth:`ComfyUISimulator.restart` dropped it unfinished.
+    ``outputs`` are the file records the prompt produced (or re-sent from cache) and
+    ``output_bytes`` their PNG bytes, in the same order.
+    """
+
+    prompt_id: str
+    client_id: str | None
+    graph: dict[str, Any]
+    number: float
+    extra_data: dict[str, Any]
+    outputs_to_execute: list[str]
+    status: PromptStatus = "pending"
+    outputs: list[dict[str, str]] = field(default_factory=list)
+    output_bytes: list[bytes] = field(default_factory=list)
+    executed_nodes: list[str] = field(default_factory=list)
+    cached_nodes: list[str] = field(default_factory=list)
+
+
+@dataclass(order=True)
+class QueueItem:
+    """One queued prompt; orders like ComfyUI's heap tuples, by (number, prompt_id)."""
+
+    number: float
+    prompt_id: str
+    graph: dict[str, Any] = field(compare=False)
+    extra_data: dict[str, Any] = field(compare=False)
+    outputs: list[str] = field(compare=False)
+
+    def as_list(self) -> list[Any]:
+        """The ``/queue`` item form: ``[number, prompt_id, prompt, extra_data, outputs]``."""
+        return [self.number, self.prompt_id, self.graph, self.extra_data, self.outputs]
+
+
+@dataclass
+class _CacheEntry:
+    result: NodeResult
+    files: list[dict[str, str]]
+    data: list[bytes]
+
+
+class _Interrupted(Exception):
+    def __init__(self, node_id: str) -> None:
+        super().__init__(node_id)
+        self.node_id = node_id
+
+
+@dataclass
+class EngineConfig:
+    """The engine's knobs (a subset of SimulatorConfig)."""
+
+    step_time: float = 0.0
+    node_time: float = 0.0
+    preview_method: str = "none"
+    history_delay: float = 0.0
+    history_capacity: int = HISTORY_CAPACITY
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class Engine:
+    """Queue, history, cache and the worker task.
+
+    Args:
+        config: timings and preview settings (read live: changes apply to the next step).
+        registry: the node classes.
+        hub: where WebSocket events go.
+        dirs: (input, output, temp) directories.
+        prompts: the simulator's record of accepted prompts, updated as they progress.
+        changed: called after every state change (wakes ``wait_until``).
+    """
+
+    def __init__(
+        self,
+        config: EngineConfig,
+        registry: NodeRegistry,
+        hub: Hub,
+        dirs: tuple[Path, Path, Path],
+        prompts: dict[str, SimPrompt],
+        changed: Callable[[], None],
+    ) -> None:
+        self.config = config
+        self.registry = registry
+        self.hub = hub
+        self.dirs = dirs
+        self.prompts = prompts
+        self._changed = changed
+        self.queue: list[QueueItem] = []
+        self.running: QueueItem | None = None
+        self.history: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self.cache: dict[str, _CacheEntry] = {}
+        self.number = 0
+        self.current_client: str | None = None
+        self.last_node_id: str | None = None
+        self.stalled: set[str] = set()
+        self.stall_next_prompt = False
+        self._wakeup = asyncio.Event()
+        self._released = asyncio.Event()
+        self._released.set()
+        self._interrupt = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    # ---------------------------------------------------------------- lifecycle
+
+    def start(self) -> None:
+        """Start the worker task."""
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._worker(), name="sim-worker")
+
+    async def stop(self) -> None:
+        """Cancel the worker and wait for it; the running prompt leaves no trace."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                current = asyncio.current_task()
+                if current is not None and current.cancelling():
+                    raise
+
+    async def reset(self) -> None:
+        """Forget queue, history, cache and the running prompt (a server restart)."""
+        unfinished = [*self.queue, *([self.running] if self.running else [])]
+        await self.stop()
+        for item in unfinished:
+            prompt = self.prompts.get(item.prompt_id)
+            if prompt is not None and prompt.status in ("pending", "running"):
+                prompt.status = "lost"
+        self.queue.clear()
+        self.running = None
+        self.history.clear()
+        self.cache.clear()
+        self.number = 0
+        self.current_client = None
+        self.last_node_id = None
+        self.start()
+        self._changed()
+
+    # ---------------------------------------------------------------- queue
+
+    def queue_remaining(self) -> int:
+        """Pending plus running prompts (``exec_info.queue_remaining``)."""
+        return len(self.queue) + (1 if self.running is not None else 0)
+
+    def send_status(self) -> None:
+        """Broadcast ``status`` with the current queue size."""
+        self.hub.send_json(
+            "status", {"status": {"exec_info": {"queue_remaining": self.queue_remaining()}}}, None
+        )
+
+    def next_number(self, front: bool) -> int:
+        """ComfyUI's queue number for a prompt without an explicit ``number``."""
+        number = -self.number if front else self.number
+        self.number += 1
+        return number
+
+    def put(self, item: QueueItem) -> None:
+        """Queue a validated prompt and broadcast ``status``."""
+        heapq.heappush(self.queue, item)
+        self.send_status()
+        self._wakeup.set()
+        self._changed()
+
+    def delete(self, prompt_ids: list[str]) -> None:
+        """Remove pending prompts (a running one is untouched); one ``status`` per removal."""
+        for prompt_id in prompt_ids:
+            for index, item in enumerate(self.queue):
+                if item.prompt_id == prompt_id:
+                    self.queue.pop(index)
+                    heapq.heapify(self.queue)
+                    self._mark(prompt_id, "deleted")
+                    self.send_status()
+                    break
+        self._changed()
+
+    def clear(self) -> None:
+        """Remove every pending prompt; one ``status``."""
+        for item in self.queue:
+            self._mark(item.prompt_id, "deleted")
+        self.queue.clear()
+        self.send_status()
+        self._changed()
+
+    def interrupt(self, prompt_id: str | None) -> None:
+        """Interrupt the running prompt: any (``None``) or only if it is ``prompt_id``."""
+        if self.running is None:
+            return
+        if prompt_id is None or prompt_id == self.running.prompt_id:
+            self._interrupt.set()
+
+    def hold(self) -> None:
+        """Do not start another prompt until :meth:`release`."""
+        self._released.clear()
+
+    def release(self) -> None:
+        """Let the worker start prompts again."""
+        self._released.set()
+
+    def _mark(self, prompt_id: str, status: PromptStatus) -> None:
+        prompt = self.prompts.get(prompt_id)
+        if prompt is not None:
+            prompt.status = status
+
+    # ---------------------------------------------------------------- worker
+
+    async def _worker(self) -> None:
+        while True:
+            await self._released.wait()
+            if not self.queue:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            item = heapq.heappop(self.queue)
+            self.running = item
+            self._interrupt.clear()
+            self._mark(item.prompt_id, "running")
+            self.send_status()
+            self._changed()
+            try:
+                await self._execute(item)
+            except Exception:  # a simulator bug must not kill the worker
+                logger.exception("simulator: prompt %s crashed", item.prompt_id)
+                self._mark(item.prompt_id, "error")
+                self.running = None
+                self.send_status()
+                self._changed()
+            finally:
+                self.running = None
+                self.current_client = None
+                self.last_node_id = None
+
+    async def _execute(self, item: QueueItem) -> None:
+        prompt_id = item.prompt_id
+        graph = item.graph
+        sid = item.extra_data.get("client_id")
+        sid = str(sid) if sid is not None else None
+        self.current_client = sid
+        record = self.prompts.get(prompt_id)
+        messages: list[list[Any]] = []
+
+        def add_message(event: str, data: dict[str, Any], broadcast: bool) -> None:
+            messages.append([event, data])
+            if sid is not None or broadcast:
+                self.hub.send_json(event, data, sid)
+
+        add_message("execution_start", {"prompt_id": prompt_id, "timestamp": _now_ms()}, False)
+        signatures: dict[str, str] = {}
+        for node_id in graph:
+            self._signature(graph, node_id, signatures)
+        used = set(signatures.values())
+        self.cache = {key: entry for key, entry in self.cache.items() if key in used}
+        cached = [node_id for node_id in graph if signatures[node_id] in self.cache]
+        add_message(
+            "execution_cached",
+            {"nodes": cached, "prompt_id": prompt_id, "timestamp": _now_ms()},
+            False,
+        )
+        if record is not None:
+            record.cached_nodes = list(cached)
+        order = self._execution_order(graph, item.outputs, set(cached))
+        stall = prompt_id in self.stalled or self.stall_next_prompt
+        self.stall_next_prompt = False
+
+        progress: dict[str, dict[str, Any]] = {}
+        results: dict[str, NodeResult] = {}
+        outputs_ui: dict[str, Any] = {}
+        meta: dict[str, Any] = {}
+        executed: list[str] = []
+        status_str = "success"
+        final: PromptStatus = "success"
+
+        def send_progress_state() -> None:
+            self.hub.send_json(
+                "progress_state",
+                {"prompt_id": prompt_id, "nodes": {k: dict(v) for k, v in progress.items()}},
+                sid,
+            )
+
+        def set_progress(node_id: str, value: float, maximum: float, state: str) -> None:
+            progress[node_id] = {
+                "value": value,
+                "max": maximum,
+                "state": state,
+                "node_id": node_id,
+                "prompt_id": prompt_id,
+                "display_node_id": node_id,
+                "parent_node_id": None,
+                "real_node_id": node_id,
+            }
+            send_progress_state()
+
+        def remember_output(node_id: str, ui: dict[str, Any], files: list[bytes]) -> None:
+            outputs_ui[node_id] = ui
+            meta[node_id] = {
+                "node_id": node_id,
+                "display_node": node_id,
+                "parent_node": None,
+                "real_node_id": node_id,
+            }
+            if sid is not None:
+                self.hub.send_json(
+                    "executed",
+                    {
+                        "node": node_id,
+                        "display_node": node_id,
+                        "output": ui,
+                        "prompt_id": prompt_id,
+                    },
+                    sid,
+                )
+            if record is not None:
+                record.outputs.extend(ui.get("images", []))
+                record.output_bytes.extend(files)
+
+        try:
+            for node_id in order:
+                node = graph[node_id]
+                entry = self.cache.get(signatures[node_id])
+                if entry is not None:
+                    results[node_id] = entry.result
+                    if entry.result.ui is not None:
+                        remember_output(node_id, entry.result.ui, entry.data)
+                    set_progress(node_id, 1.0, 1.0, "finished")
+                    continue
+                set_progress(node_id, 0.0, 1.0, "running")
+                self.last_node_id = node_id
+                if sid is not None:
+                    self.hub.send_json(
+                        "executing",
+                        {"node": node_id, "display_node": node_id, "prompt_id": prompt_id},
+                        sid,
+                    )
+                self._changed()
+                await self._pause(self.config.node_time, node_id)
+                if stall:
+                    stall = False
+                    await self._interrupt.wait()
+                    self._check(node_id)
+                node_def = self.registry.get(node["class_type"])
+                assert node_def is not None  # validated on POST
+                inputs = self._gather(node.get("inputs", {}), results, signatures)
+                maximum: float = 1.0
+                if node_def.steps_input is not None:
+                    steps = int(inputs[node_def.steps_input])
+                    maximum = steps
+                    await self._sample_steps(node_id, inputs, steps, item, sid, set_progress)
+                ctx = RunContext(*self.dirs, prompt_id=prompt_id, node_id=node_id)
+                try:
+                    result = node_def.run(ctx, inputs)
+                except Exception as exc:
+                    if not isinstance(exc, NodeRuntimeError):
+                        exc = NodeRuntimeError(str(exc), type(exc).__name__)
+                    add_message(
+                        "execution_error",
+                        {
+                            "prompt_id": prompt_id,
+                            "node_id": node_id,
+                            "node_type": node["class_type"],
+                            "executed": list(executed),
+                            "exception_message": str(exc),
+                            "exception_type": exc.exception_type,
+                            "traceback": [
+                                f'  File "simulator/nodes.py", in {node["class_type"]}\n'
+                            ],
+                            "current_inputs": {
+                                k: [v] for k, v in node.get("inputs", {}).items()
+                                if not isinstance(v, list)
+                            },
+                            "current_outputs": list(graph),
+                            "timestamp": _now_ms(),
+                        },
+                        False,
+                    )  # fmt: skip
+                    status_str, final = "error", "error"
+                    break
+                results[node_id] = result
+                self.cache[signatures[node_id]] = _CacheEntry(result, ctx.saved, ctx.written)
+                executed.append(node_id)
+                if record is not None:
+                    record.executed_nodes.append(node_id)
+                if result.ui is not None:
+                    remember_output(node_id, result.ui, ctx.written)
+                set_progress(node_id, maximum, maximum, "finished")
+            else:
+                if stall:  # everything was cached: still honour the stall
+                    await self._interrupt.wait()
+                    self._check(order[-1] if order else "")
+                success = {"prompt_id": prompt_id, "timestamp": _now_ms()}
+                add_message("execution_success", success, False)
+        except _Interrupted as exc:
+            add_message(
+                "execution_interrupted",
+                {
+                    "prompt_id": prompt_id,
+                    "node_id": exc.node_id,
+                    "node_type": graph[exc.node_id]["class_type"] if exc.node_id in graph else "",
+                    "executed": list(executed),
+                    "timestamp": _now_ms(),
+                },
+                True,
+            )
+            status_str, final = "error", "interrupted"
+
+        # The real server writes history from another thread: a client that asks on
+        # execution_success may still get {} (the history race).
+        if self.config.history_delay > 0:
+            await asyncio.sleep(self.config.history_delay)
+        else:
+            await asyncio.sleep(0)
+        self.history[prompt_id] = {
+            "prompt": item.as_list(),
+            "outputs": outputs_ui,
+            "status": {
+                "status_str": status_str,
+                "completed": status_str == "success",
+                "messages": messages,
+            },
+            "meta": meta,
+        }
+        self.history.move_to_end(prompt_id)
+        while len(self.history) > self.config.history_capacity:
+            self.history.popitem(last=False)
+        self.running = None
+        self._mark(prompt_id, final)
+        self.send_status()
+        if sid is not None:
+            self.hub.send_json("executing", {"node": None, "prompt_id": prompt_id}, sid)
+        self._changed()
+
+    async def _sample_steps(
+        self,
+        node_id: str,
+        inputs: dict[str, Any],
+        steps: int,
+        item: QueueItem,
+        sid: str | None,
+        set_progress: Callable[[str, float, float, str], None],
+    ) -> None:
+        method = str(item.extra_data.get("preview_method", self.config.preview_method))
+        previews = method not in ("none", "")
+        for step in range(1, steps + 1):
+            await self._pause(self.config.step_time, node_id)
+            set_progress(node_id, step, steps, "running")
+            jpeg = b""
+            if previews:
+                latent: Latent = inputs["latent_image"]
+                images = sample_images(
+                    Latent(latent.images[:1]),
+                    inputs["positive"].text,
+                    int(inputs["seed"]),
+                    float(inputs["denoise"]),
+                    step / steps,
+                )
+                jpeg = encode_jpeg(images[0])
+                metadata = {
+                    "node_id": node_id,
+                    "prompt_id": item.prompt_id,
+                    "display_node_id": node_id,
+                    "parent_node_id": None,
+                    "real_node_id": node_id,
+                    "image_type": "image/jpeg",
+                }
+                self.hub.send_preview(jpeg, sid, metadata, with_metadata=True)
+            self.hub.send_json(
+                "progress",
+                {"value": step, "max": steps, "prompt_id": item.prompt_id, "node": node_id},
+                sid,
+            )
+            if previews:
+                self.hub.send_preview(jpeg, sid, {}, with_metadata=False)
+
+    async def _pause(self, seconds: float, node_id: str) -> None:
+        """Spend simulated time (or just yield), then honour a pending interrupt."""
+        if seconds > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._interrupt.wait(), seconds)
+        else:
+            await asyncio.sleep(0)
+        self._check(node_id)
+
+    def _check(self, node_id: str) -> None:
+        if self._interrupt.is_set():
+            raise _Interrupted(node_id)
+
+    # ---------------------------------------------------------------- graph helpers
+
+    def _gather(
+        self, raw: dict[str, Any], results: dict[str, NodeResult], signatures: dict[str, str]
+    ) -> dict[str, Any]:
+        """A node's input values: literals, or outputs of upstream nodes (run or cached)."""
+        inputs: dict[str, Any] = {}
+        for name, value in raw.items():
+            if isinstance(value, list) and len(value) == 2:
+                source = str(value[0])
+                result = results.get(source)
+                if result is None:
+                    result = self.cache[signatures[source]].result
+                inputs[name] = result.outputs[int(value[1])]
+            elif isinstance(value, dict) and "__value__" in value:
+                inputs[name] = value["__value__"]
+            else:
+                inputs[name] = value
+        return inputs
+
+    def _signature(self, graph: dict[str, Any], node_id: str, memo: dict[str, str]) -> str:
+        """A hash of the node's class, literal inputs, upstream signatures and file content."""
+        if node_id in memo:
+            return memo[node_id]
+        node = graph[node_id]
+        parts: list[Any] = [node["class_type"]]
+        inputs = node.get("inputs", {})
+        for name in sorted(inputs):
+            value = inputs[name]
+            if isinstance(value, list) and len(value) == 2 and str(value[0]) in graph:
+                parts.append([name, self._signature(graph, str(value[0]), memo), value[1]])
+            else:
+                parts.append([name, value])
+        if node["class_type"] == "LoadImage":
+            path = resolve_input_path(*self.dirs, str(inputs.get("image", "")))
+            try:
+                parts.append(hashlib.sha256(path.read_bytes()).hexdigest())
+            except OSError:
+                parts.append(None)
+        digest = hashlib.sha256(json.dumps(parts, default=repr).encode()).hexdigest()
+        memo[node_id] = digest
+        return digest
+
+    def _execution_order(
+        self, graph: dict[str, Any], outputs: list[str], cached: set[str]
+    ) -> list[str]:
+        """The order ComfyUI's execution list runs nodes in (dependency order, UX tie-breaks)."""
+        pending: dict[str, None] = {}
+        blockers: dict[str, set[str]] = {}
+        blocking: dict[str, set[str]] = {}
+
+        def links(node_id: str) -> list[str]:
+            found = []
+            for value in graph[node_id].get("inputs", {}).values():
+                if isinstance(value, list) and len(value) == 2:
+                    found.append(str(value[0]))
+            return found
+
+        def add(start: str) -> None:
+            stack = [start]
+            edges: list[tuple[str, str]] = []
+            while stack:
+                node_id = stack.pop()
+                if node_id in pending:
+                    continue
+                pending[node_id] = None
+                blockers[node_id] = set()
+                blocking[node_id] = set()
+                for source in links(node_id):
+                    if source not in cached:
+                        stack.append(source)
+                    edges.append((source, node_id))
+            for source, target in edges:
+                if source not in cached or source in pending:
+                    add(source)
+                    blocking[source].add(target)
+                    blockers[target].add(source)
+
+        for out in outputs:
+            add(out)
+
+        def is_output(node_id: str) -> bool:
+            node_def = self.registry.get(graph[node_id]["class_type"])
+            return node_def is not None and node_def.output_node
+
+        def pick(ready: list[str]) -> str:
+            for node_id in ready:
+                if is_output(node_id):
+                    return node_id
+            for node_id in ready:
+                if any(is_output(b) for b in blocking[node_id]):
+                    return node_id
+            for node_id in ready:
+                if any(is_output(c) for b in blocking[node_id] for c in blocking[b]):
+                    return node_id
+            return ready[0]
+
+        order: list[str] = []
+        while pending:
+            ready = [n for n in pending if not blockers[n]]
+            if not ready:  # a cycle: the real server errors; run what is left in id order
+                ready = list(pending)
+            node_id = pick(ready)
+            order.append(node_id)
+            del pending[node_id]
+            for target in blocking.pop(node_id, set()):
+                if target in blockers:
+                    blockers[target].discard(node_id)
+            blockers.pop(node_id, None)
+        return order

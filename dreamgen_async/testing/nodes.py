@@ -1,0 +1,975 @@
+"""Node definitions, prompt validation and the cheap image maths of the ComfyUI simulator.
+
+Each simulated node has ComfyUI's real class name, input names, input types, ranges and output
+indices, so that ``/object_info`` and validation errors look like the real server's. Running a
+node is cheap and deterministic: the "model" is a Pillow blend between the input pixels and a
+pattern derived from a hash of the prompt text and seed, with the blend strength = ``denoise``.
+
+Validation follows ComfyUI 0.8.0's rules and error bodies (``invalid_prompt``,
+``prompt_no_outputs``, ``prompt_outputs_failed_validation`` with per-node ``node_errors``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import re
+import traceback
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, UnidentifiedImageError
+
+MAX_RESOLUTION = 16384
+MAX_SEED = 0xFFFFFFFFFFFFFFFF
+
+SAMPLERS: tuple[str, ...] = (
+    "euler", "euler_cfg_pp", "euler_ancestral", "euler_ancestral_cfg_pp", "heun", "heunpp2",
+    "exp_heun_2_x0", "exp_heun_2_x0_sde", "dpm_2", "dpm_2_ancestral", "lms", "dpm_fast",
+    "dpm_adaptive", "dpmpp_2s_ancestral", "dpmpp_2s_ancestral_cfg_pp", "dpmpp_sde",
+    "dpmpp_sde_gpu", "dpmpp_2m", "dpmpp_2m_cfg_pp", "dpmpp_2m_sde", "dpmpp_2m_sde_gpu",
+    "dpmpp_2m_sde_heun", "dpmpp_2m_sde_heun_gpu", "dpmpp_3m_sde", "dpmpp_3m_sde_gpu", "ddpm",
+    "lcm", "ipndm", "ipndm_v", "deis", "res_multistep", "res_multistep_cfg_pp",
+    "res_multistep_ancestral", "res_multistep_ancestral_cfg_pp", "gradient_estimation",
+    "gradient_estimation_cfg_pp", "er_sde", "seeds_2", "seeds_3", "sa_solver",
+    "sa_solver_pece", "ddim", "uni_pc", "uni_pc_bh2",
+)  # fmt: skip
+SCHEDULERS: tuple[str, ...] = (
+    "simple", "sgm_uniform", "karras", "exponential", "ddim_uniform", "beta", "normal",
+    "linear_quadratic", "kl_optimal",
+)  # fmt: skip
+
+_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+_ANNOTATION = re.compile(r"^(?P<name>.*) \[(?P<kind>input|output|temp)\]$")
+
+
+# --------------------------------------------------------------------------------------------
+# Values that flow between nodes
+
+
+@dataclass(frozen=True)
+class Model:
+    """What CheckpointLoaderSimple's MODEL, CLIP and VAE outputs carry: the checkpoint name."""
+
+    ckpt_name: str
+    kind: str
+
+
+@dataclass(frozen=True)
+class Conditioning:
+    """An "embedded" prompt: the text itself, plus Flux guidance when set."""
+
+    text: str
+    guidance: float | None = None
+
+
+@dataclass(frozen=True)
+class Latent:
+    """A fake latent: the pixels themselves (the simulated VAE is the identity)."""
+
+    images: tuple[Image.Image, ...]
+    empty: bool = False
+
+
+@dataclass(frozen=True)
+class Images:
+    """An IMAGE batch."""
+
+    images: tuple[Image.Image, ...]
+
+
+class NodeRuntimeError(Exception):
+    """A node failed while running; carries the exception type name ComfyUI would report."""
+
+    def __init__(self, message: str, exception_type: str) -> None:
+        super().__init__(message)
+        self.exception_type = exception_type
+
+
+@dataclass
+class RunContext:
+    """What a running node may use: directories, the checkpoint list and per-step hooks."""
+
+    input_dir: Path
+    output_dir: Path
+    temp_dir: Path
+    prompt_id: str
+    node_id: str
+    saved: list[dict[str, str]] = field(default_factory=list)
+    written: list[bytes] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class NodeResult:
+    """A node's outputs (by index) and its UI dict (``{"images": [...]}`` for output nodes)."""
+
+    outputs: tuple[Any, ...]
+    ui: dict[str, Any] | None = None
+
+
+@dataclass
+class NodeDef:
+    """One simulated node class: its ComfyUI interface and a function that runs it.
+
+    ``inputs`` maps category (``required``/``optional``) to ``{name: [type, options]}``; a
+    combo's type is the list of choices, computed by ``combo_choices`` when dynamic.
+    """
+
+    name: str
+    display_name: str
+    category: str
+    description: str
+    inputs: dict[str, dict[str, list[Any]]]
+    output: tuple[str, ...]
+    output_name: tuple[str, ...]
+    run: Callable[[RunContext, dict[str, Any]], NodeResult]
+    output_node: bool = False
+    python_module: str = "nodes"
+    output_tooltips: tuple[str, ...] | None = None
+    hidden: dict[str, str] | None = None
+    steps_input: str | None = None  # the input holding the step count (KSampler)
+    validate: Callable[[dict[str, Any]], str | bool] | None = None
+    validate_inputs: tuple[str, ...] = ()
+
+    def input_types(self, registry: NodeRegistry) -> dict[str, dict[str, list[Any]]]:
+        """The inputs with dynamic combos (checkpoints, input images) filled in."""
+        result: dict[str, dict[str, list[Any]]] = {}
+        for category, specs in self.inputs.items():
+            result[category] = {}
+            for name, spec in specs.items():
+                choices = registry.dynamic_choices(self.name, name)
+                if choices is not None:
+                    result[category][name] = [choices, *spec[1:]]
+                else:
+                    result[category][name] = list(spec)
+        return result
+
+    def object_info(self, registry: NodeRegistry) -> dict[str, Any]:
+        """This node's ``/object_info`` entry, in ComfyUI's shape."""
+        inputs: dict[str, Any] = dict(self.input_types(registry))
+        order: dict[str, list[str]] = {k: list(v) for k, v in inputs.items()}
+        if self.hidden:
+            inputs["hidden"] = dict(self.hidden)
+            order["hidden"] = list(self.hidden)
+        info: dict[str, Any] = {
+            "input": inputs,
+            "input_order": order,
+            "output": list(self.output),
+            "output_is_list": [False] * len(self.output),
+            "output_name": list(self.output_name),
+            "name": self.name,
+            "display_name": self.display_name,
+            "description": self.description,
+            "python_module": self.python_module,
+            "category": self.category,
+            "output_node": self.output_node,
+        }
+        if self.output_tooltips is not None:
+            info["output_tooltips"] = list(self.output_tooltips)
+        return info
+
+
+# --------------------------------------------------------------------------------------------
+# Image helpers
+
+
+def _digest(*parts: object) -> bytes:
+    return hashlib.sha256(repr(parts).encode()).digest()
+
+
+def pattern_image(size: tuple[int, int], text: str, seed: int, index: int) -> Image.Image:
+    """A deterministic two-colour gradient derived from ``(text, seed, index)``."""
+    d = _digest(text, seed, index)
+    first = Image.new("RGB", size, (d[0], d[1], d[2]))
+    second = Image.new("RGB", size, (d[3], d[4], d[5]))
+    mask = Image.linear_gradient("L").rotate(d[6] % 4 * 90).resize(size)
+    return Image.composite(first, second, mask)
+
+
+def sample_images(
+    latent: Latent, text: str, seed: int, denoise: float, fraction: float = 1.0
+) -> tuple[Image.Image, ...]:
+    """The simulated sampler: blend each latent image towards its pattern by ``denoise``."""
+    out = []
+    for index, src in enumerate(latent.images):
+        target = pattern_image(src.size, text, seed, index)
+        out.append(Image.blend(src, target, max(0.0, min(1.0, denoise * fraction))))
+    return tuple(out)
+
+
+def sample_png(
+    size: tuple[int, int] = (64, 64), colour: tuple[int, int, int] = (200, 30, 60)
+) -> bytes:
+    """A small solid-colour PNG, handy as an upload in tests."""
+    return encode_png(Image.new("RGB", size, colour))
+
+
+def encode_png(image: Image.Image) -> bytes:
+    """PNG bytes of an image, with fixed settings so equal pixels give equal bytes."""
+    buf = io.BytesIO()
+    image.save(buf, format="PNG", compress_level=1)
+    return buf.getvalue()
+
+
+def encode_jpeg(image: Image.Image, quality: int = 80) -> bytes:
+    """JPEG bytes (used for previews)."""
+    buf = io.BytesIO()
+    image.convert("RGB").save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def next_counter(folder: Path, name: str) -> int:
+    """ComfyUI's SaveImage counter: one more than the highest ``<name>_NNNNN_`` in ``folder``."""
+    pattern = re.compile(re.escape(name) + r"_(\d+)_")
+    highest = 0
+    if folder.is_dir():
+        for entry in os.listdir(folder):
+            match = pattern.match(entry)
+            if match:
+                highest = max(highest, int(match.group(1)))
+    return highest + 1
+
+
+def save_images(
+    ctx: RunContext, images: Images, prefix: str, base: Path, kind: str
+) -> dict[str, Any]:
+    """Write a batch as ``<prefix>_NNNNN_.png`` files under ``base``; return the UI dict."""
+    normalised = os.path.normpath(prefix)
+    subfolder = os.path.dirname(normalised)
+    name = os.path.basename(normalised)
+    folder = (base / subfolder).resolve()
+    if os.path.commonpath((str(base.resolve()), str(folder))) != str(base.resolve()):
+        raise NodeRuntimeError(
+            "**** ERROR: Saving image outside the output folder is not allowed."
+            f"\n full_output_folder: {folder}\n         output_dir: {base}",
+            "Exception",
+        )
+    folder.mkdir(parents=True, exist_ok=True)
+    counter = next_counter(folder, name)
+    records = []
+    for image in images.images:
+        filename = f"{name}_{counter:05}_.png"
+        data = encode_png(image)
+        (folder / filename).write_bytes(data)
+        record = {"filename": filename, "subfolder": subfolder, "type": kind}
+        records.append(record)
+        ctx.saved.append(record)
+        ctx.written.append(data)
+        counter += 1
+    return {"images": records}
+
+
+def resolve_input_path(input_dir: Path, output_dir: Path, temp_dir: Path, name: str) -> Path:
+    """Where LoadImage's ``image`` value points (``sub/name.png``, ``name.png [output]``)."""
+    base = input_dir
+    match = _ANNOTATION.match(name)
+    if match:
+        name = match.group("name")
+        base = {"input": input_dir, "output": output_dir, "temp": temp_dir}[match.group("kind")]
+    return base / name
+
+
+# --------------------------------------------------------------------------------------------
+# The nodes
+
+
+def _checkpoint_loader(ctx: RunContext, inputs: dict[str, Any]) -> NodeResult:
+    name = str(inputs["ckpt_name"])
+    return NodeResult((Model(name, "MODEL"), Model(name, "CLIP"), Model(name, "VAE")))
+
+
+def _clip_text_encode(ctx: RunContext, inputs: dict[str, Any]) -> NodeResult:
+    return NodeResult((Conditioning(str(inputs["text"])),))
+
+
+def _flux_guidance(ctx: RunContext, inputs: dict[str, Any]) -> NodeResult:
+    cond: Conditioning = inputs["conditioning"]
+    return NodeResult((Conditioning(cond.text, float(inputs["guidance"])),))
+
+
+def _empty_latent(ctx: RunContext, inputs: dict[str, Any]) -> NodeResult:
+    size = (int(inputs["width"]), int(inputs["height"]))
+    grey = Image.new("RGB", size, (128, 128, 128))
+    return NodeResult((Latent(tuple(grey for _ in range(int(inputs["batch_size"]))), True),))
+
+
+def _load_image(ctx: RunContext, inputs: dict[str, Any]) -> NodeResult:
+    path = resolve_input_path(ctx.input_dir, ctx.output_dir, ctx.temp_dir, str(inputs["image"]))
+    try:
+        with Image.open(path) as img:
+            rgba = img.convert("RGBA")
+    except UnidentifiedImageError as exc:
+        raise NodeRuntimeError(
+            f"cannot identify image file '{path}'\n", "PIL.UnidentifiedImageError"
+        ) from exc
+    except OSError as exc:
+        raise NodeRuntimeError(str(exc), type(exc).__name__) from exc
+    rgb = rgba.convert("RGB")
+    mask = Image.eval(rgba.getchannel("A"), lambda a: 255 - a)
+    return NodeResult((Images((rgb,)), Images((mask,))))
+
+
+def _vae_encode(ctx: RunContext, inputs: dict[str, Any]) -> NodeResult:
+    pixels: Images = inputs["pixels"]
+    return NodeResult((Latent(tuple(i.convert("RGB") for i in pixels.images)),))
+
+
+def _vae_decode(ctx: RunContext, inputs: dict[str, Any]) -> NodeResult:
+    samples: Latent = inputs["samples"]
+    return NodeResult((Images(samples.images),))
+
+
+def _ksampler(ctx: RunContext, inputs: dict[str, Any]) -> NodeResult:
+    latent: Latent = inputs["latent_image"]
+    positive: Conditioning = inputs["positive"]
+    images = sample_images(latent, positive.text, int(inputs["seed"]), float(inputs["denoise"]))
+    return NodeResult((Latent(images),))
+
+
+def _save_image(ctx: RunContext, inputs: dict[str, Any]) -> NodeResult:
+    ui = save_images(
+        ctx, inputs["images"], str(inputs["filename_prefix"]), ctx.output_dir, "output"
+    )
+    return NodeResult((), ui)
+
+
+def _preview_image(ctx: RunContext, inputs: dict[str, Any]) -> NodeResult:
+    suffix = hashlib.sha256(f"{ctx.prompt_id}:{ctx.node_id}".encode()).hexdigest()
+    letters = "".join(chr(ord("a") + int(c, 16) % 26) for c in suffix[:5])
+    ui = save_images(ctx, inputs["images"], f"ComfyUI_temp_{letters}", ctx.temp_dir, "temp")
+    return NodeResult((), ui)
+
+
+_HIDDEN_PNG = {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"}
+
+
+def _t(tip: str) -> dict[str, Any]:
+    return {"tooltip": tip}
+
+
+def build_nodes() -> dict[str, NodeDef]:
+    """The simulated node classes, by class_type."""
+    nodes = [
+        NodeDef(
+            "CheckpointLoaderSimple",
+            "Load Checkpoint",
+            "loaders",
+            "Loads a diffusion model checkpoint, diffusion models are used to denoise latents.",
+            {"required": {"ckpt_name": [[], _t("The name of the checkpoint (model) to load.")]}},
+            ("MODEL", "CLIP", "VAE"),
+            ("MODEL", "CLIP", "VAE"),
+            _checkpoint_loader,
+            output_tooltips=(
+                "The model used for denoising latents.",
+                "The CLIP model used for encoding text prompts.",
+                "The VAE model used for encoding and decoding images to and from latent space.",
+            ),
+        ),
+        NodeDef(
+            "CLIPTextEncode",
+            "CLIP Text Encode (Prompt)",
+            "conditioning",
+            "Encodes a text prompt using a CLIP model into an embedding that can be used to "
+            "guide the diffusion model towards generating specific images.",
+            {
+                "required": {
+                    "text": [
+                        "STRING",
+                        {
+                            "multiline": True,
+                            "dynamicPrompts": True,
+                            **_t("The text to be encoded."),
+                        },
+                    ],
+                    "clip": ["CLIP", _t("The CLIP model used for encoding the text.")],
+                }
+            },
+            ("CONDITIONING",),
+            ("CONDITIONING",),
+            _clip_text_encode,
+            output_tooltips=(
+                "A conditioning containing the embedded text used to guide the diffusion model.",
+            ),
+        ),
+        NodeDef(
+            "FluxGuidance",
+            "FluxGuidance",
+            "advanced/conditioning/flux",
+            "",
+            {
+                "required": {
+                    "conditioning": ["CONDITIONING", {}],
+                    "guidance": ["FLOAT", {"default": 3.5, "min": 0.0, "max": 100.0, "step": 0.1}],
+                }
+            },
+            ("CONDITIONING",),
+            ("CONDITIONING",),
+            _flux_guidance,
+            python_module="comfy_extras.nodes_flux",
+        ),
+        NodeDef(
+            "EmptyLatentImage",
+            "Empty Latent Image",
+            "latent",
+            "Create a new batch of empty latent images to be denoised via sampling.",
+            {
+                "required": {
+                    "width": [
+                        "INT",
+                        {
+                            "default": 512,
+                            "min": 16,
+                            "max": MAX_RESOLUTION,
+                            "step": 8,
+                            **_t("The width of the latent images in pixels."),
+                        },
+                    ],
+                    "height": [
+                        "INT",
+                        {
+                            "default": 512,
+                            "min": 16,
+                            "max": MAX_RESOLUTION,
+                            "step": 8,
+                            **_t("The height of the latent images in pixels."),
+                        },
+                    ],
+                    "batch_size": [
+                        "INT",
+                        {
+                            "default": 1,
+                            "min": 1,
+                            "max": 4096,
+                            **_t("The number of latent images in the batch."),
+                        },
+                    ],
+                }
+            },
+            ("LATENT",),
+            ("LATENT",),
+            _empty_latent,
+            output_tooltips=("The empty latent image batch.",),
+        ),
+        NodeDef(
+            "EmptySD3LatentImage",
+            "EmptySD3LatentImage",
+            "latent/sd3",
+            "",
+            {
+                "required": {
+                    "width": [
+                        "INT",
+                        {"default": 1024, "min": 16, "max": MAX_RESOLUTION, "step": 16},
+                    ],
+                    "height": [
+                        "INT",
+                        {"default": 1024, "min": 16, "max": MAX_RESOLUTION, "step": 16},
+                    ],
+                    "batch_size": ["INT", {"default": 1, "min": 1, "max": 4096}],
+                }
+            },
+            ("LATENT",),
+            ("LATENT",),
+            _empty_latent,
+            python_module="comfy_extras.nodes_sd3",
+        ),
+        NodeDef(
+            "LoadImage",
+            "Load Image",
+            "image",
+            "",
+            {"required": {"image": [[], {"image_upload": True}]}},
+            ("IMAGE", "MASK"),
+            ("IMAGE", "MASK"),
+            _load_image,
+            validate_inputs=("image",),
+        ),
+        NodeDef(
+            "VAEEncode",
+            "VAE Encode",
+            "latent",
+            "",
+            {"required": {"pixels": ["IMAGE", {}], "vae": ["VAE", {}]}},
+            ("LATENT",),
+            ("LATENT",),
+            _vae_encode,
+        ),
+        NodeDef(
+            "KSampler",
+            "KSampler",
+            "sampling",
+            "Uses the provided model, positive and negative conditioning to denoise the latent "
+            "image.",
+            {
+                "required": {
+                    "model": ["MODEL", _t("The model used for denoising the input latent.")],
+                    "seed": [
+                        "INT",
+                        {
+                            "default": 0,
+                            "min": 0,
+                            "max": MAX_SEED,
+                            "control_after_generate": True,
+                            **_t("The random seed used for creating the noise."),
+                        },
+                    ],
+                    "steps": [
+                        "INT",
+                        {
+                            "default": 20,
+                            "min": 1,
+                            "max": 10000,
+                            **_t("The number of steps used in the denoising process."),
+                        },
+                    ],
+                    "cfg": [
+                        "FLOAT",
+                        {
+                            "default": 8.0,
+                            "min": 0.0,
+                            "max": 100.0,
+                            "step": 0.1,
+                            "round": 0.01,
+                            **_t(
+                                "The Classifier-Free Guidance scale balances creativity and "
+                                "adherence to the prompt. Higher values result in images more "
+                                "closely matching the prompt however too high values will "
+                                "negatively impact quality."
+                            ),
+                        },
+                    ],
+                    "sampler_name": [
+                        list(SAMPLERS),
+                        _t(
+                            "The algorithm used when sampling, this can affect the quality, "
+                            "speed, and style of the generated output."
+                        ),
+                    ],
+                    "scheduler": [
+                        list(SCHEDULERS),
+                        _t(
+                            "The scheduler controls how noise is gradually removed to form the "
+                            "image."
+                        ),
+                    ],
+                    "positive": [
+                        "CONDITIONING",
+                        _t(
+                            "The conditioning describing the attributes you want to include in "
+                            "the image."
+                        ),
+                    ],
+                    "negative": [
+                        "CONDITIONING",
+                        _t(
+                            "The conditioning describing the attributes you want to exclude "
+                            "from the image."
+                        ),
+                    ],
+                    "latent_image": ["LATENT", _t("The latent image to denoise.")],
+                    "denoise": [
+                        "FLOAT",
+                        {
+                            "default": 1.0,
+                            "min": 0.0,
+                            "max": 1.0,
+                            "step": 0.01,
+                            **_t(
+                                "The amount of denoising applied, lower values will maintain the "
+                                "structure of the initial image allowing for image to image "
+                                "sampling."
+                            ),
+                        },
+                    ],
+                }
+            },
+            ("LATENT",),
+            ("LATENT",),
+            _ksampler,
+            output_tooltips=("The denoised latent.",),
+            steps_input="steps",
+        ),
+        NodeDef(
+            "VAEDecode",
+            "VAE Decode",
+            "latent",
+            "Decodes latent images back into pixel space images.",
+            {
+                "required": {
+                    "samples": ["LATENT", _t("The latent to be decoded.")],
+                    "vae": ["VAE", _t("The VAE model used for decoding the latent.")],
+                }
+            },
+            ("IMAGE",),
+            ("IMAGE",),
+            _vae_decode,
+            output_tooltips=("The decoded image.",),
+        ),
+        NodeDef(
+            "SaveImage",
+            "Save Image",
+            "image",
+            "Saves the input images to your ComfyUI output directory.",
+            {
+                "required": {
+                    "images": ["IMAGE", _t("The images to save.")],
+                    "filename_prefix": [
+                        "STRING",
+                        {
+                            "default": "ComfyUI",
+                            **_t(
+                                "The prefix for the file to save. This may include formatting "
+                                "information such as %date:yyyy-MM-dd% or %Empty Latent "
+                                "Image.width% to include values from nodes."
+                            ),
+                        },
+                    ],
+                }
+            },
+            (),
+            (),
+            _save_image,
+            output_node=True,
+            hidden=dict(_HIDDEN_PNG),
+        ),
+        NodeDef(
+            "PreviewImage",
+            "Preview Image",
+            "image",
+            "Saves the input images to your ComfyUI output directory.",
+            {"required": {"images": ["IMAGE", _t("The images to save.")]}},
+            (),
+            (),
+            _preview_image,
+            output_node=True,
+            hidden=dict(_HIDDEN_PNG),
+        ),
+    ]
+    return {node.name: node for node in nodes}
+
+
+class NodeRegistry:
+    """The node classes plus the dynamic combo choices (checkpoints, input images)."""
+
+    def __init__(self, checkpoints: list[str], input_dir: Path) -> None:
+        self.nodes = build_nodes()
+        self.checkpoints = checkpoints
+        self.input_dir = input_dir
+
+    def get(self, class_type: str) -> NodeDef | None:
+        """The node class named ``class_type``, if simulated."""
+        return self.nodes.get(class_type)
+
+    def input_files(self) -> list[str]:
+        """Image files at the top of the input directory, sorted (LoadImage's choices)."""
+        if not self.input_dir.is_dir():
+            return []
+        return sorted(
+            entry.name
+            for entry in self.input_dir.iterdir()
+            if entry.is_file() and entry.suffix.lower() in _IMAGE_SUFFIXES
+        )
+
+    def dynamic_choices(self, class_type: str, input_name: str) -> list[str] | None:
+        """Choices of a combo that depend on the server's files, else None."""
+        if input_name == "ckpt_name" and class_type == "CheckpointLoaderSimple":
+            return list(self.checkpoints)
+        if input_name == "image" and class_type == "LoadImage":
+            return self.input_files()
+        return None
+
+    def object_info(self) -> dict[str, Any]:
+        """The full ``/object_info`` answer."""
+        return {name: node.object_info(self) for name, node in self.nodes.items()}
+
+
+# --------------------------------------------------------------------------------------------
+# Validation
+
+
+def _error(kind: str, message: str, details: str, extra_info: Mapping[str, Any]) -> dict[str, Any]:
+    return {"type": kind, "message": message, "details": details, "extra_info": dict(extra_info)}
+
+
+@dataclass
+class Validation:
+    """The outcome of validating a prompt.
+
+    ``error`` set means HTTP 400 with ``{"error": error, "node_errors": node_errors}``;
+    otherwise the prompt is queued with ``outputs`` and ``node_errors`` (possibly non-empty).
+    """
+
+    error: dict[str, Any] | None
+    node_errors: dict[str, Any]
+    outputs: list[str]
+
+
+class _InnerFailure(Exception):
+    """A link to a node that does not exist (propagates to the caller, like ComfyUI)."""
+
+
+def _load_image_check(value: Any, dirs: tuple[Path, Path, Path]) -> str:
+    path = resolve_input_path(dirs[0], dirs[1], dirs[2], str(value))
+    if not path.is_file():
+        return f"Invalid image file: {value}"
+    return ""
+
+
+def validate_prompt(
+    graph: Any,
+    registry: NodeRegistry,
+    dirs: tuple[Path, Path, Path],
+    targets: list[str] | None = None,
+) -> Validation:
+    """Validate an API-format graph the way ComfyUI 0.8.0 does.
+
+    Raises:
+        TypeError, AttributeError: on a graph that is not a dict of dicts (the real server
+            answers those with a 500).
+    """
+    if not isinstance(graph, dict):
+        raise TypeError("prompt must be an object")
+    outputs: list[str] = []
+    for node_id, node in graph.items():
+        if not isinstance(node, dict) or "class_type" not in node:
+            return Validation(
+                _error(
+                    "invalid_prompt",
+                    "Cannot execute because a node is missing the class_type property.",
+                    f"Node ID '#{node_id}'",
+                    {},
+                ),
+                {},
+                [],
+            )
+        node_def = registry.get(node["class_type"])
+        if node_def is None:
+            return Validation(
+                _error(
+                    "invalid_prompt",
+                    f"Cannot execute because node {node['class_type']} does not exist.",
+                    f"Node ID '#{node_id}'",
+                    {},
+                ),
+                {},
+                [],
+            )
+        if node_def.output_node and (targets is None or node_id in targets):
+            outputs.append(node_id)
+    if not outputs:
+        return Validation(_error("prompt_no_outputs", "Prompt has no outputs", "", {}), {}, [])
+
+    validated: dict[str, tuple[bool, list[dict[str, Any]]]] = {}
+    good: list[str] = []
+    failures: list[tuple[str, list[dict[str, Any]]]] = []
+    node_errors: dict[str, Any] = {}
+    for out in outputs:
+        try:
+            ok, reasons = _validate_node(graph, registry, dirs, out, validated)
+        except Exception as exc:
+            ok = False
+            reasons = [
+                _error(
+                    "exception_during_validation",
+                    "Exception when validating node",
+                    str(exc),
+                    {
+                        "exception_type": type(exc).__name__,
+                        "traceback": traceback.format_tb(exc.__traceback__),
+                    },
+                )
+            ]
+            validated[out] = (False, reasons)
+        if ok:
+            good.append(out)
+            continue
+        failures.append((out, reasons))
+        for node_id, (valid, node_reasons) in validated.items():
+            if not valid and node_reasons:
+                entry = node_errors.setdefault(
+                    node_id,
+                    {
+                        "errors": node_reasons,
+                        "dependent_outputs": [],
+                        "class_type": graph[node_id]["class_type"],
+                    },
+                )
+                entry["dependent_outputs"].append(out)
+    if good:
+        return Validation(None, node_errors, good)
+    details = "\n".join(f"{r['message']}: {r['details']}" for _, rs in failures for r in rs)
+    return Validation(
+        _error("prompt_outputs_failed_validation", "Prompt outputs failed validation", details, {}),
+        node_errors,
+        [],
+    )
+
+
+def _validate_node(
+    graph: dict[str, Any],
+    registry: NodeRegistry,
+    dirs: tuple[Path, Path, Path],
+    node_id: str,
+    validated: dict[str, tuple[bool, list[dict[str, Any]]]],
+) -> tuple[bool, list[dict[str, Any]]]:
+    if node_id in validated:
+        return validated[node_id]
+    node = graph[node_id]
+    node_def = registry.get(node["class_type"])
+    if node_def is None:
+        raise KeyError(node["class_type"])
+    inputs: dict[str, Any] = node.get("inputs", {})
+    specs = node_def.input_types(registry)
+    errors: list[dict[str, Any]] = []
+    valid = True
+    for category in ("required", "optional"):
+        for name, info in specs.get(category, {}).items():
+            input_type = info[0]
+            options: dict[str, Any] = info[1] if len(info) > 1 else {}
+            if name not in inputs:
+                if category == "required":
+                    errors.append(
+                        _error(
+                            "required_input_missing",
+                            "Required input is missing",
+                            name,
+                            {"input_name": name},
+                        )
+                    )
+                continue
+            value = inputs[name]
+            if isinstance(value, list):
+                if len(value) != 2:
+                    errors.append(
+                        _error(
+                            "bad_linked_input",
+                            "Bad linked input, must be a length-2 list of [node_id, slot_index]",
+                            name,
+                            {"input_name": name, "input_config": info, "received_value": value},
+                        )
+                    )
+                    continue
+                source_id = str(value[0])
+                source_def = registry.get(graph[source_id]["class_type"])
+                if source_def is None:
+                    raise KeyError(graph[source_id]["class_type"])
+                received = source_def.output[int(value[1])]
+                if received != input_type and input_type != "*":
+                    errors.append(
+                        _error(
+                            "return_type_mismatch",
+                            "Return type mismatch between linked nodes",
+                            f"{name}, received_type({received}) mismatch input_type({input_type})",
+                            {
+                                "input_name": name,
+                                "input_config": info,
+                                "received_type": received,
+                                "linked_node": value,
+                            },
+                        )
+                    )
+                    continue
+                try:
+                    ok, _ = _validate_node(graph, registry, dirs, source_id, validated)
+                except Exception as exc:
+                    valid = False
+                    validated[source_id] = (
+                        False,
+                        [
+                            _error(
+                                "exception_during_inner_validation",
+                                "Exception when validating inner node",
+                                str(exc),
+                                {
+                                    "input_name": name,
+                                    "input_config": info,
+                                    "exception_message": str(exc),
+                                    "exception_type": type(exc).__name__,
+                                    "traceback": traceback.format_tb(exc.__traceback__),
+                                    "linked_node": value,
+                                },
+                            )
+                        ],
+                    )
+                    continue
+                if not ok:
+                    valid = False
+                continue
+            converters: dict[str, Callable[[Any], Any]] = {
+                "INT": int,
+                "FLOAT": float,
+                "STRING": str,
+                "BOOLEAN": bool,
+            }
+            if isinstance(input_type, str) and input_type in converters:
+                try:
+                    value = converters[input_type](value)
+                except Exception as exc:
+                    errors.append(
+                        _error(
+                            "invalid_input_type",
+                            f"Failed to convert an input value to a {input_type} value",
+                            f"{name}, {value}, {exc}",
+                            {
+                                "input_name": name,
+                                "input_config": info,
+                                "received_value": value,
+                                "exception_message": str(exc),
+                            },
+                        )
+                    )
+                    continue
+            if name in node_def.validate_inputs:
+                continue
+            if "min" in options and value < options["min"]:
+                errors.append(
+                    _error(
+                        "value_smaller_than_min",
+                        f"Value {value} smaller than min of {options['min']}",
+                        name,
+                        {"input_name": name, "input_config": info, "received_value": value},
+                    )
+                )
+                continue
+            if "max" in options and value > options["max"]:
+                errors.append(
+                    _error(
+                        "value_bigger_than_max",
+                        f"Value {value} bigger than max of {options['max']}",
+                        name,
+                        {"input_name": name, "input_config": info, "received_value": value},
+                    )
+                )
+                continue
+            if isinstance(input_type, list) and value not in input_type:
+                config: Any = info
+                listing = str(input_type)
+                if len(input_type) > 20:
+                    listing = f"(list of length {len(input_type)})"
+                    config = None
+                errors.append(
+                    _error(
+                        "value_not_in_list",
+                        "Value not in list",
+                        f"{name}: '{value}' not in {listing}",
+                        {"input_name": name, "input_config": config, "received_value": value},
+                    )
+                )
+    for name in node_def.validate_inputs:
+        if name in inputs and not isinstance(inputs[name], list):
+            message = _load_image_check(inputs[name], dirs)
+            if message:
+                errors.append(
+                    _error(
+                        "custom_validation_failed",
+                        "Custom validation failed for node",
+                        f"{name} - {message}",
+                        {"input_name": name},
+                    )
+                )
+    result = (valid and not errors, errors)
+    validated[node_id] = result
+    return result

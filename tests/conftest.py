@@ -1,0 +1,43 @@
+"""Shared fixtures: the simulator plugin, recorded traces, and a simulator set up like the
+server the traces were recorded on (checkpoint ``tiny-sd15.safetensors``, latent2rgb previews).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import pytest_asyncio
+
+from dreamgen_async.testing import ComfyUISimulator, SimulatorConfig, sample_png
+
+pytest_plugins = ["dreamgen_async.testing.pytest_plugin"]
+
+TRACES = Path(__file__).parent / "fixtures" / "traces"
+
+
+@pytest.fixture(scope="session")
+def summary() -> dict[str, Any]:
+    """``probe_summary.json``: condensed message orders and error bodies."""
+    data: dict[str, Any] = json.loads((TRACES / "probe_summary.json").read_text())
+    return data
+
+
+@pytest_asyncio.fixture
+async def recorded_sim(tmp_path: Path) -> AsyncIterator[ComfyUISimulator]:
+    """A simulator configured like the recording server, with ``probe_src.png`` uploaded."""
+    config = SimulatorConfig(checkpoints=("tiny-sd15.safetensors",), preview_method="latent2rgb")
+    async with ComfyUISimulator(config, root=tmp_path / "sim") as sim:
+        (sim.input_dir / "probe_src.png").write_bytes(sample_png())
+        yield sim
+
+
+@pytest_asyncio.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    """A plain aiohttp session."""
+    async with aiohttp.ClientSession() as session:
+        yield session
