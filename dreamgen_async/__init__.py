@@ -1,5 +1,10 @@
-"""dreamgen_async: an asyncio ComfyUI client for txt2img and img2img."""
+"""dreamgen_async: an asyncio ComfyUI client for txt2img and img2img.
 
+The public API is exactly what this module exports (``__all__``); everything else is
+internal. The simulator lives apart, in :mod:`dreamgen_async.testing`.
+"""
+
+from dreamgen_async.comfyui_api import ComfyUIClient, RetryPolicy, UploadedImage
 from dreamgen_async.errors import (
     ClientClosedError,
     ConnectError,
@@ -24,31 +29,86 @@ from dreamgen_async.errors import (
     UIWorkflowError,
     WorkflowError,
 )
+from dreamgen_async.jobs import Job, OutputImage, PromptResult
+from dreamgen_async.multiplexer import ReconnectPolicy
+from dreamgen_async.protocol import (
+    BinaryText,
+    Event,
+    Executed,
+    Executing,
+    ExecutionCached,
+    ExecutionStart,
+    ImageRef,
+    PreviewImage,
+    Progress,
+    ProgressState,
+    QueueState,
+)
+from dreamgen_async.workflow_builder import (
+    PRESETS,
+    BuiltWorkflow,
+    FluxWorkflowBuilder,
+    Graph,
+    Node,
+    Output,
+    Preset,
+    Workflow,
+    load_workflow,
+    parse_set_assignment,
+)
 
 __version__ = "0.1.0.dev0"
 
 __all__ = [
+    "PRESETS",
+    "BinaryText",
+    "BuiltWorkflow",
     "ClientClosedError",
+    "ComfyUIClient",
     "ConnectError",
     "ConnectionLostError",
     "DreamgenError",
+    "Event",
+    "Executed",
+    "Executing",
+    "ExecutionCached",
     "ExecutionError",
     "ExecutionInterrupted",
+    "ExecutionStart",
+    "FluxWorkflowBuilder",
+    "Graph",
+    "ImageRef",
     "InputImageError",
+    "Job",
+    "Node",
     "NodeError",
     "NotComfyUIError",
+    "Output",
+    "OutputImage",
     "OutputPathError",
     "PartialPromptWarning",
     "PartialPromptWarningError",
+    "Preset",
+    "PreviewImage",
+    "Progress",
+    "ProgressState",
     "PromptError",
     "PromptLost",
     "PromptRejected",
+    "PromptResult",
     "PromptTimeout",
     "ProtocolError",
+    "QueueState",
+    "ReconnectPolicy",
     "ResponseTooLargeError",
+    "RetryPolicy",
     "ServerError",
     "TransportError",
     "UIWorkflowError",
+    "UploadedImage",
+    "Workflow",
     "WorkflowError",
     "__version__",
+    "load_workflow",
+    "parse_set_assignment",
 ]

@@ -1,0 +1,243 @@
+"""Jobs and their results: what a caller holds while a prompt runs, and what it gets back."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+from dreamgen_async.errors import NodeError
+from dreamgen_async.protocol import Event, ImageRef
+
+if TYPE_CHECKING:
+    from dreamgen_async.comfyui_api import ComfyUIClient
+
+__all__ = ["Job", "JobState", "OutputImage", "ProgressCallback", "PromptResult"]
+
+log = logging.getLogger("dreamgen_async")
+
+ProgressCallback = Callable[[Event], object]
+JobState = Literal["waiting", "posting", "queued", "running", "done"]
+
+#: Events kept for an ``events()`` subscriber that has not caught up; older ones are dropped
+#: (never terminal outcomes, which are delivered through the result, not the stream).
+EVENT_BUFFER = 256
+
+
+@dataclass(frozen=True, slots=True)
+class PromptResult:
+    """A prompt that ran to success.
+
+    Attributes:
+        prompt_id: The id we chose and the server echoed.
+        outputs: Images per output node id, as the server reported them.
+        cached_nodes: Nodes the server skipped because their result was cached.
+        node_errors: Output nodes the server dropped at validation (200 with node_errors).
+        queued_at: ``time.time()`` when the server accepted the prompt.
+        started_at: When execution started (``None`` if that event was missed in a reconnect).
+        finished_at: When the result was known to the client.
+        resubmitted: Whether the prompt was submitted again after the server lost it.
+    """
+
+    prompt_id: str
+    outputs: Mapping[str, tuple[ImageRef, ...]]
+    cached_nodes: tuple[str, ...] = ()
+    node_errors: tuple[NodeError, ...] = ()
+    queued_at: float | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    resubmitted: bool = False
+
+    @property
+    def images(self) -> tuple[ImageRef, ...]:
+        """Every output image, saved (``type == "output"``) images first, in node order."""
+        refs = [ref for refs in self.outputs.values() for ref in refs]
+        return tuple(sorted(refs, key=lambda r: r.type != "output"))
+
+
+@dataclass(frozen=True, slots=True)
+class OutputImage:
+    """A downloaded output image."""
+
+    node_id: str
+    ref: ImageRef
+    data: bytes = field(repr=False)
+
+
+class Job:
+    """One prompt submitted through a :class:`~dreamgen_async.ComfyUIClient`.
+
+    Created by :meth:`ComfyUIClient.submit`; await :meth:`result` for the outcome, iterate
+    :meth:`events` for progress, call :meth:`cancel` to take it off the server.
+    """
+
+    def __init__(
+        self,
+        client: ComfyUIClient,
+        prompt_id: str,
+        workflow: Mapping[str, Any],
+        *,
+        extra_data: Mapping[str, Any] | None,
+        front: bool,
+        on_progress: ProgressCallback | None,
+    ) -> None:
+        self.prompt_id = prompt_id
+        self.workflow = workflow
+        self.extra_data = dict(extra_data or {})
+        self.front = front
+        self.state: JobState = "waiting"
+        self.queued_at: float | None = None
+        self.started_at: float | None = None
+        self.node_errors: tuple[NodeError, ...] = ()
+        self.resubmitted = False
+        self._client = client
+        self._on_progress = on_progress
+        self._future: asyncio.Future[PromptResult] = asyncio.get_running_loop().create_future()
+        self._outputs: dict[str, tuple[ImageRef, ...]] = {}
+        self._cached: tuple[str, ...] = ()
+        self._succeeded = False
+        # True once the WebSocket dropped while this job was live: its events may be
+        # incomplete, so its outcome is read from /history instead.
+        self.gap = False
+        self._subscribers: list[_Subscriber] = []
+        self._backlog: deque[Event] = deque(maxlen=32)
+
+    def __repr__(self) -> str:
+        return f"<Job {self.prompt_id} {self.state}>"
+
+    # ------------------------------------------------------------------ public
+
+    def done(self) -> bool:
+        """Whether the outcome is known (success, failure or cancellation)."""
+        return self._future.done()
+
+    async def result(self, timeout: float | None = None) -> PromptResult:
+        """Wait for the prompt to finish.
+
+        Cancelling this call, or reaching ``timeout``, removes the prompt from the server
+        (queue delete, or a targeted interrupt when running); other prompts are untouched.
+
+        Raises:
+            PromptTimeout: ``timeout`` seconds passed (also a builtin ``TimeoutError``).
+            ExecutionError, ExecutionInterrupted, PromptLost, ConnectionLostError,
+            ClientClosedError: the prompt did not succeed.
+        """
+        return await self._client._await_job(self, timeout)
+
+    async def cancel(self) -> None:
+        """Take the prompt off the server (delete if queued, targeted interrupt if running)."""
+        await self._client._cancel_job(self)
+
+    async def events(self) -> AsyncIterator[Event]:
+        """Progress events routed to this prompt, starting with the recent backlog.
+
+        The iterator ends when the prompt reaches an outcome. A consumer that falls far
+        behind loses the oldest events (never the outcome); the reader never waits for it.
+        """
+        sub = _Subscriber(self._backlog)
+        if self._future.done():
+            sub.close()
+        else:
+            self._subscribers.append(sub)
+        try:
+            while (event := await sub.get()) is not None:
+                yield event
+        finally:
+            if sub in self._subscribers:
+                self._subscribers.remove(sub)
+
+    # ------------------------------------------------------------------ multiplexer side
+
+    def _deliver(self, event: Event) -> None:
+        """Hand an event to the callback and subscribers. Never raises, never blocks."""
+        self._backlog.append(event)
+        for sub in self._subscribers:
+            sub.put(event)
+        if self._on_progress is not None:
+            try:
+                self._on_progress(event)
+            except Exception:
+                log.exception("progress callback for prompt %s raised", self.prompt_id)
+
+    def _note_started(self) -> None:
+        self.state = "running"
+        self.started_at = time.time()
+
+    def _add_outputs(self, node: str, images: tuple[ImageRef, ...]) -> None:
+        self._outputs[node] = images
+
+    def _set_cached(self, nodes: tuple[str, ...]) -> None:
+        self._cached = nodes
+
+    def _mark_succeeded(self) -> None:
+        self._succeeded = True
+
+    @property
+    def _has_succeeded(self) -> bool:
+        return self._succeeded
+
+    def _resolve(self, outputs: Mapping[str, tuple[ImageRef, ...]] | None = None) -> None:
+        if self._future.done():
+            return
+        self._future.set_result(
+            PromptResult(
+                prompt_id=self.prompt_id,
+                outputs=dict(self._outputs if outputs is None else outputs),
+                cached_nodes=self._cached,
+                node_errors=self.node_errors,
+                queued_at=self.queued_at,
+                started_at=self.started_at,
+                finished_at=time.time(),
+                resubmitted=self.resubmitted,
+            )
+        )
+        self._finish()
+
+    def _fail(self, exc: BaseException) -> None:
+        if self._future.done():
+            return
+        if isinstance(exc, asyncio.CancelledError):
+            self._future.cancel()
+        else:
+            self._future.set_exception(exc)
+            # Mark retrieved: a job nobody awaits must not warn "exception never retrieved".
+            self._future.exception()
+        self._finish()
+
+    def _finish(self) -> None:
+        self.state = "done"
+        for sub in self._subscribers:
+            sub.close()
+        self._subscribers.clear()
+        self._backlog.clear()
+
+
+class _Subscriber:
+    """A bounded mailbox between the reader (put, never blocks) and one ``events()`` loop."""
+
+    def __init__(self, backlog: deque[Event]) -> None:
+        self._items: deque[Event | None] = deque(backlog, maxlen=EVENT_BUFFER)
+        self._wakeup = asyncio.Event()
+        if self._items:
+            self._wakeup.set()
+        self._closed = False
+
+    def put(self, event: Event) -> None:
+        self._items.append(event)
+        self._wakeup.set()
+
+    def close(self) -> None:
+        self._closed = True
+        self._wakeup.set()
+
+    async def get(self) -> Event | None:
+        while not self._items:
+            if self._closed:
+                return None
+            self._wakeup.clear()
+            await self._wakeup.wait()
+        return self._items.popleft()
