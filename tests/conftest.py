@@ -5,13 +5,14 @@ server the traces were recorded on (checkpoint ``tiny-sd15.safetensors``, latent
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 import pytest_asyncio
+from _pytest.terminal import TerminalReporter
 
 from dreamgen_async.testing import ComfyUISimulator, SimulatorConfig, sample_png
 
@@ -41,3 +42,19 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
     """A plain aiohttp session."""
     async with aiohttp.ClientSession() as session:
         yield session
+
+
+_REPORT_LINES: list[str] = []
+
+
+@pytest.fixture
+def report_line() -> Callable[[str], None]:
+    """Record a summary line (chaos, soak) that pytest prints at the end of every run."""
+    return _REPORT_LINES.append
+
+
+def pytest_terminal_summary(terminalreporter: TerminalReporter) -> None:
+    if _REPORT_LINES:
+        terminalreporter.section("reliability summary")
+        for line in _REPORT_LINES:
+            terminalreporter.write_line(line)
