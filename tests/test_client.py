@@ -7,6 +7,7 @@ import asyncio
 import socket
 from collections import Counter
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -16,6 +17,7 @@ from aiohttp import web
 from dreamgen_async import (
     ClientClosedError,
     ConnectError,
+    ConnectionLostError,
     ExecutionError,
     ExecutionInterrupted,
     NotComfyUIError,
@@ -27,7 +29,7 @@ from dreamgen_async import (
 )
 from dreamgen_async.comfyui_api import ComfyUIClient, RetryPolicy
 from dreamgen_async.multiplexer import ReconnectPolicy
-from dreamgen_async.protocol import Event, Executing, Progress
+from dreamgen_async.protocol import Event, Executing, PreviewImage, Progress
 from dreamgen_async.testing import ComfyUISimulator
 
 FAST_RETRY = RetryPolicy(attempts=8, initial_delay=0.01, max_delay=0.05, max_retry_after=0.2)
@@ -372,3 +374,63 @@ async def test_prompt_post_is_not_resent_blindly_after_a_502(
     checked = [r.route for r in comfyui_sim.requests]
     first_502 = checked.index("/prompt")
     assert "/queue" in checked[first_502:]
+
+
+# ---------------------------------------------------------------------------- flow control
+
+
+async def test_back_pressure_keeps_the_rest_client_side(comfyui_sim: ComfyUISimulator) -> None:
+    async with ComfyUIClient(comfyui_sim.url, max_in_flight=2) as client:
+        comfyui_sim.hold()
+        tasks = [asyncio.create_task(client.run(txt2img(seed=300 + i))) for i in range(6)]
+        await comfyui_sim.wait_until(lambda: len(comfyui_sim.accepted_prompt_ids) == 2)
+        assert client.in_flight == 2
+        # Cancelling a job that waits client-side costs the server nothing.
+        tasks[5].cancel()
+        comfyui_sim.release()
+        outcomes = await asyncio.gather(*tasks, return_exceptions=True)
+    assert isinstance(outcomes[5], asyncio.CancelledError)
+    assert all(not isinstance(o, BaseException) for o in outcomes[:5])
+    assert len(comfyui_sim.accepted_prompt_ids) == 5
+
+
+async def test_previews_are_attributed_to_their_prompt(
+    client: ComfyUIClient, comfyui_sim: ComfyUISimulator
+) -> None:
+    comfyui_sim.previews = True
+    job = await client.submit(txt2img(seed=21, steps=2))
+    previews = [e async for e in job.events() if isinstance(e, PreviewImage)]
+    await job.result(timeout=10)
+    assert previews
+    assert all(p.prompt_id == job.prompt_id for p in previews)
+    assert all(p.data for p in previews)
+
+
+async def test_status_broadcasts_update_the_queue_length(
+    client: ComfyUIClient, comfyui_sim: ComfyUISimulator
+) -> None:
+    comfyui_sim.hold()
+    job = await client.submit(txt2img(seed=31))
+    await comfyui_sim.wait_until(lambda: comfyui_sim.queue_remaining == 1)
+    comfyui_sim.release()
+    await job.result(timeout=10)
+    assert client.queue_remaining == 0
+
+
+async def test_an_exhausted_reconnect_budget_fails_pending_jobs_with_the_cause(
+    tmp_path: Path,
+) -> None:
+    sim = ComfyUISimulator(root=tmp_path)
+    await sim.start()
+    policy = ReconnectPolicy(max_time=0.3, initial_delay=0.01, max_delay=0.05)
+    try:
+        async with ComfyUIClient(sim.url, reconnect=policy, retry=FAST_RETRY) as client:
+            sim.hold()
+            job = await client.submit(txt2img(seed=41))
+            await sim.stop()  # gone for good: nothing answers on that port any more
+            with pytest.raises(ConnectionLostError) as info:
+                await job.result(timeout=10)
+            assert isinstance(info.value.__cause__, ConnectionLostError | ConnectError)
+            assert client.in_flight == 0
+    finally:
+        await sim.stop()
