@@ -343,8 +343,9 @@ class ComfyUIClient:
             await self._post(job)
         except BaseException as exc:
             self._mux.jobs.pop(job.prompt_id, None)
-            if job.state == "posting" and not isinstance(exc, DreamgenError):
-                # Cancelled mid-POST: the server may have queued it. Take it back.
+            if job.state == "posting":
+                # Cancelled, or given up on, mid-POST: the server may have queued it anyway.
+                # Take it back, so that a job we report as failed never runs.
                 await asyncio.shield(self._remove_from_server(job))
             job._fail(exc if isinstance(exc, DreamgenError) else asyncio.CancelledError())
             raise

@@ -26,6 +26,7 @@ from dreamgen_async import (
     PromptLost,
     PromptRejected,
     PromptTimeout,
+    ServerError,
 )
 from dreamgen_async.comfyui_api import ComfyUIClient, RetryPolicy
 from dreamgen_async.multiplexer import ReconnectPolicy
@@ -434,3 +435,19 @@ async def test_an_exhausted_reconnect_budget_fails_pending_jobs_with_the_cause(
             assert client.in_flight == 0
     finally:
         await sim.stop()
+
+
+async def test_a_post_given_up_on_is_taken_back_from_the_server(
+    comfyui_sim: ComfyUISimulator,
+) -> None:
+    retry = RetryPolicy(attempts=2, initial_delay=0.01, max_delay=0.01)
+    async with ComfyUIClient(comfyui_sim.url, retry=retry) as client:
+        comfyui_sim.fail_next("/prompt", 2, status=504)
+        with pytest.raises(ServerError) as info:
+            await client.run(txt2img(seed=51))
+        assert info.value.status == 504
+        assert client.in_flight == 0
+    deletes = [r.json for r in comfyui_sim.requests if r.route == "/queue" and r.method == "POST"]
+    assert len(deletes) == 1
+    assert isinstance(deletes[0], dict)
+    assert len(deletes[0]["delete"]) == 1
