@@ -4,6 +4,7 @@ The public API is exactly what this module exports (``__all__``); everything els
 internal. The simulator lives apart, in :mod:`dreamgen_async.testing`.
 """
 
+from dreamgen_async.cache import ResultCache
 from dreamgen_async.comfyui_api import ComfyUIClient, RetryPolicy, UploadedImage
 from dreamgen_async.errors import (
     ClientClosedError,
@@ -28,6 +29,16 @@ from dreamgen_async.errors import (
     TransportError,
     UIWorkflowError,
     WorkflowError,
+)
+from dreamgen_async.generator import (
+    BatchProgress,
+    DreamGenerator,
+    GenerationResult,
+    Img2ImgRequest,
+    JobFailure,
+    Timings,
+    Txt2ImgRequest,
+    WorkflowRequest,
 )
 from dreamgen_async.jobs import Job, OutputImage, PromptResult
 from dreamgen_async.multiplexer import ReconnectPolicy
@@ -61,12 +72,14 @@ __version__ = "0.1.0.dev0"
 
 __all__ = [
     "PRESETS",
+    "BatchProgress",
     "BinaryText",
     "BuiltWorkflow",
     "ClientClosedError",
     "ComfyUIClient",
     "ConnectError",
     "ConnectionLostError",
+    "DreamGenerator",
     "DreamgenError",
     "Event",
     "Executed",
@@ -76,10 +89,13 @@ __all__ = [
     "ExecutionInterrupted",
     "ExecutionStart",
     "FluxWorkflowBuilder",
+    "GenerationResult",
     "Graph",
     "ImageRef",
+    "Img2ImgRequest",
     "InputImageError",
     "Job",
+    "JobFailure",
     "Node",
     "NodeError",
     "NotComfyUIError",
@@ -101,13 +117,17 @@ __all__ = [
     "QueueState",
     "ReconnectPolicy",
     "ResponseTooLargeError",
+    "ResultCache",
     "RetryPolicy",
     "ServerError",
+    "Timings",
     "TransportError",
+    "Txt2ImgRequest",
     "UIWorkflowError",
     "UploadedImage",
     "Workflow",
     "WorkflowError",
+    "WorkflowRequest",
     "__version__",
     "load_workflow",
     "parse_set_assignment",

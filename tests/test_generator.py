@@ -1,0 +1,285 @@
+"""DreamGenerator against the simulator: real inputs, real PNG outputs, batches, the cache."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from _graphs import png_bytes, txt2img
+from PIL import Image
+
+from dreamgen_async import ComfyUIClient, InputImageError, ServerError, WorkflowError
+from dreamgen_async.cache import ResultCache
+from dreamgen_async.generator import (
+    BatchProgress,
+    DreamGenerator,
+    GenerationResult,
+    Img2ImgRequest,
+    JobFailure,
+    Txt2ImgRequest,
+    safe_stem,
+)
+from dreamgen_async.testing import ComfyUISimulator
+
+
+@pytest.fixture
+async def gen(comfyui_sim: ComfyUISimulator, tmp_path: Path) -> AsyncIterator[DreamGenerator]:
+    async with DreamGenerator(
+        comfyui_sim.url, output_dir=tmp_path / "out", max_in_flight=64
+    ) as generator:
+        yield generator
+
+
+def ksampler_seed(sim: ComfyUISimulator, prompt_id: str | None) -> int:
+    graph = sim.prompts[prompt_id or ""].graph
+    (seed,) = [n["inputs"]["seed"] for n in graph.values() if n["class_type"] == "KSampler"]
+    return int(seed)
+
+
+async def test_generate_from_image_writes_a_real_png(
+    gen: DreamGenerator, comfyui_sim: ComfyUISimulator, tmp_path: Path
+) -> None:
+    source = tmp_path / "cat.png"
+    source.write_bytes(png_bytes(5, size=64))
+    result = await gen.generate_from_image(source, "an oil painting", denoise=0.6, seed=42)
+    assert result.path.parent == tmp_path / "out"
+    assert result.path.name.startswith("cat_42_")
+    with Image.open(result.path) as img:
+        assert img.format == "PNG"
+    assert result.path.read_bytes() == comfyui_sim.prompts[result.prompt_id or ""].output_bytes[0]
+    assert result.seed == 42 == ksampler_seed(comfyui_sim, result.prompt_id)
+    assert result.workflow == comfyui_sim.prompts[result.prompt_id or ""].graph
+    t = result.timings
+    assert t.queued is not None
+    assert t.finished is not None
+    assert t.downloaded is not None
+    assert t.submitted <= t.queued <= t.finished <= t.downloaded
+    assert not result.cached
+    # The input went up once, under its content hash.
+    uploads = [r for r in comfyui_sim.requests if r.route == "/upload/image"]
+    assert len(uploads) == 1
+    await gen.generate_from_image(source, "again", seed=43)
+    assert len([r for r in comfyui_sim.requests if r.route == "/upload/image"]) == 1
+
+
+async def test_pil_and_bytes_inputs_and_a_random_seed(gen: DreamGenerator) -> None:
+    with Image.new("RGB", (48, 48), (10, 200, 30)) as pil:
+        from_pil = await gen.generate_from_image(pil, "a meadow")
+    from_bytes = await gen.generate_from_image(png_bytes(9), "a meadow", name="../../../evil")
+    assert from_pil.seed is not None
+    assert from_pil.path.exists()
+    assert from_bytes.path.parent == gen.output_dir
+    assert from_bytes.path.name.startswith("evil_")
+
+
+async def test_generate_from_prompt(gen: DreamGenerator, comfyui_sim: ComfyUISimulator) -> None:
+    result = await gen.generate_from_prompt("a lighthouse", width=64, height=64, steps=1, seed=3)
+    assert result.path.exists()
+    assert ksampler_seed(comfyui_sim, result.prompt_id) == 3
+
+
+async def test_bad_arguments_fail_before_any_network_call(
+    gen: DreamGenerator, comfyui_sim: ComfyUISimulator, tmp_path: Path
+) -> None:
+    with pytest.raises(WorkflowError) as info:
+        await gen.generate_from_image(png_bytes(1), "x", denoise=1.5)
+    assert info.value.input_name == "denoise"
+    with pytest.raises(InputImageError) as missing:
+        await gen.generate_from_image(tmp_path / "nope.png", "x")
+    assert missing.value.source == str(tmp_path / "nope.png")
+    assert "no such file" in str(missing.value)
+    empty = tmp_path / "empty.png"
+    empty.write_bytes(b"")
+    with pytest.raises(InputImageError, match="empty"):
+        await gen.generate_from_image(empty, "x")
+    text = tmp_path / "notes.png"
+    text.write_text("not an image")
+    with pytest.raises(InputImageError, match="not a readable image"):
+        await gen.generate_from_image(text, "x")
+    assert comfyui_sim.requests == []
+
+
+async def test_five_hundred_mixed_jobs_land_with_their_seeds(
+    comfyui_sim: ComfyUISimulator, tmp_path: Path
+) -> None:
+    inputs = []
+    for i in range(8):
+        path = tmp_path / f"in{i}.png"
+        path.write_bytes(png_bytes(i))
+        inputs.append(path)
+    requests: list[Txt2ImgRequest | Img2ImgRequest] = []
+    for i in range(500):
+        if i % 2:
+            requests.append(Img2ImgRequest(inputs[i % 8], f"job {i}", 0.5, seed=i, steps=1))
+        else:
+            requests.append(Txt2ImgRequest(f"job {i}", seed=i, width=64, height=64, steps=1))
+    progress: list[BatchProgress] = []
+    async with DreamGenerator(
+        comfyui_sim.url, output_dir=tmp_path / "out", max_in_flight=64
+    ) as gen:
+        outcomes = await gen.generate_many(
+            requests, concurrency=64, on_batch_progress=progress.append
+        )
+    assert len(outcomes) == 500
+    for i, outcome in enumerate(outcomes):
+        assert isinstance(outcome, GenerationResult), outcome
+        assert outcome.request is requests[i]
+        assert outcome.seed == i == ksampler_seed(comfyui_sim, outcome.prompt_id)
+        assert outcome.path.exists()
+    assert len(list((tmp_path / "out").iterdir())) == 500
+    assert progress[-1].done == 500
+    assert progress[-1].total == 500
+    assert max(p.running for p in progress) <= 64
+
+
+async def test_a_batch_with_bad_inputs_finishes_the_rest(
+    gen: DreamGenerator, tmp_path: Path
+) -> None:
+    good = tmp_path / "good.png"
+    good.write_bytes(png_bytes(1))
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(png_bytes(2)[:40])
+    requests = [
+        Img2ImgRequest(good, "a", seed=1),
+        Img2ImgRequest(tmp_path / "missing.png", "b", seed=2),
+        Img2ImgRequest(broken, "c", seed=3),
+        Img2ImgRequest(good, "d", seed=4),
+    ]
+    outcomes = await gen.generate_many(requests, concurrency=4)
+    assert [type(o).__name__ for o in outcomes] == [
+        "GenerationResult",
+        "JobFailure",
+        "JobFailure",
+        "GenerationResult",
+    ]
+    failures = [o for o in outcomes if isinstance(o, JobFailure)]
+    assert [f.source for f in failures] == [str(tmp_path / "missing.png"), str(broken)]
+    assert all(isinstance(f.error, InputImageError) for f in failures)
+
+
+async def test_return_exceptions_false_raises_and_cancels_the_rest(
+    gen: DreamGenerator, comfyui_sim: ComfyUISimulator, tmp_path: Path
+) -> None:
+    comfyui_sim.hold()
+    requests: list[Txt2ImgRequest | Img2ImgRequest]
+    requests = [Txt2ImgRequest(f"p{i}", seed=i, width=64, height=64) for i in range(4)]
+    requests.append(Img2ImgRequest(tmp_path / "missing.png", "x"))
+    with pytest.raises(InputImageError):
+        await gen.generate_many(requests, concurrency=5, return_exceptions=False)
+    await comfyui_sim.wait_until(
+        lambda: all(p.status == "deleted" for p in comfyui_sim.prompts.values())
+    )
+    comfyui_sim.release()
+    assert not any(p.name.endswith(".part") for p in gen.output_dir.glob(".*"))
+
+
+async def test_as_completed_yields_results_as_they_finish(gen: DreamGenerator) -> None:
+    requests = (Txt2ImgRequest(f"p{i}", seed=i, width=64, height=64) for i in range(10))
+    seeds = [o.seed async for o in gen.as_completed(requests, concurrency=3)]  # type: ignore[union-attr]
+    assert sorted(s for s in seeds if s is not None) == list(range(10))
+
+
+async def test_cancelling_leaves_no_partial_files_and_no_prompts(
+    gen: DreamGenerator, comfyui_sim: ComfyUISimulator
+) -> None:
+    comfyui_sim.hold()
+    requests = [Txt2ImgRequest(f"p{i}", seed=i, width=64, height=64) for i in range(6)]
+    batch = asyncio.create_task(gen.generate_many(requests, concurrency=6))
+    await comfyui_sim.wait_until(lambda: len(comfyui_sim.accepted_prompt_ids) == 6)
+    batch.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await batch
+    await comfyui_sim.wait_until(
+        lambda: all(p.status == "deleted" for p in comfyui_sim.prompts.values())
+    )
+    comfyui_sim.release()
+    assert not gen.output_dir.exists() or list(gen.output_dir.iterdir()) == []
+
+
+# ---------------------------------------------------------------------------- the cache
+
+
+async def test_cache_hit_does_not_reach_the_server(
+    comfyui_sim: ComfyUISimulator, tmp_path: Path
+) -> None:
+    async with DreamGenerator(
+        comfyui_sim.url, output_dir=tmp_path / "out", cache=tmp_path / "cache"
+    ) as gen:
+        first = await gen.generate_from_image(png_bytes(4), "cached", seed=8)
+        again = await gen.generate_from_image(png_bytes(4), "cached", seed=8)
+        unseeded = await gen.generate_from_image(png_bytes(4), "cached")
+    assert not first.cached
+    assert again.cached
+    assert again.prompt_id is None
+    assert again.path.read_bytes() == first.path.read_bytes()
+    assert not unseeded.cached
+    assert len(comfyui_sim.accepted_prompt_ids) == 2
+
+
+async def test_concurrent_identical_requests_share_one_prompt(
+    gen: DreamGenerator, comfyui_sim: ComfyUISimulator
+) -> None:
+    request = Txt2ImgRequest("twins", seed=77, width=64, height=64, name="twin")
+    outcomes = await gen.generate_many([request] * 5, concurrency=5)
+    assert len(comfyui_sim.accepted_prompt_ids) == 1
+    paths = {o.path for o in outcomes if isinstance(o, GenerationResult)}
+    assert len(paths) == 1  # same request, same name: the same file
+
+
+async def test_cache_eviction_keeps_the_size_limit(tmp_path: Path) -> None:
+    cache = ResultCache(tmp_path / "cache", max_bytes=10_000)
+    for i in range(10):
+        await cache.put(f"{i:064x}", [(".png", bytes(3000))])
+    assert cache.size() <= 10_000
+    assert await cache.get(f"{9:064x}") is not None
+    assert await cache.get(f"{0:064x}") is None
+
+
+# ---------------------------------------------------------------------------- hostile servers
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("../../x", "x"),
+        ("/etc/passwd", "passwd"),
+        ("a\0b", "ab"),
+        ("..", "image"),
+        ("x" * 500, "x" * 80),
+        ("C:\\Windows\\evil", "evil"),
+    ],
+)
+def test_safe_stem(name: str, expected: str) -> None:
+    assert safe_stem(name) == expected
+
+
+async def test_a_hostile_output_name_cannot_escape_output_dir(
+    comfyui_sim: ComfyUISimulator, tmp_path: Path
+) -> None:
+    out = tmp_path / "deep" / "out"
+    async with ComfyUIClient(comfyui_sim.url) as client:
+        gen = DreamGenerator(client, output_dir=out)
+        comfyui_sim.hold()
+        job = asyncio.create_task(gen.run_workflow(txt2img(seed=5), name="w"))
+        await comfyui_sim.wait_until(lambda: len(comfyui_sim.accepted_prompt_ids) == 1)
+        (prompt_id,) = comfyui_sim.accepted_prompt_ids
+        hostile = {
+            "type": "executed",
+            "data": {
+                "node": "99",
+                "prompt_id": prompt_id,
+                "output": {
+                    "images": [{"filename": "../../x.png", "subfolder": "..", "type": "output"}]
+                },
+            },
+        }
+        await comfyui_sim.send_raw(json.dumps(hostile))
+        comfyui_sim.release()
+        with pytest.raises(ServerError) as info:
+            await job
+    assert "../../x.png" in str(info.value)
+    assert not list(tmp_path.rglob("x.png"))
+    assert not out.exists() or list(out.iterdir()) == []
