@@ -563,7 +563,7 @@ class DreamGenerator:
         ``return_exceptions=False``, raises its error after cancelling the rest — which
         takes their prompts off the server). Leaving the loop early cancels the rest too.
         """
-        async for _, outcome in self._run_batch(
+        async for _, outcome in self.enumerate_completed(
             requests, concurrency, return_exceptions, on_progress, on_batch_progress
         ):
             yield outcome
@@ -582,21 +582,24 @@ class DreamGenerator:
         Cancelling it cancels every running job (their prompts leave the server).
         """
         outcomes: dict[int, GenerationResult | JobFailure] = {}
-        async for index, outcome in self._run_batch(
+        async for index, outcome in self.enumerate_completed(
             requests, concurrency, return_exceptions, on_progress, on_batch_progress
         ):
             outcomes[index] = outcome
         return [outcomes[i] for i in range(len(outcomes))]
 
-    async def _run_batch(
+    async def enumerate_completed(
         self,
         requests: Iterable[Request],
-        concurrency: int,
-        return_exceptions: bool,
-        on_progress: Callable[[int, Event], object] | None,
-        on_batch_progress: Callable[[BatchProgress], object] | None,
+        concurrency: int = 8,
+        return_exceptions: bool = True,
+        on_progress: Callable[[int, Event], object] | None = None,
+        on_batch_progress: Callable[[BatchProgress], object] | None = None,
     ) -> AsyncIterator[tuple[int, GenerationResult | JobFailure]]:
-        """A pool of ``concurrency`` workers pulling from one shared lazy iterator."""
+        """Like :meth:`as_completed`, yielding ``(index of the request, outcome)`` pairs.
+
+        A pool of ``concurrency`` workers pulls from one shared lazy iterator.
+        """
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
         total = len(requests) if isinstance(requests, list | tuple) else None
