@@ -8,6 +8,7 @@ kept as ``__cause__``) and where retries happen — only where repeating is safe
 from __future__ import annotations
 
 import asyncio
+import base64
 import collections
 import json
 import logging
@@ -19,7 +20,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Literal
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import aiohttp
 from tenacity import (
@@ -153,7 +154,7 @@ class ComfyUIClient:
         client_id: The WebSocket clientId; a fresh UUID by default. Never share one
             between two live clients (see COMFYUI_PROTOCOL.md §5).
         token: Sent as ``Authorization: Bearer <token>`` on HTTP and the WebSocket.
-        auth: Basic auth, as :class:`aiohttp.BasicAuth`.
+        auth: Basic auth, as ``(user, password)``.
         headers: Extra headers for every request (an ``Origin`` header is refused:
             ComfyUI answers 403 when it differs from ``Host``).
         ssl: Passed to aiohttp: ``None`` verifies certificates (the default), an
@@ -181,7 +182,7 @@ class ComfyUIClient:
         session: aiohttp.ClientSession | None = None,
         client_id: str | None = None,
         token: str | None = None,
-        auth: aiohttp.BasicAuth | None = None,
+        auth: tuple[str, str] | None = None,
         headers: Mapping[str, str] | None = None,
         ssl: ssl_module.SSLContext | bool | None = None,
         timeout: float = 300.0,
@@ -200,7 +201,7 @@ class ComfyUIClient:
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"base_url must be http(s)://host[:port], got {base_url!r}")
         if parts.username is not None and auth is None:
-            auth = aiohttp.BasicAuth(parts.username, parts.password or "")
+            auth = (unquote(parts.username), unquote(parts.password or ""))
         self.base_url = _strip_credentials(base_url.rstrip("/"))
         self.safe_url = self.base_url
         self.client_id = client_id or str(uuid.uuid4())
@@ -210,7 +211,9 @@ class ComfyUIClient:
         if token is not None:
             self._headers["Authorization"] = f"Bearer {token}"
         elif auth is not None:
-            self._headers["Authorization"] = auth.encode()
+            user, password = auth
+            encoded = base64.b64encode(f"{user}:{password}".encode()).decode()
+            self._headers["Authorization"] = f"Basic {encoded}"
         self._ssl: ssl_module.SSLContext | bool = True if ssl is None else ssl
         self._timeout = aiohttp.ClientTimeout(total=timeout, sock_connect=min(timeout, 30.0))
         self._retry = retry or RetryPolicy()

@@ -15,6 +15,7 @@ import json
 import logging
 import mimetypes
 import os
+import ssl
 import sys
 import tempfile
 import time
@@ -97,6 +98,7 @@ class RecordedRequest:
     json: Any | None
     time: float
     query: dict[str, str] = field(default_factory=dict)
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -175,11 +177,17 @@ class ComfyUISimulator:
         self._runner: web.AppRunner | None = None
         self._port: int | None = None
         self._host = "127.0.0.1"
+        self._scheme = "http"
 
     # ---------------------------------------------------------------- lifecycle
 
-    async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
-        """Listen on ``host:port`` (0 = a free port) and start the worker."""
+    async def start(
+        self, host: str = "127.0.0.1", port: int = 0, ssl_context: ssl.SSLContext | None = None
+    ) -> None:
+        """Listen on ``host:port`` (0 = a free port) and start the worker.
+
+        With ``ssl_context`` it serves HTTPS and WSS (``url`` then starts with ``https``).
+        """
         if self._runner is not None:
             raise RuntimeError("simulator already started")
         self._change = asyncio.Event()
@@ -188,8 +196,9 @@ class ComfyUISimulator:
             self.app, access_log=None, handle_signals=False, shutdown_timeout=1.0
         )
         await runner.setup()
-        site = web.TCPSite(runner, host, port)
+        site = web.TCPSite(runner, host, port, ssl_context=ssl_context)
         await site.start()
+        self._scheme = "https" if ssl_context is not None else "http"
         self._runner = runner
         self._port = int(runner.addresses[0][1])
         self._host = host
@@ -226,8 +235,8 @@ class ComfyUISimulator:
 
     @property
     def url(self) -> str:
-        """``http://HOST:PORT``."""
-        return f"http://{self._host}:{self.port}"
+        """``http://HOST:PORT`` (``https`` when started with an SSL context)."""
+        return f"{self._scheme}://{self._host}:{self.port}"
 
     # ---------------------------------------------------------------- observability
 
@@ -468,6 +477,7 @@ class ComfyUISimulator:
                     body_json,
                     time.time(),
                     dict(request.query),
+                    dict(request.headers),
                 )
             )
             self._changed()
