@@ -330,16 +330,21 @@ class ComfyUIClient:
         """
         self._check_open()
         await self._mux.ensure_running()
-        job = Job(
-            self,
-            prompt_id or str(uuid.uuid4()),
-            workflow,
-            extra_data=extra_data,
-            front=front,
-            on_progress=on_progress,
-        )
         assert self._slots is not None
+        # Wait for a slot before building the job: a job waiting here costs only this frame.
         await self._slots.acquire()
+        try:
+            job = Job(
+                self,
+                prompt_id or str(uuid.uuid4()),
+                workflow,
+                extra_data=extra_data,
+                front=front,
+                on_progress=on_progress,
+            )
+        except BaseException:
+            self._slots.release()
+            raise
         job._future.add_done_callback(lambda _: self._release_slot(job))
         try:
             self._check_open()
@@ -833,9 +838,11 @@ class ComfyUIClient:
                         status=resp.status,
                         url=path,
                     )
+                if resp.content_length is not None:  # announced, and within the bound
+                    return _Response(resp.status, resp.content_type, await resp.read())
                 chunks = []
                 size = 0
-                async for chunk in resp.content.iter_chunked(1 << 16):
+                async for chunk in resp.content.iter_chunked(1 << 20):
                     size += len(chunk)
                     if size > max_body:
                         raise ResponseTooLargeError(

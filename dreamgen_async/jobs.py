@@ -6,7 +6,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -75,6 +75,28 @@ class Job:
     :meth:`events` for progress, call :meth:`cancel` to take it off the server.
     """
 
+    # Thousands may be in flight at once: keep each one small.
+    __slots__ = (
+        "_backlog",
+        "_cached",
+        "_client",
+        "_future",
+        "_on_progress",
+        "_outputs",
+        "_subscribers",
+        "_succeeded",
+        "extra_data",
+        "front",
+        "gap",
+        "node_errors",
+        "prompt_id",
+        "queued_at",
+        "resubmitted",
+        "started_at",
+        "state",
+        "workflow",
+    )
+
     def __init__(
         self,
         client: ComfyUIClient,
@@ -87,7 +109,7 @@ class Job:
     ) -> None:
         self.prompt_id = prompt_id
         self.workflow = workflow
-        self.extra_data = dict(extra_data or {})
+        self.extra_data = dict(extra_data) if extra_data else None
         self.front = front
         self.state: JobState = "waiting"
         self.queued_at: float | None = None
@@ -103,8 +125,9 @@ class Job:
         # True once the WebSocket dropped while this job was live: its events may be
         # incomplete, so its outcome is read from /history instead.
         self.gap = False
-        self._subscribers: list[_Subscriber] = []
-        self._backlog: deque[Event] = deque(maxlen=32)
+        # Created on first use: most jobs have no subscriber and few events.
+        self._subscribers: list[_Subscriber] | None = None
+        self._backlog: deque[Event] | None = None
 
     def __repr__(self) -> str:
         return f"<Job {self.prompt_id} {self.state}>"
@@ -138,24 +161,28 @@ class Job:
         The iterator ends when the prompt reaches an outcome. A consumer that falls far
         behind loses the oldest events (never the outcome); the reader never waits for it.
         """
-        sub = _Subscriber(self._backlog)
+        sub = _Subscriber(self._backlog or ())
         if self._future.done():
             sub.close()
         else:
+            if self._subscribers is None:
+                self._subscribers = []
             self._subscribers.append(sub)
         try:
             while (event := await sub.get()) is not None:
                 yield event
         finally:
-            if sub in self._subscribers:
+            if self._subscribers and sub in self._subscribers:
                 self._subscribers.remove(sub)
 
     # ------------------------------------------------------------------ multiplexer side
 
     def _deliver(self, event: Event) -> None:
         """Hand an event to the callback and subscribers. Never raises, never blocks."""
+        if self._backlog is None:
+            self._backlog = deque(maxlen=32)
         self._backlog.append(event)
-        for sub in self._subscribers:
+        for sub in self._subscribers or ():
             sub.put(event)
         if self._on_progress is not None:
             try:
@@ -210,16 +237,16 @@ class Job:
 
     def _finish(self) -> None:
         self.state = "done"
-        for sub in self._subscribers:
+        for sub in self._subscribers or ():
             sub.close()
-        self._subscribers.clear()
-        self._backlog.clear()
+        self._subscribers = None
+        self._backlog = None
 
 
 class _Subscriber:
     """A bounded mailbox between the reader (put, never blocks) and one ``events()`` loop."""
 
-    def __init__(self, backlog: deque[Event]) -> None:
+    def __init__(self, backlog: Iterable[Event]) -> None:
         self._items: deque[Event | None] = deque(backlog, maxlen=EVENT_BUFFER)
         self._wakeup = asyncio.Event()
         if self._items:
