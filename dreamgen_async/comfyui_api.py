@@ -36,6 +36,7 @@ from dreamgen_async.errors import (
     ClientClosedError,
     ConnectError,
     DreamgenError,
+    ExecutionInterrupted,
     NotComfyUIError,
     PartialPromptWarning,
     PartialPromptWarningError,
@@ -560,8 +561,6 @@ class ComfyUIClient:
     def _outcome_from_history(
         prompt_id: str, record: HistoryRecord, job: Job | None
     ) -> PromptResult | DreamgenError:
-        from dreamgen_async.errors import ExecutionInterrupted
-
         if record.error is not None:
             return error_from_event(record.error)
         if record.interrupted or record.status != "success":
