@@ -81,7 +81,8 @@ async def bounded(jobs: list[Callable[[], Awaitable[float | None]]], concurrency
 
 async def run_dreamgen(url: str, jobs: int, concurrency: int, size: int) -> dict[str, Any]:
     received: dict[str, float] = {}
-    async with ComfyUIClient(url, max_in_flight=max(concurrency, 8)) as client:
+    # At most 64 prompts in the server queue (the default is 8); the rest wait client-side.
+    async with ComfyUIClient(url, max_in_flight=min(max(concurrency, 8), 64)) as client:
         mux = client._mux
         dispatch = mux.dispatch
 
