@@ -31,8 +31,10 @@ from dreamgen_async.errors import (
     WorkflowError,
 )
 from dreamgen_async.generator import (
+    Batch,
     BatchProgress,
     DreamGenerator,
+    GenerationJob,
     GenerationResult,
     Img2ImgRequest,
     JobFailure,
@@ -72,6 +74,7 @@ __version__ = "0.1.0.dev0"
 
 __all__ = [
     "PRESETS",
+    "Batch",
     "BatchProgress",
     "BinaryText",
     "BuiltWorkflow",
@@ -89,6 +92,7 @@ __all__ = [
     "ExecutionInterrupted",
     "ExecutionStart",
     "FluxWorkflowBuilder",
+    "GenerationJob",
     "GenerationResult",
     "Graph",
     "ImageRef",

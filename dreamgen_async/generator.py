@@ -36,11 +36,12 @@ from PIL import Image, UnidentifiedImageError
 from dreamgen_async.cache import ResultCache, cache_key
 from dreamgen_async.comfyui_api import ComfyUIClient
 from dreamgen_async.errors import DreamgenError, InputImageError
-from dreamgen_async.jobs import ProgressCallback, PromptResult
+from dreamgen_async.jobs import Mailbox, ProgressCallback, PromptResult
 from dreamgen_async.protocol import Event
 from dreamgen_async.workflow_builder import BuiltWorkflow, FluxWorkflowBuilder, Workflow
 
 __all__ = [
+    "Batch",
     "BatchProgress",
     "DreamGenerator",
     "GenerationResult",
@@ -172,6 +173,83 @@ class BatchProgress:
     failed: int
     running: int
     cached: int
+
+
+# ---------------------------------------------------------------------------- handles
+
+
+class GenerationJob:
+    """One request running in the background (from :meth:`DreamGenerator.submit`).
+
+    Await :meth:`result`, follow :meth:`events`, or :meth:`cancel` it. Cancelling (or
+    cancelling a call to ``result()``) takes its prompt off the server.
+    """
+
+    def __init__(self, gen: DreamGenerator, request: Request, timeout: float | None) -> None:
+        self.request = request
+        self._events: Mailbox[Event] = Mailbox()
+        self._task = asyncio.create_task(
+            gen.generate(request, timeout=timeout, on_progress=self._events.put),
+            name="dreamgen-generation",
+        )
+        self._task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[GenerationResult]) -> None:
+        self._events.close()
+        if not task.cancelled():
+            task.exception()  # retrieved here; result() still raises it
+
+    def done(self) -> bool:
+        """Whether the outcome is known."""
+        return self._task.done()
+
+    async def result(self) -> GenerationResult:
+        """The result, once the images are written. Raises what the job raised."""
+        return await self._task
+
+    def cancel(self) -> None:
+        """Cancel the job: its prompt leaves the server and no file is left."""
+        self._task.cancel()
+
+    async def events(self) -> AsyncIterator[Event]:
+        """The job's progress events (from its start; one consumer); ends with the job."""
+        while (event := await self._events.get()) is not None:
+            yield event
+
+
+class Batch:
+    """A batch running in the background (from :meth:`DreamGenerator.start_batch`)."""
+
+    def __init__(self, gen: DreamGenerator, requests: Iterable[Request], concurrency: int) -> None:
+        self._progress: Mailbox[BatchProgress] = Mailbox()
+        self._task = asyncio.create_task(
+            gen.generate_many(
+                requests, concurrency=concurrency, on_batch_progress=self._progress.put
+            ),
+            name="dreamgen-batch",
+        )
+        self._task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[list[GenerationResult | JobFailure]]) -> None:
+        self._progress.close()
+        if not task.cancelled():
+            task.exception()
+
+    async def progress(self) -> AsyncIterator[BatchProgress]:
+        """A :class:`BatchProgress` snapshot at every change (one consumer); ends with the batch.
+
+        A consumer that falls far behind skips old snapshots, never the last one.
+        """
+        while (state := await self._progress.get()) is not None:
+            yield state
+
+    async def results(self) -> list[GenerationResult | JobFailure]:
+        """Every outcome, in request order, once the batch is over."""
+        return await self._task
+
+    def cancel(self) -> None:
+        """Cancel every job of the batch (their prompts leave the server)."""
+        self._task.cancel()
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -339,6 +417,14 @@ class DreamGenerator:
         """Run a user's API-format workflow and write its output images."""
         request = WorkflowRequest(workflow, name)
         return await self.generate(request, timeout=timeout, on_progress=on_progress)
+
+    def submit(self, request: Request, *, timeout: float | None = None) -> GenerationJob:
+        """Start one request in the background; follow it with ``events()``."""
+        return GenerationJob(self, request, timeout)
+
+    def start_batch(self, requests: Iterable[Request], *, concurrency: int = 8) -> Batch:
+        """Start a batch in the background; follow it with ``progress()``."""
+        return Batch(self, requests, concurrency)
 
     async def generate(
         self,

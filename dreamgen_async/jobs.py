@@ -8,7 +8,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
 from dreamgen_async.errors import NodeError
 from dreamgen_async.protocol import Event, ImageRef
@@ -16,11 +16,12 @@ from dreamgen_async.protocol import Event, ImageRef
 if TYPE_CHECKING:
     from dreamgen_async.comfyui_api import ComfyUIClient
 
-__all__ = ["Job", "JobState", "OutputImage", "ProgressCallback", "PromptResult"]
+__all__ = ["Job", "JobState", "Mailbox", "OutputImage", "ProgressCallback", "PromptResult"]
 
 log = logging.getLogger("dreamgen_async")
 
 ProgressCallback = Callable[[Event], object]
+T = TypeVar("T")
 JobState = Literal["waiting", "posting", "queued", "running", "done"]
 
 #: Events kept for an ``events()`` subscriber that has not caught up; older ones are dropped
@@ -126,7 +127,7 @@ class Job:
         # incomplete, so its outcome is read from /history instead.
         self.gap = False
         # Created on first use: most jobs have no subscriber and few events.
-        self._subscribers: list[_Subscriber] | None = None
+        self._subscribers: list[Mailbox[Event]] | None = None
         self._backlog: deque[Event] | None = None
 
     def __repr__(self) -> str:
@@ -161,7 +162,7 @@ class Job:
         The iterator ends when the prompt reaches an outcome. A consumer that falls far
         behind loses the oldest events (never the outcome); the reader never waits for it.
         """
-        sub = _Subscriber(self._backlog or ())
+        sub: Mailbox[Event] = Mailbox(self._backlog or ())
         if self._future.done():
             sub.close()
         else:
@@ -243,25 +244,29 @@ class Job:
         self._backlog = None
 
 
-class _Subscriber:
-    """A bounded mailbox between the reader (put, never blocks) and one ``events()`` loop."""
+class Mailbox(Generic[T]):
+    """A bounded mailbox between a producer that never waits (``put``) and one consumer.
 
-    def __init__(self, backlog: Iterable[Event]) -> None:
-        self._items: deque[Event | None] = deque(backlog, maxlen=EVENT_BUFFER)
+    When the consumer falls ``EVENT_BUFFER`` items behind, the oldest are dropped.
+    """
+
+    def __init__(self, backlog: Iterable[T] = ()) -> None:
+        self._items: deque[T] = deque(backlog, maxlen=EVENT_BUFFER)
         self._wakeup = asyncio.Event()
         if self._items:
             self._wakeup.set()
         self._closed = False
 
-    def put(self, event: Event) -> None:
-        self._items.append(event)
+    def put(self, item: T) -> None:
+        self._items.append(item)
         self._wakeup.set()
 
     def close(self) -> None:
         self._closed = True
         self._wakeup.set()
 
-    async def get(self) -> Event | None:
+    async def get(self) -> T | None:
+        """The next item, or ``None`` once closed and drained."""
         while not self._items:
             if self._closed:
                 return None

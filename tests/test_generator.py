@@ -11,7 +11,13 @@ import pytest
 from _graphs import png_bytes, txt2img
 from PIL import Image
 
-from dreamgen_async import ComfyUIClient, InputImageError, ServerError, WorkflowError
+from dreamgen_async import (
+    ComfyUIClient,
+    InputImageError,
+    Progress,
+    ServerError,
+    WorkflowError,
+)
 from dreamgen_async.cache import ResultCache
 from dreamgen_async.generator import (
     BatchProgress,
@@ -283,3 +289,41 @@ async def test_a_hostile_output_name_cannot_escape_output_dir(
     assert "../../x.png" in str(info.value)
     assert not list(tmp_path.rglob("x.png"))
     assert not out.exists() or list(out.iterdir()) == []
+
+
+# ---------------------------------------------------------------------------- handles
+
+
+async def test_a_submitted_job_streams_its_progress(
+    gen: DreamGenerator, comfyui_sim: ComfyUISimulator
+) -> None:
+    job = gen.submit(Txt2ImgRequest("fox", seed=12, width=64, height=64, steps=3))
+    steps = [e.value async for e in job.events() if isinstance(e, Progress)]
+    result = await job.result()
+    assert steps == [1, 2, 3]
+    assert result.path.exists()
+    assert job.done()
+
+
+async def test_cancelling_a_submitted_job_takes_it_off_the_server(
+    gen: DreamGenerator, comfyui_sim: ComfyUISimulator
+) -> None:
+    comfyui_sim.hold()
+    job = gen.submit(Txt2ImgRequest("fox", seed=13, width=64, height=64))
+    await comfyui_sim.wait_until(lambda: len(comfyui_sim.accepted_prompt_ids) == 1)
+    job.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await job.result()
+    (prompt_id,) = comfyui_sim.accepted_prompt_ids
+    await comfyui_sim.wait_for_status(prompt_id, "deleted")
+    comfyui_sim.release()
+
+
+async def test_a_batch_reports_progress_as_an_async_iterator(gen: DreamGenerator) -> None:
+    requests = [Txt2ImgRequest(f"p{i}", seed=i, width=64, height=64) for i in range(12)]
+    batch = gen.start_batch(requests, concurrency=4)
+    states = [state async for state in batch.progress()]
+    outcomes = await batch.results()
+    assert states[-1] == BatchProgress(total=12, done=12, failed=0, running=0, cached=0)
+    assert max(s.running for s in states) <= 4
+    assert [o.seed for o in outcomes if isinstance(o, GenerationResult)] == list(range(12))
