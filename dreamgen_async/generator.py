@@ -436,6 +436,7 @@ class DreamGenerator:
         """Run one request of any kind (what the batch forms call)."""
         submitted = time.time()
         input_hash: str | None = None
+        upload: tuple[bytes, str, str, str] | None = None
         seed: int | None
         built: BuiltWorkflow
         if isinstance(request, Txt2ImgRequest):
@@ -463,11 +464,7 @@ class DreamGenerator:
                 request.cfg,
                 request.seed,
             )
-            reference = await self._store_input(data, input_hash, suffix)
-            if reference != expected:  # the server renamed it: always use its name
-                for node in built.workflow.values():
-                    if node["class_type"] == "LoadImage":
-                        node["inputs"]["image"] = reference
+            upload = (data, input_hash, suffix, expected)
             workflow, seed = built.workflow, built.seed
             stem = request.name or (
                 Path(os.fspath(request.image)).stem
@@ -492,6 +489,13 @@ class DreamGenerator:
                     paths, None, seed, workflow, request, True, Timings(submitted)
                 )
 
+        if upload is not None:  # only now: a cache hit never touches the server
+            data, digest, suffix, expected = upload
+            reference = await self._store_input(data, digest, suffix)
+            if reference != expected:  # the server renamed it: always use its name
+                for node in workflow.values():
+                    if node["class_type"] == "LoadImage":
+                        node["inputs"]["image"] = reference
         result, images = await self._run_shared(key, workflow, timeout, on_progress)
         if key is not None and self.cache is not None:
             await self.cache.put(key, images)

@@ -223,6 +223,15 @@ async def test_cache_hit_does_not_reach_the_server(
     assert again.path.read_bytes() == first.path.read_bytes()
     assert not unseeded.cached
     assert len(comfyui_sim.accepted_prompt_ids) == 2
+    # A new generator (another process, say) answers from the same cache without any request.
+    before = len(comfyui_sim.requests)
+    async with DreamGenerator(
+        comfyui_sim.url, output_dir=tmp_path / "out2", cache=tmp_path / "cache"
+    ) as fresh:
+        hit = await fresh.generate_from_image(png_bytes(4), "cached", seed=8)
+    assert hit.cached
+    # Nothing but the new client's WebSocket (recorded when it closes, if it has yet).
+    assert [r.route for r in comfyui_sim.requests[before:] if r.route != "/ws"] == []
 
 
 async def test_concurrent_identical_requests_share_one_prompt(
