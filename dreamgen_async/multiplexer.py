@@ -95,7 +95,6 @@ class Multiplexer:
         self._connected = asyncio.Event()
         self._closing = False
         self._running_prompt: str | None = None
-        self._failure: BaseException | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -114,7 +113,6 @@ class Multiplexer:
         """Restart the reader after an exhausted reconnect budget, on the next submission."""
         if self._reader is None or not self._reader.done() or self._closing:
             return
-        self._failure = None
         await self.start()
 
     async def close(self, exc: BaseException) -> None:
@@ -151,7 +149,6 @@ class Multiplexer:
         if task.cancelled() or self._closing:
             return
         exc = task.exception()
-        self._failure = exc
         log.error("WebSocket reader stopped: %s", exc)
         lost = ConnectionLostError(f"lost the WebSocket to {self._client.safe_url}: {exc}")
         lost.__cause__ = exc

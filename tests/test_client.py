@@ -433,6 +433,12 @@ async def test_an_exhausted_reconnect_budget_fails_pending_jobs_with_the_cause(
                 await job.result(timeout=10)
             assert isinstance(info.value.__cause__, ConnectionLostError | ConnectError)
             assert client.in_flight == 0
+            # The server comes back on the same port: the next submission reconnects.
+            port = sim.port
+            sim = ComfyUISimulator(root=tmp_path / "again")
+            await sim.start(port=port)
+            result = await client.run(txt2img(seed=42), timeout=10)
+            assert result.images
     finally:
         await sim.stop()
 
