@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -209,10 +210,13 @@ class Display:
                 )
             click.echo(json.dumps(record))
         elif isinstance(outcome, JobFailure):
-            self.console.print(f"[red]error[/red] {label}: {outcome.error}", highlight=False)
+            message = escape(f"{label}: {outcome.error}")  # errors may contain [brackets]
+            self.console.print(f"[red]error[/red] {message}", highlight=False)
         elif not self.opts.quiet:
             paths = ", ".join(str(p) for p in outcome.paths)
-            self.console.print(f"ok {label} -> {paths} (seed {outcome.seed})", highlight=False)
+            self.console.print(
+                f"ok {label} -> {paths} (seed {outcome.seed})", highlight=False, markup=False
+            )
 
 
 async def run_requests(
