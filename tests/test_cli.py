@@ -163,3 +163,19 @@ def test_demo_writes_images(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert len(list(tmp_path.glob("*.png"))) == 4
     assert "wrote 4 images" in result.output
+
+
+async def test_a_rejected_prompt_names_node_input_and_choices(
+    comfyui_sim: ComfyUISimulator, tmp_path: Path
+) -> None:
+    proc = await dreamgen(
+        "txt2img", "a fox", "--ckpt", "nope.safetensors", "--size", "64x64",
+        "--server", comfyui_sim.url, "-o", str(tmp_path),
+    )  # fmt: skip
+    stdout, stderr = await proc.communicate()
+    text = stdout.decode() + stderr.decode()
+    assert proc.returncode == 1
+    assert "input 'ckpt_name'" in text
+    assert "[ckpt_name: 'nope.safetensors' not in" in text
+    assert "the server has: flux1-schnell.safetensors" in text
+    assert "Traceback" not in text
