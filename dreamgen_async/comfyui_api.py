@@ -10,16 +10,20 @@ from __future__ import annotations
 import asyncio
 import base64
 import collections
+import functools
+import heapq
+import itertools
 import json
 import logging
+import random
 import ssl as ssl_module
 import time
 import uuid
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Literal
+from typing import IO, Any, Literal, TypeVar
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 import aiohttp
@@ -32,11 +36,11 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
+from dreamgen_async import lifecycle as lc
 from dreamgen_async.errors import (
     ClientClosedError,
     ConnectError,
     DreamgenError,
-    ExecutionInterrupted,
     NotComfyUIError,
     PartialPromptWarning,
     PartialPromptWarningError,
@@ -49,7 +53,9 @@ from dreamgen_async.errors import (
     TransportError,
 )
 from dreamgen_async.jobs import Job, OutputImage, ProgressCallback, PromptResult
-from dreamgen_async.multiplexer import Multiplexer, ReconnectPolicy, error_from_event
+from dreamgen_async.lifecycle import JobState
+from dreamgen_async.multiplexer import Multiplexer, ReconnectPolicy
+from dreamgen_async.outcomes import error_from_history
 from dreamgen_async.protocol import (
     HistoryRecord,
     ImageRef,
@@ -66,6 +72,8 @@ log = logging.getLogger("dreamgen_async")
 PartialPolicy = Literal["warn", "error", "ignore"]
 LostPolicy = Literal["resubmit", "fail"]
 ImageSource = bytes | str | Path | IO[bytes]
+
+T = TypeVar("T")
 
 _RETRY_STATUSES = frozenset({429, 502, 503, 504})
 # Statuses that prove the request was not processed, so even POST /prompt may be re-sent.
@@ -138,6 +146,33 @@ def _strip_credentials(url: str) -> str:
     if parts.port is not None:
         host = f"{host}:{parts.port}"
     return urlunsplit(parts._replace(netloc=host))
+
+
+def history_input(prompt_id: str, record: HistoryRecord) -> lc.Outcome:
+    """A job's lifecycle input for its ``/history`` record."""
+    return lc.Outcome(
+        error_from_history(prompt_id, record), record.outputs, interrupted=record.interrupted
+    )
+
+
+def outcome_from_history(prompt_id: str, record: HistoryRecord) -> PromptResult | DreamgenError:
+    """The result (or error) a ``/history`` record stands for, outside any job."""
+    error = error_from_history(prompt_id, record)
+    return error if error is not None else PromptResult(prompt_id, dict(record.outputs))
+
+
+def _terminal(state: JobState) -> bool:
+    return state.terminal
+
+
+def _past_posting(state: JobState) -> bool:
+    """submit() returns once the POST's outcome is known (or the job settled)."""
+    return state.terminal or state in (JobState.QUEUED, JobState.RUNNING, JobState.SETTLING)
+
+
+def _removal_done(state: JobState) -> bool:
+    """A cancel has done its part once the job is settled or its interrupt was sent."""
+    return state.terminal or state is JobState.INTERRUPTING
 
 
 class ComfyUIClient:
@@ -226,9 +261,21 @@ class ComfyUIClient:
         self._max_in_flight = max_in_flight
         self._session = session
         self._owns_session = session is None
-        self._state: Literal["unopened", "opened", "closed"] = "unopened"
+        self._state: Literal["unopened", "opening", "opened", "closing", "closed"] = "unopened"
         self._mux = Multiplexer(self, reconnect or ReconnectPolicy())
-        self._slots: asyncio.Semaphore | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._closed: asyncio.Future[None] | None = None
+        # The jobs, by where they are. A job is in exactly one of: the waiting heap
+        # (client-side, by priority), _live (the server may hold it), or neither (settled).
+        self._waiting: list[tuple[int, int, Job]] = []
+        self._order = itertools.count()
+        self._live: dict[str, Job] = {}
+        self._free = max_in_flight
+        self._removals: list[Job] = []
+        self._remover: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        #: Seconds a removal (delete + interrupt) may take before the job is reported gone.
+        self._removal_budget = 10.0
         self._recent: collections.OrderedDict[str, PromptResult | BaseException] = (
             collections.OrderedDict()
         )
@@ -251,33 +298,74 @@ class ComfyUIClient:
         Raises:
             ConnectError: the server does not answer.
             NotComfyUIError: something answered that is not ComfyUI.
+            ClientClosedError: the client was opened before, or closed while opening.
         """
         if self._state != "unopened":
             raise ClientClosedError(f"client is {self._state}; create a new one")
-        self._slots = asyncio.Semaphore(self._max_in_flight)
+        self._loop = asyncio.get_running_loop()
+        self._state = "opening"
         if self._session is None:
             self._session = aiohttp.ClientSession(
                 timeout=self._timeout, connector=aiohttp.TCPConnector(limit=64)
             )
         try:
-            await self._mux.start()
-        except BaseException:
-            await self._close_session()
+            ws = await self._ws_connect()
+        except BaseException as exc:
+            closed_meanwhile = self._closing_or_closed()
             self._state = "closed"
+            await self._close_session()
+            if closed_meanwhile and isinstance(exc, DreamgenError):
+                raise ClientClosedError("the client was closed while it opened") from exc
             raise
+        if self._closing_or_closed():  # aclose() ran while we connected
+            await ws.close()
+            raise ClientClosedError("the client was closed while it opened")
+        self._mux.start(ws)
         self._state = "opened"
 
-    async def aclose(self) -> None:
-        """Close the socket and the session (if owned). Idempotent.
+    def _closing_or_closed(self) -> bool:
+        # A method, so that the type checker does not narrow the state across an await.
+        return self._state in ("closing", "closed")
 
-        Jobs still waiting fail with :class:`ClientClosedError`; their prompts are left on
-        the server (cancel them first if that matters).
+    async def aclose(self, *, detach: bool = False, timeout: float = 10.0) -> None:
+        """Close the client: settle every job, close the socket and the session (if owned).
+
+        Idempotent. Every job still waiting or running fails with :class:`ClientClosedError`,
+        and everything waiting on the client wakes up. By default its prompt is taken off the
+        server first (queue delete, targeted interrupt), for at most ``timeout`` seconds, so a
+        job reported failed does not run. With ``detach=True`` the prompts stay queued on the
+        server, for a later process to collect (e.g. a batch journal).
         """
-        if self._state == "closed":
+        if self._state in ("closing", "closed"):
+            if self._closed is not None:
+                await asyncio.shield(self._closed)
             return
-        self._state = "closed"
-        await self._mux.close(ClientClosedError("the client was closed while the job waited"))
-        await self._close_session()
+        opened = self._state == "opened"
+        self._state = "closing"
+        self._closed = asyncio.get_running_loop().create_future()
+        try:
+            if opened:
+                await self._settle_all_for_close(detach, timeout)
+        finally:
+            await self._mux.close()
+            await self._cancel_tasks()
+            self._state = "closed"
+            await self._close_session()
+            self._closed.set_result(None)
+
+    async def _settle_all_for_close(self, detach: bool, timeout: float) -> None:
+        reason = ClientClosedError("the client was closed while the job waited")
+        jobs = self._all_jobs()
+        for job in jobs:
+            self._drive(job, lc.Abandon(reason) if detach else lc.Cancel(reason))
+        try:
+            async with asyncio.timeout(timeout):
+                for job in jobs:
+                    await job._wait_for(_terminal)
+        except TimeoutError:
+            log.warning("aclose: %d prompts could not be taken back in time", len(self._live))
+        for job in self._all_jobs():  # what the server did not answer for in time
+            self._drive(job, lc.Abandon(reason))
 
     async def _close_session(self) -> None:
         if self._owns_session and self._session is not None:
@@ -291,7 +379,15 @@ class ComfyUIClient:
                 if self._state == "unopened"
                 else "the client is closed"
             )
+        self._check_loop()
         return self._session
+
+    def _check_loop(self) -> None:
+        if self._loop is not None and asyncio.get_running_loop() is not self._loop:
+            raise ClientClosedError(
+                "this client was opened in another event loop (another asyncio.run?): "
+                "create one client per event loop"
+            )
 
     @property
     def queue_remaining(self) -> int | None:
@@ -300,8 +396,23 @@ class ComfyUIClient:
 
     @property
     def in_flight(self) -> int:
-        """Prompts of this client the server holds (queued or running) right now."""
-        return len(self._mux.jobs)
+        """Prompts of this client the server holds (posting, queued or running) right now."""
+        return len(self._live)
+
+    @property
+    def waiting(self) -> int:
+        """Jobs waiting client-side for an in-flight slot."""
+        return len(self._waiting)
+
+    @property
+    def max_in_flight(self) -> int:
+        """How many of this client's prompts may be on the server at once."""
+        return self._max_in_flight
+
+    @property
+    def free_slots(self) -> int:
+        """In-flight slots free right now (``max_in_flight`` minus the jobs holding one)."""
+        return self._free
 
     @property
     def ws_connections(self) -> int:
@@ -318,116 +429,61 @@ class ComfyUIClient:
         extra_data: Mapping[str, Any] | None = None,
         on_progress: ProgressCallback | None = None,
         prompt_id: str | None = None,
+        priority: int = 0,
     ) -> Job:
-        """Queue a prompt and return its :class:`Job` (waits while ``max_in_flight`` is reached).
+        """Queue a prompt and return its :class:`Job` once the server accepted it.
 
+        While ``max_in_flight`` prompts are on the server the job waits client-side, where
+        ``priority`` orders it (higher first, first come first served within a priority).
         The job is registered before ``POST /prompt``, so no event can be missed.
-        Cancelling this call while it posts takes the prompt off the server.
+        Cancelling this call takes the prompt back: at once while it waits for a slot, or as
+        soon as the POST's outcome is known (never before, so a slow server cannot queue it
+        after its delete); it returns once the removal was sent.
 
         Raises:
             PromptRejected: the server refused the graph (400), with ``node_errors``.
             PartialPromptWarningError: some outputs were dropped and ``on_partial="error"``.
             ConnectError, TransportError, ServerError: the server could not be used.
+            ClientClosedError: the client is not open, or was closed meanwhile.
         """
         self._check_open()
-        await self._mux.ensure_running()
-        assert self._slots is not None
-        # Wait for a slot before building the job: a job waiting here costs only this frame.
-        await self._slots.acquire()
-        try:
-            job = Job(
-                self,
-                prompt_id or str(uuid.uuid4()),
-                workflow,
-                extra_data=extra_data,
-                front=front,
-                on_progress=on_progress,
-            )
-        except BaseException:
-            self._slots.release()
-            raise
-        job._future.add_done_callback(lambda _: self._release_slot(job))
-        try:
-            self._check_open()
-            await self._post(job)
-        except BaseException as exc:
-            self._mux.jobs.pop(job.prompt_id, None)
-            if job.state == "posting":
-                # Cancelled, or given up on, mid-POST: the server may have queued it anyway.
-                # Take it back, so that a job we report as failed never runs.
-                await asyncio.shield(self._remove_from_server(job))
-            job._fail(exc if isinstance(exc, DreamgenError) else asyncio.CancelledError())
-            raise
-        return job
-
-    def _release_slot(self, job: Job) -> None:
-        if self._slots is not None:
-            self._slots.release()
-        self._remember(job)
-
-    def _remember(self, job: Job) -> None:
-        fut = job._future
-        outcome: PromptResult | BaseException
-        if fut.cancelled():
-            return
-        exc = fut.exception()
-        outcome = exc if exc is not None else fut.result()
-        self._recent[job.prompt_id] = outcome
-        while len(self._recent) > 1024:
-            self._recent.popitem(last=False)
-
-    async def _post(self, job: Job) -> None:
-        body: dict[str, Any] = {
-            "prompt": job.workflow,
-            "client_id": self.client_id,
-            "prompt_id": job.prompt_id,
-        }
-        if job.extra_data:
-            body["extra_data"] = job.extra_data
-        if job.front:
-            body["front"] = True
-        self._mux.jobs[job.prompt_id] = job
-        job.state = "posting"
-        job.gap = not self._mux.connected
-        response = await self._request(
-            "POST", "/prompt", json_body=body, check_before_resend=job.prompt_id
+        self._mux.ensure_running()
+        job = Job(
+            self,
+            prompt_id or str(uuid.uuid4()),
+            workflow,
+            extra_data=extra_data,
+            front=front,
+            on_progress=on_progress,
+            priority=priority,
+            resubmit_lost=self._on_lost == "resubmit",
         )
-        job.state = "queued" if job.state == "posting" else job.state
-        job.queued_at = job.queued_at or time.time()
-        if response is None:  # the server already had it (an earlier attempt got through)
-            return
-        data = self._json(response, "/prompt")
-        if response.status == 400 or "error" in data:
-            self._mux.jobs.pop(job.prompt_id, None)
-            error = data.get("error") if isinstance(data.get("error"), dict) else {}
-            assert isinstance(error, dict)
-            raise PromptRejected(
-                prompt_id=job.prompt_id,
-                error_type=str(error.get("type", "unknown")),
-                error_message=str(error.get("message", data.get("error"))),
-                node_errors=parse_node_errors(data.get("node_errors")),
-                raw=data,
+        heapq.heappush(self._waiting, (-priority, next(self._order), job))
+        self._grant_slots()
+        try:
+            await job._wait_for(_past_posting)
+        except asyncio.CancelledError:
+            self._drive(job, lc.Cancel(asyncio.CancelledError()))
+            await self._removal_sent(job)
+            raise
+        if job.node_errors and self._on_partial == "error":
+            # Taken back (unless it finished first: then it ran, but the policy still says no).
+            raise PartialPromptWarningError(prompt_id=job.prompt_id, node_errors=job.node_errors)
+        if job.queued_at is None and job.state is not JobState.DONE:
+            # Never accepted: rejected, failed or closed. (DONE: it got through after all.)
+            if job._future.cancelled():
+                raise asyncio.CancelledError
+            error = job._future.exception()
+            assert error is not None
+            raise error
+        if job.node_errors and self._on_partial == "warn":
+            text = "; ".join(map(str, job.node_errors))
+            warnings.warn(
+                f"prompt {job.prompt_id}: outputs dropped by the server: {text}",
+                PartialPromptWarning,
+                stacklevel=2,
             )
-        echoed = data.get("prompt_id")
-        if echoed is not None and echoed != job.prompt_id:
-            raise ProtocolError(f"server answered prompt_id {echoed!r}, we sent {job.prompt_id!r}")
-        node_errors = parse_node_errors(data.get("node_errors"))
-        if node_errors:
-            job.node_errors = node_errors
-            if self._on_partial == "error":
-                self._mux.jobs.pop(job.prompt_id, None)
-                await self._remove_from_server(job)
-                raise PartialPromptWarningError(prompt_id=job.prompt_id, node_errors=node_errors)
-            if self._on_partial == "warn":
-                text = "; ".join(map(str, node_errors))
-                warnings.warn(
-                    f"prompt {job.prompt_id}: outputs dropped by the server: {text}",
-                    PartialPromptWarning,
-                    stacklevel=4,
-                )
-        if job.gap and self._mux.connected:
-            # The socket dropped while we posted: events may have been missed.
-            self._mux.spawn(self._mux.resync(only=job), "dreamgen-resync-one")
+        return job
 
     async def queue_prompt(
         self,
@@ -435,9 +491,10 @@ class ComfyUIClient:
         *,
         front: bool = False,
         extra_data: Mapping[str, Any] | None = None,
+        priority: int = 0,
     ) -> str:
         """Queue a prompt and return its prompt_id; see :meth:`submit`."""
-        job = await self.submit(workflow, front=front, extra_data=extra_data)
+        job = await self.submit(workflow, front=front, extra_data=extra_data, priority=priority)
         return job.prompt_id
 
     async def run(
@@ -448,13 +505,18 @@ class ComfyUIClient:
         on_progress: ProgressCallback | None = None,
         front: bool = False,
         extra_data: Mapping[str, Any] | None = None,
+        priority: int = 0,
     ) -> PromptResult:
         """Queue a prompt and wait for its result, in one call.
 
         Cancelling it (or ``timeout``) removes the prompt from the server.
         """
         job = await self.submit(
-            workflow, front=front, extra_data=extra_data, on_progress=on_progress
+            workflow,
+            front=front,
+            extra_data=extra_data,
+            on_progress=on_progress,
+            priority=priority,
         )
         return await job.result(timeout)
 
@@ -469,7 +531,9 @@ class ComfyUIClient:
             PromptTimeout, ExecutionError, ...: as :meth:`Job.result`.
         """
         self._check_open()
-        job = self._mux.jobs.get(prompt_id)
+        job = self._live.get(prompt_id) or next(
+            (j for _, _, j in self._waiting if j.prompt_id == prompt_id), None
+        )
         if job is not None:
             return await self._await_job(job, timeout)
         outcome = self._recent.get(prompt_id)
@@ -477,95 +541,333 @@ class ComfyUIClient:
             record = await self.get_history(prompt_id)
             if record is None:
                 raise KeyError(f"prompt {prompt_id} is unknown to this client")
-            outcome = self._outcome_from_history(prompt_id, record, None)
+            outcome = outcome_from_history(prompt_id, record)
         if isinstance(outcome, BaseException):
             raise outcome
         return outcome
 
     async def _await_job(self, job: Job, timeout: float | None) -> PromptResult:
+        """One caller's wait. Giving up ends this wait; the last waiter's also ends the job."""
+        job._waiters += 1
         try:
             async with asyncio.timeout(timeout):
                 return await asyncio.shield(job._future)
         except TimeoutError:
             if job._future.done() and not job._future.cancelled():
                 return job._future.result()
-            await asyncio.shield(self._cancel_job(job))
+            job._waiters -= 1
+            if job._waiters == 0:
+                error = PromptTimeout(
+                    f"prompt {job.prompt_id} did not finish within {timeout} s; "
+                    "it was removed from the server",
+                    prompt_id=job.prompt_id,
+                )
+                self._drive(job, lc.Cancel(error))
+                await self._removal_sent(job)
+                raise error from None
             raise PromptTimeout(
-                f"prompt {job.prompt_id} did not finish within {timeout} s; "
-                "it was removed from the server",
+                f"waited {timeout} s for prompt {job.prompt_id}; another caller still waits "
+                "for it, so it stays on the server",
                 prompt_id=job.prompt_id,
             ) from None
         except asyncio.CancelledError:
-            if not job._future.done():
-                await asyncio.shield(self._cancel_job(job))
+            job._waiters -= 1
+            if job._waiters == 0 and not job._future.done():
+                self._drive(job, lc.Cancel(asyncio.CancelledError()))
+                await self._removal_sent(job)
             raise
+        else:
+            job._waiters -= 1  # pragma: no cover - the return above skips `else`
+        finally:
+            if job._waiters < 0:  # pragma: no cover - a bug, not an input
+                raise AssertionError("job waiter count went negative")
 
     async def _cancel_job(self, job: Job) -> None:
-        if job.done():
-            return
-        self._mux.jobs.pop(job.prompt_id, None)
-        job._fail(asyncio.CancelledError())
-        await self._remove_from_server(job)
+        self._drive(job, lc.Cancel(asyncio.CancelledError()))
+        await self._removal_sent(job)
 
-    async def _remove_from_server(self, job: Job) -> None:
-        """Delete the prompt if pending, then interrupt it if running — targeted both times.
-
-        In this order no race can leave it running: a delete that arrives too late is a
-        no-op, and the interrupt then names the prompt that runs.
-        """
+    async def _removal_sent(self, job: Job) -> None:
+        """Wait (shielded, bounded) until the job is settled or its interrupt was sent."""
         try:
-            await self.delete_from_queue(job.prompt_id)
-            await self.interrupt(job.prompt_id)
-        except DreamgenError as exc:
-            log.warning("could not remove prompt %s from the server: %s", job.prompt_id, exc)
+            async with asyncio.timeout(self._removal_budget):
+                await asyncio.shield(job._wait_for(_removal_done))
+        except TimeoutError:
+            log.warning("prompt %s: removal still in progress", job.prompt_id)
 
-    async def _settle_from_history(self, job: Job) -> None:
-        """Resolve a job whose events may be incomplete from its ``/history`` entry."""
-        if job.done():
+    # ------------------------------------------------------------------ the owner
+
+    def _drive(self, job: Job, event: lc.Input) -> None:
+        """Feed one input to a job's lifecycle and carry out the effects. Never awaits.
+
+        This is the one place where a job's state changes.
+        """
+        before = job._life.state
+        effects = job._life.handle(event)
+        after = job._life.state
+        if after is not before:
+            if after.terminal:
+                self._live.pop(job.prompt_id, None)
+            elif after in lc.ON_SERVER:
+                self._live[job.prompt_id] = job
+            job._state_changed()
+        for effect in effects:
+            self._perform(job, effect)
+
+    def _perform(self, job: Job, effect: lc.Effect) -> None:
+        kind = effect.kind
+        if kind == "post":
+            job._post_task = self._spawn(self._post(job), "dreamgen-post")
+        elif kind == "remove":
+            self._removals.append(job)
+            if self._remover is None or self._remover.done():
+                self._remover = self._spawn(self._remove_pending(), "dreamgen-remove")
+        elif kind == "reconcile":
+            self._spawn(self._reconcile([job]), "dreamgen-reconcile")
+        elif kind == "resync":
+            self._mux.force_reconnect()
+        elif kind == "resolve":
+            job._resolve(effect.outputs)  # type: ignore[arg-type]
+            self._remember(job)
+        elif kind == "fail":
+            assert effect.error is not None
+            job._fail(effect.error)
+            self._remember(job)
+        elif kind == "release":
+            self._free += 1
+            self._grant_slots()
+        elif kind == "abort_post":
+            if job._post_task is not None:
+                job._post_task.cancel()
+        else:  # pragma: no cover - the effect kinds are a closed set
+            raise AssertionError(f"unknown effect {kind}")
+
+    def _grant_slots(self) -> None:
+        """Hand free slots to waiting jobs, highest priority first."""
+        while self._free > 0 and self._waiting:
+            _, _, job = heapq.heappop(self._waiting)
+            if job.state is not JobState.WAITING:
+                continue  # cancelled while it waited
+            self._free -= 1
+            self._drive(job, lc.SlotGranted(connected=self._mux.connected))
+
+    def _all_jobs(self) -> list[Job]:
+        waiting = [j for _, _, j in self._waiting if j.state is JobState.WAITING]
+        return [*waiting, *self._live.values()]
+
+    def _remember(self, job: Job) -> None:
+        fut = job._future
+        if fut.cancelled():
             return
-        record = await self.get_history(job.prompt_id)
-        if record is None and job.state in ("queued", "running"):
-            queue = await self.get_queue()
-            if job.prompt_id in queue:
-                return  # still there after all: keep waiting for its events
-            record = await self.get_history(job.prompt_id)
-        if record is None:
-            if self._on_lost == "resubmit" and not job.resubmitted:
-                log.warning("prompt %s vanished from the server; resubmitting it", job.prompt_id)
-                job.resubmitted = True
-                job.gap = False
-                self._mux.jobs.pop(job.prompt_id, None)
-                try:
-                    await self._post(job)
-                except DreamgenError as exc:
-                    self._mux.jobs.pop(job.prompt_id, None)
-                    job._fail(exc)
-                return
-            self._mux.jobs.pop(job.prompt_id, None)
-            job._fail(
-                PromptLost(
-                    f"the server lost prompt {job.prompt_id} (did it restart?)"
-                    + (" even after it was resubmitted" if job.resubmitted else ""),
+        exc = fut.exception()
+        self._recent[job.prompt_id] = exc if exc is not None else fut.result()
+        while len(self._recent) > 1024:
+            self._recent.popitem(last=False)
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
+        """Run a helper coroutine that ``aclose()`` cancels and awaits."""
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("background task %s failed", task.get_name(), exc_info=task.exception())
+
+    async def _cancel_tasks(self) -> None:
+        while self._tasks:
+            tasks = list(self._tasks)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    # -- inputs from the socket
+
+    def _gap(self) -> None:
+        """The socket dropped: every job the server holds may have missed events."""
+        for job in list(self._live.values()):
+            self._drive(job, lc.Gap())
+
+    def _gap_jobs(self) -> list[Job]:
+        return [j for j in self._live.values() if j._life.gap and j.state in lc.RECONCILABLE]
+
+    def _connection_failed(self, exc: BaseException) -> None:
+        """The reader gave up (budget exhausted, or fatal): every job fails with ``exc``.
+
+        The prompts are deleted from the server in the background, best effort: the failure
+        is reported at once, not after the server answers.
+        """
+        on_server = [j.prompt_id for j in self._live.values()]
+        for job in self._all_jobs():
+            self._drive(job, lc.Abandon(exc))
+        if on_server and self._state == "opened":
+            self._spawn(self._delete_quietly(on_server), "dreamgen-delete-lost")
+
+    async def _delete_quietly(self, prompt_ids: list[str]) -> None:
+        try:
+            async with asyncio.timeout(self._removal_budget):
+                await self.delete_from_queue(*prompt_ids)
+        except (DreamgenError, TimeoutError) as exc:
+            log.info(
+                "could not delete %d prompts after losing the server: %s", len(prompt_ids), exc
+            )
+
+    # -- effects that do I/O; each reports back through _drive
+
+    async def _post(self, job: Job) -> None:
+        body: dict[str, Any] = {
+            "prompt": job.workflow,
+            "client_id": self.client_id,
+            "prompt_id": job.prompt_id,
+        }
+        if job.extra_data:
+            body["extra_data"] = job.extra_data
+        if job.front:
+            body["front"] = True
+        try:
+            outcome = await self._post_prompt(job, body)
+        except DreamgenError as exc:
+            # Refused or throttled on every attempt: it never reached the queue.
+            not_sent = isinstance(exc, ConnectError) or (
+                isinstance(exc, ServerError) and exc.status in _NOT_PROCESSED
+            )
+            outcome = lc.PostRejected(exc) if not_sent else lc.PostFailed(exc)
+        self._drive(job, outcome)
+
+    async def _post_prompt(self, job: Job, body: dict[str, Any]) -> lc.Input:
+        response = await self._request(
+            "POST", "/prompt", json_body=body, check_before_resend=job.prompt_id
+        )
+        if response is None:  # the server already had it (an earlier attempt got through)
+            job.queued_at = job.queued_at or time.time()
+            return lc.PostAccepted()
+        data = self._json(response, "/prompt")
+        if response.status == 400 or "error" in data:
+            error = data.get("error") if isinstance(data.get("error"), dict) else {}
+            assert isinstance(error, dict)
+            return lc.PostRejected(
+                PromptRejected(
                     prompt_id=job.prompt_id,
+                    error_type=str(error.get("type", "unknown")),
+                    error_message=str(error.get("message", data.get("error"))),
+                    node_errors=parse_node_errors(data.get("node_errors")),
+                    raw=data,
                 )
             )
+        echoed = data.get("prompt_id")
+        if echoed is not None and echoed != job.prompt_id:
+            self._spawn(self._delete_quietly([str(echoed)]), "dreamgen-delete-echo")
+            return lc.PostFailed(
+                ProtocolError(f"server answered prompt_id {echoed!r}, we sent {job.prompt_id!r}")
+            )
+        node_errors = parse_node_errors(data.get("node_errors"))
+        if node_errors:
+            job.node_errors = node_errors
+            if self._on_partial == "error":
+                return lc.PostFailed(
+                    PartialPromptWarningError(prompt_id=job.prompt_id, node_errors=node_errors)
+                )
+        job.queued_at = job.queued_at or time.time()
+        return lc.PostAccepted()
+
+    async def _remove_pending(self) -> None:
+        """Take back every job queued for removal, in batches: one delete for all of them."""
+        while self._removals:
+            batch, self._removals = self._removals, []
+            try:
+                async with asyncio.timeout(self._removal_budget):
+                    await self._remove_batch(batch)
+            except (DreamgenError, TimeoutError) as exc:
+                log.warning("could not take %d prompts back from the server: %s", len(batch), exc)
+                for job in batch:  # reported gone, though the server did not confirm it
+                    if job.state is JobState.REMOVING:
+                        self._drive(job, lc.Removed(running=False))
+
+    async def _remove_batch(self, batch: list[Job]) -> None:
+        """Delete (pending), then look: interrupt the one running; read history for the rest.
+
+        In this order no race leaves a prompt running: a delete that arrives too late is a
+        no-op, and the queue read after it shows the prompt that runs.
+        """
+        ids = [job.prompt_id for job in batch]
+        queue = await self._retrying(lambda: self._delete_and_look(ids))
+        for job in batch:
+            if job.state is not JobState.REMOVING:
+                continue
+            prompt_id = job.prompt_id
+            if queue.is_running(prompt_id):
+                await self._retrying(functools.partial(self.interrupt, prompt_id))
+                self._drive(job, lc.Removed(running=True))
+                continue
+            record = await self._retrying(functools.partial(self.get_history, prompt_id))
+            if job.state is not JobState.REMOVING:
+                continue
+            if record is None:
+                self._drive(job, lc.Removed(running=False))
+            else:
+                self._drive(job, history_input(job.prompt_id, record))
+
+    async def _delete_and_look(self, ids: list[str]) -> QueueState:
+        await self.delete_from_queue(*ids)
+        return await self.get_queue()
+
+    async def _retrying(self, call: Callable[[], Awaitable[T]]) -> T:
+        """Repeat ``call`` on any DreamgenError with backoff (the caller bounds the time)."""
+        delay = self._retry.initial_delay
+        while True:
+            try:
+                return await call()
+            except DreamgenError as exc:
+                if isinstance(exc, ClientClosedError):
+                    raise
+                log.info("retrying after %s", exc)
+                await asyncio.sleep(random.uniform(delay / 2, delay))
+                delay = min(delay * 2, self._retry.max_delay)
+
+    async def _reconcile(self, jobs: list[Job], *, raise_errors: bool = False) -> None:
+        """Check jobs whose events may be incomplete against ``/queue`` and ``/history``.
+
+        Finished → settled from history; still queued or running → keep waiting (their events
+        arrive on the current socket); vanished → the lost-prompt policy. A failure reports
+        ReconcileFailed (the socket is dropped so the resync retries), or raises.
+        """
+        jobs = [j for j in jobs if j.state in lc.RECONCILABLE]
+        if not jobs:
             return
-        self._mux.jobs.pop(job.prompt_id, None)
-        outcome = self._outcome_from_history(job.prompt_id, record, job)
-        if isinstance(outcome, BaseException):
-            job._fail(outcome)
-        else:
-            job._resolve(outcome.outputs)
+        try:
+            queue = await self.get_queue()
+            for job in jobs:
+                if job.state not in lc.RECONCILABLE:
+                    continue  # settled while we awaited
+                if job.prompt_id in queue:
+                    self._drive(job, lc.InQueue(running=queue.is_running(job.prompt_id)))
+                    continue
+                record = await self.get_history(job.prompt_id)
+                if job.state not in lc.RECONCILABLE:
+                    continue
+                if record is not None:
+                    self._drive(job, history_input(job.prompt_id, record))
+                else:
+                    self._drive(job, lc.Absent(self._lost_error(job)))
+        except DreamgenError:
+            if raise_errors:
+                raise
+            for job in jobs:
+                if job.state in lc.RECONCILABLE:
+                    self._drive(job, lc.ReconcileFailed())
 
     @staticmethod
-    def _outcome_from_history(
-        prompt_id: str, record: HistoryRecord, job: Job | None
-    ) -> PromptResult | DreamgenError:
-        if record.error is not None:
-            return error_from_event(record.error)
-        if record.interrupted or record.status != "success":
-            return ExecutionInterrupted(prompt_id=prompt_id)
-        return PromptResult(prompt_id=prompt_id, outputs=dict(record.outputs))
+    def _lost_error(job: Job) -> PromptLost:
+        if job.resubmitted or job.state is JobState.INTERRUPTING:
+            log.warning("prompt %s vanished from the server again", job.prompt_id)
+        else:
+            log.warning("prompt %s vanished from the server (did it restart?)", job.prompt_id)
+        return PromptLost(
+            f"the server lost prompt {job.prompt_id} (did it restart?)"
+            + (" even after it was resubmitted" if job.resubmitted else ""),
+            prompt_id=job.prompt_id,
+        )
 
     # ------------------------------------------------------------------ outputs
 
@@ -746,7 +1048,7 @@ class ComfyUIClient:
         outcome first asks ``/queue`` and ``/history`` whether the prompt got through, and
         returns ``None`` if it did.
         """
-        session = self._check_open()
+        session = self._session_for_requests()
         policy = self._retry
         unknown_outcome = False
 
@@ -894,6 +1196,12 @@ class ComfyUIClient:
             await ws.close()
             raise TransportError(f"WebSocket to {self.safe_url} closed at once: {exc}") from exc
         return ws
+
+    def _session_for_requests(self) -> aiohttp.ClientSession:
+        """The session while open, and while closing (to take prompts back)."""
+        if self._state == "closing" and self._session is not None:
+            return self._session
+        return self._check_open()
 
     def _check_open_or_opening(self) -> aiohttp.ClientSession:
         if self._session is None or self._state == "closed":

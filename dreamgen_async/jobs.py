@@ -8,9 +8,10 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from dreamgen_async.errors import NodeError
+from dreamgen_async.lifecycle import JobState, Lifecycle
 from dreamgen_async.protocol import Event, ImageRef
 
 if TYPE_CHECKING:
@@ -22,7 +23,6 @@ log = logging.getLogger("dreamgen_async")
 
 ProgressCallback = Callable[[Event], object]
 T = TypeVar("T")
-JobState = Literal["waiting", "posting", "queued", "running", "done"]
 
 #: Events kept for an ``events()`` subscriber that has not caught up; older ones are dropped
 #: (never terminal outcomes, which are delivered through the result, not the stream).
@@ -73,7 +73,9 @@ class Job:
     """One prompt submitted through a :class:`~dreamgen_async.ComfyUIClient`.
 
     Created by :meth:`ComfyUIClient.submit`; await :meth:`result` for the outcome, iterate
-    :meth:`events` for progress, call :meth:`cancel` to take it off the server.
+    :meth:`events` for progress, call :meth:`cancel` to take it off the server. The job's
+    state is owned by its client (see :mod:`dreamgen_async.lifecycle`); this handle only
+    reads it and asks for changes.
     """
 
     # Thousands may be in flight at once: keep each one small.
@@ -82,19 +84,21 @@ class Job:
         "_cached",
         "_client",
         "_future",
+        "_life",
         "_on_progress",
         "_outputs",
+        "_post_task",
         "_subscribers",
         "_succeeded",
+        "_waiters",
+        "_watch",
         "extra_data",
         "front",
-        "gap",
         "node_errors",
+        "priority",
         "prompt_id",
         "queued_at",
-        "resubmitted",
         "started_at",
-        "state",
         "workflow",
     )
 
@@ -107,31 +111,45 @@ class Job:
         extra_data: Mapping[str, Any] | None,
         front: bool,
         on_progress: ProgressCallback | None,
+        priority: int = 0,
+        resubmit_lost: bool = True,
     ) -> None:
         self.prompt_id = prompt_id
         self.workflow = workflow
         self.extra_data = dict(extra_data) if extra_data else None
         self.front = front
-        self.state: JobState = "waiting"
+        self.priority = priority
         self.queued_at: float | None = None
         self.started_at: float | None = None
         self.node_errors: tuple[NodeError, ...] = ()
-        self.resubmitted = False
+        self._life = Lifecycle(resubmit_lost=resubmit_lost)
         self._client = client
         self._on_progress = on_progress
         self._future: asyncio.Future[PromptResult] = asyncio.get_running_loop().create_future()
         self._outputs: dict[str, tuple[ImageRef, ...]] = {}
         self._cached: tuple[str, ...] = ()
         self._succeeded = False
-        # True once the WebSocket dropped while this job was live: its events may be
-        # incomplete, so its outcome is read from /history instead.
-        self.gap = False
+        self._post_task: asyncio.Task[None] | None = None
+        # Callers currently awaiting result(): the last one to give up cancels the job.
+        self._waiters = 0
+        # Resolved (and replaced) on every state change; created only while someone watches.
+        self._watch: asyncio.Future[None] | None = None
         # Created on first use: most jobs have no subscriber and few events.
         self._subscribers: list[Mailbox[Event]] | None = None
         self._backlog: deque[Event] | None = None
 
     def __repr__(self) -> str:
-        return f"<Job {self.prompt_id} {self.state}>"
+        return f"<Job {self.prompt_id} {self.state.value}>"
+
+    @property
+    def state(self) -> JobState:
+        """Where the job is (see :class:`~dreamgen_async.lifecycle.JobState`)."""
+        return self._life.state
+
+    @property
+    def resubmitted(self) -> bool:
+        """Whether the server lost the prompt and it was posted again."""
+        return self._life.resubmitted
 
     # ------------------------------------------------------------------ public
 
@@ -142,8 +160,9 @@ class Job:
     async def result(self, timeout: float | None = None) -> PromptResult:
         """Wait for the prompt to finish.
 
-        Cancelling this call, or reaching ``timeout``, removes the prompt from the server
-        (queue delete, or a targeted interrupt when running); other prompts are untouched.
+        Several callers may wait on one job. Cancelling this call, or reaching ``timeout``,
+        ends this caller's wait; when no other caller is waiting, it also takes the prompt off
+        the server (queue delete, or a targeted interrupt when running) before it returns.
 
         Raises:
             PromptTimeout: ``timeout`` seconds passed (also a builtin ``TimeoutError``).
@@ -153,7 +172,11 @@ class Job:
         return await self._client._await_job(self, timeout)
 
     async def cancel(self) -> None:
-        """Take the prompt off the server (delete if queued, targeted interrupt if running)."""
+        """Take the prompt off the server (delete if queued, targeted interrupt if running).
+
+        Idempotent. Returns once the removal was sent; waiters get ``CancelledError``.
+        Cancelling this call does not undo the request.
+        """
         await self._client._cancel_job(self)
 
     async def events(self) -> AsyncIterator[Event]:
@@ -176,7 +199,19 @@ class Job:
             if self._subscribers and sub in self._subscribers:
                 self._subscribers.remove(sub)
 
-    # ------------------------------------------------------------------ multiplexer side
+    # ------------------------------------------------------------------ owner side
+
+    async def _wait_for(self, reached: Callable[[JobState], bool]) -> None:
+        """Return once ``reached(self.state)`` holds (re-checked after every change)."""
+        while not reached(self._life.state):
+            if self._watch is None:
+                self._watch = asyncio.get_running_loop().create_future()
+            await asyncio.shield(self._watch)
+
+    def _state_changed(self) -> None:
+        watch, self._watch = self._watch, None
+        if watch is not None and not watch.done():
+            watch.set_result(None)
 
     def _deliver(self, event: Event) -> None:
         """Hand an event to the callback and subscribers. Never raises, never blocks."""
@@ -192,7 +227,6 @@ class Job:
                 log.exception("progress callback for prompt %s raised", self.prompt_id)
 
     def _note_started(self) -> None:
-        self.state = "running"
         self.started_at = time.time()
 
     def _add_outputs(self, node: str, images: tuple[ImageRef, ...]) -> None:
@@ -204,13 +238,8 @@ class Job:
     def _mark_succeeded(self) -> None:
         self._succeeded = True
 
-    @property
-    def _has_succeeded(self) -> bool:
-        return self._succeeded
-
     def _resolve(self, outputs: Mapping[str, tuple[ImageRef, ...]] | None = None) -> None:
-        if self._future.done():
-            return
+        assert not self._future.done(), "a job is settled once"
         self._future.set_result(
             PromptResult(
                 prompt_id=self.prompt_id,
@@ -226,8 +255,7 @@ class Job:
         self._finish()
 
     def _fail(self, exc: BaseException) -> None:
-        if self._future.done():
-            return
+        assert not self._future.done(), "a job is settled once"
         if isinstance(exc, asyncio.CancelledError):
             self._future.cancel()
         else:
@@ -237,7 +265,6 @@ class Job:
         self._finish()
 
     def _finish(self) -> None:
-        self.state = "done"
         for sub in self._subscribers or ():
             sub.close()
         self._subscribers = None

@@ -1,33 +1,50 @@
 """The one WebSocket: a single reader task that routes every event to its prompt.
 
-In one breath: the client registers a :class:`~dreamgen_async.jobs.Job` under its
-prompt_id *before* ``POST /prompt``; the reader parses each frame (``protocol``) and hands
-it to that job, collecting outputs from ``executed`` and resolving on ``executing
-{node: null}`` / ``execution_error`` / ``execution_interrupted``. When the socket drops,
-the old one is closed completely, a new one is opened under the same clientId (with
-jittered backoff), and every posted job is resynchronised from ``/queue`` + ``/history``.
-Only an exhausted reconnect budget fails the pending jobs, with the cause chained.
+In one breath: the client registers a :class:`~dreamgen_async.jobs.Job` under its prompt_id
+*before* ``POST /prompt``; the reader parses each frame (``protocol``) and turns it into a
+lifecycle input for that job (``execution_start`` → Started, ``executing {node: null}`` →
+Finished, ...). When the socket drops, the old one is closed completely, every job the server
+holds is marked as having a gap, and a new socket is opened under the same clientId after a
+jittered backoff; once open, every job with a gap is reconciled from ``/queue`` +
+``/history`` before reading resumes.
+
+The socket is a small state machine of its own (:class:`SocketState`), changed only by the
+reader task, which is the only task that ever receives from the socket:
+
+    CONNECTING --> OPEN --(drop)--> BACKOFF --> CONNECTING ...
+         \\                                         |
+          +--- budget exhausted / fatal error ------+--> FAILED --(next submit)--> CONNECTING
+    any --aclose()--> CLOSED
+
+The reconnect budget (``ReconnectPolicy.max_time``) runs from the first drop until a
+connection has been open and resynchronised for ``stable_after`` seconds; every connect
+attempt and every resync request is bounded by what is left of it, and backoff applies between
+every two attempts, including connections that die as soon as they open.
 """
 
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 import random
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
+from dreamgen_async import lifecycle as lc
 from dreamgen_async.errors import (
     ConnectionLostError,
     DreamgenError,
-    ExecutionError,
     ExecutionInterrupted,
+    NotComfyUIError,
     ProtocolError,
+    ServerError,
 )
+from dreamgen_async.outcomes import error_from_event
 from dreamgen_async.protocol import (
     Event,
     Executed,
@@ -45,9 +62,8 @@ from dreamgen_async.protocol import (
 
 if TYPE_CHECKING:
     from dreamgen_async.comfyui_api import ComfyUIClient
-    from dreamgen_async.jobs import Job
 
-__all__ = ["ReconnectPolicy"]
+__all__ = ["ReconnectPolicy", "SocketState"]
 
 log = logging.getLogger("dreamgen_async.ws")
 
@@ -57,27 +73,39 @@ class ReconnectPolicy:
     """How hard to try when the WebSocket drops.
 
     Attributes:
-        max_time: Seconds of failed attempts after which pending jobs fail with
-            :class:`~dreamgen_async.ConnectionLostError` (a ComfyUI restart takes ~15 s).
-        initial_delay: First backoff delay; doubles up to ``max_delay``, with full jitter.
+        max_time: Seconds without a working connection after which every job fails with
+            :class:`~dreamgen_async.ConnectionLostError` (a ComfyUI restart takes ~15 s). A hung
+            server is detected by the heartbeat first, so the bound is ``max_time`` plus one
+            heartbeat.
+        initial_delay: First backoff delay; doubles up to ``max_delay``; each wait is drawn
+            between half the delay and the delay (jitter that keeps a floor).
         max_delay: Longest wait between two attempts.
+        stable_after: A connection counts as working (the budget and the backoff start over)
+            once it has been open and resynchronised this long.
     """
 
     max_time: float = 120.0
     initial_delay: float = 0.05
     max_delay: float = 5.0
+    stable_after: float = 1.0
 
 
-def error_from_event(event: ExecutionErrorEvent) -> ExecutionError:
-    """The typed error for an ``execution_error`` message (or history entry)."""
-    return ExecutionError(
-        prompt_id=event.prompt_id,
-        node_id=event.node_id,
-        node_type=event.node_type,
-        exception_type=event.exception_type,
-        exception_message=event.exception_message,
-        traceback=event.traceback,
-    )
+class SocketState(enum.StrEnum):
+    """Where the WebSocket is."""
+
+    IDLE = "idle"
+    CONNECTING = "connecting"
+    OPEN = "open"
+    BACKOFF = "backoff"
+    FAILED = "failed"
+    CLOSED = "closed"
+
+
+def is_fatal(exc: BaseException) -> bool:
+    """Whether reconnecting cannot help: the server refused us or is not ComfyUI."""
+    if isinstance(exc, NotComfyUIError):
+        return True
+    return isinstance(exc, ServerError) and exc.status in (401, 403)
 
 
 class Multiplexer:
@@ -86,96 +114,189 @@ class Multiplexer:
     def __init__(self, client: ComfyUIClient, policy: ReconnectPolicy) -> None:
         self._client = client
         self._policy = policy
-        self.jobs: dict[str, Job] = {}
+        self.state = SocketState.IDLE
         self.queue_remaining: int | None = None
         self.connections = 0
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._reader: asyncio.Task[None] | None = None
-        self._tasks: set[asyncio.Task[Any]] = set()
-        self._connected = asyncio.Event()
-        self._closing = False
         self._running_prompt: str | None = None
+        self._last_error: DreamgenError | None = None
+
+    def __repr__(self) -> str:
+        return f"<Multiplexer {self.state.value} connections={self.connections}>"
 
     # ------------------------------------------------------------------ lifecycle
 
     @property
     def connected(self) -> bool:
-        return self._connected.is_set()
+        return self.state is SocketState.OPEN
 
-    async def start(self) -> None:
-        """Open the socket (raises ConnectError if the server does not answer) and start reading."""
-        self._ws = await self._client._ws_connect()
-        self._on_connected()
-        self._reader = asyncio.create_task(self._read_forever(), name="dreamgen-ws-reader")
+    @property
+    def reader_alive(self) -> bool:
+        return self._reader is not None and not self._reader.done()
+
+    def start(self, ws: aiohttp.ClientWebSocketResponse | None = None) -> None:
+        """Start the reader, on an already open socket (from ``open()``) or connecting first.
+
+        Synchronous, so concurrent callers can never start two readers.
+        """
+        assert not self.reader_alive, "one reader per client"
+        self._ws = ws
+        self._set(SocketState.OPEN if ws is not None else SocketState.CONNECTING)
+        if ws is not None:
+            self.connections += 1
+        self._reader = asyncio.create_task(self._run(ws), name="dreamgen-ws-reader")
         self._reader.add_done_callback(self._reader_done)
 
-    async def ensure_running(self) -> None:
-        """Restart the reader after an exhausted reconnect budget, on the next submission."""
-        if self._reader is None or not self._reader.done() or self._closing:
-            return
-        await self.start()
+    def ensure_running(self) -> None:
+        """Restart the reader after it failed (exhausted budget), for a new submission."""
+        if self.state is SocketState.FAILED:
+            self.start()
 
-    async def close(self, exc: BaseException) -> None:
-        """Stop reading, close the socket, fail every job with ``exc``. Idempotent."""
-        self._closing = True
-        tasks = [t for t in (self._reader, *self._tasks) if t is not None and not t.done()]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        if self._ws is not None:
-            await self._ws.close()
-        self._connected.clear()
-        self.fail_all(exc)
+    async def close(self) -> None:
+        """Stop reading and close the socket. Idempotent; jobs are the client's business."""
+        self._set(SocketState.CLOSED)
+        reader, self._reader = self._reader, None
+        if reader is not None and not reader.done():
+            reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
+        ws, self._ws = self._ws, None
+        if ws is not None:
+            await ws.close()
 
-    def fail_all(self, exc: BaseException) -> None:
-        for job in list(self.jobs.values()):
-            job._fail(exc)
-        self.jobs.clear()
+    def force_reconnect(self) -> None:
+        """Drop the socket so that the reader reconnects and resynchronises every job.
 
-    def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> None:
-        """Run a helper coroutine that close() will cancel and await."""
-        task = asyncio.create_task(coro, name=name)
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
+        Used when a job could not be reconciled (``/history`` failed): the resync after the
+        reconnect retries it, within the reconnect budget.
+        """
+        ws = self._ws
+        if ws is not None and not ws.closed and self.state is SocketState.OPEN:
+            # Closing makes the reader's `async for` end; the reader does the rest.
+            self._client._spawn(ws.close(), "dreamgen-ws-drop")
 
-    def _task_done(self, task: asyncio.Task[Any]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("background task %s failed", task.get_name(), exc_info=task.exception())
+    def _set(self, state: SocketState) -> None:
+        if self.state is SocketState.CLOSED:
+            return  # closed is final
+        self.state = state
 
     def _reader_done(self, task: asyncio.Task[None]) -> None:
-        # The reader has no try/except of its own: whatever ended it ends every waiter.
-        self._connected.clear()
-        if task.cancelled() or self._closing:
+        # The reader has no try/except for its own death: whatever ended it ends every job.
+        if task.cancelled() or self.state is SocketState.CLOSED:
             return
         exc = task.exception()
-        log.error("WebSocket reader stopped: %s", exc)
-        lost = ConnectionLostError(f"lost the WebSocket to {self._client.safe_url}: {exc}")
-        lost.__cause__ = exc
-        self.fail_all(lost)
+        assert exc is not None, "the reader only returns by failing or being cancelled"
+        self._set(SocketState.FAILED)
+        self._ws = None
+        if not isinstance(exc, DreamgenError):
+            log.error("WebSocket reader crashed", exc_info=exc)
+            lost = ConnectionLostError(f"lost the WebSocket to {self._client.safe_url}: {exc}")
+            lost.__cause__ = exc
+            exc = lost
+        else:
+            log.error("WebSocket reader stopped: %s", exc)
+        self._client._connection_failed(exc)
 
-    # ------------------------------------------------------------------ reading
+    # ------------------------------------------------------------------ the reader
 
-    async def _read_forever(self) -> None:
+    async def _run(self, ws: aiohttp.ClientWebSocketResponse | None) -> None:
+        policy = self._policy
+        # A fresh budget for a new reader: it starts with a working connection, or connecting.
+        deadline = time.monotonic() + policy.max_time
+        delay = policy.initial_delay
+        stable = ws is not None
         while True:
-            ws = self._ws
-            assert ws is not None
-            async for message in ws:
-                if message.type is aiohttp.WSMsgType.TEXT:
-                    self._dispatch_frame(message.data, parse_text)
-                elif message.type is aiohttp.WSMsgType.BINARY:
-                    self._dispatch_frame(message.data, parse_binary)
-                elif message.type is aiohttp.WSMsgType.ERROR:
-                    log.warning("WebSocket error: %s", ws.exception())
-                    break
-            # `async for` ends on close instead of raising: look at why, then reconnect.
-            log.warning(
-                "WebSocket to %s closed (code %s, %s); reconnecting",
-                self._client.safe_url,
-                ws.close_code,
-                ws.exception(),
-            )
-            await self._reconnect()
+            if ws is None:
+                ws = await self._connect(deadline)
+                if ws is None:  # the attempt failed, within the budget: back off
+                    await self._backoff(delay)
+                    delay = min(delay * 2, policy.max_delay)
+                    continue
+            opened = time.monotonic()
+            resynced = await self._resync(deadline)
+            if resynced:
+                await self._read(ws)
+            await ws.close()
+            self._ws = ws = None
+            self._client._gap()
+            now = time.monotonic()
+            stable = resynced and now - opened >= policy.stable_after
+            if stable:  # it worked for a while: a new budget, and reconnect at once
+                deadline = now + policy.max_time
+                delay = policy.initial_delay
+            else:  # it died at once: the budget keeps running, and back off first
+                await self._backoff(delay)
+                delay = min(delay * 2, policy.max_delay)
+            self._set(SocketState.CONNECTING)
+
+    async def _connect(self, deadline: float) -> aiohttp.ClientWebSocketResponse | None:
+        """One attempt bounded by the budget: the socket, or None to back off.
+
+        Raises:
+            ConnectionLostError: the budget is spent (the last attempt's error chained).
+            AuthenticationError, NotComfyUIError: retrying cannot help.
+        """
+        self._set(SocketState.CONNECTING)
+        remaining = deadline - time.monotonic()
+        try:
+            if remaining <= 0:
+                raise TimeoutError
+            async with asyncio.timeout(remaining):
+                ws = await self._client._ws_connect()
+        except TimeoutError as exc:
+            raise self._out_of_budget("reconnect to") from (self._last_error or exc)
+        except DreamgenError as exc:
+            if is_fatal(exc):
+                raise
+            self._last_error = exc
+            if time.monotonic() >= deadline:
+                raise self._out_of_budget("reconnect to") from exc
+            log.info("reconnect to %s failed: %s", self._client.safe_url, exc)
+            return None
+        self._last_error = None
+        self._ws = ws
+        self.connections += 1
+        self._set(SocketState.OPEN)
+        return ws
+
+    def _out_of_budget(self, doing: str) -> ConnectionLostError:
+        return ConnectionLostError(
+            f"could not {doing} {self._client.safe_url} within {self._policy.max_time:g} s"
+        )
+
+    async def _backoff(self, delay: float) -> None:
+        self._set(SocketState.BACKOFF)
+        await asyncio.sleep(random.uniform(delay / 2, delay))
+
+    async def _resync(self, deadline: float) -> bool:
+        """Reconcile every job whose events may have been missed; False to reconnect."""
+        remaining = max(0.0, deadline - time.monotonic())
+        try:
+            async with asyncio.timeout(remaining):
+                await self._client._reconcile(self._client._gap_jobs(), raise_errors=True)
+        except (DreamgenError, TimeoutError) as exc:
+            if time.monotonic() >= deadline:
+                raise self._out_of_budget("resynchronise with") from exc
+            log.warning("resync failed (%s); reconnecting to try again", exc)
+            return False
+        return True
+
+    async def _read(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        async for message in ws:
+            if message.type is aiohttp.WSMsgType.TEXT:
+                self._dispatch_frame(message.data, parse_text)
+            elif message.type is aiohttp.WSMsgType.BINARY:
+                self._dispatch_frame(message.data, parse_binary)
+            elif message.type is aiohttp.WSMsgType.ERROR:
+                log.warning("WebSocket error: %s", ws.exception())
+                break
+        # `async for` ends on close instead of raising: say why, the caller reconnects.
+        log.warning(
+            "WebSocket to %s closed (code %s, %s); reconnecting",
+            self._client.safe_url,
+            ws.close_code,
+            ws.exception(),
+        )
 
     def _dispatch_frame(self, data: Any, parse: Callable[[Any], Event]) -> None:
         try:
@@ -194,12 +315,14 @@ class Multiplexer:
         if prompt_id is None and not isinstance(event, Executing):
             # Previews without metadata carry no prompt_id: they belong to the running one.
             prompt_id = self._running_prompt
-        job = self.jobs.get(prompt_id) if prompt_id is not None else None
+        job = self._client._live.get(prompt_id) if prompt_id is not None else None
         if job is None:
             return
+        drive = self._client._drive
         if isinstance(event, ExecutionStart):
             self._running_prompt = job.prompt_id
             job._note_started()
+            drive(job, lc.Started())
         elif isinstance(event, ExecutionCached):
             job._set_cached(event.nodes)
         elif isinstance(event, Executed):
@@ -207,95 +330,19 @@ class Multiplexer:
         elif isinstance(event, ExecutionSuccess):
             job._mark_succeeded()
         elif isinstance(event, ExecutionErrorEvent):
-            self._settle(job, error_from_event(event))
+            drive(job, lc.Failed(error_from_event(event)))
             return
         elif isinstance(event, ExecutionInterruptedEvent):
-            self._settle(
-                job,
-                ExecutionInterrupted(
-                    prompt_id=job.prompt_id, node_id=event.node_id, node_type=event.node_type
-                ),
+            error = ExecutionInterrupted(
+                prompt_id=job.prompt_id, node_id=event.node_id, node_type=event.node_type
             )
+            drive(job, lc.Interrupted(error))
             return
         elif isinstance(event, Executing) and event.node is None:
             self._running_prompt = None
-            if job._has_succeeded and not job.gap:
-                self._settle(job, None)
-            else:
-                # Events were missed: the history entry (written by now) is the truth.
-                self.spawn(self._client._settle_from_history(job), "dreamgen-history")
+            drive(job, lc.Finished(complete=job._succeeded))
             return
         job._deliver(event)
-
-    def _settle(self, job: Job, error: DreamgenError | None) -> None:
-        self.jobs.pop(job.prompt_id, None)
-        if error is None:
-            job._resolve()
-        else:
-            job._fail(error)
-
-    # ------------------------------------------------------------------ reconnecting
-
-    def _on_connected(self) -> None:
-        self.connections += 1
-        self._connected.set()
-
-    async def _reconnect(self) -> None:
-        """Close the old socket fully, then open a new one under the same clientId.
-
-        Order matters: the server unregisters a clientId when *any* socket with that id
-        closes, so a new socket opened before the old one is gone would go deaf.
-        """
-        self._connected.clear()
-        for job in self.jobs.values():
-            job.gap = True
-        if self._ws is not None:
-            await self._ws.close()
-        deadline = time.monotonic() + self._policy.max_time
-        delay = self._policy.initial_delay
-        while True:
-            try:
-                self._ws = await self._client._ws_connect()
-                break
-            except DreamgenError as exc:
-                if time.monotonic() + delay > deadline:
-                    raise ConnectionLostError(
-                        f"could not reconnect to {self._client.safe_url} "
-                        f"within {self._policy.max_time:g} s"
-                    ) from exc
-                log.info("reconnect failed (%s); retrying in up to %.2f s", exc, delay)
-                await asyncio.sleep(random.uniform(0, delay))
-                delay = min(delay * 2, self._policy.max_delay)
-        self._on_connected()
-        log.info("WebSocket reconnected; resynchronising %d prompts", len(self.jobs))
-        self.spawn(self.resync(), "dreamgen-resync")
-
-    async def resync(self, only: Job | None = None) -> None:
-        """Recover jobs whose events may have been missed, from ``/queue`` and ``/history``.
-
-        Finished → resolved from history; still queued or running → keep waiting (new
-        events arrive on the new socket); vanished → the client's lost-prompt policy.
-        """
-        jobs = [only] if only is not None else list(self.jobs.values())
-        jobs = [j for j in jobs if j.state in ("queued", "running") and not j.done()]
-        if not jobs:
-            return
-        try:
-            queue = await self._client.get_queue()
-        except DreamgenError as exc:
-            log.warning("resync: /queue failed (%s); dropping the socket to try again", exc)
-            await self._drop_socket()
-            return
-        for job in jobs:
-            if job.prompt_id in queue:
-                if queue.is_running(job.prompt_id):
-                    job.state = "running"
-                continue
-            await self._client._settle_from_history(job)
-
-    async def _drop_socket(self) -> None:
-        if self._ws is not None:
-            await self._ws.close()
 
     async def send_feature_flags(self, ws: aiohttp.ClientWebSocketResponse) -> None:
         await ws.send_str(feature_flags_message())
