@@ -270,6 +270,9 @@ class ComfyUIClient:
         self._waiting: list[tuple[int, int, Job]] = []
         self._order = itertools.count()
         self._live: dict[str, Job] = {}
+        self._waiting_count = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
         self._free = max_in_flight
         self._removals: list[Job] = []
         self._remover: asyncio.Task[None] | None = None
@@ -402,7 +405,12 @@ class ComfyUIClient:
     @property
     def waiting(self) -> int:
         """Jobs waiting client-side for an in-flight slot."""
-        return len(self._waiting)
+        return self._waiting_count
+
+    async def wait_idle(self) -> None:
+        """Return once no job of this client is waiting, posting, queued, running or being
+        removed (every job submitted so far is settled). Cancelling it is safe."""
+        await self._idle.wait()
 
     @property
     def max_in_flight(self) -> int:
@@ -459,6 +467,8 @@ class ComfyUIClient:
             resubmit_lost=self._on_lost == "resubmit",
         )
         heapq.heappush(self._waiting, (-priority, next(self._order), job))
+        self._waiting_count += 1
+        self._idle.clear()
         self._grant_slots()
         try:
             await job._wait_for(_past_posting)
@@ -605,8 +615,12 @@ class ComfyUIClient:
         effects = job._life.handle(event)
         after = job._life.state
         if after is not before:
+            if before is JobState.WAITING:
+                self._waiting_count -= 1
             if after.terminal:
                 self._live.pop(job.prompt_id, None)
+                if not self._live and not self._waiting_count:
+                    self._idle.set()
             elif after in lc.ON_SERVER:
                 self._live[job.prompt_id] = job
             job._state_changed()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import io
 import logging
@@ -35,7 +36,7 @@ from PIL import Image, UnidentifiedImageError
 
 from dreamgen_async.cache import ResultCache, cache_key
 from dreamgen_async.comfyui_api import ComfyUIClient
-from dreamgen_async.errors import DreamgenError, InputImageError
+from dreamgen_async.errors import DreamgenError, InputImageError, PromptTimeout
 from dreamgen_async.jobs import Mailbox, ProgressCallback, PromptResult
 from dreamgen_async.protocol import Event
 from dreamgen_async.workflow_builder import BuiltWorkflow, FluxWorkflowBuilder, Workflow
@@ -340,7 +341,7 @@ class DreamGenerator:
         self.max_input_bytes = max_input_bytes
         self.max_input_pixels = max_input_pixels
         self._uploads: OrderedDict[str, asyncio.Future[str]] = OrderedDict()
-        self._inflight: dict[str, asyncio.Future[tuple[PromptResult, list[tuple[str, bytes]]]]] = {}
+        self._inflight: dict[str, _SharedRun] = {}
 
     async def __aenter__(self) -> DreamGenerator:
         if self._owns_client:
@@ -512,37 +513,59 @@ class DreamGenerator:
         timeout: float | None,
         on_progress: ProgressCallback | None,
     ) -> tuple[PromptResult, list[tuple[str, bytes]]]:
-        """Run the workflow and download its images; identical requests in flight share one."""
+        """Run the workflow and download its images; identical requests in flight share one.
+
+        The shared run belongs to no caller: each caller's ``timeout`` or cancellation ends
+        only its own wait, every caller gets the progress events, and the prompt is taken off
+        the server only when the last caller still waiting for it gives up.
+        """
         if key is None:
             return await self._run_and_download(workflow, timeout, on_progress)
         shared = self._inflight.get(key)
-        if shared is not None:
-            return await asyncio.shield(shared)
-        future: asyncio.Future[tuple[PromptResult, list[tuple[str, bytes]]]]
-        future = asyncio.get_running_loop().create_future()
-        self._inflight[key] = future
+        if shared is None:
+            shared = self._inflight[key] = _SharedRun()
+            shared.task = asyncio.create_task(
+                self._run_and_download(workflow, None, shared.fan_out, shared),
+                name="dreamgen-shared-run",
+            )
+            shared.task.add_done_callback(functools.partial(self._shared_done, key, shared))
+        task = shared.task
+        assert task is not None
+        shared.join(on_progress)
         try:
-            outcome = await self._run_and_download(workflow, timeout, on_progress)
-        except BaseException as exc:
-            if isinstance(exc, asyncio.CancelledError):
-                future.cancel()
-            else:
-                future.set_exception(exc)
-                future.exception()  # retrieved: followers may be none
-            raise
-        else:
-            future.set_result(outcome)
-            return outcome
+            async with asyncio.timeout(timeout):
+                return await asyncio.shield(task)
+        except TimeoutError:
+            if task.done() and not task.cancelled() and task.exception() is None:
+                return task.result()
+            raise PromptTimeout(
+                f"request did not finish within {timeout} s"
+                + ("" if shared.interest > 1 else "; it was removed from the server"),
+                prompt_id=shared.prompt_id,
+            ) from None
         finally:
-            self._inflight.pop(key, None)
+            if shared.leave(on_progress) and not task.done():
+                # The last caller gave up: take the prompt back, and wait until it is.
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+
+    def _shared_done(self, key: str, shared: _SharedRun, task: asyncio.Task[Any]) -> None:
+        if self._inflight.get(key) is shared:
+            del self._inflight[key]
+        if not task.cancelled():
+            task.exception()  # retrieved: every caller may have given up already
 
     async def _run_and_download(
         self,
         workflow: Mapping[str, Any],
         timeout: float | None,
         on_progress: ProgressCallback | None,
+        shared: _SharedRun | None = None,
     ) -> tuple[PromptResult, list[tuple[str, bytes]]]:
-        result = await self.client.run(workflow, timeout=timeout, on_progress=on_progress)
+        job = await self.client.submit(workflow, on_progress=on_progress)
+        if shared is not None:
+            shared.prompt_id = job.prompt_id
+        result = await job.result(timeout)
         refs = [ref for ref in result.images if ref.type == "output"] or list(result.images)
         images = []
         for ref in refs:
@@ -747,6 +770,37 @@ class DreamGenerator:
             await asyncio.gather(*workers, return_exceptions=True)
             if all_done.done() and not all_done.cancelled():
                 all_done.exception()
+
+
+class _SharedRun:
+    """One server job shared by identical requests in flight, and who still waits for it."""
+
+    __slots__ = ("callbacks", "interest", "prompt_id", "task")
+
+    def __init__(self) -> None:
+        self.task: asyncio.Task[tuple[PromptResult, list[tuple[str, bytes]]]] | None = None
+        self.prompt_id: str | None = None
+        self.interest = 0
+        self.callbacks: list[ProgressCallback] = []
+
+    def join(self, on_progress: ProgressCallback | None) -> None:
+        self.interest += 1
+        if on_progress is not None:
+            self.callbacks.append(on_progress)
+
+    def leave(self, on_progress: ProgressCallback | None) -> bool:
+        """One caller is done waiting; True when it was the last."""
+        self.interest -= 1
+        if on_progress is not None:
+            self.callbacks.remove(on_progress)
+        return self.interest == 0
+
+    def fan_out(self, event: Event) -> None:
+        for callback in list(self.callbacks):
+            try:
+                callback(event)
+            except Exception:
+                log.exception("progress callback for prompt %s raised", self.prompt_id)
 
 
 def _bind(callback: Callable[[int, Event], object], index: int) -> ProgressCallback:

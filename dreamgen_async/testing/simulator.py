@@ -375,6 +375,10 @@ class ComfyUISimulator:
             _Fault(route, n, status, retry_after, body, method.upper() if method else None)
         )
 
+    def clear_faults(self) -> None:
+        """Forget every fault injected with :meth:`fail_next` that has not fired yet."""
+        self._faults.clear()
+
     async def drop_websockets(self, abrupt: bool = True) -> None:
         """Close every WebSocket now, from the server side (abruptly by default)."""
         await self.hub.close_all(abrupt=abrupt)
