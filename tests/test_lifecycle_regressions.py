@@ -107,8 +107,8 @@ async def test_cancelling_twice_during_the_post_releases_every_slot_once(
     async with client_for(sim, max_in_flight=8) as client:
         sim.hold()
         callers = [asyncio.create_task(client.submit(txt2img(seed=i))) for i in range(8)]
-        while client.in_flight < 8:  # every job is posting: its slot is taken
-            await asyncio.sleep(0)
+        await asyncio.sleep(0)  # one step each: every job is posting, its slot taken
+        assert client.in_flight == 8
         assert client.free_slots == 0
         for task in callers:
             task.cancel()
@@ -133,8 +133,8 @@ async def test_aclose_wakes_a_submit_waiting_for_a_slot(comfyui_sim: ComfyUISimu
     await client.open()
     await client.submit(txt2img(seed=1))
     waiting = asyncio.create_task(client.submit(txt2img(seed=2)))
-    while client.waiting < 1:
-        await asyncio.sleep(0)
+    await asyncio.sleep(0)  # one step: it is queued client-side
+    assert client.waiting == 1
     await client.aclose()
     with pytest.raises(ClientClosedError):
         await waiting
@@ -164,7 +164,8 @@ async def test_identical_requests_have_their_own_timeout_cancel_and_events(
             await cancelled
         sim.release()
         result = await asyncio.wait_for(patient, 10)
-        assert result.paths and result.paths[0].exists()
+        assert result.paths
+        assert result.paths[0].exists()
         assert events, "the remaining sharer receives progress events"
         assert len(sim.accepted_prompt_ids) == 1
 
@@ -186,8 +187,8 @@ async def test_a_job_waiting_for_a_slot_when_the_reader_dies_fails_and_the_next_
         sim.hold()
         first = await client.submit(txt2img(seed=1))
         second = asyncio.create_task(client.submit(txt2img(seed=2)))
-        while client.waiting < 1:
-            await asyncio.sleep(0)
+        await asyncio.sleep(0)  # one step: it is queued client-side
+        assert client.waiting == 1
         sim.fail_next("/ws", n=10_000, status=503)
         await sim.drop_websockets()
         with pytest.raises(ConnectionLostError):
@@ -247,8 +248,8 @@ async def test_a_cancel_before_a_slow_post_lands_removes_the_prompt_after_it(
     async with client_for(sim) as client:
         sim.hold()
         caller = asyncio.create_task(client.submit(txt2img(seed=1)))
-        while client.in_flight < 1:
-            await asyncio.sleep(0)
+        await asyncio.sleep(0)  # one step: it is posting
+        assert client.in_flight == 1
         caller.cancel()
         with pytest.raises(asyncio.CancelledError):
             await caller
@@ -468,10 +469,12 @@ async def test_a_mismatched_echo_takes_the_queued_prompt_back() -> None:
             with pytest.raises(ProtocolError, match="not-ours"):
                 await client.submit(txt2img())
             await asyncio.wait_for(deleted_ours.wait(), 5)
-            assert client.in_flight == 0 and client.free_slots == client.max_in_flight
+            assert client.in_flight == 0
+            assert client.free_slots == client.max_in_flight
     finally:
         await runner.cleanup()
 
 
 def test_job_state_compares_to_its_name() -> None:
-    assert JobState.QUEUED == "queued"
+    state: object = JobState.QUEUED
+    assert state == "queued"
