@@ -704,7 +704,12 @@ class ComfyUIClient:
             self._drive(job, lc.Gap())
 
     def _gap_jobs(self) -> list[Job]:
-        return [j for j in self._live.values() if j._life.gap and j.state in lc.RECONCILABLE]
+        """Jobs a resync must check: those with a gap, and every one whose outcome is owed."""
+        return [
+            j
+            for j in self._live.values()
+            if j.state in lc.RECONCILABLE and (j._life.gap or j.state is JobState.SETTLING)
+        ]
 
     def _connection_failed(self, exc: BaseException) -> None:
         """The reader gave up (budget exhausted, or fatal): every job fails with ``exc``.
@@ -843,22 +848,29 @@ class ComfyUIClient:
         """Check jobs whose events may be incomplete against ``/queue`` and ``/history``.
 
         Finished → settled from history; still queued or running → keep waiting (their events
-        arrive on the current socket); vanished → the lost-prompt policy. A failure reports
+        arrive on the current socket); vanished → the lost-prompt policy. What was read applies
+        only to a job that did not change meanwhile (its lifecycle's epoch): a job resubmitted
+        by another check must not be judged on a snapshot from before. A failure reports
         ReconcileFailed (the socket is dropped so the resync retries), or raises.
         """
-        jobs = [j for j in jobs if j.state in lc.RECONCILABLE]
-        if not jobs:
+        epochs = {j.prompt_id: j._life.epoch for j in jobs if j.state in lc.RECONCILABLE}
+        if not epochs:
             return
+        checked = [j for j in jobs if j.prompt_id in epochs]
+
+        def unchanged(job: Job) -> bool:
+            return job._life.epoch == epochs[job.prompt_id]
+
         try:
             queue = await self.get_queue()
-            for job in jobs:
-                if job.state not in lc.RECONCILABLE:
-                    continue  # settled while we awaited
+            for job in checked:
+                if not unchanged(job):
+                    continue
                 if job.prompt_id in queue:
                     self._drive(job, lc.InQueue(running=queue.is_running(job.prompt_id)))
                     continue
                 record = await self.get_history(job.prompt_id)
-                if job.state not in lc.RECONCILABLE:
+                if not unchanged(job):
                     continue
                 if record is not None:
                     self._drive(job, history_input(job.prompt_id, record))
@@ -867,7 +879,7 @@ class ComfyUIClient:
         except DreamgenError:
             if raise_errors:
                 raise
-            for job in jobs:
+            for job in checked:
                 if job.state in lc.RECONCILABLE:
                     self._drive(job, lc.ReconcileFailed())
 

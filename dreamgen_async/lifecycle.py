@@ -304,12 +304,24 @@ class Lifecycle:
         resubmitted: The server lost the prompt and it was posted again (at most once).
         reason: Why the job is being cancelled (set by the first Cancel; later ones are no-ops).
         resubmit_lost: The client's ``on_lost`` policy: resubmit a lost prompt once.
+        epoch: Counts changes (of state, or a gap). A shell that read the server, then
+            awaited, compares it to know whether what it read still applies.
     """
 
-    __slots__ = ("_early", "_end", "gap", "reason", "resubmit_lost", "resubmitted", "state")
+    __slots__ = (
+        "_early",
+        "_end",
+        "epoch",
+        "gap",
+        "reason",
+        "resubmit_lost",
+        "resubmitted",
+        "state",
+    )
 
     def __init__(self, *, resubmit_lost: bool = True) -> None:
         self.state = JobState.WAITING
+        self.epoch = 0
         self.gap = False
         self.resubmitted = False
         self.reason: BaseException | None = None
@@ -332,7 +344,10 @@ class Lifecycle:
         old = self.state
         if old.terminal:
             return ()  # settled once: late events and repeated cancels change nothing
+        gap = self.gap
         new, effects = self._transition(old, event)
+        if new is not old or self.gap is not gap:
+            self.epoch += 1
         self.state = new
         if new.terminal and old.holds_slot:
             effects = (*effects, RELEASE)
@@ -408,6 +423,7 @@ class Lifecycle:
                     return _S.POSTING, (POST,)
                 return _S.FAILED, (_fail(event.error),)
             if isinstance(event, ReconcileFailed):
+                self.gap = True  # the next resync checks it again
                 return state, (RESYNC,)
             if isinstance(event, Cancel):
                 self.reason = event.reason
@@ -440,6 +456,7 @@ class Lifecycle:
             if isinstance(event, Absent):
                 return self._cancelled()
             if isinstance(event, ReconcileFailed):
+                self.gap = True
                 return state, (RESYNC,)
 
         raise LifecycleError(f"{type(event).__name__} is not legal in state {state.value}")

@@ -1,0 +1,294 @@
+"""Model-based test of the job lifecycle: hypothesis generates interleavings of submits
+(twins included), cancels, timeouts, closes, socket drops, restarts, injected failures,
+latency and hold/release, and drives the real client against the simulator over loopback.
+
+Checked after every step: in-flight slots add up, at most one socket and one reader, no
+background task failed. Checked at the end, once the server has run what it holds:
+(a) every job settled exactly once (the job's own assertion, and its state);
+(b) a job settled as cancelled or failed never ran to success on the server (unless the
+    caller detached it); a job settled as done did;
+(c) each prompt was accepted at most once, twice only when it was resubmitted;
+(d) every slot is free when idle; (e) no socket and no reader after aclose();
+(f) no task left behind; (g) reconnects per second bounded.
+
+``DREAMGEN_MODEL_EXAMPLES=200 pytest tests/test_lifecycle_model.py`` explores further.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import tempfile
+import uuid
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from _graphs import txt2img
+from hypothesis import HealthCheck, Phase, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+from dreamgen_async import ClientClosedError, PromptTimeout
+from dreamgen_async.comfyui_api import ComfyUIClient, RetryPolicy
+from dreamgen_async.jobs import Job, PromptResult
+from dreamgen_async.lifecycle import JobState
+from dreamgen_async.multiplexer import ReconnectPolicy
+from dreamgen_async.testing import ComfyUISimulator, SimulatorConfig
+
+T = TypeVar("T")
+EXAMPLES = int(os.environ.get("DREAMGEN_MODEL_EXAMPLES", "25"))
+MAX_IN_FLIGHT = 3
+
+
+class _Errors(logging.Handler):
+    """Collects the library's error logs: a failed background task is a failed test."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@dataclass
+class Caller:
+    """One await on a job: the submitting caller, or a twin waiting on the same job."""
+
+    prompt_id: str
+    task: asyncio.Task[PromptResult]
+    job: asyncio.Future[Job] = field(repr=False)
+
+
+class LifecycleModel(RuleBasedStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.loop = asyncio.new_event_loop()
+        self.errors = _Errors()
+        logging.getLogger("dreamgen_async").addHandler(self.errors)
+        self.tmp = tempfile.TemporaryDirectory(prefix="dreamgen-model-")
+        self.sim = ComfyUISimulator(SimulatorConfig(step_time=0.01), root=self.tmp.name)
+        self.run(self.sim.start())
+        self.client = ComfyUIClient(
+            self.sim.url,
+            retry=RetryPolicy(attempts=3, initial_delay=0.01, max_delay=0.05),
+            reconnect=ReconnectPolicy(max_time=30.0, initial_delay=0.01, max_delay=0.05),
+            max_in_flight=MAX_IN_FLIGHT,
+        )
+        self.run(self.client.open())
+        self.callers: list[Caller] = []
+        self.jobs: dict[str, asyncio.Future[Job]] = {}
+        self.owned: dict[str, Job] = {}
+        self.closed = False
+        self.detached = False
+        self.restarts = 0
+        self.started = self.loop.time()
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        return self.loop.run_until_complete(coro)
+
+    # ------------------------------------------------------------------ operations
+
+    @precondition(lambda self: not self.closed)
+    @rule(timeout=st.sampled_from([None, None, 0.05, 0.3]), priority=st.integers(0, 2))
+    def submit(self, timeout: float | None, priority: int) -> None:
+        prompt_id = str(uuid.uuid4())
+        job: asyncio.Future[Job] = self.loop.create_future()
+        graph = txt2img(seed=len(self.callers))
+
+        async def caller() -> PromptResult:
+            try:
+                submitted = await self.client.submit(graph, prompt_id=prompt_id, priority=priority)
+            except BaseException as exc:
+                job.cancel() if isinstance(exc, asyncio.CancelledError) else job.set_exception(exc)
+                job.exception() if not job.cancelled() else None
+                raise
+            job.set_result(submitted)
+            return await submitted.result(timeout)
+
+        self.jobs[prompt_id] = job
+        self.callers.append(Caller(prompt_id, self.loop.create_task(caller()), job))
+        self.run(asyncio.sleep(0))
+        # The job object, whatever its caller does next (its fate is the owner's, not the
+        # caller's): submit() registered it before its first await.
+        self.owned[prompt_id] = self.client._live.get(prompt_id) or next(
+            j for _, _, j in self.client._waiting if j.prompt_id == prompt_id
+        )
+
+    @precondition(lambda self: not self.closed and self.callers)
+    @rule(data=st.data(), timeout=st.sampled_from([None, 0.05]))
+    def twin(self, data: st.DataObject, timeout: float | None) -> None:
+        first = data.draw(st.sampled_from(self.callers))
+        if not first.job.done() or first.job.cancelled() or first.job.exception():
+            return
+
+        async def caller() -> PromptResult:
+            return await first.job.result().result(timeout)
+
+        self.callers.append(Caller(first.prompt_id, self.loop.create_task(caller()), first.job))
+        self.run(asyncio.sleep(0))
+
+    @precondition(lambda self: self.callers)
+    @rule(data=st.data(), times=st.integers(1, 2))
+    def cancel_caller(self, data: st.DataObject, times: int) -> None:
+        caller = data.draw(st.sampled_from(self.callers))
+        for _ in range(times):
+            caller.task.cancel()
+            self.run(asyncio.sleep(0.01))
+
+    @precondition(lambda self: not self.closed and self.callers)
+    @rule(data=st.data())
+    def cancel_job(self, data: st.DataObject) -> None:
+        caller = data.draw(st.sampled_from(self.callers))
+        if caller.job.done() and not caller.job.cancelled() and not caller.job.exception():
+            self.run(caller.job.result().cancel())
+
+    @precondition(lambda self: not self.closed)
+    @rule()
+    def drop_sockets(self) -> None:
+        self.run(self.sim.drop_websockets())
+
+    @precondition(lambda self: not self.closed)
+    @rule()
+    def restart(self) -> None:
+        self.restarts += 1
+        self.run(self.sim.restart())
+
+    @precondition(lambda self: not self.closed)
+    @rule(
+        route=st.sampled_from(["/prompt", "/queue", "/history/*", "/ws", "/interrupt"]),
+        status=st.sampled_from([500, 503]),
+        n=st.integers(1, 3),
+    )
+    def fail_next(self, route: str, status: int, n: int) -> None:
+        self.sim.fail_next(route, n=n, status=status)
+
+    @rule(seconds=st.sampled_from([0.0, 0.1]))
+    def post_latency(self, seconds: float) -> None:
+        self.sim.route_latency["/prompt"] = seconds
+
+    @rule()
+    def hold(self) -> None:
+        self.sim.hold()
+
+    @rule()
+    def release(self) -> None:
+        self.sim.release()
+
+    @rule(seconds=st.sampled_from([0.01, 0.05, 0.2]))
+    def time_passes(self, seconds: float) -> None:
+        self.run(asyncio.sleep(seconds))
+
+    @precondition(lambda self: not self.closed)
+    @rule(detach=st.booleans())
+    def close(self, detach: bool) -> None:
+        self.closed = True
+        self.detached = detach
+        self.run(self.client.aclose(detach=detach))
+
+    # ------------------------------------------------------------------ invariants
+
+    @invariant()
+    def slots_add_up(self) -> None:
+        assert self.client.free_slots + self.client.in_flight == MAX_IN_FLIGHT
+
+    @invariant()
+    def one_socket_one_reader(self) -> None:
+        assert self.sim.open_websockets <= 1
+        readers = [
+            t
+            for t in asyncio.all_tasks(self.loop)
+            if t.get_name() == "dreamgen-ws-reader" and not t.done()
+        ]
+        assert len(readers) <= (0 if self.closed else 1)
+
+    @invariant()
+    def nothing_failed_in_the_background(self) -> None:
+        assert not self.errors.records, [r.getMessage() for r in self.errors.records]
+
+    # ------------------------------------------------------------------ the end
+
+    def teardown(self) -> None:
+        try:
+            self._settle_and_check()
+        finally:
+            logging.getLogger("dreamgen_async").removeHandler(self.errors)
+            if not self.closed:
+                self.run(self.client.aclose())
+            self.run(self.sim.stop())
+            self.loop.close()
+            self.tmp.cleanup()
+
+    def _settle_and_check(self) -> None:
+        sim = self.sim
+        sim.clear_faults()
+        sim.route_latency.clear()
+        sim.release()
+        tasks = [c.task for c in self.callers]
+
+        async def callers_done() -> None:
+            try:
+                async with asyncio.timeout(30):
+                    await asyncio.gather(*tasks, return_exceptions=True)
+            except TimeoutError:
+                stuck = [
+                    (j.prompt_id[:8], j.state.value, j._life.gap, j._waiters)
+                    for j in self.owned.values()
+                    if not j.done()
+                ]
+                raise AssertionError(f"jobs never settled: {stuck}; {self.client._mux!r}")
+
+        self.run(callers_done())
+        if not self.closed:
+            self.run(asyncio.wait_for(self.client.wait_idle(), 30))
+            assert self.client.free_slots == MAX_IN_FLIGHT  # (d)
+        self.run(sim.wait_until(lambda: sim.queue_remaining == 0, timeout=30))
+        elapsed = self.loop.time() - self.started
+        for prompt_id, job in self.owned.items():
+            accepted = sim.accepted_prompt_ids.count(prompt_id)
+            assert job.done()  # (a): settled (exactly once: Job asserts it)
+            assert job.state.terminal
+            assert accepted <= (2 if job.resubmitted else 1), (prompt_id, accepted)  # (c)
+            status = sim.prompts[prompt_id].status if accepted else None
+            if job.state is JobState.DONE:  # (b)
+                assert status == "success", (prompt_id, status)
+            elif not (self.detached and _closed(job)):
+                assert status != "success", f"{prompt_id} reported {job.state} but ran"
+        if not self.closed:
+            self.run(self.client.aclose())
+            self.closed = True
+        assert sim.open_websockets == 0  # (e)
+        leftovers = [
+            t
+            for t in asyncio.all_tasks(self.loop)
+            if t.get_name().startswith("dreamgen-") and not t.done()
+        ]
+        assert leftovers == []  # (f)
+        assert sim.ws_connections_total <= 5 + 40 * elapsed  # (g)
+        self.nothing_failed_in_the_background()
+
+
+def _closed(job: Job) -> bool:
+    try:
+        job._future.result()
+    except ClientClosedError:
+        return True
+    except (asyncio.CancelledError, PromptTimeout, Exception):
+        return False
+    return False
+
+
+LifecycleModel.TestCase.settings = settings(
+    max_examples=EXAMPLES,
+    stateful_step_count=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+    # Shrinking a failure re-runs real servers for minutes: in CI, report the first one found
+    # (with its seed); set DREAMGEN_MODEL_SHRINK=1 to minimise it.
+    phases=[Phase.explicit, Phase.reuse, Phase.generate]
+    + ([Phase.shrink] if os.environ.get("DREAMGEN_MODEL_SHRINK") else []),
+    print_blob=True,
+)
+TestLifecycleModel = LifecycleModel.TestCase
