@@ -238,7 +238,8 @@ class LifecycleModel(RuleBasedStateMachine):
                     for j in self.owned.values()
                     if not j.done()
                 ]
-                raise AssertionError(f"jobs never settled: {stuck}; {self.client._mux!r}")
+                msg = f"jobs never settled: {stuck}; {self.client._mux!r}"
+                raise AssertionError(msg) from None
 
         self.run(callers_done())
         if not self.closed:
