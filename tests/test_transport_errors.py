@@ -652,3 +652,34 @@ def test_the_error_tree_is_what_is_exported_and_documented() -> None:
         assert cls.__doc__, name
         if parent is not None:
             assert getattr(dreamgen_async, parent) in cls.__bases__, (name, parent)
+
+
+# ---------------------------------------------------------------------------- POST /prompt once
+
+
+async def test_a_prompt_whose_answer_was_lost_is_not_queued_twice(
+    comfyui_sim: ComfyUISimulator,
+) -> None:
+    """The first POST times out on our side but the server queues it anyway: the re-send
+    checks /queue + /history first, finds it, and does not post again."""
+    comfyui_sim.route_latency["/prompt"] = 0.4  # the server answers after our timeout
+    slow_retry = RetryPolicy(attempts=3, initial_delay=1.0, max_delay=1.0)
+    async with ComfyUIClient(comfyui_sim.url, timeout=0.2, retry=slow_retry) as client:
+        job = await client.submit(txt2img(seed=5))
+        comfyui_sim.route_latency.clear()
+        result = await job.result(timeout=10)
+    assert comfyui_sim.accepted_prompt_ids == [result.prompt_id]
+    routes = [r.route for r in comfyui_sim.requests if r.route != "/ws"]
+    assert routes.count("/prompt") == 1
+    assert "/queue" in routes
+
+
+async def test_a_503_proves_the_prompt_was_not_queued_so_it_is_resent_without_a_check(
+    comfyui_sim: ComfyUISimulator,
+) -> None:
+    async with ComfyUIClient(comfyui_sim.url, retry=FAST_RETRY) as client:
+        comfyui_sim.fail_next("/prompt", 1, status=503)
+        result = await client.run(txt2img(seed=6), timeout=10)
+    assert comfyui_sim.accepted_prompt_ids == [result.prompt_id]
+    routes = [r.route for r in comfyui_sim.requests if r.route not in ("/ws", "/history")]
+    assert routes[:2] == ["/prompt", "/prompt"]
