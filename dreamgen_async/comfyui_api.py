@@ -158,7 +158,7 @@ class ComfyUIClient:
             Basic auth and never appear in logs or errors).
         session: An existing session to use; the caller keeps ownership.
         client_id: The WebSocket clientId; a fresh UUID by default. Never share one
-            between two live clients (see COMFYUI_PROTOCOL.md §5).
+            between two live clients (see docs/PROTOCOL.md §5).
         token: Sent as ``Authorization: Bearer <token>`` on HTTP and the WebSocket.
         auth: Basic auth, as ``(user, password)``.
         headers: Extra headers for every request (an ``Origin`` header is refused:
