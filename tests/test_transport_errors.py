@@ -35,6 +35,7 @@ from dreamgen_async import (
     DreamgenError,
     NotComfyUIError,
     PromptRejected,
+    PromptTimeout,
     ProtocolError,
     ReconnectPolicy,
     ResponseTooLargeError,
@@ -571,6 +572,7 @@ async def test_an_authentication_refusal_of_post_prompt_is_not_a_queued_prompt(
         (ClientClosedError("x"), "fatal"),
         (PromptRejected(prompt_id="p", error_type="t", error_message="m"), "fatal"),
         (ValueError("a bug, not a failure"), "fatal"),
+        (PromptTimeout("x", prompt_id="p"), "fatal"),  # a TimeoutError, but the caller's
         (ServerError("x", status=429), "retry"),
         (ServerError("x", status=502), "retry"),
         (ServerError("x", status=503), "retry"),
