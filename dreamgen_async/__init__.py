@@ -7,6 +7,7 @@ internal. The simulator lives apart, in :mod:`dreamgen_async.testing`.
 from dreamgen_async.cache import ResultCache
 from dreamgen_async.comfyui_api import ComfyUIClient, RetryPolicy, UploadedImage
 from dreamgen_async.errors import (
+    AuthenticationError,
     ClientClosedError,
     ConnectError,
     ConnectionLostError,
@@ -16,7 +17,6 @@ from dreamgen_async.errors import (
     InputImageError,
     NodeError,
     NotComfyUIError,
-    OutputPathError,
     PartialPromptWarning,
     PartialPromptWarningError,
     PromptError,
@@ -26,6 +26,7 @@ from dreamgen_async.errors import (
     ProtocolError,
     ResponseTooLargeError,
     ServerError,
+    TLSError,
     TransportError,
     UIWorkflowError,
     WorkflowError,
@@ -74,6 +75,7 @@ __version__ = "0.1.0.dev0"
 
 __all__ = [
     "PRESETS",
+    "AuthenticationError",
     "Batch",
     "BatchProgress",
     "BinaryText",
@@ -105,7 +107,6 @@ __all__ = [
     "NotComfyUIError",
     "Output",
     "OutputImage",
-    "OutputPathError",
     "PartialPromptWarning",
     "PartialPromptWarningError",
     "Preset",
@@ -124,6 +125,7 @@ __all__ = [
     "ResultCache",
     "RetryPolicy",
     "ServerError",
+    "TLSError",
     "Timings",
     "TransportError",
     "Txt2ImgRequest",

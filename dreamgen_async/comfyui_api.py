@@ -1,8 +1,10 @@
 """ComfyUIClient: one aiohttp session, one WebSocket, one method per endpoint.
 
-All HTTP goes through :meth:`ComfyUIClient._request`, the one boundary where aiohttp's
-exceptions and unusable statuses become :mod:`dreamgen_async.errors` (the original is
-kept as ``__cause__``) and where retries happen — only where repeating is safe.
+All HTTP goes through :meth:`ComfyUIClient._request` and the WebSocket handshake through
+:meth:`ComfyUIClient._ws_connect`; both turn aiohttp's exceptions and unusable statuses into
+:mod:`dreamgen_async.errors` with the one table in :mod:`dreamgen_async.transport_errors`
+(the original kept as ``__cause__``), and ``_request`` retries only what its ``classify``
+allows — and ``POST /prompt`` only after checking the server does not already have it.
 """
 
 from __future__ import annotations
@@ -39,7 +41,6 @@ from tenacity import (
 from dreamgen_async import lifecycle as lc
 from dreamgen_async.errors import (
     ClientClosedError,
-    ConnectError,
     DreamgenError,
     NotComfyUIError,
     PartialPromptWarning,
@@ -50,7 +51,6 @@ from dreamgen_async.errors import (
     ProtocolError,
     ResponseTooLargeError,
     ServerError,
-    TransportError,
 )
 from dreamgen_async.jobs import Job, OutputImage, ProgressCallback, PromptResult
 from dreamgen_async.lifecycle import JobState
@@ -64,6 +64,13 @@ from dreamgen_async.protocol import (
     parse_node_errors,
     parse_queue,
 )
+from dreamgen_async.transport_errors import (
+    RETRY_STATUSES,
+    classify,
+    error_for_status,
+    mapped_errors,
+    may_have_been_processed,
+)
 
 __all__ = ["ComfyUIClient", "RetryPolicy", "UploadedImage"]
 
@@ -74,10 +81,6 @@ LostPolicy = Literal["resubmit", "fail"]
 ImageSource = bytes | str | Path | IO[bytes]
 
 T = TypeVar("T")
-
-_RETRY_STATUSES = frozenset({429, 502, 503, 504})
-# Statuses that prove the request was not processed, so even POST /prompt may be re-sent.
-_NOT_PROCESSED = frozenset({429, 503})
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,14 +112,16 @@ class UploadedImage:
         return f"{self.subfolder}/{self.name}" if self.subfolder else self.name
 
 
-class _RetryableStatus(Exception):
-    """Internal: a status worth retrying (never escapes ``_request``)."""
+class _RetryableStatus(ServerError):
+    """Internal: a "come back later" status (never escapes ``_request``)."""
 
-    def __init__(self, status: int, body: str, retry_after: float | None) -> None:
-        super().__init__(f"HTTP {status}")
-        self.status = status
-        self.body = body
+    def __init__(self, status: int, body: str, path: str, retry_after: float | None) -> None:
+        super().__init__(f"HTTP {status}", status=status, body=body, url=path)
         self.retry_after = retry_after
+
+
+class _AlreadyQueued(Exception):
+    """Internal: a re-sent ``POST /prompt`` found the prompt already on the server."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,7 +193,7 @@ class ComfyUIClient:
             Basic auth and never appear in logs or errors).
         session: An existing session to use; the caller keeps ownership.
         client_id: The WebSocket clientId; a fresh UUID by default. Never share one
-            between two live clients (see COMFYUI_PROTOCOL.md §5).
+            between two live clients (see docs/PROTOCOL.md §5).
         token: Sent as ``Authorization: Bearer <token>`` on HTTP and the WebSocket.
         auth: Basic auth, as ``(user, password)``.
         headers: Extra headers for every request (an ``Origin`` header is refused:
@@ -747,17 +752,13 @@ class ComfyUIClient:
         try:
             outcome = await self._post_prompt(job, body)
         except DreamgenError as exc:
-            # Refused or throttled on every attempt: it never reached the queue.
-            not_sent = isinstance(exc, ConnectError) or (
-                isinstance(exc, ServerError) and exc.status in _NOT_PROCESSED
-            )
-            outcome = lc.PostRejected(exc) if not_sent else lc.PostFailed(exc)
+            # Refused or throttled on every attempt: it never reached the queue; otherwise
+            # the server may hold it, and it is taken back.
+            outcome = lc.PostFailed(exc) if may_have_been_processed(exc) else lc.PostRejected(exc)
         self._drive(job, outcome)
 
     async def _post_prompt(self, job: Job, body: dict[str, Any]) -> lc.Input:
-        response = await self._request(
-            "POST", "/prompt", json_body=body, check_before_resend=job.prompt_id
-        )
+        response = await self._post_prompt_once_only(body, job.prompt_id)
         if response is None:  # the server already had it (an earlier attempt got through)
             job.queued_at = job.queued_at or time.time()
             return lc.PostAccepted()
@@ -916,7 +917,6 @@ class ComfyUIClient:
             params={"filename": image.filename, "subfolder": image.subfolder, "type": image.type},
             max_body=self._max_download,
         )
-        assert response is not None
         if response.status != 200:
             raise ServerError(
                 f"GET /view of {image.filename!r} answered {response.status}",
@@ -961,7 +961,6 @@ class ComfyUIClient:
             return fd
 
         response = await self._request("POST", "/upload/image", data=form)
-        assert response is not None
         body = self._json(response, "/upload/image")
         if response.status != 200 or not isinstance(body.get("name"), str):
             raise ServerError(
@@ -1014,25 +1013,17 @@ class ComfyUIClient:
 
     async def _get_json(self, path: str) -> dict[str, Any]:
         response = await self._request("GET", path)
-        assert response is not None
         if response.status != 200:
             raise self._status_error(response, path)
         return self._json(response, path)
 
     async def _post_ok(self, path: str, body: Mapping[str, Any]) -> None:
         response = await self._request("POST", path, json_body=body)
-        assert response is not None
         if response.status != 200:
             raise self._status_error(response, path)
 
     def _status_error(self, response: _Response, path: str) -> ServerError:
-        cls = NotComfyUIError if response.status == 404 and path == "/prompt" else ServerError
-        return cls(
-            f"{path} answered HTTP {response.status}: {response.text()[:200]}",
-            status=response.status,
-            body=response.text()[:2000],
-            url=path,
-        )
+        return error_for_status(response.status, url=self.safe_url, path=path, body=response.text())
 
     def _json(self, response: _Response, path: str) -> dict[str, Any]:
         if response.status >= 500 or "json" not in response.content_type:
@@ -1065,23 +1056,24 @@ class ComfyUIClient:
         json_body: Any = None,
         data: Callable[[], aiohttp.FormData] | None = None,
         params: Mapping[str, str] | None = None,
-        check_before_resend: str | None = None,
         max_body: int = 64 * 1024 * 1024,
-    ) -> _Response | None:
+        before_resend: Callable[[], Awaitable[None]] | None = None,
+    ) -> _Response:
         """Send one request, retrying where that is safe; translate every failure.
 
-        With ``check_before_resend=prompt_id`` (POST /prompt), a retry after an unknown
-        outcome first asks ``/queue`` and ``/history`` whether the prompt got through, and
-        returns ``None`` if it did.
+        What is retried is decided by :func:`~dreamgen_async.transport_errors.classify`
+        (429/502/503/504, refused, reset, timed out); everything else raises at once, and
+        401/403 raise :class:`~dreamgen_async.errors.AuthenticationError` here. Other statuses
+        are returned for the caller to judge. ``before_resend`` is awaited before re-sending a
+        request the server may already have processed (an unknown outcome); it may raise to
+        stop the retries.
         """
         session = self._session_for_requests()
         policy = self._retry
         unknown_outcome = False
 
         def retryable(exc: BaseException) -> bool:
-            return isinstance(exc, _RetryableStatus | ConnectError | TransportError) and not (
-                isinstance(exc, ResponseTooLargeError)
-            )
+            return isinstance(exc, DreamgenError) and classify(exc) != "fatal"
 
         backoff = wait_exponential_jitter(
             multiplier=policy.initial_delay, max=policy.max_delay, jitter=policy.initial_delay
@@ -1102,23 +1094,17 @@ class ComfyUIClient:
         try:
             async for attempt in retrying:
                 with attempt:
-                    if (
-                        unknown_outcome
-                        and check_before_resend is not None
-                        and await self._server_has(check_before_resend)
-                    ):
-                        return None
+                    if unknown_outcome and before_resend is not None:
+                        await before_resend()
                     try:
                         return await self._request_once(
                             session, method, path, json_body, data, params, max_body
                         )
-                    except _RetryableStatus as exc:
-                        unknown_outcome = exc.status not in _NOT_PROCESSED
-                        log.info("%s %s answered %s; retrying", method, path, exc.status)
-                        raise
-                    except TransportError as exc:
-                        unknown_outcome = not isinstance(exc, ConnectError)
-                        log.info("%s %s failed (%s); retrying", method, path, exc)
+                    except DreamgenError as exc:
+                        if retryable(exc):
+                            # Once an attempt may have got through, every re-send checks first.
+                            unknown_outcome = unknown_outcome or may_have_been_processed(exc)
+                            log.info("%s %s failed (%s); retrying", method, path, exc)
                         raise
         except _RetryableStatus as exc:
             raise ServerError(
@@ -1128,6 +1114,31 @@ class ComfyUIClient:
                 url=path,
             ) from exc
         raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _post_prompt_once_only(
+        self, body: Mapping[str, Any], prompt_id: str
+    ) -> _Response | None:
+        """``POST /prompt``, retried so that the prompt is queued at most once.
+
+        A re-send after a failure whose outcome is unknown (reset, read timeout, 502, 504)
+        first asks ``/queue`` and ``/history`` whether an earlier attempt got through.
+
+        Returns:
+            The server's answer, or ``None`` when an earlier attempt got through (its answer
+            was lost: the prompt is queued, with no ``node_errors`` to report).
+        """
+
+        async def check_before_resend() -> None:
+            if await self._server_has(prompt_id):
+                log.info("prompt %s got through on an earlier attempt; not re-sending", prompt_id)
+                raise _AlreadyQueued
+
+        try:
+            return await self._request(
+                "POST", "/prompt", json_body=body, before_resend=check_before_resend
+            )
+        except _AlreadyQueued:
+            return None
 
     async def _server_has(self, prompt_id: str) -> bool:
         queue = await self.get_queue()
@@ -1143,7 +1154,7 @@ class ComfyUIClient:
         params: Mapping[str, str] | None,
         max_body: int,
     ) -> _Response:
-        try:
+        with mapped_errors(self.safe_url, f"{method} {path}", path):
             async with session.request(
                 method,
                 self.base_url + path,
@@ -1154,11 +1165,12 @@ class ComfyUIClient:
                 ssl=self._ssl,
                 timeout=self._timeout,
             ) as resp:
-                if resp.status in _RETRY_STATUSES:
+                if resp.status in RETRY_STATUSES or resp.status in (401, 403):
                     body = (await resp.content.read(4096)).decode("utf-8", "replace")
-                    raise _RetryableStatus(
-                        resp.status, body, _retry_after(resp.headers.get("Retry-After"))
-                    )
+                    if resp.status in RETRY_STATUSES:
+                        retry_after = _retry_after(resp.headers.get("Retry-After"))
+                        raise _RetryableStatus(resp.status, body, path, retry_after)
+                    raise error_for_status(resp.status, url=self.safe_url, path=path, body=body)
                 if resp.content_length is not None and resp.content_length > max_body:
                     raise ResponseTooLargeError(
                         f"{path} announced {resp.content_length} bytes (limit {max_body})",
@@ -1179,20 +1191,16 @@ class ComfyUIClient:
                         )
                     chunks.append(chunk)
                 return _Response(resp.status, resp.content_type, b"".join(chunks))
-        except aiohttp.ClientConnectorError as exc:
-            raise ConnectError(f"cannot connect to {self.safe_url}: {exc.os_error}") from exc
-        except aiohttp.ClientSSLError as exc:
-            raise ConnectError(f"TLS to {self.safe_url} failed: {exc}") from exc
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise TransportError(
-                f"{method} {path} on {self.safe_url} failed: {type(exc).__name__}: {exc}"
-            ) from exc
 
     async def _ws_connect(self) -> aiohttp.ClientWebSocketResponse:
-        """Open the WebSocket and send the feature-flags hello (translated errors)."""
+        """Open the WebSocket and send the feature-flags hello (translated errors).
+
+        Raises what :func:`~dreamgen_async.transport_errors.translate` maps to: a handshake
+        answered 401/403 is an ``AuthenticationError``, 200/404 a ``NotComfyUIError``.
+        """
         session = self._check_open_or_opening()
         url = self.base_url.replace("http", "ws", 1) + "/ws"
-        try:
+        with mapped_errors(self.safe_url, "WebSocket", "/ws"):
             ws = await session.ws_connect(
                 url,
                 params={"clientId": self.client_id},
@@ -1202,25 +1210,12 @@ class ComfyUIClient:
                 max_msg_size=self._max_ws_message,
                 timeout=aiohttp.ClientWSTimeout(ws_close=5.0),
             )
-        except aiohttp.WSServerHandshakeError as exc:
-            if exc.status in (200, 404):
-                raise NotComfyUIError(
-                    f"{self.safe_url} has no ComfyUI WebSocket at /ws (HTTP {exc.status})",
-                    status=exc.status,
-                    url="/ws",
-                ) from exc
-            raise ServerError(
-                f"WebSocket handshake answered HTTP {exc.status}", status=exc.status, url="/ws"
-            ) from exc
-        except aiohttp.ClientConnectorError as exc:
-            raise ConnectError(f"cannot connect to {self.safe_url}: {exc.os_error}") from exc
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise TransportError(f"WebSocket to {self.safe_url} failed: {exc}") from exc
         try:
-            await self._mux.send_feature_flags(ws)
-        except (aiohttp.ClientError, ConnectionError) as exc:
+            with mapped_errors(self.safe_url, "WebSocket hello", "/ws"):
+                await self._mux.send_feature_flags(ws)
+        except BaseException:
             await ws.close()
-            raise TransportError(f"WebSocket to {self.safe_url} closed at once: {exc}") from exc
+            raise
         return ws
 
     def _session_for_requests(self) -> aiohttp.ClientSession:

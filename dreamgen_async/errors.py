@@ -9,21 +9,31 @@ original kept as ``__cause__``)::
     │   └── UIWorkflowError           a UI-format export was given where API format is needed
     ├── InputImageError               an input image is missing, empty, not an image, too large
     ├── ClientClosedError             the client was closed (or never opened)
-    ├── ProtocolError                 a frame or body that does not parse as ComfyUI's protocol
-    ├── TransportError                cannot talk to the server at all
-    │   ├── ConnectError              the server does not answer (refused, DNS, TLS)
+    ├── ProtocolError                 a frame, body or handshake that breaks ComfyUI's protocol
+    ├── TransportError                the connection failed or broke (reset, timeout)
+    │   ├── ConnectError              the server does not answer (refused, DNS)
+    │   │   └── TLSError              TLS failed: certificate not trusted, not a TLS server
     │   └── ConnectionLostError       the WebSocket dropped and the reconnect budget ran out
     ├── ServerError                   an HTTP answer we cannot use (.status, .body)
+    │   ├── AuthenticationError       401/403: the token or password was refused
     │   ├── NotComfyUIError           the server answered, but is not ComfyUI (HTML, 404 on /prompt)
-    │   └── ResponseTooLargeError     a body or WebSocket message over the configured bound
-    ├── PromptError                   anything about one prompt: carries .prompt_id
-    │   ├── PromptRejected            400 from POST /prompt (.error_type, .node_errors)
-    │   ├── PartialPromptWarningError 200 with non-empty node_errors, when policy is "error"
-    │   ├── ExecutionError            execution_error from the server (.node_id, .node_type, ...)
-    │   ├── ExecutionInterrupted      the prompt was interrupted (by us or someone else)
-    │   ├── PromptLost                the server forgot the prompt (restart) and policy says fail
-    │   └── PromptTimeout             waiting took too long (also a builtin TimeoutError)
-    └── OutputPathError               a server-supplied file name we refuse to write
+    │   └── ResponseTooLargeError     an HTTP body over the configured bound
+    └── PromptError                   anything about one prompt: carries .prompt_id
+        ├── PromptRejected            400 from POST /prompt (.error_type, .node_errors)
+        ├── PartialPromptWarningError 200 with non-empty node_errors, when policy is "error"
+        ├── ExecutionError            execution_error from the server (.node_id, .node_type, ...)
+        ├── ExecutionInterrupted      the prompt was interrupted (by us or someone else)
+        ├── PromptLost                the server forgot the prompt (restart) and policy says fail
+        └── PromptTimeout             waiting took too long (also a builtin TimeoutError)
+
+Which of these are worth a retry is decided in one place,
+:func:`dreamgen_async.transport_errors.classify`: authentication refusals, "not ComfyUI", TLS
+failures and protocol violations are fatal at once; 429/502/503/504, resets, refused
+connections and timeouts are retried. A WebSocket message over ``max_ws_message`` raises
+nothing: the socket is dropped and reopened, and the prompts resynchronised (a reconnect).
+There is no error for a hostile output file name: ``DreamGenerator`` names files itself
+(``<name>_<seed>_<tag>_<n><suffix>``, the name passed through ``safe_stem``, which renames
+rather than refuses), and the server's file name contributes only its suffix, from a fixed list.
 
 Errors about a prompt always carry its ``prompt_id``. Their ``str()`` is written to be
 read by a person: which node, which input, what to do.
@@ -36,6 +46,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = [
+    "AuthenticationError",
     "ClientClosedError",
     "ConnectError",
     "ConnectionLostError",
@@ -45,7 +56,6 @@ __all__ = [
     "InputImageError",
     "NodeError",
     "NotComfyUIError",
-    "OutputPathError",
     "PartialPromptWarning",
     "PartialPromptWarningError",
     "PromptError",
@@ -55,6 +65,7 @@ __all__ = [
     "ProtocolError",
     "ResponseTooLargeError",
     "ServerError",
+    "TLSError",
     "TransportError",
     "UIWorkflowError",
     "WorkflowError",
@@ -105,15 +116,32 @@ class ClientClosedError(DreamgenError, RuntimeError):
 
 
 class ProtocolError(DreamgenError):
-    """A WebSocket frame or an HTTP body does not follow ComfyUI's protocol."""
+    """A WebSocket frame, an HTTP body or the WebSocket handshake breaks ComfyUI's protocol.
+
+    Malformed WebSocket frames are logged and skipped; an HTTP body or a handshake that breaks
+    the protocol raises this, and it is never retried.
+    """
 
 
 class TransportError(DreamgenError):
-    """The server cannot be reached or the connection broke."""
+    """The connection failed or broke: reset, closed mid-answer, timed out.
+
+    Retried (HTTP) or reconnected (WebSocket) within the configured budgets.
+    """
 
 
 class ConnectError(TransportError):
-    """The server did not answer: connection refused, name resolution, TLS failure."""
+    """The server did not answer: connection refused, name not resolved, connect timeout.
+
+    Nothing reached the server, so even ``POST /prompt`` is re-sent without a check.
+    """
+
+
+class TLSError(ConnectError):
+    """TLS with the server failed: certificate not trusted or for another name, or the
+    server does not speak TLS. Never retried: it does not fix itself. Pass ``ssl=`` an
+    :class:`ssl.SSLContext` that trusts your CA (or ``ssl=False`` to skip verification).
+    """
 
 
 class ConnectionLostError(TransportError):
@@ -136,16 +164,24 @@ class ServerError(DreamgenError):
         self.url = url
 
 
+class AuthenticationError(ServerError):
+    """The server (or a proxy in front of it) refused our credentials: HTTP 401 or 403, on a
+    request or on the WebSocket handshake. Never retried: fix the token or password.
+    """
+
+
 class NotComfyUIError(ServerError):
-    """Something answered, but it does not speak ComfyUI's API (an HTML page, a 404 on /prompt)."""
+    """Something answered, but it does not speak ComfyUI's API (an HTML page, a 404 on
+    /prompt, a WebSocket handshake answered 200 or 404). Never retried."""
 
 
 class ResponseTooLargeError(ServerError):
-    """A response body or WebSocket message exceeded the configured size bound."""
+    """An HTTP response body exceeded its bound (``max_download`` for ``/view``).
 
-
-class OutputPathError(DreamgenError, ValueError):
-    """A server-supplied output file name is unsafe to write (``..``, absolute, NUL, too long)."""
+    A WebSocket message over ``max_ws_message`` does not raise this: the socket is
+    closed and reopened, and the prompts resynchronised from ``/history`` — it costs a
+    reconnect, not a job.
+    """
 
 
 class PromptError(DreamgenError):

@@ -37,6 +37,7 @@ import aiohttp
 
 from dreamgen_async import lifecycle as lc
 from dreamgen_async.errors import (
+    AuthenticationError,
     ConnectionLostError,
     DreamgenError,
     ExecutionInterrupted,
@@ -59,6 +60,7 @@ from dreamgen_async.protocol import (
     parse_binary,
     parse_text,
 )
+from dreamgen_async.transport_errors import classify
 
 if TYPE_CHECKING:
     from dreamgen_async.comfyui_api import ComfyUIClient
@@ -102,10 +104,13 @@ class SocketState(enum.StrEnum):
 
 
 def is_fatal(exc: BaseException) -> bool:
-    """Whether reconnecting cannot help: the server refused us or is not ComfyUI."""
-    if isinstance(exc, NotComfyUIError):
-        return True
-    return isinstance(exc, ServerError) and exc.status in (401, 403)
+    """Whether reconnecting cannot help: the classifier's verdict (authentication refused, not
+    ComfyUI, TLS, protocol violations), except that a 5xx answer to the handshake or a resync
+    request is a server starting or restarting, worth another attempt within the budget."""
+    refused = isinstance(exc, AuthenticationError | NotComfyUIError)
+    if isinstance(exc, ServerError) and not refused and exc.status >= 500:
+        return False
+    return classify(exc) == "fatal"
 
 
 class Multiplexer:
@@ -275,6 +280,8 @@ class Multiplexer:
             async with asyncio.timeout(remaining):
                 await self._client._reconcile(self._client._gap_jobs(), raise_errors=True)
         except (DreamgenError, TimeoutError) as exc:
+            if is_fatal(exc):
+                raise
             if time.monotonic() >= deadline:
                 raise self._out_of_budget("resynchronise with") from exc
             log.warning("resync failed (%s); reconnecting to try again", exc)

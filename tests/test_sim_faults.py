@@ -24,7 +24,7 @@ def node(class_type: str, **inputs: Any) -> dict[str, Any]:
 
 
 def schnell_txt2img(prefix: str = "dreamgen/run", seed: int = 7) -> dict[str, Any]:
-    """A Flux schnell txt2img graph, written from COMFYUI_PROTOCOL.md section 8."""
+    """A Flux schnell txt2img graph, written from docs/PROTOCOL.md section 9."""
     return {
         "1": node("CheckpointLoaderSimple", ckpt_name="flux1-schnell.safetensors"),
         "2": node("CLIPTextEncode", text="a red fox", clip=["1", 1]),
@@ -101,7 +101,7 @@ def test_public_names() -> None:
 async def test_plain_client_txt2img_and_img2img_get_real_pngs(
     comfyui_sim: ComfyUISimulator, http: aiohttp.ClientSession
 ) -> None:
-    """A client written from COMFYUI_PROTOCOL.md alone: upload, queue, WebSocket, /view."""
+    """A client written from docs/PROTOCOL.md alone: upload, queue, WebSocket, /view."""
     sim = comfyui_sim
     client_id = "plain-client"
     async with http.ws_connect(f"{sim.url}/ws?clientId={client_id}") as ws:

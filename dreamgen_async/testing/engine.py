@@ -2,7 +2,7 @@
 
 One worker task runs one prompt at a time, in ``(number, prompt_id)`` order, and emits exactly
 the WebSocket messages a real ComfyUI 0.8.0 emits, in the recorded order (see
-``COMFYUI_PROTOCOL.md`` section 6): two ``status`` frames around the dequeue,
+``docs/PROTOCOL.md`` section 6): two ``status`` frames around the dequeue,
 ``execution_start``, ``execution_cached``, per node ``progress_state`` + ``executing``, sampler
 steps as ``progress_state``/``progress``/previews, ``executed`` for output nodes,
 ``execution_success``, then the history entry, ``status`` and ``executing {node: null}``.

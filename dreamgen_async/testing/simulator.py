@@ -1,7 +1,7 @@
 """ComfyUISimulator: an in-process aiohttp server that behaves like ComfyUI 0.8.0.
 
 The HTTP routes, status codes, JSON shapes and the WebSocket message order reproduce the
-recordings in ``tests/fixtures/traces`` (see ``COMFYUI_PROTOCOL.md``). Every route is served at
+recordings in ``tests/fixtures/traces`` (see ``docs/PROTOCOL.md``). Every route is served at
 ``/path`` and ``/api/path``. The simulator records what it saw (``requests``, ``prompts``) and
 offers fault injection; see the package docstring of :mod:`dreamgen_async.testing`.
 """
