@@ -57,7 +57,7 @@ from dreamgen_async.protocol import (
     ProgressState,
     QueueState,
 )
-from dreamgen_async.workflow_builder import (
+from dreamgen_async.workflows import (
     PRESETS,
     BuiltWorkflow,
     FluxWorkflowBuilder,
