@@ -17,6 +17,7 @@ PURE_MODULES = [
     "dreamgen_async.workflows.graph",
     "dreamgen_async.workflows.builder",
     "dreamgen_async.workflows.api",
+    "dreamgen_async.workflows.ui",
 ]
 
 

@@ -6,19 +6,26 @@
   (txt2img / img2img graphs).
 * :mod:`~dreamgen_async.workflows.api` - users' API-format workflows: :class:`Workflow`,
   :func:`load_workflow`, :func:`parse_set_assignment`.
+* :mod:`~dreamgen_async.workflows.ui` - UI-format workflows (and subgraphs) converted to the
+  API format, given the server's node definitions.
 
 None of these modules does network I/O; :func:`load_workflow` reads one file.
 """
 
 from dreamgen_async.workflows.api import Workflow, load_workflow, parse_set_assignment
 from dreamgen_async.workflows.builder import (
+    DEFAULT_CHECKPOINT,
     MAX_BATCH_SIZE,
     MAX_RESOLUTION,
     PRESETS,
     BuiltWorkflow,
     FluxWorkflowBuilder,
+    LoaderLayout,
     Preset,
     PresetName,
+    ServerModels,
+    choose_loaders,
+    guess_preset,
     preset_for_checkpoint,
     random_seed,
 )
@@ -31,8 +38,10 @@ from dreamgen_async.workflows.graph import (
     Node,
     Output,
 )
+from dreamgen_async.workflows.ui import convert_ui_workflow, is_ui_workflow, widget_names
 
 __all__ = [
+    "DEFAULT_CHECKPOINT",
     "MAX_BATCH_SIZE",
     "MAX_RESOLUTION",
     "MAX_SEED",
@@ -43,13 +52,20 @@ __all__ = [
     "FluxWorkflowBuilder",
     "Graph",
     "InputValue",
+    "LoaderLayout",
     "Node",
     "Output",
     "Preset",
     "PresetName",
+    "ServerModels",
     "Workflow",
+    "choose_loaders",
+    "convert_ui_workflow",
+    "guess_preset",
+    "is_ui_workflow",
     "load_workflow",
     "parse_set_assignment",
     "preset_for_checkpoint",
     "random_seed",
+    "widget_names",
 ]

@@ -13,7 +13,7 @@ import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 from dreamgen_async.errors import UIWorkflowError, WorkflowError
 from dreamgen_async.workflows.graph import (
@@ -28,13 +28,16 @@ from dreamgen_async.workflows.graph import (
     _is_link,
     _quoted,
 )
+from dreamgen_async.workflows.ui import convert_ui_workflow, is_ui_workflow
 
 __all__ = ["Workflow", "load_workflow", "parse_set_assignment"]
 
 _UI_EXPORT_HINT = (
     "ComfyUI's HTTP API only accepts the API format. In ComfyUI, use the menu "
     "Workflow → Export (API) (in older versions: enable 'Dev mode options' in Settings, "
-    "then 'Save (API Format)'); it saves a workflow_api.json file - load that one instead."
+    "then 'Save (API Format)'); it saves a workflow_api.json file - load that one instead. "
+    "Or let dreamgen_async convert it: pass the server's node definitions "
+    "(load_workflow(path, object_info=...), or load_workflow_from_server(path, client))."
 )
 
 
@@ -131,9 +134,11 @@ class Workflow:
         return cls(data, source=source)
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> Workflow:
-        """Read an API-format workflow file; see :func:`load_workflow`."""
-        return load_workflow(path)
+    def load(
+        cls, path: str | os.PathLike[str], *, object_info: ObjectInfoSource | None = None
+    ) -> Workflow:
+        """Read a workflow file; see :func:`load_workflow`."""
+        return load_workflow(path, object_info=object_info)
 
     # -- reading ------------------------------------------------------------------------
 
@@ -373,23 +378,55 @@ class Workflow:
         return sorted({str(node["class_type"]) for node in self._nodes.values()})
 
 
-def load_workflow(path: str | os.PathLike[str]) -> Workflow:
-    """Read an API-format workflow file (``workflow_api.json``) synchronously.
+WorkflowSource: TypeAlias = "str | os.PathLike[str] | Mapping[str, Any]"
+ObjectInfoSource: TypeAlias = "Mapping[str, Any] | str | os.PathLike[str]"
 
-    This is the module's only I/O; call it before entering the event loop, or through
-    ``asyncio.to_thread`` from inside it.
+
+def load_workflow(
+    source: WorkflowSource, *, object_info: ObjectInfoSource | None = None
+) -> Workflow:
+    """Load a workflow: an API-format one, or a UI-format one converted for the server.
+
+    ``source`` is a file path or the already-parsed JSON. A UI-format workflow (the file
+    ComfyUI saves, with ``nodes`` and ``links``) needs ``object_info``: the server's node
+    definitions (``await client.object_info()``, or the path of a saved copy of that JSON);
+    it is then converted as ComfyUI's frontend would (see :mod:`dreamgen_async.workflows.ui`).
+
+    Reading files is this module's only I/O (synchronous); call it before entering the event
+    loop, or through ``asyncio.to_thread`` from inside it.
 
     Raises:
-        UIWorkflowError: The file is a UI-format export; the message says how to export
-            the API format.
-        WorkflowError: The file cannot be read, is not JSON, or is not a valid workflow.
+        UIWorkflowError: A UI-format workflow and no ``object_info``; the message says how to
+            export the API format instead.
+        WorkflowError: A file cannot be read, is not JSON, or is not a valid workflow; or a
+            UI-format node cannot be converted (its class is not on the server).
     """
+    if isinstance(source, Mapping):
+        data: Any = source
+        name = ""
+    else:
+        name = str(Path(source))
+        data = _read_json(source, "workflow file")
+    if object_info is not None and is_ui_workflow(data):
+        info = object_info
+        if not isinstance(info, Mapping):
+            info = _read_json(info, "object_info file")
+            if not isinstance(info, Mapping):
+                raise WorkflowError(f"{str(object_info)!r} is not an object_info JSON object")
+        return Workflow(convert_ui_workflow(data, info, source=name), source=name)
+    return Workflow(data, source=name)
+
+
+def _read_json(path: str | os.PathLike[str], what: str) -> Any:
     file = Path(path)
     try:
         text = file.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise WorkflowError(f"cannot read workflow file {str(file)!r}: {exc}") from exc
-    return Workflow.from_json(text, source=str(file))
+        raise WorkflowError(f"cannot read {what} {str(file)!r}: {exc}") from exc
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise WorkflowError(f"{file}: not valid JSON: {exc}") from exc
 
 
 def _split_target(target: str) -> tuple[str, str]:
