@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
 
 from dreamgen_async.cli import cli
+from dreamgen_async.errors import WorkflowError
 from dreamgen_async.testing import ComfyUISimulator, SimulatorConfig
 
 GOLDEN = Path(__file__).parent / "golden" / "templates"
@@ -145,3 +147,55 @@ async def test_run_takes_a_ui_format_file(comfyui_sim: ComfyUISimulator, tmp_pat
     expected["5"]["inputs"].update(width=64, height=64)
     expected["3"]["inputs"]["steps"] = 2
     assert prompt.graph == expected
+
+
+def _example(name: str) -> Any:
+    import importlib.util
+    import sys
+
+    path = Path(__file__).parent.parent / "examples" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"example_models_{name}", path)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+async def test_batch_example_takes_model_and_preset(
+    sd15_sim: ComfyUISimulator, tmp_path: Path
+) -> None:
+    from _graphs import png_bytes
+
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    (folder / "a.png").write_bytes(png_bytes(1))
+    batch = _example("batch_folder")
+    async with sd15_sim:
+        failures = await batch.main(
+            folder, "ink", out=tmp_path / "out", server=sd15_sim.url,
+            model="dreamshaper_8.safetensors", preset="sd15",
+        )  # fmt: skip
+        (prompt,) = sd15_sim.prompts.values()
+        with pytest.raises(WorkflowError, match=r"dreamshaper_8\.safetensors"):
+            await batch.main(folder, "ink", out=tmp_path / "o2", server=sd15_sim.url, model="x")
+
+    assert failures == 0
+    (sampler,) = [n for n in prompt.graph.values() if n["class_type"] == "KSampler"]
+    assert sampler["inputs"]["cfg"] == 7.0
+
+
+async def test_web_service_example_takes_model_from_arguments(
+    sd15_sim: ComfyUISimulator, tmp_path: Path
+) -> None:
+    from aiohttp.test_utils import TestClient, TestServer
+
+    service = _example("web_service")
+    async with sd15_sim:
+        app = service.make_app(sd15_sim.url, tmp_path, "dreamshaper_8.safetensors", "sd15")
+        async with TestClient(TestServer(app)):
+            pass  # start-up resolved the model against the server
+        object_info_calls = [r for r in sd15_sim.requests if r.route == "/object_info"]
+
+    assert len(object_info_calls) == 1
