@@ -12,7 +12,7 @@ import pytest
 from dreamgen_async.errors import UIWorkflowError, WorkflowError
 from dreamgen_async.testing.nodes import NodeRegistry
 from dreamgen_async.workflows import Workflow, load_workflow
-from dreamgen_async.workflows.ui import convert_ui_workflow, widget_names
+from dreamgen_async.workflows.ui import convert_ui_workflow, process_dynamic_prompt, widget_names
 
 INFO = NodeRegistry(["m.safetensors"], Path("/nonexistent")).object_info()
 
@@ -395,3 +395,54 @@ def test_broken_link_is_a_workflow_error() -> None:
 
     with pytest.raises(WorkflowError, match="link 9"):
         convert_ui_workflow(data, INFO)
+
+
+@pytest.mark.parametrize(
+    ("text", "draw", "expected"),
+    [
+        ("/*\nStart\n*/Hello /* a comment */ world!\n// it\nEnd", 0.0, "Hello  world!\n\nEnd"),
+        ("{option1|option2}", 0.0, "option1"),
+        ("{option1|option2}", 0.99, "option2"),
+        ("{a|}", 0.99, ""),
+        ("{|a}", 0.0, ""),
+        ("{a|{b||c}|}", 0.5, ""),
+        ("{a|{b|{c|d}}}", 0.0, "a"),
+        ("{a|{b|{c|d}}}", 0.99, "d"),
+        ("\\{a|b\\}", 0.5, "{a|b}"),
+        ("a\\|b", 0.5, "a|b"),
+        ("{a|\\}", 0.99, "}"),
+        (
+            "<{option1|option2}>/*c*/ ({something|else}:2) \\{escaped\\}!",
+            0.99,
+            "<option2> (else:2) {escaped}!",
+        ),
+        ("{option1|option2|{nested1|nested2", 0.4, "option2"),
+        ("{option1|option2|{nested1|nested2", 0.99, "nested2"),
+        ("{a|{b|{c|{d|{e|{f|{g}}1}2}3}4}5}", 0.99, "g12345"),
+        ("1{a|b|{c|d}}2{e|f}3", 0.5, "1b2f3"),
+        ("plain text", 0.5, "plain text"),
+    ],
+)
+def test_dynamic_prompts_are_processed_as_the_frontend_does(
+    text: str, draw: float, expected: str
+) -> None:
+    assert process_dynamic_prompt(text, lambda: draw) == expected
+
+
+def test_dynamic_prompt_widgets_are_processed_at_conversion() -> None:
+    data = _basic()
+    data["nodes"][1]["widgets_values"] = ["a {red|blue} fox // draft"]
+
+    assert convert_ui_workflow(data, INFO, rng=lambda: 0.9)["6"]["inputs"]["text"] == "a blue fox "
+    raw = convert_ui_workflow(data, INFO, rng=None)["6"]["inputs"]["text"]
+    assert raw == "a {red|blue} fox // draft"
+
+
+def test_widgets_missing_from_the_file_get_their_defaults() -> None:
+    data = _basic()
+    data["nodes"][3]["widgets_values"] = [7, "fixed", 2]  # saved before cfg... existed
+
+    inputs = convert_ui_workflow(data, INFO)["3"]["inputs"]
+
+    assert (inputs["seed"], inputs["steps"], inputs["cfg"], inputs["denoise"]) == (7, 2, 8.0, 1.0)
+    assert inputs["sampler_name"] == "euler"  # a combo's first choice

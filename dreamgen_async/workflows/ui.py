@@ -24,6 +24,8 @@ its public source; this is an independent implementation):
   getting ``"<group node id>:<index>"``.
 * Notes, reroutes, primitives and subgraph instances themselves are not sent (they only
   exist in the editor).
+* Text widgets marked ``dynamicPrompts`` lose their comments and get their ``{a|b}``
+  choices made (:func:`process_dynamic_prompt`), as the frontend does when queueing.
 
 A node class the server does not have (and that is neither muted nor bypassed) cannot be
 converted: :class:`~dreamgen_async.errors.WorkflowError` names the node id and class.
@@ -32,8 +34,9 @@ converted: :class:`~dreamgen_async.errors.WorkflowError` names the node id and c
 from __future__ import annotations
 
 import copy
+import random
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,6 +46,7 @@ __all__ = [
     "FRONTEND_ONLY_NODES",
     "convert_ui_workflow",
     "is_ui_workflow",
+    "process_dynamic_prompt",
     "widget_names",
 ]
 
@@ -77,6 +81,8 @@ class _Widget:
 
     name: str
     extra: str | None = None  # "control" or "upload": stored, never sent
+    default: Any = None  # the value of a widget the file has no value for
+    dynamic: bool = False  # a text widget whose {a|b} choices are made at queue time
 
 
 def _input_specs(class_def: Mapping[str, Any]) -> list[tuple[str, Any]]:
@@ -106,7 +112,11 @@ def _widgets(class_def: Mapping[str, Any]) -> list[_Widget]:
         is_combo = isinstance(kind, list) or kind == "COMBO"
         if not (is_combo or kind in _WIDGET_TYPES) or options.get("forceInput"):
             continue
-        widgets.append(_Widget(name))
+        default = options.get("default")
+        if default is None and is_combo:
+            choices = kind if isinstance(kind, list) else options.get("options") or []
+            default = choices[0] if choices else None
+        widgets.append(_Widget(name, None, default, bool(options.get("dynamicPrompts"))))
         if options.get("control_after_generate"):
             widgets.append(_Widget(name, "control"))
         elif kind == "INT" and name in ("seed", "noise_seed"):
@@ -125,29 +135,101 @@ def widget_names(class_def: Mapping[str, Any]) -> list[str]:
 
 
 def _widget_values(
-    node: Mapping[str, Any], class_def: Mapping[str, Any], node_id: str
+    node: Mapping[str, Any],
+    class_def: Mapping[str, Any],
+    rng: Callable[[], float] | None = None,
 ) -> dict[str, Any]:
-    """The inputs a node's stored widget values give, by input name."""
+    """The inputs a node's widgets give, by input name.
+
+    Stored values are matched in order; a widget the file has no value for (a node saved
+    by an older version) gets its definition's default, as the frontend creates it. With
+    ``rng``, text widgets marked ``dynamicPrompts`` are processed (see
+    :func:`process_dynamic_prompt`), as the frontend does when queueing.
+    """
+    widgets = _widgets(class_def)
     stored = node.get("widgets_values")
-    if isinstance(stored, Mapping):  # some nodes store a dict by widget name
-        names = set(widget_names(class_def))
-        return {k: v for k, v in stored.items() if k in names}
-    if not isinstance(stored, list):
-        return {}
     values: dict[str, Any] = {}
-    position = 0
-    for widget in _widgets(class_def):
-        if position >= len(stored):
-            break
-        value = stored[position]
-        if widget.extra == "maybe-control":
-            if isinstance(value, str) and value in _CONTROL_VALUES:
-                position += 1
-            continue
-        position += 1
-        if widget.extra is None:
-            values[widget.name] = value
+    if isinstance(stored, Mapping):  # some nodes store a dict by widget name
+        for widget in widgets:
+            if widget.extra is None:
+                values[widget.name] = stored.get(widget.name, widget.default)
+    else:
+        stored_list = stored if isinstance(stored, list) else []
+        position = 0
+        for widget in widgets:
+            if position >= len(stored_list):
+                if widget.extra is None:
+                    values[widget.name] = widget.default
+                continue
+            value = stored_list[position]
+            if widget.extra == "maybe-control":
+                if isinstance(value, str) and value in _CONTROL_VALUES:
+                    position += 1
+                continue
+            position += 1
+            if widget.extra is None:
+                values[widget.name] = value
+    if rng is not None:
+        for widget in widgets:
+            if widget.dynamic and isinstance(values.get(widget.name), str):
+                values[widget.name] = process_dynamic_prompt(values[widget.name], rng)
     return values
+
+
+_BLOCK_COMMENT = re.compile(r"/\*.*?\*/", re.S)
+_LINE_COMMENT = re.compile(r"//[^\n]*")
+
+
+def process_dynamic_prompt(text: str, rng: Callable[[], float] = random.random) -> str:
+    """What the frontend sends for a ``dynamicPrompts`` text: comments out, choices made.
+
+    ``/* ... */`` and ``// ...`` comments are removed; each ``{a|b|c}`` group (nested groups
+    too, an unclosed one running to the end) becomes one of its options, option
+    ``floor(rng() * count)``; a backslash makes the next character literal (``\\{``).
+
+    Example:
+        >>> process_dynamic_prompt("a {red|blue} fox // draft", lambda: 0.9)
+        'a blue fox '
+    """
+    text = _LINE_COMMENT.sub("", _BLOCK_COMMENT.sub("", text))
+    out: list[str] = []
+    index = 0
+    while index < len(text):
+        char = text[index]
+        if char == "\\" and index + 1 < len(text):
+            out.append(text[index + 1])
+            index += 2
+        elif char == "{":
+            choice, index = _choose_group(text, index + 1, rng)
+            out.append(choice)
+        else:
+            out.append(char)
+            index += 1
+    return "".join(out)
+
+
+def _choose_group(text: str, index: int, rng: Callable[[], float]) -> tuple[str, int]:
+    """Parse a ``{...}`` group from just after its ``{``; return the chosen option."""
+    options: list[list[str]] = [[]]
+    while index < len(text):
+        char = text[index]
+        if char == "\\" and index + 1 < len(text):
+            options[-1].append(text[index + 1])
+            index += 2
+        elif char == "{":
+            choice, index = _choose_group(text, index + 1, rng)
+            options[-1].append(choice)
+        elif char == "|":
+            options.append([])
+            index += 1
+        elif char == "}":
+            index += 1
+            break
+        else:
+            options[-1].append(char)
+            index += 1
+    pick = min(int(rng() * len(options)), len(options) - 1)
+    return "".join(options[pick]), index
 
 
 def _api_value(value: Any) -> Any:
@@ -277,9 +359,14 @@ def _types_fit(a: Any, b: Any) -> bool:
 
 class _Converter:
     def __init__(
-        self, data: Mapping[str, Any], object_info: Mapping[str, Any], source: str
+        self,
+        data: Mapping[str, Any],
+        object_info: Mapping[str, Any],
+        source: str,
+        rng: Callable[[], float] | None,
     ) -> None:
         self.where = source or "workflow"
+        self.rng = rng
         self.object_info = object_info
         self.root = _parse_graph(data, self.where)
         self.subgraphs: dict[str, _Graph] = {}
@@ -451,7 +538,7 @@ class _Converter:
             if class_def is None or link.target_slot >= len(inputs):
                 continue
             input_name = inputs[link.target_slot].get("name")
-            values = _widget_values(node, class_def, _key(node["id"]))
+            values = _widget_values(node, class_def)
             if input_name in values:
                 return values[input_name]
         return None
@@ -515,9 +602,8 @@ class _Converter:
                     "does not have (a custom node that is not installed?)",
                     node_id=ex.id,
                 )
-            inputs = {
-                k: _api_value(v) for k, v in _widget_values(ex.node, class_def, ex.id).items()
-            }
+            widgets = _widget_values(ex.node, class_def, self.rng)
+            inputs = {name: _api_value(value) for name, value in widgets.items()}
             for slot, item in enumerate(ex.inputs):
                 if item.get("link") is None:
                     continue
@@ -643,7 +729,11 @@ def _parse_group_nodes(data: Mapping[str, Any], where: str) -> dict[str, _GroupD
 
 
 def convert_ui_workflow(
-    data: Mapping[str, Any], object_info: Mapping[str, Any], *, source: str = ""
+    data: Mapping[str, Any],
+    object_info: Mapping[str, Any],
+    *,
+    source: str = "",
+    rng: Callable[[], float] | None = random.random,
 ) -> dict[str, Any]:
     """Convert a UI-format workflow to the API graph ComfyUI's frontend would queue.
 
@@ -651,6 +741,8 @@ def convert_ui_workflow(
         data: The saved workflow (``nodes``, ``links``, maybe ``definitions.subgraphs``).
         object_info: The server's node definitions (``GET /object_info``).
         source: Where the workflow came from (a file name), for error messages.
+        rng: Draws the ``{a|b}`` choices of ``dynamicPrompts`` texts (as the frontend's
+            ``Math.random``); ``None`` sends such texts as written.
 
     Returns:
         ``{node_id: {"inputs", "class_type", "_meta": {"title"}}}``.
@@ -663,7 +755,7 @@ def convert_ui_workflow(
         raise WorkflowError(f"{source or 'workflow'}: not a UI-format workflow")
     if not isinstance(object_info, Mapping) or not object_info:
         raise WorkflowError("converting a UI-format workflow needs the server's node definitions")
-    converter = _Converter(data, object_info, source)
+    converter = _Converter(data, object_info, source, rng)
     result = converter.convert()
     if not result:
         raise WorkflowError(f"{source or 'workflow'}: no node is left to run after conversion")
