@@ -446,3 +446,22 @@ def test_widgets_missing_from_the_file_get_their_defaults() -> None:
 
     assert (inputs["seed"], inputs["steps"], inputs["cfg"], inputs["denoise"]) == (7, 2, 8.0, 1.0)
     assert inputs["sampler_name"] == "euler"  # a combo's first choice
+
+
+def test_proxy_widget_of_the_instance_itself_holds_its_value() -> None:
+    data = _subgraph_workflow([1234], {"proxyWidgets": [["-1", "seed"]]})
+
+    assert convert_ui_workflow(data, INFO)["12:7"]["inputs"]["seed"] == 1234
+
+
+def test_unpromoted_subgraph_input_leaves_the_inner_value() -> None:
+    data = _subgraph_workflow([], {"proxyWidgets": []})
+
+    assert convert_ui_workflow(data, INFO)["12:7"]["inputs"]["seed"] == 1
+
+
+def test_legacy_promoted_values_follow_the_subgraph_inputs_even_if_the_file_omits_slots() -> None:
+    data = _subgraph_workflow([4321], {})
+    data["nodes"][2]["inputs"] = data["nodes"][2]["inputs"][:3]  # the seed slot not saved
+
+    assert convert_ui_workflow(data, INFO)["12:7"]["inputs"]["seed"] == 4321

@@ -511,37 +511,63 @@ class _Converter:
         return self._promoted_value(instance, slot, str(name))
 
     def _promoted_value(self, instance: _Exec, slot: int, name: str) -> _Resolved:
-        """The value of an unconnected subgraph input's promoted widget, if it has one."""
+        """The value of an unconnected subgraph input's promoted widget, if it has one.
+
+        Three ways a saved instance holds it: ``properties.proxyWidgets`` (newer frontends:
+        ``["-1", name]`` is the instance's own widget, its value in ``widgets_values``;
+        ``[inner_id, widget]`` shows an inner widget, its value the inner one); else one
+        ``widgets_values`` entry per subgraph input that feeds a widget, in input order
+        (older frontends); else the first inner widget's value (a fresh promotion).
+        """
         assert instance.subgraph is not None
         stored = instance.node.get("widgets_values")
+        stored_list = stored if isinstance(stored, list) else []
         props = instance.node.get("properties") or {}
-        if isinstance(stored, list) and stored and "proxyWidgets" not in props:
-            widget_inputs = [i for i in instance.inputs if i.get("widget")]
-            for position, item in enumerate(widget_inputs):
-                if item.get("name") == name and position < len(stored):
-                    return _Value(stored[position])
-        inner = self._first_inner_widget(instance, slot)
-        return None if inner is None else _Value(inner)
+        proxy = props.get("proxyWidgets") if isinstance(props, Mapping) else None
+        if isinstance(proxy, list):
+            entries = [
+                (str(e[0]), str(e[1])) for e in proxy if isinstance(e, list | tuple) and len(e) > 1
+            ]
+            own = [widget for node_id, widget in entries if node_id == "-1"]
+            if name in own:
+                position = own.index(name)
+                return _Value(stored_list[position]) if position < len(stored_list) else None
+            targets = self._inner_widget_targets(instance.subgraph, slot)
+            for node_id, widget in entries:
+                if (node_id, widget) in targets:
+                    return _Value(targets[(node_id, widget)])
+            return None
+        if stored_list:
+            feeding = [
+                index
+                for index in range(len(instance.subgraph.inputs))
+                if self._inner_widget_targets(instance.subgraph, index)
+            ]
+            if slot in feeding and feeding.index(slot) < len(stored_list):
+                return _Value(stored_list[feeding.index(slot)])
+            return None
+        targets = self._inner_widget_targets(instance.subgraph, slot)
+        return _Value(next(iter(targets.values()))) if targets else None
 
-    def _first_inner_widget(self, instance: _Exec, slot: int) -> Any | None:
-        assert instance.subgraph is not None
-        sub = instance.subgraph
+    def _inner_widget_targets(self, sub: _Graph, slot: int) -> dict[tuple[str, str], Any]:
+        """The inner widgets a subgraph input feeds: ``{(node id, widget): its value}``."""
+        targets: dict[tuple[str, str], Any] = {}
+        if slot >= len(sub.inputs):
+            return targets
         for link_id in sub.inputs[slot].get("linkIds") or []:
             link = sub.links.get(_key(link_id))
-            if link is None:
+            node = None if link is None else sub.nodes.get(_key(link.target_id))
+            if link is None or node is None:
                 continue
-            node = sub.nodes.get(_key(link.target_id))
-            if node is None:
-                continue
-            class_def = self.object_info.get(str(node["type"]))
             inputs = node.get("inputs") or []
-            if class_def is None or link.target_slot >= len(inputs):
+            class_def = self.object_info.get(str(node["type"]))
+            if link.target_slot >= len(inputs) or not isinstance(class_def, Mapping):
                 continue
-            input_name = inputs[link.target_slot].get("name")
+            input_name = str(inputs[link.target_slot].get("name"))
             values = _widget_values(node, class_def)
             if input_name in values:
-                return values[input_name]
-        return None
+                targets[(_key(node["id"]), input_name)] = values[input_name]
+        return targets
 
     def _resolve_subgraph_output(
         self, ex: _Exec, slot: int, wanted: Any, visited: set[tuple[str, str, int]]
