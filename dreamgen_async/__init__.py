@@ -58,15 +58,23 @@ from dreamgen_async.protocol import (
     ProgressState,
     QueueState,
 )
-from dreamgen_async.workflow_builder import (
+from dreamgen_async.workflow_io import (
+    builder_from_server,
+    load_workflow_from_server,
+    server_models,
+)
+from dreamgen_async.workflows import (
     PRESETS,
     BuiltWorkflow,
     FluxWorkflowBuilder,
     Graph,
+    LoaderLayout,
     Node,
     Output,
     Preset,
+    ServerModels,
     Workflow,
+    convert_ui_workflow,
     load_workflow,
     parse_set_assignment,
 )
@@ -102,6 +110,7 @@ __all__ = [
     "InputImageError",
     "Job",
     "JobFailure",
+    "LoaderLayout",
     "Node",
     "NodeError",
     "NotComfyUIError",
@@ -125,6 +134,7 @@ __all__ = [
     "ResultCache",
     "RetryPolicy",
     "ServerError",
+    "ServerModels",
     "TLSError",
     "Timings",
     "TransportError",
@@ -135,6 +145,10 @@ __all__ = [
     "WorkflowError",
     "WorkflowRequest",
     "__version__",
+    "builder_from_server",
+    "convert_ui_workflow",
     "load_workflow",
+    "load_workflow_from_server",
     "parse_set_assignment",
+    "server_models",
 ]

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import click
 from rich.console import Console
@@ -35,7 +35,7 @@ from rich.progress import (
 )
 
 from dreamgen_async import __version__
-from dreamgen_async.errors import DreamgenError
+from dreamgen_async.errors import DreamgenError, UIWorkflowError, WorkflowError
 from dreamgen_async.generator import (
     BatchProgress,
     DreamGenerator,
@@ -49,6 +49,8 @@ from dreamgen_async.generator import (
 from dreamgen_async.protocol import Event, Executing
 from dreamgen_async.protocol import Progress as StepProgress
 from dreamgen_async.workflow_builder import FluxWorkflowBuilder, Workflow
+from dreamgen_async.workflow_io import builder_from_server, load_workflow_from_server, server_models
+from dreamgen_async.workflows import PRESETS, PresetName
 
 __all__ = ["main"]
 
@@ -219,16 +221,43 @@ class Display:
             )
 
 
+@dataclass(frozen=True)
+class ModelChoice:
+    """``--ckpt`` / ``--preset`` / ``--steps`` / ``--cfg``: resolved against the server."""
+
+    ckpt: str | None
+    preset: PresetName | None
+    steps: int | None
+    cfg: float | None
+
+
+async def resolve_builder(opts: Options, choice: ModelChoice) -> FluxWorkflowBuilder:
+    """Ask the server which models it has and build the fitting loader layout."""
+    from dreamgen_async.comfyui_api import ComfyUIClient
+
+    token = os.environ.get("DREAMGEN_TOKEN") or None
+    async with ComfyUIClient(opts.server, token=token) as client:
+        return await builder_from_server(
+            client,
+            choice.ckpt,
+            preset=choice.preset,
+            steps=choice.steps,
+            cfg=choice.cfg,
+        )
+
+
 async def run_requests(
     opts: Options,
     requests: Sequence[Request],
     labels: Sequence[str],
     output: Path,
-    builder: FluxWorkflowBuilder,
+    builder: FluxWorkflowBuilder | ModelChoice,
     console: Console,
 ) -> int:
     """Run a batch with a display; return the number of failed jobs."""
     token = os.environ.get("DREAMGEN_TOKEN") or None
+    if isinstance(builder, ModelChoice):
+        builder = await resolve_builder(opts, builder)
     failed = 0
     async with DreamGenerator(
         opts.server, output_dir=output, builder=builder, token=token, max_in_flight=64
@@ -261,13 +290,35 @@ def execute(opts: Options, coro_factory: Callable[[], Any]) -> None:
         sys.exit(1)
 
 
-def make_builder(ckpt: str | None, steps: int | None, cfg: float | None) -> FluxWorkflowBuilder:
+def make_builder(
+    ckpt: str | None, steps: int | None, cfg: float | None, preset: str | None = None
+) -> ModelChoice:
+    """Check the settings now (a usage error); the model is resolved on the server later."""
+    checked = cast("PresetName | None", preset)  # click.Choice gave one of PRESETS
     try:
-        if ckpt:
-            return FluxWorkflowBuilder(ckpt, steps=steps, cfg=cfg)
-        return FluxWorkflowBuilder(steps=steps, cfg=cfg)
+        FluxWorkflowBuilder(
+            ckpt or "model.safetensors", preset=checked or "sd15", steps=steps, cfg=cfg
+        )
     except DreamgenError as exc:
         raise click.UsageError(str(exc)) from exc
+    return ModelChoice(ckpt, checked, steps, cfg)
+
+
+CKPT_HELP = (
+    "Model file on the server: an all-in-one checkpoint, or a Flux diffusion model (then "
+    "loaded with the server's CLIP-L, T5 and VAE files). Default: the server's Flux schnell "
+    "file, else its first model. 'dreamgen status' lists them."
+)
+PRESET_HELP = (
+    "Sampling defaults (steps, cfg, sampler, scheduler, size) of a model family; guessed "
+    "from the model's name when omitted."
+)
+
+
+def preset_option(func: F) -> F:
+    return click.option(
+        "--preset", type=click.Choice(sorted(PRESETS)), default=None, help=PRESET_HELP
+    )(func)
 
 
 # ---------------------------------------------------------------------------- commands
@@ -292,18 +343,19 @@ def output_option(default: str = "dreamgen-output") -> Callable[[F], F]:
 @click.option("--size", default=None, help="WIDTHxHEIGHT, e.g. 1024x768.")
 @click.option("--steps", type=click.IntRange(1), default=None)
 @click.option("--cfg", type=float, default=None)
-@click.option("--ckpt", default=None, help="Checkpoint name (flux1-schnell by default).")
+@click.option("--ckpt", default=None, help=CKPT_HELP)
+@preset_option
 @click.option("--negative", default="")
 @output_option()
 @common_options
 def txt2img(prompt: str, count: int, seed: int | None, size: str | None, **kwargs: Any) -> None:
     """Generate COUNT images from PROMPT."""
-    steps, cfg, ckpt, negative, output = (
-        kwargs.pop(k) for k in ("steps", "cfg", "ckpt", "negative", "output")
+    steps, cfg, ckpt, preset, negative, output = (
+        kwargs.pop(k) for k in ("steps", "cfg", "ckpt", "preset", "negative", "output")
     )
     opts = options_from(kwargs)
     width, height = parse_size(size)
-    builder = make_builder(ckpt, steps, cfg)
+    builder = make_builder(ckpt, steps, cfg, preset)
     requests = [
         Txt2ImgRequest(prompt, negative, None if seed is None else seed + i, width, height)
         for i in range(count)
@@ -319,20 +371,22 @@ def txt2img(prompt: str, count: int, seed: int | None, size: str | None, **kwarg
 @click.option("--seed", type=click.IntRange(0), default=None)
 @click.option("--steps", type=click.IntRange(1), default=None)
 @click.option("--cfg", type=float, default=None)
-@click.option("--ckpt", default=None)
+@click.option("--ckpt", default=None, help=CKPT_HELP)
+@preset_option
 @click.option("--negative", default="")
 @output_option()
 @common_options
 def img2img(inputs: tuple[str, ...], prompt: str, **kwargs: Any) -> None:
     """Transform each INPUT (files, folders or globs) with PROMPT; outputs named after inputs."""
-    denoise, seed, steps, cfg, ckpt, negative, output = (
-        kwargs.pop(k) for k in ("denoise", "seed", "steps", "cfg", "ckpt", "negative", "output")
+    denoise, seed, steps, cfg, ckpt, preset, negative, output = (
+        kwargs.pop(k)
+        for k in ("denoise", "seed", "steps", "cfg", "ckpt", "preset", "negative", "output")
     )
     opts = options_from(kwargs)
     paths = expand_inputs(inputs)
     if not paths:
         raise click.UsageError(f"no images found in {' '.join(inputs)}")
-    builder = make_builder(ckpt, steps, cfg)
+    builder = make_builder(ckpt, steps, cfg, preset)
     requests = [
         Img2ImgRequest(path, prompt, denoise, negative, seed, name=path.stem) for path in paths
     ]
@@ -348,27 +402,42 @@ def img2img(inputs: tuple[str, ...], prompt: str, **kwargs: Any) -> None:
 @output_option()
 @common_options
 def run(workflow_file: Path, assignments: tuple[str, ...], **kwargs: Any) -> None:
-    """Run your own API-format WORKFLOW_FILE (exported from ComfyUI)."""
+    """Run your own WORKFLOW_FILE: the file ComfyUI saves (UI format, converted with the
+    server's node definitions) or an API-format export."""
     output = kwargs.pop("output")
     opts = options_from(kwargs)
+    workflow: Workflow | None = None
     try:
         workflow = Workflow.load(workflow_file)
-        for assignment in assignments:
-            workflow.apply_assignment(assignment)
+    except UIWorkflowError:
+        workflow = None  # UI format: converted below, with the server's node definitions
     except DreamgenError as exc:
         raise click.UsageError(str(exc)) from exc
-    requests = [WorkflowRequest(workflow, name=workflow_file.stem)]
-    builder = FluxWorkflowBuilder()
-    execute(
-        opts,
-        lambda: run_requests(opts, requests, [str(workflow_file)], output, builder, Console()),
-    )
+
+    async def go() -> int:
+        loaded = workflow
+        if loaded is None:
+            from dreamgen_async.comfyui_api import ComfyUIClient
+
+            token = os.environ.get("DREAMGEN_TOKEN") or None
+            async with ComfyUIClient(opts.server, token=token) as client:
+                loaded = await load_workflow_from_server(workflow_file, client)
+        try:
+            for assignment in assignments:
+                loaded.apply_assignment(assignment)
+        except WorkflowError as exc:
+            raise click.UsageError(str(exc)) from exc
+        requests = [WorkflowRequest(loaded, name=workflow_file.stem)]
+        builder = FluxWorkflowBuilder()
+        return await run_requests(opts, requests, [str(workflow_file)], output, builder, Console())
+
+    execute(opts, go)
 
 
 @cli.command()
 @common_options
 def status(**kwargs: Any) -> None:
-    """Is the server reachable? Its version, devices and queue."""
+    """Is the server reachable? Its version, devices, queue and model files."""
     opts = options_from(kwargs)
 
     async def check() -> int:
@@ -378,9 +447,18 @@ def status(**kwargs: Any) -> None:
         async with ComfyUIClient(opts.server, token=token) as client:
             stats = await client.system_stats()
             queue = await client.get_queue()
+            models = await server_models(client)
         system = stats.get("system", {})
+        listing = {
+            "checkpoints": models.checkpoints,
+            "unets": models.unets,
+            "clip": models.clips,
+            "vae": models.vaes,
+        }
         if opts.json:
-            click.echo(json.dumps({"server": client.safe_url, **stats}))
+            record = {"server": client.safe_url, **stats}
+            record["models"] = {kind: list(names) for kind, names in listing.items()}
+            click.echo(json.dumps(record))
             return 0
         click.echo(f"server   {client.safe_url} (reachable)")
         click.echo(f"comfyui  {system.get('comfyui_version', '?')}")
@@ -390,6 +468,8 @@ def status(**kwargs: Any) -> None:
             total = device.get("vram_total", 0) / 2**30
             click.echo(f"device   {device.get('name')} ({free:.1f} / {total:.1f} GiB free)")
         click.echo(f"queue    {len(queue.running)} running, {len(queue.pending)} pending")
+        for kind, names in listing.items():
+            click.echo(f"{kind:<12} {', '.join(names) if names else '(none)'}")
         return 0
 
     execute(opts, check)

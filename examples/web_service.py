@@ -2,8 +2,13 @@
 
 One DreamGenerator — one session, one WebSocket to ComfyUI — serves every request.
 
-    python examples/web_service.py --server http://127.0.0.1:8188 --port 8080
+    python examples/web_service.py --server http://127.0.0.1:8188 --port 8080 \
+        --model dreamshaper_8.safetensors --preset sd15
     curl -N -F image=@cat.png -F prompt="an oil painting" http://127.0.0.1:8080/generate
+
+The server, model and preset also come from DREAMGEN_SERVER, DREAMGEN_MODEL and
+DREAMGEN_PRESET. Without a model, the server is asked what it has (Flux schnell preferred);
+without a preset, it is guessed from the model's name.
 """
 
 from __future__ import annotations
@@ -11,23 +16,39 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
-from dreamgen_async import DreamGenerator, DreamgenError, Event, Progress
+from dreamgen_async import (
+    ComfyUIClient,
+    DreamGenerator,
+    DreamgenError,
+    Event,
+    Progress,
+    builder_from_server,
+)
 
 GENERATOR = web.AppKey("generator", DreamGenerator)
 
 
-def make_app(server: str, output_dir: Path) -> web.Application:
-    """The aiohttp application; the generator lives as long as the app."""
+def make_app(
+    server: str, output_dir: Path, model: str | None = None, preset: Any = None
+) -> web.Application:
+    """The aiohttp application; the generator lives as long as the app.
+
+    At start-up the server is asked which models it has; a missing ``model`` stops the
+    start with an error that lists them.
+    """
     app = web.Application(client_max_size=50 * 1024 * 1024)
 
     async def generator_ctx(app: web.Application) -> AsyncIterator[None]:
-        async with DreamGenerator(server, output_dir=output_dir) as gen:
+        async with ComfyUIClient(server) as client:
+            builder = await builder_from_server(client, model, preset=preset)
+        async with DreamGenerator(server, output_dir=output_dir, builder=builder) as gen:
             app[GENERATOR] = gen
             yield
 
@@ -87,9 +108,14 @@ async def send(response: web.StreamResponse, data: dict[str, Any]) -> None:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--server", default="http://127.0.0.1:8188")
+    parser.add_argument(
+        "--server", default=os.environ.get("DREAMGEN_SERVER", "http://127.0.0.1:8188")
+    )
+    parser.add_argument("--model", default=os.environ.get("DREAMGEN_MODEL"))
+    parser.add_argument("--preset", default=os.environ.get("DREAMGEN_PRESET"))
     parser.add_argument("--port", type=int, default=8080)
     parser.add_argument("--out", type=Path, default=Path("web-out"))
     args = parser.parse_args()
     args.out.mkdir(exist_ok=True)
-    web.run_app(make_app(args.server, args.out), host="127.0.0.1", port=args.port)
+    app = make_app(args.server, args.out, args.model, args.preset)
+    web.run_app(app, host="127.0.0.1", port=args.port)

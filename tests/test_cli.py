@@ -168,8 +168,10 @@ def test_demo_writes_images(tmp_path: Path) -> None:
 async def test_a_rejected_prompt_names_node_input_and_choices(
     comfyui_sim: ComfyUISimulator, tmp_path: Path
 ) -> None:
+    workflow = tmp_path / "wf.json"
+    workflow.write_text(json.dumps(txt2img(seed=1)))
     proc = await dreamgen(
-        "txt2img", "a fox", "--ckpt", "nope.safetensors", "--size", "64x64",
+        "run", str(workflow), "--set", "1.ckpt_name=nope.safetensors",
         "--server", comfyui_sim.url, "-o", str(tmp_path),
     )  # fmt: skip
     stdout, stderr = await proc.communicate()

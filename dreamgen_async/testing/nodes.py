@@ -654,10 +654,19 @@ def build_nodes() -> dict[str, NodeDef]:
 class NodeRegistry:
     """The node classes plus the dynamic combo choices (checkpoints, input images)."""
 
-    def __init__(self, checkpoints: list[str], input_dir: Path) -> None:
+    def __init__(
+        self,
+        checkpoints: list[str],
+        input_dir: Path,
+        models: Mapping[str, tuple[str, ...] | list[str]] | None = None,
+    ) -> None:
         self.nodes = build_nodes()
+        self.nodes.update(build_extra_nodes())
         self.checkpoints = checkpoints
         self.input_dir = input_dir
+        self.models = {
+            k: list(v) for k, v in (DEFAULT_MODELS if models is None else models).items()
+        }
 
     def get(self, class_type: str) -> NodeDef | None:
         """The node class named ``class_type``, if simulated."""
@@ -677,8 +686,11 @@ class NodeRegistry:
         """Choices of a combo that depend on the server's files, else None."""
         if input_name == "ckpt_name" and class_type == "CheckpointLoaderSimple":
             return list(self.checkpoints)
-        if input_name == "image" and class_type == "LoadImage":
+        if input_name == "image" and class_type in ("LoadImage", "LoadImageMask"):
             return self.input_files()
+        folder = MODEL_INPUTS.get((class_type, input_name))
+        if folder is not None:
+            return list(self.models.get(folder, []))
         return None
 
     def object_info(self) -> dict[str, Any]:
@@ -973,3 +985,470 @@ def _validate_node(
     result = (valid and not errors, errors)
     validated[node_id] = result
     return result
+
+
+# --------------------------------------------------------------------------------------------
+# More node classes: split model loaders, LoRA, upscale, inpaint, ControlNet and what ComfyUI's
+# own workflow templates use around them. Input specs follow ComfyUI 0.8.0 (nodes.py and
+# comfy_extras); running them is a cheap fake that keeps images flowing.
+
+#: Model files per models folder, for the loaders' combos (``/models/<folder>`` too).
+DEFAULT_MODELS: dict[str, tuple[str, ...]] = {
+    "diffusion_models": ("flux1-dev.safetensors", "flux1-schnell.safetensors"),
+    "text_encoders": (
+        "clip_l.safetensors",
+        "t5xxl_fp16.safetensors",
+        "t5xxl_fp8_e4m3fn.safetensors",
+    ),
+    "vae": ("ae.safetensors",),
+    "loras": (),
+    "upscale_models": ("RealESRGAN_x4plus.safetensors",),
+    "controlnet": (),
+}
+
+#: Which loader input lists which models folder.
+MODEL_INPUTS: dict[tuple[str, str], str] = {
+    ("UNETLoader", "unet_name"): "diffusion_models",
+    ("DualCLIPLoader", "clip_name1"): "text_encoders",
+    ("DualCLIPLoader", "clip_name2"): "text_encoders",
+    ("CLIPLoader", "clip_name"): "text_encoders",
+    ("VAELoader", "vae_name"): "vae",
+    ("LoraLoader", "lora_name"): "loras",
+    ("LoraLoaderModelOnly", "lora_name"): "loras",
+    ("UpscaleModelLoader", "model_name"): "upscale_models",
+    ("ControlNetLoader", "control_net_name"): "controlnet",
+}
+
+UPSCALE_METHODS = ["nearest-exact", "bilinear", "area", "bicubic", "lanczos"]
+CLIP_TYPES = [
+    "stable_diffusion", "stable_cascade", "sd3", "stable_audio", "mochi", "ltxv", "pixart",
+    "cosmos", "lumina2", "wan", "hidream", "chroma", "ace", "omnigen2", "qwen_image",
+    "hunyuan_image", "flux2", "ovis",
+]  # fmt: skip
+DUAL_CLIP_TYPES = [
+    "sdxl", "sd3", "flux", "hunyuan_video", "hidream", "hunyuan_image", "hunyuan_video_15",
+    "kandinsky5", "kandinsky5_image", "newbie",
+]  # fmt: skip
+_RES = {"min": 0, "max": MAX_RESOLUTION, "step": 1}
+
+
+def _loaded(kind: str, input_name: str) -> Callable[[RunContext, dict[str, Any]], NodeResult]:
+    def run(ctx: RunContext, inputs: dict[str, Any]) -> NodeResult:
+        return NodeResult((Model(str(inputs[input_name]), kind),))
+
+    return run
+
+
+def _passthrough(*names: str) -> Callable[[RunContext, dict[str, Any]], NodeResult]:
+    def run(ctx: RunContext, inputs: dict[str, Any]) -> NodeResult:
+        return NodeResult(tuple(inputs.get(name) for name in names))
+
+    return run
+
+
+def _resized(images: Images, size: tuple[int, int], method: str = "bilinear") -> Images:
+    resample = Image.Resampling.LANCZOS if method == "lanczos" else Image.Resampling.BILINEAR
+    size = (max(1, size[0]), max(1, size[1]))
+    return Images(tuple(i.resize(size, resample) for i in images.images))
+
+
+def _image_scale(ctx: RunContext, inputs: dict[str, Any]) -> NodeResult:
+    images: Images = inputs["image"]
+    width, height = int(inputs["width"]), int(inputs["height"])
+    first = images.images[0]
+    if width == 0 and height == 0:
+        return NodeResult((images,))
+    if width == 0:
+        width = round(first.width * height / first.height)
+    if height == 0:
+        height = round(first.height * width / first.width)
+    return NodeResult((_resized(images, (width, height), str(inputs["upscale_method"])),))
+
+
+def _image_scale_by(ctx: RunContext, inputs: dict[str, Any]) -> NodeResult:
+    images: Images = inputs["image"]
+    scale = float(inputs["scale_by"])
+    first = images.images[0]
+    size = (round(first.width * scale), round(first.height * scale))
+    return NodeResult((_resized(images, size, str(inputs["upscale_method"])),))
+
+
+def _upscale_with_model(ctx: RunContext, inputs: dict[str, Any]) -> NodeResult:
+    images: Images = inputs["image"]
+    model: Model = inputs["upscale_model"]
+    factor = 4 if "x4" in model.ckpt_name.lower() or "4x" in model.ckpt_name.lower() else 2
+    first = images.images[0]
+    return NodeResult((_resized(images, (first.width * factor, first.height * factor)),))
+
+
+def _load_image_mask(ctx: RunContext, inputs: dict[str, Any]) -> NodeResult:
+    path = resolve_input_path(ctx.input_dir, ctx.output_dir, ctx.temp_dir, str(inputs["image"]))
+    try:
+        with Image.open(path) as img:
+            rgba = img.convert("RGBA")
+    except (UnidentifiedImageError, OSError) as exc:
+        raise NodeRuntimeError(str(exc), type(exc).__name__) from exc
+    channel = {"alpha": "A", "red": "R", "green": "G", "blue": "B"}[str(inputs["channel"])]
+    band = rgba.getchannel(channel)
+    mask = Image.eval(band, lambda a: 255 - a) if channel == "A" else band
+    return NodeResult((Images((mask,)),))
+
+
+def _to_latent(name: str) -> Callable[[RunContext, dict[str, Any]], NodeResult]:
+    def run(ctx: RunContext, inputs: dict[str, Any]) -> NodeResult:
+        pixels: Images = inputs[name]
+        return NodeResult((Latent(tuple(i.convert("RGB") for i in pixels.images)),))
+
+    return run
+
+
+def _inpaint_conditioning(ctx: RunContext, inputs: dict[str, Any]) -> NodeResult:
+    pixels: Images = inputs["pixels"]
+    latent = Latent(tuple(i.convert("RGB") for i in pixels.images))
+    return NodeResult((inputs["positive"], inputs["negative"], latent))
+
+
+def _zero_out(ctx: RunContext, inputs: dict[str, Any]) -> NodeResult:
+    return NodeResult((Conditioning(""),))
+
+
+def _ksampler_advanced(ctx: RunContext, inputs: dict[str, Any]) -> NodeResult:
+    latent: Latent = inputs["latent_image"]
+    positive: Conditioning = inputs["positive"]
+    denoise = 1.0 if inputs.get("add_noise") == "enable" else 0.5
+    images = sample_images(latent, positive.text, int(inputs["noise_seed"]), denoise)
+    return NodeResult((Latent(images),))
+
+
+def _canny(ctx: RunContext, inputs: dict[str, Any]) -> NodeResult:
+    from PIL import ImageFilter
+
+    images: Images = inputs["image"]
+    edges = tuple(
+        i.convert("L").filter(ImageFilter.FIND_EDGES).convert("RGB") for i in images.images
+    )
+    return NodeResult((Images(edges),))
+
+
+def _pad_for_outpaint(ctx: RunContext, inputs: dict[str, Any]) -> NodeResult:
+    images: Images = inputs["image"]
+    left, top = int(inputs["left"]), int(inputs["top"])
+    right, bottom = int(inputs["right"]), int(inputs["bottom"])
+    padded, masks = [], []
+    for image in images.images:
+        size = (image.width + left + right, image.height + top + bottom)
+        canvas = Image.new("RGB", size, (128, 128, 128))
+        canvas.paste(image.convert("RGB"), (left, top))
+        mask = Image.new("L", size, 255)
+        mask.paste(0, (left, top, left + image.width, top + image.height))
+        padded.append(canvas)
+        masks.append(mask)
+    return NodeResult((Images(tuple(padded)), Images(tuple(masks))))
+
+
+def _image_compare(ctx: RunContext, inputs: dict[str, Any]) -> NodeResult:
+    return NodeResult((), {"images": []})
+
+
+def _model_spec(kind: str, **options: Any) -> list[Any]:
+    return [kind, dict(options)]
+
+
+def build_extra_nodes() -> dict[str, NodeDef]:
+    """Node classes beyond txt2img/img2img: loaders, LoRA, upscale, inpaint, ControlNet."""
+    weight_dtypes = ["default", "fp8_e4m3fn", "fp8_e4m3fn_fast", "fp8_e5m2"]
+    device = [["default", "cpu"], {"advanced": True}]
+    strength = {"default": 1.0, "min": -100.0, "max": 100.0, "step": 0.01}
+    nodes = [
+        NodeDef(
+            "UNETLoader", "Load Diffusion Model", "advanced/loaders", "",
+            {"required": {"unet_name": [[], {}], "weight_dtype": [weight_dtypes, {}]}},
+            ("MODEL",), ("MODEL",), _loaded("MODEL", "unet_name"),
+        ),
+        NodeDef(
+            "DualCLIPLoader", "DualCLIPLoader", "advanced/loaders",
+            "[Recipes]\n\nsdxl: clip-l, clip-g\nsd3: clip-l, clip-g / clip-l, t5 / clip-g, t5\n"
+            "flux: clip-l, t5\nhidream: at least one of t5 or llama, recommended t5 and llama",
+            {
+                "required": {
+                    "clip_name1": [[], {}],
+                    "clip_name2": [[], {}],
+                    "type": [list(DUAL_CLIP_TYPES), {}],
+                },
+                "optional": {"device": list(device)},
+            },
+            ("CLIP",), ("CLIP",), _loaded("CLIP", "clip_name1"),
+        ),
+        NodeDef(
+            "CLIPLoader", "Load CLIP", "advanced/loaders", "",
+            {
+                "required": {"clip_name": [[], {}], "type": [list(CLIP_TYPES), {}]},
+                "optional": {"device": list(device)},
+            },
+            ("CLIP",), ("CLIP",), _loaded("CLIP", "clip_name"),
+        ),
+        NodeDef(
+            "VAELoader", "Load VAE", "loaders", "",
+            {"required": {"vae_name": [[], {}]}},
+            ("VAE",), ("VAE",), _loaded("VAE", "vae_name"),
+        ),
+        NodeDef(
+            "LoraLoader", "Load LoRA", "loaders",
+            "LoRAs are used to modify diffusion and CLIP models, altering the way in which "
+            "latents are denoised such as applying styles. Multiple LoRA nodes can be linked "
+            "together.",
+            {
+                "required": {
+                    "model": ["MODEL", _t("The diffusion model the LoRA will be applied to.")],
+                    "clip": ["CLIP", _t("The CLIP model the LoRA will be applied to.")],
+                    "lora_name": [[], _t("The name of the LoRA.")],
+                    "strength_model": ["FLOAT", dict(strength)],
+                    "strength_clip": ["FLOAT", dict(strength)],
+                }
+            },
+            ("MODEL", "CLIP"), ("MODEL", "CLIP"), _passthrough("model", "clip"),
+        ),
+        NodeDef(
+            "LoraLoaderModelOnly", "LoraLoaderModelOnly", "loaders", "",
+            {
+                "required": {
+                    "model": ["MODEL", {}],
+                    "lora_name": [[], {}],
+                    "strength_model": ["FLOAT", dict(strength)],
+                }
+            },
+            ("MODEL",), ("MODEL",), _passthrough("model"),
+        ),
+        NodeDef(
+            "UpscaleModelLoader", "Load Upscale Model", "loaders", "",
+            {"required": {"model_name": [[], {}]}},
+            ("UPSCALE_MODEL",), ("UPSCALE_MODEL",), _loaded("UPSCALE_MODEL", "model_name"),
+            python_module="comfy_extras.nodes_upscale_model",
+        ),
+        NodeDef(
+            "ImageUpscaleWithModel", "Upscale Image (using Model)", "image/upscaling", "",
+            {"required": {"upscale_model": ["UPSCALE_MODEL", {}], "image": ["IMAGE", {}]}},
+            ("IMAGE",), ("IMAGE",), _upscale_with_model,
+            python_module="comfy_extras.nodes_upscale_model",
+        ),
+        NodeDef(
+            "ImageScale", "Upscale Image", "image/upscaling", "",
+            {
+                "required": {
+                    "image": ["IMAGE", {}],
+                    "upscale_method": [list(UPSCALE_METHODS), {}],
+                    "width": _model_spec("INT", default=512, **_RES),
+                    "height": _model_spec("INT", default=512, **_RES),
+                    "crop": [["disabled", "center"], {}],
+                }
+            },
+            ("IMAGE",), ("IMAGE",), _image_scale,
+        ),
+        NodeDef(
+            "ImageScaleBy", "Upscale Image By", "image/upscaling", "",
+            {
+                "required": {
+                    "image": ["IMAGE", {}],
+                    "upscale_method": [list(UPSCALE_METHODS), {}],
+                    "scale_by": _model_spec("FLOAT", default=1.0, min=0.01, max=8.0, step=0.01),
+                }
+            },
+            ("IMAGE",), ("IMAGE",), _image_scale_by,
+        ),
+        NodeDef(
+            "VAEEncodeForInpaint", "VAE Encode (for Inpainting)", "latent/inpaint", "",
+            {
+                "required": {
+                    "pixels": ["IMAGE", {}],
+                    "vae": ["VAE", {}],
+                    "mask": ["MASK", {}],
+                    "grow_mask_by": _model_spec("INT", default=6, min=0, max=64, step=1),
+                }
+            },
+            ("LATENT",), ("LATENT",), _to_latent("pixels"),
+        ),
+        NodeDef(
+            "LoadImageMask", "Load Image (as Mask)", "mask", "",
+            {
+                "required": {
+                    "image": [[], {"image_upload": True}],
+                    "channel": [["alpha", "red", "green", "blue"], {}],
+                }
+            },
+            ("MASK",), ("MASK",), _load_image_mask, validate_inputs=("image",),
+        ),
+        NodeDef(
+            "SetLatentNoiseMask", "Set Latent Noise Mask", "latent/inpaint", "",
+            {"required": {"samples": ["LATENT", {}], "mask": ["MASK", {}]}},
+            ("LATENT",), ("LATENT",), _passthrough("samples"),
+        ),
+        NodeDef(
+            "InpaintModelConditioning", "InpaintModelConditioning", "conditioning/inpaint", "",
+            {
+                "required": {
+                    "positive": ["CONDITIONING", {}],
+                    "negative": ["CONDITIONING", {}],
+                    "vae": ["VAE", {}],
+                    "pixels": ["IMAGE", {}],
+                    "mask": ["MASK", {}],
+                    "noise_mask": [
+                        "BOOLEAN",
+                        {
+                            "default": True,
+                            "tooltip": "Add a noise mask to the latent so sampling will only "
+                            "happen within the mask. Might improve results or completely break "
+                            "things depending on the model.",
+                        },
+                    ],
+                }
+            },
+            ("CONDITIONING", "CONDITIONING", "LATENT"), ("positive", "negative", "latent"),
+            _inpaint_conditioning,
+        ),
+        NodeDef(
+            "DifferentialDiffusion", "Differential Diffusion", "_for_testing", "",
+            {
+                "required": {"model": ["MODEL", {}]},
+                "optional": {
+                    "strength": _model_spec("FLOAT", default=1.0, min=0.0, max=1.0, step=0.01)
+                },
+            },
+            ("MODEL",), ("MODEL",), _passthrough("model"),
+            python_module="comfy_extras.nodes_differential_diffusion",
+        ),
+        NodeDef(
+            "ControlNetLoader", "Load ControlNet Model", "loaders", "",
+            {"required": {"control_net_name": [[], {}]}},
+            ("CONTROL_NET",), ("CONTROL_NET",), _loaded("CONTROL_NET", "control_net_name"),
+        ),
+        NodeDef(
+            "ControlNetApplyAdvanced", "Apply ControlNet", "conditioning/controlnet", "",
+            {
+                "required": {
+                    "positive": ["CONDITIONING", {}],
+                    "negative": ["CONDITIONING", {}],
+                    "control_net": ["CONTROL_NET", {}],
+                    "image": ["IMAGE", {}],
+                    "strength": _model_spec("FLOAT", default=1.0, min=0.0, max=10.0, step=0.01),
+                    "start_percent": _model_spec(
+                        "FLOAT", default=0.0, min=0.0, max=1.0, step=0.001
+                    ),
+                    "end_percent": _model_spec("FLOAT", default=1.0, min=0.0, max=1.0, step=0.001),
+                },
+                "optional": {"vae": ["VAE", {}]},
+            },
+            ("CONDITIONING", "CONDITIONING"), ("positive", "negative"),
+            _passthrough("positive", "negative"),
+        ),
+        NodeDef(
+            "Canny", "Canny", "image/preprocessors", "",
+            {
+                "required": {
+                    "image": ["IMAGE", {}],
+                    "low_threshold": _model_spec(
+                        "FLOAT", default=0.4, min=0.01, max=0.99, step=0.01
+                    ),
+                    "high_threshold": _model_spec(
+                        "FLOAT", default=0.8, min=0.01, max=0.99, step=0.01
+                    ),
+                }
+            },
+            ("IMAGE",), ("IMAGE",), _canny, python_module="comfy_extras.nodes_canny",
+        ),
+        NodeDef(
+            "ConditioningZeroOut", "ConditioningZeroOut", "advanced/conditioning", "",
+            {"required": {"conditioning": ["CONDITIONING", {}]}},
+            ("CONDITIONING",), ("CONDITIONING",), _zero_out,
+        ),
+        NodeDef(
+            "KSamplerAdvanced", "KSampler (Advanced)", "sampling", "",
+            {
+                "required": {
+                    "model": ["MODEL", {}],
+                    "add_noise": [["enable", "disable"], {}],
+                    "noise_seed": _model_spec(
+                        "INT", default=0, min=0, max=MAX_SEED, control_after_generate=True
+                    ),
+                    "steps": _model_spec("INT", default=20, min=1, max=10000),
+                    "cfg": _model_spec(
+                        "FLOAT", default=8.0, min=0.0, max=100.0, step=0.1, round=0.01
+                    ),
+                    "sampler_name": [list(SAMPLERS), {}],
+                    "scheduler": [list(SCHEDULERS), {}],
+                    "positive": ["CONDITIONING", {}],
+                    "negative": ["CONDITIONING", {}],
+                    "latent_image": ["LATENT", {}],
+                    "start_at_step": _model_spec("INT", default=0, min=0, max=10000),
+                    "end_at_step": _model_spec("INT", default=10000, min=0, max=10000),
+                    "return_with_leftover_noise": [["disable", "enable"], {}],
+                }
+            },
+            ("LATENT",), ("LATENT",), _ksampler_advanced,
+        ),
+        NodeDef(
+            "ModelSamplingAuraFlow", "ModelSamplingAuraFlow", "advanced/model", "",
+            {
+                "required": {
+                    "model": ["MODEL", {}],
+                    "shift": _model_spec("FLOAT", default=1.73, min=0.0, max=100.0, step=0.01),
+                }
+            },
+            ("MODEL",), ("MODEL",), _passthrough("model"),
+            python_module="comfy_extras.nodes_model_advanced",
+        ),
+        NodeDef(
+            "ImagePadForOutpaint", "Pad Image for Outpainting", "image", "",
+            {
+                "required": {
+                    "image": ["IMAGE", {}],
+                    "left": _model_spec("INT", default=0, min=0, max=MAX_RESOLUTION, step=8),
+                    "top": _model_spec("INT", default=0, min=0, max=MAX_RESOLUTION, step=8),
+                    "right": _model_spec("INT", default=0, min=0, max=MAX_RESOLUTION, step=8),
+                    "bottom": _model_spec("INT", default=0, min=0, max=MAX_RESOLUTION, step=8),
+                    "feathering": _model_spec(
+                        "INT", default=40, min=0, max=MAX_RESOLUTION, step=1
+                    ),
+                }
+            },
+            ("IMAGE", "MASK"), ("IMAGE", "MASK"), _pad_for_outpaint,
+        ),
+        NodeDef(
+            "FluxKontextImageScale", "FluxKontextImageScale", "advanced/conditioning/flux",
+            "This node resizes the image to one that is more optimal for flux kontext.",
+            {"required": {"image": ["IMAGE", {}]}},
+            ("IMAGE",), ("IMAGE",), _passthrough("image"),
+            python_module="comfy_extras.nodes_flux",
+        ),
+        NodeDef(
+            "ReferenceLatent", "ReferenceLatent", "advanced/conditioning/edit_models",
+            "This node sets the guiding latent for an edit model.",
+            {
+                "required": {"conditioning": ["CONDITIONING", {}]},
+                "optional": {"latent": ["LATENT", {}]},
+            },
+            ("CONDITIONING",), ("CONDITIONING",), _passthrough("conditioning"),
+            python_module="comfy_extras.nodes_edit_model",
+        ),
+        NodeDef(
+            "ImageStitch", "Image Stitch", "image/transform", "",
+            {
+                "required": {
+                    "image1": ["IMAGE", {}],
+                    "direction": [["right", "down", "left", "up"], {"default": "right"}],
+                    "match_image_size": ["BOOLEAN", {"default": True}],
+                    "spacing_width": _model_spec("INT", default=0, min=0, max=1024, step=2),
+                    "spacing_color": [["white", "black", "red", "green", "blue"], {}],
+                },
+                "optional": {"image2": ["IMAGE", {}]},
+            },
+            ("IMAGE",), ("IMAGE",), _passthrough("image1"),
+            python_module="comfy_extras.nodes_images",
+        ),
+        NodeDef(
+            "ImageCompare", "Image Compare", "image", "",
+            {"required": {}, "optional": {"image_a": ["IMAGE", {}], "image_b": ["IMAGE", {}]}},
+            (), (), _image_compare, output_node=True,
+            python_module="comfy_extras.nodes_image_compare",
+        ),
+    ]  # fmt: skip
+    return {node.name: node for node in nodes}

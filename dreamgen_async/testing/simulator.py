@@ -21,7 +21,7 @@ import tempfile
 import time
 import urllib.parse
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,7 +37,7 @@ from dreamgen_async.testing.engine import (
     SimPrompt,
 )
 from dreamgen_async.testing.hub import Connection, Hub
-from dreamgen_async.testing.nodes import NodeRegistry, validate_prompt
+from dreamgen_async.testing.nodes import DEFAULT_MODELS, NodeRegistry, validate_prompt
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +71,8 @@ class SimulatorConfig:
             history race window; 0 only yields to the event loop once).
         history_capacity: history entries kept (oldest evicted).
         max_upload_size: largest accepted request body, in bytes.
+        models: model files by models folder (``diffusion_models``, ``text_encoders``,
+            ``vae``, ``loras``, ``upscale_models``, ``controlnet``): the loaders' choices.
     """
 
     step_time: float = 0.0
@@ -80,6 +82,7 @@ class SimulatorConfig:
     history_delay: float = 0.0
     history_capacity: int = 10_000
     max_upload_size: int = 100 * 1024 * 1024
+    models: Mapping[str, tuple[str, ...]] = field(default_factory=lambda: dict(DEFAULT_MODELS))
 
 
 @dataclass(frozen=True)
@@ -157,7 +160,9 @@ class ComfyUISimulator:
         self._faults: list[_Fault] = []
         self._change = asyncio.Event()
         self.hub = Hub()
-        self.registry = NodeRegistry(list(self.config.checkpoints), self.input_dir)
+        self.registry = NodeRegistry(
+            list(self.config.checkpoints), self.input_dir, dict(self.config.models)
+        )
         self._engine_config = EngineConfig(
             step_time=self.config.step_time,
             node_time=self.config.node_time,
@@ -843,12 +848,15 @@ class ComfyUISimulator:
         return web.Response(status=200)
 
     async def _models(self, request: web.Request) -> web.StreamResponse:
-        return web.json_response(["checkpoints", "loras", "vae", "embeddings"])
+        folders = ["checkpoints", "loras", "vae", "embeddings", *self.config.models]
+        return web.json_response(list(dict.fromkeys(folders)))
 
     async def _models_folder(self, request: web.Request) -> web.StreamResponse:
         folder = request.match_info["folder"]
         if folder == "checkpoints":
             return web.json_response(list(self.config.checkpoints))
+        if folder in self.config.models:
+            return web.json_response(list(self.config.models[folder]))
         if folder in ("loras", "vae", "embeddings"):
             return web.json_response([])
         return _empty(404)

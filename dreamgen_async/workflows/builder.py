@@ -1,0 +1,702 @@
+"""Presets and the txt2img / img2img builder. Pure, no I/O.
+
+:class:`FluxWorkflowBuilder` builds the graphs this library runs, with presets for Flux
+schnell / dev, SD 1.5 and SDXL. Every argument is checked before a graph is produced; a
+bad one raises :class:`~dreamgen_async.errors.WorkflowError` naming it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import secrets
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Literal, TypeAlias
+
+from dreamgen_async.errors import WorkflowError
+from dreamgen_async.workflows.api import Workflow
+from dreamgen_async.workflows.graph import (
+    MAX_SEED,
+    Graph,
+    Node,
+    Output,
+    _check_int,
+    _check_text,
+    _quoted,
+)
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "DEFAULT_CHECKPOINT",
+    "MAX_BATCH_SIZE",
+    "MAX_RESOLUTION",
+    "PRESETS",
+    "BuiltWorkflow",
+    "FluxWorkflowBuilder",
+    "LoaderLayout",
+    "Preset",
+    "PresetName",
+    "ServerModels",
+    "choose_loaders",
+    "guess_preset",
+    "preset_for_checkpoint",
+    "random_seed",
+]
+
+#: ComfyUI's largest latent/image side (``MAX_RESOLUTION`` in its ``nodes.py``).
+MAX_RESOLUTION = 16384
+
+#: ComfyUI's largest ``EmptyLatentImage`` batch.
+MAX_BATCH_SIZE = 4096
+
+# --------------------------------------------------------------------------- presets
+
+
+@dataclass(frozen=True, slots=True)
+class Preset:
+    """Sampling defaults for one model family.
+
+    Attributes:
+        name: The preset's key in :data:`PRESETS`.
+        steps, cfg, sampler, scheduler: KSampler defaults.
+        width, height: The default image size.
+        size_multiple: The recommended multiple for width and height (8 is always accepted).
+        guidance: ``FluxGuidance`` strength on the positive prompt, or ``None`` for no node.
+    """
+
+    name: str
+    steps: int
+    cfg: float
+    sampler: str
+    scheduler: str
+    width: int
+    height: int
+    size_multiple: int
+    guidance: float | None = None
+
+
+#: The built-in presets, by name.
+PRESETS: Mapping[str, Preset] = MappingProxyType(
+    {
+        "flux-schnell": Preset("flux-schnell", 4, 1.0, "euler", "simple", 1024, 1024, 16),
+        "flux-dev": Preset("flux-dev", 20, 1.0, "euler", "simple", 1024, 1024, 16, 3.5),
+        "sd15": Preset("sd15", 20, 7.0, "euler", "normal", 512, 512, 8),
+        "sdxl": Preset("sdxl", 25, 7.0, "euler", "normal", 1024, 1024, 8),
+        "sd3.5": Preset("sd3.5", 28, 4.5, "euler", "sgm_uniform", 1024, 1024, 16),
+    }
+)
+
+PresetName: TypeAlias = Literal["flux-schnell", "flux-dev", "sd15", "sdxl", "sd3.5"]
+
+#: Community SD 1.5 fine-tunes whose file names carry no "1.5" tag.
+_SD15_FAMILIES = (
+    "dreamshaper", "realisticvision", "realistic_vision", "anything-v", "anything_v",
+    "anythingv", "deliberate", "revanimated", "epicrealism", "majicmix", "cyberrealistic",
+    "absolutereality", "counterfeit", "meinamix", "chilloutmix", "protogen", "openjourney",
+)  # fmt: skip
+_SD15_TAGS = (
+    "sd15", "sd1.5", "sd_1.5", "sd-1.5", "sd-15", "sd_15", "sd 1.5", "v1-5", "v1.5", "v1_5",
+    "1_5", "v15",
+)  # fmt: skip
+
+
+def guess_preset(checkpoint: str) -> tuple[str, bool]:
+    """Guess a preset from a model file name: ``(preset, recognised)``.
+
+    ``recognised`` is False when no rule matched and the answer is the ``flux-schnell``
+    fallback. Rules, in order: ``flux`` (+ ``dev``/``krea`` → ``flux-dev``); ``sd3``
+    (``sd3.5_large``...) → ``sd3.5``; ``xl`` or ``pony`` → ``sdxl``; a 1.5 tag (``sd15``,
+    ``sd-15``, ``v1-5``, ``v15``...) or a well-known SD 1.5 fine-tune (``dreamshaper_8``,
+    ``realisticVisionV60...``, ``anything-v3``...) → ``sd15``; ``schnell`` → ``flux-schnell``.
+    """
+    name = checkpoint.lower().rsplit("/", 1)[-1].rsplit("\\", 1)[-1]
+    if "flux" in name:
+        return ("flux-dev" if "dev" in name or "krea" in name else "flux-schnell"), True
+    if "sd3" in name or "stable-diffusion-3" in name or "stable_diffusion_3" in name:
+        return "sd3.5", True
+    if "xl" in name or "pony" in name:
+        return "sdxl", True
+    if any(tag in name for tag in _SD15_TAGS) or any(f in name for f in _SD15_FAMILIES):
+        return "sd15", True
+    if "schnell" in name:
+        return "flux-schnell", True
+    return "flux-schnell", False
+
+
+def preset_for_checkpoint(checkpoint: str) -> str:
+    """Guess a preset from a checkpoint file name (used when no preset is given).
+
+    See :func:`guess_preset` for the rules; anything unrecognised gives ``flux-schnell``.
+    """
+    return guess_preset(checkpoint)[0]
+
+
+def random_seed() -> int:
+    """A fresh random seed in ``[0, 2**53)`` (exact in JSON and in JavaScript)."""
+    return secrets.randbelow(2**53)
+
+
+def _check_number(value: object, name: str, *, minimum: float = 0.0) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise WorkflowError(
+            f"{name} must be a number, not {type(value).__name__} ({value!r})", input_name=name
+        )
+    if not math.isfinite(value) or value < minimum:
+        raise WorkflowError(
+            f"{name} must be a finite number >= {minimum}, got {value}", input_name=name
+        )
+    return float(value)
+
+
+def _check_steps(value: object, *, default: int) -> int:
+    if value is None:
+        return default
+    return _check_int(value, "steps", minimum=1, maximum=10_000)
+
+
+def _check_cfg(value: object, *, default: float) -> float:
+    if value is None:
+        return default
+    return _check_number(value, "cfg")
+
+
+def _check_size(value: object, name: str, preset: Preset) -> int:
+    size = _check_int(value, name, minimum=1, maximum=MAX_RESOLUTION)
+    if size % 8:
+        advice = (
+            f" ({preset.name} works best with multiples of {preset.size_multiple})"
+            if preset.size_multiple != 8
+            else ""
+        )
+        raise WorkflowError(
+            f"{name} must be a multiple of 8, got {size}{advice}; nearest: "
+            f"{max(8, round(size / 8) * 8)}",
+            input_name=name,
+        )
+    return size
+
+
+def _check_denoise(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise WorkflowError(
+            f"denoise must be a number in (0, 1], not {type(value).__name__}", input_name="denoise"
+        )
+    if not 0.0 < value <= 1.0:
+        raise WorkflowError(
+            f"denoise must be in (0, 1] (lower keeps more of the input image), got {value}",
+            input_name="denoise",
+        )
+    return float(value)
+
+
+def _check_seed(value: object) -> int:
+    if value is None:
+        return random_seed()
+    return _check_int(value, "seed", minimum=0, maximum=MAX_SEED)
+
+
+# --------------------------------------------------------------------------- loader layouts
+
+DEFAULT_CHECKPOINT = "flux1-schnell.safetensors"
+
+#: Where each model list comes from in ``/object_info``: (class, input).
+_MODEL_COMBOS: Mapping[str, tuple[tuple[str, str], ...]] = MappingProxyType(
+    {
+        "checkpoints": (("CheckpointLoaderSimple", "ckpt_name"),),
+        "unets": (("UNETLoader", "unet_name"),),
+        "clips": (("DualCLIPLoader", "clip_name1"), ("CLIPLoader", "clip_name")),
+        "vaes": (("VAELoader", "vae_name"),),
+        "loras": (("LoraLoader", "lora_name"),),
+    }
+)
+
+
+def _combo_choices(info: Mapping[str, Any], class_type: str, input_name: str) -> list[str]:
+    node = info.get(class_type)
+    if not isinstance(node, Mapping):
+        return []
+    inputs = node.get("input") or {}
+    for category in ("required", "optional"):
+        spec = (inputs.get(category) or {}).get(input_name)
+        if not isinstance(spec, list) or not spec:
+            continue
+        if isinstance(spec[0], list):
+            return [str(x) for x in spec[0]]
+        if spec[0] == "COMBO" and len(spec) > 1 and isinstance(spec[1], Mapping):
+            return [str(x) for x in spec[1].get("options") or []]
+    return []
+
+
+@dataclass(frozen=True)
+class ServerModels:
+    """The model files a server offers, as its loaders' combos list them.
+
+    Attributes:
+        checkpoints: All-in-one checkpoints (``CheckpointLoaderSimple``).
+        unets: Diffusion models alone (``UNETLoader``, ``models/diffusion_models``).
+        clips: Text encoders (``DualCLIPLoader`` / ``CLIPLoader``).
+        vaes: VAEs (``VAELoader``).
+        loras: LoRAs (``LoraLoader``).
+    """
+
+    checkpoints: tuple[str, ...] = ()
+    unets: tuple[str, ...] = ()
+    clips: tuple[str, ...] = ()
+    vaes: tuple[str, ...] = ()
+    loras: tuple[str, ...] = ()
+
+    @classmethod
+    def from_object_info(cls, info: Mapping[str, Any]) -> ServerModels:
+        """Read the loaders' choices from ``GET /object_info`` (missing loaders: none)."""
+        lists: dict[str, tuple[str, ...]] = {}
+        for field_name, combos in _MODEL_COMBOS.items():
+            names: dict[str, None] = {}
+            for class_type, input_name in combos:
+                names.update(dict.fromkeys(_combo_choices(info, class_type, input_name)))
+            lists[field_name] = tuple(names)
+        return cls(**lists)
+
+    def describe(self) -> str:
+        """One line per kind, for error messages."""
+        return (
+            f"checkpoints: {_quoted(list(self.checkpoints))}; "
+            f"diffusion models (UNETLoader): {_quoted(list(self.unets))}; "
+            f"CLIP: {_quoted(list(self.clips))}; VAE: {_quoted(list(self.vaes))}"
+        )
+
+
+@dataclass(frozen=True)
+class LoaderLayout:
+    """How the model is loaded: an all-in-one checkpoint, or Flux split files.
+
+    Attributes:
+        checkpoint: The ``CheckpointLoaderSimple`` file (all-in-one layout).
+        unet: The ``UNETLoader`` file (split layout).
+        clip: The two ``DualCLIPLoader`` files, CLIP-L then T5 (split layout).
+        vae: The ``VAELoader`` file (split layout).
+        clip_type: ``DualCLIPLoader``'s ``type`` (``flux``).
+        weight_dtype: ``UNETLoader``'s ``weight_dtype``.
+    """
+
+    checkpoint: str | None = None
+    unet: str | None = None
+    clip: tuple[str, str] | None = None
+    vae: str | None = None
+    clip_type: str = "flux"
+    weight_dtype: str = "default"
+
+    @property
+    def kind(self) -> Literal["checkpoint", "split"]:
+        """``"checkpoint"`` or ``"split"``."""
+        return "checkpoint" if self.checkpoint is not None else "split"
+
+    @property
+    def model(self) -> str:
+        """The main model file (the checkpoint, or the UNet)."""
+        return self.checkpoint if self.checkpoint is not None else str(self.unet)
+
+
+def _pick(names: tuple[str, ...], *tests: Callable[[str], bool]) -> str | None:
+    for test in tests:
+        for name in names:
+            if test(name.lower()):
+                return name
+    return None
+
+
+def choose_loaders(models: ServerModels, model: str | None = None) -> LoaderLayout:
+    """The loader layout that fits what the server has.
+
+    ``model`` names a checkpoint (all-in-one layout) or a diffusion model (Flux split
+    layout: ``UNETLoader`` + ``DualCLIPLoader(type="flux")`` with a CLIP-L and a T5 file
+    + ``VAELoader``). Without ``model``, a Flux schnell file is preferred, then the first
+    checkpoint, then the first diffusion model.
+
+    Raises:
+        WorkflowError: The model is not on the server, or the split layout lacks a CLIP-L,
+            T5 or VAE file; the message lists what the server has (``input_name`` is
+            ``"checkpoint"``).
+    """
+    if model is None:
+        everything = models.checkpoints + models.unets
+        model = _pick(everything, lambda n: "schnell" in n) or (
+            everything[0] if everything else None
+        )
+        if model is None:
+            raise WorkflowError(
+                f"the server has no model to use; {models.describe()}", input_name="checkpoint"
+            )
+    if model in models.checkpoints:
+        return LoaderLayout(checkpoint=model)
+    if model not in models.unets:
+        raise WorkflowError(
+            f"the server has no model {model!r}; {models.describe()}", input_name="checkpoint"
+        )
+    clip_l = _pick(models.clips, lambda n: "clip_l" in n or "clip-l" in n)
+    t5 = _pick(models.clips, lambda n: "t5" in n and "fp8" in n, lambda n: "t5" in n)
+    vae = _pick(
+        models.vaes,
+        lambda n: n in ("ae.safetensors", "ae.sft"),
+        lambda n: "flux" in n or n.startswith("ae"),
+    )
+    missing = [
+        what
+        for what, found in (
+            ("a CLIP-L text encoder", clip_l),
+            ("a T5 text encoder", t5),
+            ("a Flux VAE", vae),
+        )
+        if found is None
+    ]
+    if missing:
+        raise WorkflowError(
+            f"{model!r} is a diffusion model alone (UNETLoader); loading it needs "
+            f"{' and '.join(missing)}, which the server lacks; {models.describe()}",
+            input_name="checkpoint",
+        )
+    assert clip_l is not None
+    assert t5 is not None
+    assert vae is not None
+    return LoaderLayout(unet=model, clip=(clip_l, t5), vae=vae)
+
+
+# --------------------------------------------------------------------------- Flux builder
+
+
+@dataclass(frozen=True)
+class BuiltWorkflow:
+    """A ready-to-queue workflow and the choices that went into it.
+
+    Attributes:
+        workflow: The graph in API format (the ``prompt`` of ``POST /prompt``).
+        seed: The seed used (drawn at random when none was given).
+        output_node_ids: The nodes whose images are the result.
+        kind: ``"txt2img"`` or ``"img2img"``.
+        params: Every resolved setting (checkpoint, preset, steps, cfg, size, ...).
+    """
+
+    workflow: dict[str, Any]
+    seed: int
+    output_node_ids: tuple[str, ...]
+    kind: Literal["txt2img", "img2img"]
+    params: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_workflow(self) -> Workflow:
+        """A patchable :class:`Workflow` copy of :attr:`workflow`."""
+        return Workflow(self.workflow)
+
+
+class FluxWorkflowBuilder:
+    """Builds txt2img and img2img graphs for Flux (schnell / dev), SD 1.5 and SDXL.
+
+    Every argument is checked when given, so a mistake raises
+    :class:`~dreamgen_async.errors.WorkflowError` (with ``input_name`` set to the argument)
+    before anything reaches the network. The builder holds no state besides its settings:
+    one instance may serve any number of concurrent jobs.
+
+    Example:
+        >>> builder = FluxWorkflowBuilder("flux1-dev.safetensors", preset="flux-dev")
+        >>> built = builder.build_txt2img("a lighthouse at dusk", seed=7)
+        >>> built.output_node_ids
+        ('8',)
+    """
+
+    def __init__(
+        self,
+        checkpoint: str = DEFAULT_CHECKPOINT,
+        *,
+        preset: PresetName | None = None,
+        loaders: LoaderLayout | None = None,
+        sampler: str | None = None,
+        scheduler: str | None = None,
+        filename_prefix: str = "dreamgen",
+        steps: int | None = None,
+        cfg: float | None = None,
+        guidance: float | None = None,
+    ) -> None:
+        """Choose the model and the defaults of every job.
+
+        Args:
+            checkpoint: The checkpoint file name as the server lists it (``ckpt_name``).
+            preset: One of :data:`PRESETS`; by default guessed from the checkpoint name
+                (see :func:`preset_for_checkpoint`), which gives ``flux-schnell`` for the default.
+            sampler: KSampler ``sampler_name`` (the preset's, ``euler``, by default).
+            scheduler: KSampler ``scheduler`` (the preset's: ``simple`` for Flux,
+                ``normal`` for SD).
+            filename_prefix: SaveImage's file name prefix on the server.
+            steps: Default sampling steps (the preset's by default).
+            cfg: Default classifier-free guidance scale (the preset's by default).
+            guidance: ``FluxGuidance`` strength; overrides the preset's (3.5 for flux-dev).
+                When set, a ``FluxGuidance`` node is put on the positive conditioning.
+            loaders: How to load the model (see :func:`choose_loaders`); by default an
+                all-in-one ``checkpoint``. When given, ``checkpoint`` is ignored.
+
+        A preset guessed from the file name (no ``preset`` given) is logged as a warning
+        (see :func:`guess_preset`).
+
+        Raises:
+            WorkflowError: An argument is invalid; ``input_name`` says which.
+        """
+        if loaders is not None:
+            checkpoint = loaders.model
+        self.checkpoint = _check_text(checkpoint, "checkpoint")
+        self.loaders = loaders if loaders is not None else LoaderLayout(checkpoint=checkpoint)
+        if preset is None:
+            name, recognised = guess_preset(checkpoint)
+            if checkpoint != DEFAULT_CHECKPOINT:
+                logger.warning(
+                    "no preset given for %r: using %r, guessed from its name%s; pass preset= "
+                    "(one of %s) to choose",
+                    checkpoint,
+                    name,
+                    "" if recognised else " (not recognised: fallback)",
+                    ", ".join(PRESETS),
+                )
+        else:
+            name = preset
+        if name not in PRESETS:
+            raise WorkflowError(
+                f"unknown preset {name!r}; choose one of {_quoted(list(PRESETS))}",
+                input_name="preset",
+            )
+        self.preset = PRESETS[name]
+        self.sampler = _check_text(sampler or self.preset.sampler, "sampler")
+        self.scheduler = _check_text(scheduler or self.preset.scheduler, "scheduler")
+        self.filename_prefix = _check_text(filename_prefix, "filename_prefix")
+        self.steps = _check_steps(steps, default=self.preset.steps)
+        self.cfg = _check_cfg(cfg, default=self.preset.cfg)
+        self.guidance = (
+            self.preset.guidance if guidance is None else _check_number(guidance, "guidance")
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}({self.checkpoint!r}, preset={self.preset.name!r}, "
+            f"steps={self.steps}, cfg={self.cfg}, sampler={self.sampler!r}, "
+            f"scheduler={self.scheduler!r})"
+        )
+
+    def build_txt2img(
+        self,
+        prompt: str,
+        negative: str = "",
+        width: int | None = None,
+        height: int | None = None,
+        steps: int | None = None,
+        cfg: float | None = None,
+        seed: int | None = None,
+        *,
+        batch_size: int = 1,
+    ) -> BuiltWorkflow:
+        """Text to image: checkpoint → prompts → empty latent → KSampler → decode → save.
+
+        Args:
+            prompt: What to draw; must not be blank.
+            negative: What to avoid (no effect at cfg 1.0, as with Flux, but always wired).
+            width, height: Image size, multiples of 8 (16 recommended for Flux); the
+                preset's by default.
+            steps, cfg: Override the builder's defaults for this job.
+            seed: 0 to 2**64-1; random (and reported in the result) when ``None``.
+            batch_size: Images per job, 1 to 4096.
+
+        Returns:
+            The graph, the seed used and the output node ids.
+
+        Raises:
+            WorkflowError: An argument is invalid; ``input_name`` says which.
+        """
+        width = _check_size(self.preset.width if width is None else width, "width", self.preset)
+        height = _check_size(
+            self.preset.height if height is None else height, "height", self.preset
+        )
+        batch_size = _check_int(batch_size, "batch_size", minimum=1, maximum=MAX_BATCH_SIZE)
+        sampling = self._sampling(prompt, negative, steps, cfg, seed)
+
+        g, model, positive, negative_cond, vae = self._conditioning_graph(
+            sampling["prompt"], sampling["negative"]
+        )
+        latent = g.add(
+            "EmptyLatentImage",
+            title="Empty Latent Image",
+            width=width,
+            height=height,
+            batch_size=batch_size,
+        )
+        save = self._sample_and_save(
+            g, model, positive, negative_cond, vae, latent.out(0), sampling, denoise=1.0
+        )
+        size = {"width": width, "height": height, "batch_size": batch_size}
+        params = {**self._params(sampling), **size}
+        return BuiltWorkflow(g.to_api(), sampling["seed"], (save.id,), "txt2img", params)
+
+    def build_img2img(
+        self,
+        image: str,
+        prompt: str,
+        negative: str = "",
+        denoise: float = 0.75,
+        steps: int | None = None,
+        cfg: float | None = None,
+        seed: int | None = None,
+    ) -> BuiltWorkflow:
+        """Image to image: load image → VAE encode → KSampler(denoise) → decode → save.
+
+        Args:
+            image: The image's name on the server, as the upload returned it
+                (``"name.png"`` or ``"subfolder/name.png"``).
+            prompt: What to draw; must not be blank.
+            negative: What to avoid.
+            denoise: In (0, 1]; lower keeps more of the input image.
+            steps, cfg: Override the builder's defaults for this job.
+            seed: 0 to 2**64-1; random (and reported in the result) when ``None``.
+
+        Returns:
+            The graph, the seed used and the output node ids.
+
+        Raises:
+            WorkflowError: An argument is invalid; ``input_name`` says which.
+        """
+        image = _check_text(image, "image")
+        denoise = _check_denoise(denoise)
+        sampling = self._sampling(prompt, negative, steps, cfg, seed)
+
+        g, model, positive, negative_cond, vae = self._conditioning_graph(
+            sampling["prompt"], sampling["negative"]
+        )
+        loaded = g.add("LoadImage", title="Load Image", image=image)
+        encoded = g.add("VAEEncode", title="VAE Encode", pixels=loaded.out(0), vae=vae)
+        save = self._sample_and_save(
+            g, model, positive, negative_cond, vae, encoded.out(0), sampling, denoise=denoise
+        )
+        params = {**self._params(sampling), "image": image, "denoise": denoise}
+        return BuiltWorkflow(g.to_api(), sampling["seed"], (save.id,), "img2img", params)
+
+    # -- shared pieces ------------------------------------------------------------------
+
+    def _sampling(
+        self, prompt: str, negative: str, steps: int | None, cfg: float | None, seed: int | None
+    ) -> dict[str, Any]:
+        return {
+            "prompt": _check_text(prompt, "prompt"),
+            "negative": _check_text(negative, "negative", allow_empty=True),
+            "steps": _check_steps(steps, default=self.steps),
+            "cfg": _check_cfg(cfg, default=self.cfg),
+            "seed": _check_seed(seed),
+        }
+
+    def _params(self, sampling: Mapping[str, Any]) -> dict[str, Any]:
+        return {
+            "checkpoint": self.checkpoint,
+            "loaders": self.loaders.kind,
+            "preset": self.preset.name,
+            "sampler": self.sampler,
+            "scheduler": self.scheduler,
+            "guidance": self.guidance,
+            **sampling,
+        }
+
+    def _conditioning_graph(
+        self, prompt: str, negative: str
+    ) -> tuple[Graph, Output, Output, Output, Output]:
+        """Checkpoint and both prompts (with FluxGuidance when configured)."""
+        g = Graph()
+        model_out, clip, vae_out = self._loader_graph(g)
+        positive = g.add("CLIPTextEncode", title="Positive Prompt", text=prompt, clip=clip)
+        negative_node = g.add("CLIPTextEncode", title="Negative Prompt", text=negative, clip=clip)
+        positive_cond = positive.out(0)
+        if self.guidance is not None:
+            guided = g.add(
+                "FluxGuidance",
+                title="Flux Guidance",
+                conditioning=positive_cond,
+                guidance=self.guidance,
+            )
+            positive_cond = guided.out(0)
+        return g, model_out, positive_cond, negative_node.out(0), vae_out
+
+    def _loader_graph(self, g: Graph) -> tuple[Output, Output, Output]:
+        """The loader nodes of :attr:`loaders`: MODEL, CLIP and VAE handles."""
+        layout = self.loaders
+        if layout.checkpoint is not None:
+            ckpt = g.add(
+                "CheckpointLoaderSimple", title="Load Checkpoint", ckpt_name=layout.checkpoint
+            )
+            return ckpt.out("MODEL"), ckpt.out("CLIP"), ckpt.out("VAE")
+        assert layout.clip is not None
+        assert layout.vae is not None
+        unet = g.add(
+            "UNETLoader",
+            title="Load Diffusion Model",
+            unet_name=layout.model,
+            weight_dtype=layout.weight_dtype,
+        )
+        clip = g.add(
+            "DualCLIPLoader",
+            title="DualCLIPLoader",
+            clip_name1=layout.clip[0],
+            clip_name2=layout.clip[1],
+            type=layout.clip_type,
+        )
+        vae = g.add("VAELoader", title="Load VAE", vae_name=layout.vae)
+        return unet.out(0), clip.out(0), vae.out(0)
+
+    @classmethod
+    def for_server(
+        cls,
+        object_info: Mapping[str, Any],
+        model: str | None = None,
+        *,
+        preset: PresetName | None = None,
+        **settings: Any,
+    ) -> FluxWorkflowBuilder:
+        """A builder for what a server has, from its ``GET /object_info`` answer.
+
+        Args:
+            object_info: The server's node definitions.
+            model: A checkpoint or diffusion-model file name; see :func:`choose_loaders`
+                for the choice when ``None``.
+            preset: The sampling preset; guessed from the model name (and logged) if None.
+            **settings: Other :class:`FluxWorkflowBuilder` arguments (``steps``...).
+
+        Raises:
+            WorkflowError: The model is missing (the message lists what the server has).
+        """
+        layout = choose_loaders(ServerModels.from_object_info(object_info), model)
+        return cls(preset=preset, loaders=layout, **settings)
+
+    def _sample_and_save(
+        self,
+        g: Graph,
+        model: Output,
+        positive: Output,
+        negative: Output,
+        vae: Output,
+        latent: Output,
+        sampling: Mapping[str, Any],
+        *,
+        denoise: float,
+    ) -> Node:
+        sampler = g.add(
+            "KSampler",
+            title="KSampler",
+            model=model,
+            positive=positive,
+            negative=negative,
+            latent_image=latent,
+            seed=sampling["seed"],
+            steps=sampling["steps"],
+            cfg=sampling["cfg"],
+            sampler_name=self.sampler,
+            scheduler=self.scheduler,
+            denoise=denoise,
+        )
+        decoded = g.add("VAEDecode", title="VAE Decode", samples=sampler.out(0), vae=vae)
+        return g.add(
+            "SaveImage",
+            title="Save Image",
+            images=decoded.out(0),
+            filename_prefix=self.filename_prefix,
+        )
