@@ -8,6 +8,7 @@ from dreamgen_async.cache import ResultCache
 from dreamgen_async.comfyui_api import ComfyUIClient, RetryPolicy, UploadedImage
 from dreamgen_async.errors import (
     ClientClosedError,
+    ConfigError,
     ConnectError,
     ConnectionLostError,
     DreamgenError,
@@ -16,6 +17,7 @@ from dreamgen_async.errors import (
     InputImageError,
     NodeError,
     NotComfyUIError,
+    OutputContentError,
     OutputPathError,
     PartialPromptWarning,
     PartialPromptWarningError,
@@ -66,6 +68,7 @@ from dreamgen_async.workflow_builder import (
     Output,
     Preset,
     Workflow,
+    as_api_graph,
     load_workflow,
     parse_set_assignment,
 )
@@ -80,6 +83,7 @@ __all__ = [
     "BuiltWorkflow",
     "ClientClosedError",
     "ComfyUIClient",
+    "ConfigError",
     "ConnectError",
     "ConnectionLostError",
     "DreamGenerator",
@@ -104,6 +108,7 @@ __all__ = [
     "NodeError",
     "NotComfyUIError",
     "Output",
+    "OutputContentError",
     "OutputImage",
     "OutputPathError",
     "PartialPromptWarning",
@@ -133,6 +138,7 @@ __all__ = [
     "WorkflowError",
     "WorkflowRequest",
     "__version__",
+    "as_api_graph",
     "load_workflow",
     "parse_set_assignment",
 ]

@@ -35,7 +35,7 @@ from rich.progress import (
 )
 
 from dreamgen_async import __version__
-from dreamgen_async.errors import DreamgenError
+from dreamgen_async.errors import ConfigError, DreamgenError, WorkflowError
 from dreamgen_async.generator import (
     BatchProgress,
     DreamGenerator,
@@ -54,6 +54,7 @@ __all__ = ["main"]
 
 DEFAULT_SERVER = "http://127.0.0.1:8188"
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+OUTPUT_FILE_SUFFIXES = IMAGE_SUFFIXES | {".mp4", ".webm", ".flac", ".mp3", ".wav", ".txt"}
 F = TypeVar("F", bound=Callable[..., Any])
 
 log = logging.getLogger("dreamgen_async.cli")
@@ -250,6 +251,11 @@ def execute(opts: Options, coro_factory: Callable[[], Any]) -> None:
     except KeyboardInterrupt:
         click.echo("interrupted: pending prompts were removed from the server", err=True)
         sys.exit(130)
+    except ConfigError as exc:  # a bad --server or option value: a usage error
+        if opts.debug:
+            raise
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
     except DreamgenError as exc:
         if opts.debug:
             raise
@@ -259,6 +265,34 @@ def execute(opts: Options, coro_factory: Callable[[], Any]) -> None:
         if not opts.json:
             click.echo(f"{result} job(s) failed", err=True)
         sys.exit(1)
+
+
+def check_output_dir(output: Path) -> None:
+    """``-o`` names a folder: refuse an existing file or a name that looks like one, at once."""
+    if output.exists() and not output.is_dir():
+        raise click.BadParameter(
+            f"{str(output)!r} is a file; -o/--output names a folder to write into",
+            param_hint="'-o' / '--output'",
+        )
+    if not output.exists() and output.suffix.lower() in OUTPUT_FILE_SUFFIXES:
+        raise click.BadParameter(
+            f"{str(output)!r} looks like a file name; -o/--output names a folder "
+            f"(outputs are named after the job), e.g. -o {output.with_suffix('')}",
+            param_hint="'-o' / '--output'",
+        )
+
+
+def check_input_order(inputs: Sequence[str], prompt: str, paths: Sequence[Path]) -> None:
+    """``img2img "a prompt" frames/`` (arguments swapped) is a usage error with the order."""
+    prompt_is_input = Path(prompt).exists() or bool(
+        any(ch in prompt for ch in "*?[") and glob.glob(prompt, recursive=True)
+    )
+    missing = [p for p in paths if not p.exists()]
+    if prompt_is_input and missing:
+        raise click.UsageError(
+            f"{str(missing[0])!r}: no such file, and the prompt {prompt!r} is a file or "
+            "folder: the order is `dreamgen img2img INPUTS... PROMPT` (the prompt comes last)"
+        )
 
 
 def make_builder(ckpt: str | None, steps: int | None, cfg: float | None) -> FluxWorkflowBuilder:
@@ -303,7 +337,14 @@ def txt2img(prompt: str, count: int, seed: int | None, size: str | None, **kwarg
     )
     opts = options_from(kwargs)
     width, height = parse_size(size)
+    check_output_dir(output)
     builder = make_builder(ckpt, steps, cfg)
+    try:  # every argument checked once, before any job: a bad size is a usage error
+        builder.build_txt2img(prompt, negative, width, height, seed=seed)
+    except WorkflowError as exc:
+        if exc.input_name in ("width", "height"):
+            raise click.BadParameter(str(exc), param_hint="'--size'") from exc
+        raise click.UsageError(str(exc)) from exc
     requests = [
         Txt2ImgRequest(prompt, negative, None if seed is None else seed + i, width, height)
         for i in range(count)
@@ -332,6 +373,8 @@ def img2img(inputs: tuple[str, ...], prompt: str, **kwargs: Any) -> None:
     paths = expand_inputs(inputs)
     if not paths:
         raise click.UsageError(f"no images found in {' '.join(inputs)}")
+    check_input_order(inputs, prompt, paths)
+    check_output_dir(output)
     builder = make_builder(ckpt, steps, cfg)
     requests = [
         Img2ImgRequest(path, prompt, denoise, negative, seed, name=path.stem) for path in paths
@@ -351,6 +394,7 @@ def run(workflow_file: Path, assignments: tuple[str, ...], **kwargs: Any) -> Non
     """Run your own API-format WORKFLOW_FILE (exported from ComfyUI)."""
     output = kwargs.pop("output")
     opts = options_from(kwargs)
+    check_output_dir(output)
     try:
         workflow = Workflow.load(workflow_file)
         for assignment in assignments:

@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Literal
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit
 
 import aiohttp
 from tenacity import (
@@ -34,6 +34,7 @@ from tenacity import (
 
 from dreamgen_async.errors import (
     ClientClosedError,
+    ConfigError,
     ConnectError,
     DreamgenError,
     ExecutionInterrupted,
@@ -58,6 +59,7 @@ from dreamgen_async.protocol import (
     parse_node_errors,
     parse_queue,
 )
+from dreamgen_async.workflow_builder import BuiltWorkflow, Graph, Workflow, as_api_graph
 
 __all__ = ["ComfyUIClient", "RetryPolicy", "UploadedImage"]
 
@@ -66,6 +68,8 @@ log = logging.getLogger("dreamgen_async")
 PartialPolicy = Literal["warn", "error", "ignore"]
 LostPolicy = Literal["resubmit", "fail"]
 ImageSource = bytes | str | Path | IO[bytes]
+#: What every entry point accepts as a workflow (see :func:`as_api_graph`).
+WorkflowLike = Workflow | BuiltWorkflow | Graph | Mapping[str, Any]
 
 _RETRY_STATUSES = frozenset({429, 502, 503, 504})
 # Statuses that prove the request was not processed, so even POST /prompt may be re-sent.
@@ -130,14 +134,55 @@ def _retry_after(value: str | None) -> float | None:
         return None
 
 
-def _strip_credentials(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.username is None and parts.password is None:
+def _split_userinfo(url: str) -> tuple[str, str | None, str | None]:
+    """``(url without credentials, user, password)``; parsed by hand, not by urlsplit.
+
+    A password may hold an unescaped ``/``, ``#``, ``?`` or ``@``, which make urlsplit cut
+    the authority early and leave the secret in "path" or "fragment". The userinfo is
+    everything between ``://`` and the *last* ``@``.
+    """
+    scheme, sep, rest = url.partition("://")
+    at = rest.rfind("@")
+    if not sep or at < 0:
+        return url, None, None
+    user, colon, password = rest[:at].partition(":")
+    return f"{scheme}://{rest[at + 1 :]}", unquote(user), unquote(password) if colon else None
+
+
+def redact_url(url: str) -> str:
+    """``url`` with any password replaced by ``***`` (for messages about a bad URL)."""
+    head, sep, rest = url.partition("://")
+    if not sep:
+        head, rest = "", url
+    at = rest.rfind("@")
+    if at < 0:
         return url
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    return urlunsplit(parts._replace(netloc=host))
+    user = rest[:at].partition(":")[0]
+    return f"{head}{sep}{user}:***@{rest[at + 1 :]}"
+
+
+def _check_base_url(base_url: str) -> tuple[str, str | None, str | None]:
+    """Validate ``base_url``; return it without credentials, plus the user and password.
+
+    Raises:
+        ConfigError: no ``http(s)://`` scheme, no host, or a bad port. The message never
+            contains the password.
+    """
+    shown = redact_url(base_url)
+    url, user, password = _split_userinfo(base_url.strip().rstrip("/"))
+    if "://" not in url:
+        raise ConfigError(
+            f"base_url needs a scheme: write 'http://{redact_url(base_url.strip())}' "
+            f"instead of {shown!r}"
+        )
+    try:
+        parts = urlsplit(url)
+        port_ok = parts.port is None or parts.port > 0
+    except ValueError as exc:  # a port that is not a number or out of range
+        raise ConfigError(f"base_url {shown!r} is not a valid URL: {exc}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname or not port_ok:
+        raise ConfigError(f"base_url must be http(s)://host[:port], got {shown!r}")
+    return url, user, password
 
 
 class ComfyUIClient:
@@ -197,18 +242,18 @@ class ComfyUIClient:
         max_download: int = 512 * 1024 * 1024,
     ) -> None:
         if max_in_flight < 1:
-            raise ValueError("max_in_flight must be at least 1")
-        parts = urlsplit(base_url.rstrip("/"))
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"base_url must be http(s)://host[:port], got {base_url!r}")
-        if parts.username is not None and auth is None:
-            auth = (unquote(parts.username), unquote(parts.password or ""))
-        self.base_url = _strip_credentials(base_url.rstrip("/"))
+            raise ConfigError(f"max_in_flight must be at least 1, got {max_in_flight}")
+        if not isinstance(base_url, str):
+            raise ConfigError(f"base_url must be a string, got {type(base_url).__name__}")
+        url, user, password = _check_base_url(base_url)
+        if user is not None and auth is None:
+            auth = (user, password or "")
+        self.base_url = url
         self.safe_url = self.base_url
         self.client_id = client_id or str(uuid.uuid4())
         self._headers: dict[str, str] = dict(headers or {})
         if any(k.lower() == "origin" for k in self._headers):
-            raise ValueError("do not send an Origin header: ComfyUI answers 403 to it")
+            raise ConfigError("do not send an Origin header: ComfyUI answers 403 to it")
         if token is not None:
             self._headers["Authorization"] = f"Bearer {token}"
         elif auth is not None:
@@ -312,7 +357,7 @@ class ComfyUIClient:
 
     async def submit(
         self,
-        workflow: Mapping[str, Any],
+        workflow: WorkflowLike,
         *,
         front: bool = False,
         extra_data: Mapping[str, Any] | None = None,
@@ -329,6 +374,7 @@ class ComfyUIClient:
             PartialPromptWarningError: some outputs were dropped and ``on_partial="error"``.
             ConnectError, TransportError, ServerError: the server could not be used.
         """
+        workflow = as_api_graph(workflow)  # Workflow, BuiltWorkflow, mapping; never UI format
         self._check_open()
         await self._mux.ensure_running()
         assert self._slots is not None
@@ -431,7 +477,7 @@ class ComfyUIClient:
 
     async def queue_prompt(
         self,
-        workflow: Mapping[str, Any],
+        workflow: WorkflowLike,
         *,
         front: bool = False,
         extra_data: Mapping[str, Any] | None = None,
@@ -442,7 +488,7 @@ class ComfyUIClient:
 
     async def run(
         self,
-        workflow: Mapping[str, Any],
+        workflow: WorkflowLike,
         *,
         timeout: float | None = None,
         on_progress: ProgressCallback | None = None,
@@ -622,7 +668,7 @@ class ComfyUIClient:
         else:
             data = await asyncio.to_thread(image.read)
         if not name:
-            raise ValueError("upload_image needs a name when given bytes or a file object")
+            raise ConfigError("upload_image needs a name when given bytes or a file object")
 
         def form() -> aiohttp.FormData:
             fd = aiohttp.FormData()

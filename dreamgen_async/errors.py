@@ -5,6 +5,7 @@ tenacity exception escapes to callers (they are translated at one boundary, with
 original kept as ``__cause__``)::
 
     DreamgenError
+    ├── ConfigError                   a bad constructor or option value (also a ValueError)
     ├── WorkflowError                 bad graph or builder argument (raised before any I/O)
     │   └── UIWorkflowError           a UI-format export was given where API format is needed
     ├── InputImageError               an input image is missing, empty, not an image, too large
@@ -23,7 +24,8 @@ original kept as ``__cause__``)::
     │   ├── ExecutionInterrupted      the prompt was interrupted (by us or someone else)
     │   ├── PromptLost                the server forgot the prompt (restart) and policy says fail
     │   └── PromptTimeout             waiting took too long (also a builtin TimeoutError)
-    └── OutputPathError               a server-supplied file name we refuse to write
+    ├── OutputPathError               a server-supplied file name we refuse to write
+    └── OutputContentError            a downloaded output is not what it claims (magic bytes)
 
 Errors about a prompt always carry its ``prompt_id``. Their ``str()`` is written to be
 read by a person: which node, which input, what to do.
@@ -37,6 +39,7 @@ from typing import Any
 
 __all__ = [
     "ClientClosedError",
+    "ConfigError",
     "ConnectError",
     "ConnectionLostError",
     "DreamgenError",
@@ -45,6 +48,7 @@ __all__ = [
     "InputImageError",
     "NodeError",
     "NotComfyUIError",
+    "OutputContentError",
     "OutputPathError",
     "PartialPromptWarning",
     "PartialPromptWarningError",
@@ -63,6 +67,13 @@ __all__ = [
 
 class DreamgenError(Exception):
     """Root of every exception raised by dreamgen_async."""
+
+
+class ConfigError(DreamgenError, ValueError):
+    """A constructor argument or option is invalid (a URL without a scheme, a bad limit).
+
+    Raised at once, before any network call; the message says what to write instead.
+    """
 
 
 class WorkflowError(DreamgenError, ValueError):
@@ -146,6 +157,24 @@ class ResponseTooLargeError(ServerError):
 
 class OutputPathError(DreamgenError, ValueError):
     """A server-supplied output file name is unsafe to write (``..``, absolute, NUL, too long)."""
+
+
+class OutputContentError(DreamgenError):
+    """A downloaded output's bytes do not match its kind (an "image" that is not one).
+
+    Nothing is written when this is raised.
+
+    Attributes:
+        filename: The server's file name.
+        expected: What the name or kind promised (``"png"``, ``"image"``).
+        detected: What the magic bytes say (``None``: no known image format).
+    """
+
+    def __init__(self, message: str, *, filename: str, expected: str, detected: str | None) -> None:
+        super().__init__(message)
+        self.filename = filename
+        self.expected = expected
+        self.detected = detected
 
 
 class PromptError(DreamgenError):

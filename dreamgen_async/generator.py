@@ -35,10 +35,15 @@ from PIL import Image, UnidentifiedImageError
 
 from dreamgen_async.cache import ResultCache, cache_key
 from dreamgen_async.comfyui_api import ComfyUIClient
-from dreamgen_async.errors import DreamgenError, InputImageError
+from dreamgen_async.errors import ClientClosedError, ConfigError, DreamgenError, InputImageError
 from dreamgen_async.jobs import Mailbox, ProgressCallback, PromptResult
 from dreamgen_async.protocol import Event
-from dreamgen_async.workflow_builder import BuiltWorkflow, FluxWorkflowBuilder, Workflow
+from dreamgen_async.workflow_builder import (
+    BuiltWorkflow,
+    FluxWorkflowBuilder,
+    Workflow,
+    as_api_graph,
+)
 
 __all__ = [
     "Batch",
@@ -97,7 +102,7 @@ class Img2ImgRequest:
 class WorkflowRequest:
     """A user's own API-format workflow, run as it is."""
 
-    workflow: Workflow | Mapping[str, Any]
+    workflow: Workflow | BuiltWorkflow | Mapping[str, Any]
     name: str | None = None
 
 
@@ -280,12 +285,26 @@ def _verify_image(data: bytes, source: str, max_pixels: int) -> str:
                 fmt = (img.format or "PNG").lower()
                 img.verify()
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise InputImageError(f"{source}: image is too large ({exc})", source=source) from exc
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise InputImageError(f"{source}: not a readable image ({exc})", source=source) from exc
+        raise InputImageError(
+            f"{source}: the image is too large for Pillow to open safely ({exc}); "
+            f"downscale it (max_input_pixels is {max_pixels})",
+            source=source,
+        ) from exc
+    except UnidentifiedImageError as exc:
+        raise InputImageError(
+            f"{source}: not a readable image (not PNG, JPEG, WEBP or another known format)",
+            source=source,
+        ) from exc
+    except (OSError, SyntaxError, ValueError) as exc:
+        detail = re.sub(r"<_io\.BytesIO object at 0x[0-9a-fA-F]+>", "the data", str(exc))
+        raise InputImageError(
+            f"{source}: not a readable image (it looks damaged: {detail})", source=source
+        ) from exc
     if width * height > max_pixels:
         raise InputImageError(
-            f"{source}: image is {width}x{height}, over the limit of {max_pixels} pixels",
+            f"{source}: image is {width}x{height} = {width * height} pixels, over "
+            f"max_input_pixels={max_pixels}; pass max_side= to downscale it, or raise "
+            "DreamGenerator(max_input_pixels=...)",
             source=source,
         )
     return {"jpeg": ".jpg"}.get(fmt, f".{fmt}")
@@ -355,6 +374,13 @@ class DreamGenerator:
         if self._owns_client:
             await self.client.aclose()
 
+    def _check_entered(self) -> None:
+        if self._owns_client and self.client._state == "unopened":
+            raise ClientClosedError(
+                "the generator is not open: use `async with DreamGenerator(...) as gen:` "
+                "(or `await gen.__aenter__()`)"
+            )
+
     # ------------------------------------------------------------------ single jobs
 
     async def generate_from_prompt(
@@ -408,7 +434,7 @@ class DreamGenerator:
 
     async def run_workflow(
         self,
-        workflow: Workflow | Mapping[str, Any],
+        workflow: Workflow | BuiltWorkflow | Mapping[str, Any],
         *,
         name: str | None = None,
         timeout: float | None = None,
@@ -434,6 +460,7 @@ class DreamGenerator:
         on_progress: ProgressCallback | None = None,
     ) -> GenerationResult:
         """Run one request of any kind (what the batch forms call)."""
+        self._check_entered()
         submitted = time.time()
         input_hash: str | None = None
         upload: tuple[bytes, str, str, str] | None = None
@@ -473,7 +500,7 @@ class DreamGenerator:
             )
         else:
             wf = request.workflow
-            workflow = wf.to_api() if isinstance(wf, Workflow) else Workflow.from_dict(wf).to_api()
+            workflow = Workflow(as_api_graph(wf)).to_api()  # validated: fails before any I/O
             seed = _first_seed(workflow)
             stem = request.name or "workflow"
         deterministic = not isinstance(request, WorkflowRequest) and request.seed is not None
@@ -567,7 +594,7 @@ class DreamGenerator:
                 size = (await aiofiles.os.stat(path)).st_size
                 if size > self.max_input_bytes:
                     raise InputImageError(
-                        f"{source}: {size} bytes, over the limit of {self.max_input_bytes}",
+                        f"{source}: {size} bytes, over max_input_bytes={self.max_input_bytes}",
                         source=source,
                     )
                 async with aiofiles.open(path, "rb") as f:
@@ -587,7 +614,7 @@ class DreamGenerator:
             raise InputImageError(f"{source}: the file is empty", source=source)
         if len(data) > self.max_input_bytes:
             raise InputImageError(
-                f"{source}: {len(data)} bytes, over the limit of {self.max_input_bytes}",
+                f"{source}: {len(data)} bytes, over max_input_bytes={self.max_input_bytes}",
                 source=source,
             )
         suffix = await asyncio.to_thread(_verify_image, data, source, self.max_input_pixels)
@@ -691,7 +718,7 @@ class DreamGenerator:
         A pool of ``concurrency`` workers pulls from one shared lazy iterator.
         """
         if concurrency < 1:
-            raise ValueError("concurrency must be at least 1")
+            raise ConfigError(f"concurrency must be at least 1, got {concurrency}")
         total = len(requests) if isinstance(requests, list | tuple) else None
         counts = {"done": 0, "failed": 0, "running": 0, "cached": 0}
         finished: asyncio.Queue[tuple[int, GenerationResult | JobFailure]]

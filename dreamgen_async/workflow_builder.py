@@ -50,6 +50,7 @@ __all__ = [
     "Output",
     "Preset",
     "Workflow",
+    "as_api_graph",
     "load_workflow",
     "parse_set_assignment",
     "preset_for_checkpoint",
@@ -1172,3 +1173,31 @@ def _parse_value(raw: str) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return raw  # "NaN", "Infinity": keep the text
     return value
+
+
+def as_api_graph(workflow: object) -> dict[str, Any]:
+    """The API-format graph of anything the library accepts as a workflow.
+
+    A :class:`Workflow`, a :class:`BuiltWorkflow` or a :class:`Graph` gives its graph; a
+    plain mapping is checked for the UI format and passed on as it is (not copied, not
+    validated further: the server has the last word on it).
+
+    Raises:
+        UIWorkflowError: A UI-format export (``nodes`` and ``links`` lists).
+        WorkflowError: Something that is not a workflow at all (a list, a string, ...).
+    """
+    if isinstance(workflow, Workflow | Graph):
+        return workflow.to_api()
+    if isinstance(workflow, BuiltWorkflow):
+        return workflow.workflow
+    if isinstance(workflow, Mapping):
+        if isinstance(workflow.get("nodes"), list) and isinstance(workflow.get("links"), list):
+            raise UIWorkflowError(
+                "this is a UI-format workflow (it has 'nodes' and 'links' lists). "
+                + _UI_EXPORT_HINT
+            )
+        return workflow if isinstance(workflow, dict) else dict(workflow)
+    raise WorkflowError(
+        f"a workflow is a Workflow, a BuiltWorkflow or an API-format mapping, "
+        f"not {type(workflow).__name__}"
+    )

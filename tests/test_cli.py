@@ -179,3 +179,69 @@ async def test_a_rejected_prompt_names_node_input_and_choices(
     assert "[ckpt_name: 'nope.safetensors' not in" in text
     assert "the server has: flux1-schnell.safetensors" in text
     assert "Traceback" not in text
+
+
+# ---------------------------------------------------------------------------- issue 14
+
+
+async def dreamgen_piped(*args: str) -> tuple[int, str, str]:
+    """Run the real ``dreamgen`` off a terminal (pipes), COLUMNS=60; (status, out, err)."""
+    env = {**os.environ, "COLUMNS": "60", "DREAMGEN_TOKEN": ""}
+    env.pop("DREAMGEN_SERVER", None)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "dreamgen_async", *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env,
+    )  # fmt: skip
+    stdout, stderr = await proc.communicate()
+    assert proc.returncode is not None
+    return proc.returncode, stdout.decode(), stderr.decode()
+
+
+async def test_a_server_without_scheme_is_a_usage_error_with_the_fix() -> None:
+    code, _out, err = await dreamgen_piped("status", "--server", "127.0.0.1:8195")
+    assert code == 2, err
+    assert "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+    assert "http://127.0.0.1:8195" in err
+
+
+async def test_swapped_img2img_arguments_hint_at_the_order(
+    comfyui_sim: ComfyUISimulator, tmp_path: Path
+) -> None:
+    inputs = make_inputs(tmp_path / "frames", 2)
+    code, _out, err = await dreamgen_piped(
+        "img2img", "a pencil sketch", str(inputs), "--server", comfyui_sim.url
+    )
+    assert code == 2, err
+    assert "INPUTS... PROMPT" in " ".join(err.split())
+    assert comfyui_sim.requests == []
+
+
+async def test_an_output_file_instead_of_a_folder_is_a_usage_error_before_any_job(
+    comfyui_sim: ComfyUISimulator, tmp_path: Path
+) -> None:
+    existing = tmp_path / "ok.png"
+    existing.write_bytes(png_bytes(1))
+    for target in (existing, tmp_path / "new.png"):
+        code, _out, err = await dreamgen_piped(
+            "txt2img", "a fox", "-o", str(target), "--server", comfyui_sim.url
+        )
+        assert code == 2, err
+        assert "--output" in err
+        assert "folder" in err
+    assert comfyui_sim.requests == []
+    assert existing.read_bytes() == png_bytes(1)
+
+
+async def test_a_bad_size_is_one_usage_error_not_one_per_job(
+    comfyui_sim: ComfyUISimulator, tmp_path: Path
+) -> None:
+    code, out, err = await dreamgen_piped(
+        "txt2img", "a fox", "--size", "65x64", "-n", "4", "--server", comfyui_sim.url,
+        "-o", str(tmp_path),
+    )  # fmt: skip
+    assert code == 2, err
+    assert "multiple of 8" in " ".join(err.split())
+    assert "--size" in err
+    assert out == ""
+    assert comfyui_sim.requests == []
