@@ -197,6 +197,7 @@ class NodeError:
         details: ComfyUI's details (often the offending value).
         input_name: The input concerned, when the server said.
         extra_info: The raw ``extra_info`` mapping.
+        dependent_outputs: The output nodes that depended on this node, so were dropped.
     """
 
     node_id: str
@@ -206,6 +207,7 @@ class NodeError:
     details: str = ""
     input_name: str | None = None
     extra_info: Mapping[str, Any] = field(default_factory=dict)
+    dependent_outputs: tuple[str, ...] = ()
 
     def __str__(self) -> str:
         where = f"node {self.node_id}"

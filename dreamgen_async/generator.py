@@ -35,7 +35,13 @@ from PIL import Image, UnidentifiedImageError
 
 from dreamgen_async.cache import ResultCache, cache_key
 from dreamgen_async.comfyui_api import ComfyUIClient
-from dreamgen_async.errors import ClientClosedError, ConfigError, DreamgenError, InputImageError
+from dreamgen_async.errors import (
+    ClientClosedError,
+    ConfigError,
+    DreamgenError,
+    InputImageError,
+    NodeError,
+)
 from dreamgen_async.jobs import Mailbox, ProgressCallback, PromptResult
 from dreamgen_async.protocol import Event
 from dreamgen_async.workflow_builder import (
@@ -135,6 +141,8 @@ class GenerationResult:
         request: The request this answers.
         cached: Whether the images came from the result cache (no server work).
         timings: When it was submitted, queued, started, finished and downloaded.
+        node_errors: Nodes the server refused while running the rest (a partial prompt:
+            200 with ``node_errors``); their ``dependent_outputs`` produced nothing.
     """
 
     paths: tuple[Path, ...]
@@ -144,6 +152,7 @@ class GenerationResult:
     request: Request = field(repr=False)
     cached: bool = False
     timings: Timings = field(default_factory=lambda: Timings(time.time()))
+    node_errors: tuple[NodeError, ...] = ()
 
     @property
     def path(self) -> Path:
@@ -530,7 +539,9 @@ class DreamGenerator:
         timings = Timings(
             submitted, result.queued_at, result.started_at, result.finished_at, time.time()
         )
-        return GenerationResult(paths, result.prompt_id, seed, workflow, request, False, timings)
+        return GenerationResult(
+            paths, result.prompt_id, seed, workflow, request, False, timings, result.node_errors
+        )
 
     async def _run_shared(
         self,
@@ -712,10 +723,12 @@ class DreamGenerator:
         return_exceptions: bool = True,
         on_progress: Callable[[int, Event], object] | None = None,
         on_batch_progress: Callable[[BatchProgress], object] | None = None,
+        timeout: float | None = None,
     ) -> AsyncIterator[tuple[int, GenerationResult | JobFailure]]:
         """Like :meth:`as_completed`, yielding ``(index of the request, outcome)`` pairs.
 
-        A pool of ``concurrency`` workers pulls from one shared lazy iterator.
+        A pool of ``concurrency`` workers pulls from one shared lazy iterator; ``timeout``
+        applies to each job (see :meth:`generate`).
         """
         if concurrency < 1:
             raise ConfigError(f"concurrency must be at least 1, got {concurrency}")
@@ -739,7 +752,7 @@ class DreamGenerator:
                 progress = None if on_progress is None else _bind(on_progress, index)
                 outcome: GenerationResult | JobFailure
                 try:
-                    outcome = await self.generate(request, on_progress=progress)
+                    outcome = await self.generate(request, timeout=timeout, on_progress=progress)
                 except (DreamgenError, OSError) as exc:
                     outcome = JobFailure(request, index, exc)
                 counts["running"] -= 1

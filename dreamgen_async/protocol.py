@@ -569,6 +569,10 @@ def parse_node_errors(raw: Any) -> tuple[NodeError, ...]:
         if not isinstance(node, dict):
             continue
         class_type = node.get("class_type")
+        dependents = node.get("dependent_outputs")
+        dependent_outputs = (
+            tuple(str(d) for d in dependents) if isinstance(dependents, list) else ()
+        )
         for err in node.get("errors") or []:
             if not isinstance(err, dict):
                 continue
@@ -584,6 +588,7 @@ def parse_node_errors(raw: Any) -> tuple[NodeError, ...]:
                     details=str(err.get("details") or ""),
                     input_name=input_name if isinstance(input_name, str) else None,
                     extra_info=extra,
+                    dependent_outputs=dependent_outputs,
                 )
             )
     return tuple(result)
