@@ -52,12 +52,16 @@ from dreamgen_async.errors import (
 from dreamgen_async.jobs import Job, OutputImage, ProgressCallback, PromptResult
 from dreamgen_async.multiplexer import Multiplexer, ReconnectPolicy, error_from_event
 from dreamgen_async.protocol import (
+    IMAGE_SUFFIX_FORMATS,
     HistoryRecord,
     ImageRef,
+    OutputData,
+    OutputFile,
     QueueState,
     parse_history,
     parse_node_errors,
     parse_queue,
+    verify_output,
 )
 from dreamgen_async.workflow_builder import BuiltWorkflow, Graph, Workflow, as_api_graph
 
@@ -611,20 +615,59 @@ class ComfyUIClient:
             return error_from_event(record.error)
         if record.interrupted or record.status != "success":
             return ExecutionInterrupted(prompt_id=prompt_id)
-        return PromptResult(prompt_id=prompt_id, outputs=dict(record.outputs))
+        return PromptResult(prompt_id=prompt_id, outputs=dict(record.outputs), files=record.files)
 
     # ------------------------------------------------------------------ outputs
 
     async def get_output_images(self, result: PromptResult | str) -> list[OutputImage]:
-        """Download every output image of a finished prompt (saved images first)."""
+        """Download every output image of a finished prompt (saved images first).
+
+        Raises:
+            OutputContentError: a file named as an image holds something else.
+        """
         if isinstance(result, str):
             result = await self.wait_for_completion(result)
         images = []
         for node_id, refs in result.outputs.items():
             for ref in refs:
-                images.append(OutputImage(node_id, ref, await self.download(ref)))
+                data = await self.download(ref)
+                if Path(ref.filename).suffix.lower() in IMAGE_SUFFIX_FORMATS:
+                    verify_output(OutputFile(node_id, "image", ref), data)
+                images.append(OutputImage(node_id, ref, data))
         images.sort(key=lambda img: img.ref.type != "output")
         return images
+
+    async def get_outputs(
+        self, result: PromptResult | str, *, previews: bool = True
+    ) -> list[OutputData]:
+        """Every output of a finished prompt, of every kind, with its content.
+
+        Files (images, animated images, videos, audio, 3D...) are downloaded; a text output
+        is its UTF-8. Saved outputs come first, then previews (``previews=False`` skips
+        those). Image bytes are checked against their format (magic bytes).
+
+        Raises:
+            OutputContentError: an image output holds something else (nothing is returned).
+            ServerError: a file could not be downloaded.
+        """
+        if isinstance(result, str):
+            result = await self.wait_for_completion(result)
+        files = result.files or tuple(
+            OutputFile(node_id, "image", ref)
+            for node_id, refs in result.outputs.items()
+            for ref in refs
+        )
+        outputs = []
+        for file in sorted(files, key=lambda f: not f.saved):
+            if not file.saved and not previews:
+                continue
+            if file.ref is None:
+                outputs.append(OutputData(file, (file.text or "").encode()))
+                continue
+            data = await self.download(file.ref)
+            verify_output(file, data)
+            outputs.append(OutputData(file, data))
+        return outputs
 
     async def download(self, image: ImageRef) -> bytes:
         """``GET /view`` one image. Raises ServerError(404) if the server has no such file."""

@@ -43,7 +43,13 @@ from dreamgen_async.errors import (
     NodeError,
 )
 from dreamgen_async.jobs import Mailbox, ProgressCallback, PromptResult
-from dreamgen_async.protocol import Event
+from dreamgen_async.protocol import (
+    AUDIO_SUFFIXES,
+    VIDEO_SUFFIXES,
+    Event,
+    OutputFile,
+    sniff_image_format,
+)
 from dreamgen_async.workflow_builder import (
     BuiltWorkflow,
     FluxWorkflowBuilder,
@@ -69,7 +75,6 @@ log = logging.getLogger("dreamgen_async")
 ImageInput: TypeAlias = "str | os.PathLike[str] | bytes | Image.Image"
 
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
-_IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".gif"}
 _UPLOAD_SUBFOLDER = "dreamgen"
 
 
@@ -134,7 +139,9 @@ class GenerationResult:
     """A finished job: the files written, and how they were made.
 
     Attributes:
-        paths: The images written into ``output_dir``.
+        paths: The outputs written into ``output_dir``, each kind with its own suffix
+            (images by their content: ``.png``, ``.jpg``, ``.webp``...; videos ``.webm``/
+            ``.mp4``; audio; text values as ``.txt``).
         prompt_id: The server's prompt id (``None`` for a cache hit).
         seed: The seed used (drawn at random when the request had none).
         workflow: The API-format graph that was (or would have been) sent.
@@ -156,7 +163,7 @@ class GenerationResult:
 
     @property
     def path(self) -> Path:
-        """The first image written."""
+        """The first output written."""
         return self.paths[0]
 
 
@@ -317,6 +324,27 @@ def _verify_image(data: bytes, source: str, max_pixels: int) -> str:
             source=source,
         )
     return {"jpeg": ".jpg"}.get(fmt, f".{fmt}")
+
+
+_FORMAT_SUFFIXES = {"jpeg": ".jpg", "tiff": ".tif"}
+_DEFAULT_SUFFIXES = {"video": ".mp4", "audio": ".flac", "text": ".txt", "other": ".bin"}
+
+
+def output_suffix(file: OutputFile, data: bytes) -> str:
+    """The suffix we write an output under: images by their magic bytes, other kinds by
+    the server's suffix when it is a known one for the kind, else a default per kind."""
+    if file.kind in ("image", "animated"):
+        fmt = sniff_image_format(data) or "png"
+        return _FORMAT_SUFFIXES.get(fmt, f".{fmt}")
+    if file.kind == "text":
+        return ".txt"
+    suffix = PurePosixPath(file.filename).suffix.lower()
+    known = {"video": VIDEO_SUFFIXES, "audio": AUDIO_SUFFIXES}.get(file.kind)
+    if (known is not None and suffix in known) or (
+        file.kind == "other" and re.fullmatch(r"\.[a-z0-9]{1,8}", suffix)
+    ):
+        return suffix
+    return _DEFAULT_SUFFIXES[file.kind]
 
 
 def _encode_pil(image: Image.Image) -> bytes:
@@ -581,14 +609,11 @@ class DreamGenerator:
         on_progress: ProgressCallback | None,
     ) -> tuple[PromptResult, list[tuple[str, bytes]]]:
         result = await self.client.run(workflow, timeout=timeout, on_progress=on_progress)
-        refs = [ref for ref in result.images if ref.type == "output"] or list(result.images)
-        images = []
-        for ref in refs:
-            suffix = PurePosixPath(ref.filename).suffix.lower()
-            images.append(
-                (suffix if suffix in _IMAGE_SUFFIXES else ".png", await self.client.download(ref))
-            )
-        return result, images
+        # Saved outputs of every kind (and text values); previews only when nothing was saved.
+        saved = any(f.ref is not None and f.ref.type == "output" for f in result.files)
+        saved = saved or any(ref.type == "output" for ref in result.images)
+        outputs = await self.client.get_outputs(result, previews=not saved)
+        return result, [(output_suffix(o.file, o.data), o.data) for o in outputs]
 
     # ------------------------------------------------------------------ inputs
 

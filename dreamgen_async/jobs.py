@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
 from dreamgen_async.errors import NodeError
-from dreamgen_async.protocol import Event, ImageRef
+from dreamgen_async.protocol import Event, ImageRef, OutputFile
 
 if TYPE_CHECKING:
     from dreamgen_async.comfyui_api import ComfyUIClient
@@ -42,6 +42,8 @@ class PromptResult:
         started_at: When execution started (``None`` if that event was missed in a reconnect).
         finished_at: When the result was known to the client.
         resubmitted: Whether the prompt was submitted again after the server lost it.
+        files: Every output of every kind (images, animated images, videos, audio, text,
+            other files), in node order; download them with ``ComfyUIClient.get_outputs``.
     """
 
     prompt_id: str
@@ -52,6 +54,7 @@ class PromptResult:
     started_at: float | None = None
     finished_at: float | None = None
     resubmitted: bool = False
+    files: tuple[OutputFile, ...] = ()
 
     @property
     def images(self) -> tuple[ImageRef, ...]:
@@ -81,6 +84,7 @@ class Job:
         "_backlog",
         "_cached",
         "_client",
+        "_files",
         "_future",
         "_on_progress",
         "_outputs",
@@ -121,6 +125,7 @@ class Job:
         self._on_progress = on_progress
         self._future: asyncio.Future[PromptResult] = asyncio.get_running_loop().create_future()
         self._outputs: dict[str, tuple[ImageRef, ...]] = {}
+        self._files: dict[str, tuple[OutputFile, ...]] = {}
         self._cached: tuple[str, ...] = ()
         self._succeeded = False
         # True once the WebSocket dropped while this job was live: its events may be
@@ -195,8 +200,11 @@ class Job:
         self.state = "running"
         self.started_at = time.time()
 
-    def _add_outputs(self, node: str, images: tuple[ImageRef, ...]) -> None:
+    def _add_outputs(
+        self, node: str, images: tuple[ImageRef, ...], files: tuple[OutputFile, ...] = ()
+    ) -> None:
         self._outputs[node] = images
+        self._files[node] = files
 
     def _set_cached(self, nodes: tuple[str, ...]) -> None:
         self._cached = nodes
@@ -208,9 +216,20 @@ class Job:
     def _has_succeeded(self) -> bool:
         return self._succeeded
 
-    def _resolve(self, outputs: Mapping[str, tuple[ImageRef, ...]] | None = None) -> None:
+    def _resolve(
+        self,
+        outputs: Mapping[str, tuple[ImageRef, ...]] | None = None,
+        files: tuple[OutputFile, ...] | None = None,
+    ) -> None:
         if self._future.done():
             return
+        if files is None:
+            if outputs is None:
+                files = tuple(f for node_files in self._files.values() for f in node_files)
+            else:  # from /history without its files: at least the images
+                files = tuple(
+                    OutputFile(node, "image", ref) for node, refs in outputs.items() for ref in refs
+                )
         self._future.set_result(
             PromptResult(
                 prompt_id=self.prompt_id,
@@ -221,6 +240,7 @@ class Job:
                 started_at=self.started_at,
                 finished_at=time.time(),
                 resubmitted=self.resubmitted,
+                files=files,
             )
         )
         self._finish()
