@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import codecs
 import collections
+import io
 import json
 import logging
 import ssl as ssl_module
@@ -58,6 +60,7 @@ from dreamgen_async.protocol import (
     OutputData,
     OutputFile,
     QueueState,
+    json_steps,
     parse_history,
     parse_node_errors,
     parse_queue,
@@ -119,14 +122,54 @@ class _RetryableStatus(Exception):
         self.retry_after = retry_after
 
 
+#: Bodies larger than this are decoded in steps (JSON) or hashed in a worker thread. json.loads
+#: runs at ~30-500 MB/s, so 256 KB cost the event loop at most ~8 ms in one go.
+BIG_BODY = 256 * 1024
+_UNSET: Any = object()
+
+
 @dataclass(frozen=True, slots=True)
 class _Response:
     status: int
     content_type: str
     body: bytes
+    decoded: Any = _UNSET  # the JSON body, parsed off the loop when it was large
 
     def text(self) -> str:
-        return self.body.decode("utf-8", "replace")
+        """The start of the body as text (enough for any message; never the whole of a
+        huge body, which would be decoded on the event loop)."""
+        return self.body[:16384].decode("utf-8", "replace")
+
+
+async def _decode_json(body: bytes) -> Any:
+    """``json.loads`` of a large body in steps, the event loop running between them.
+
+    A worker thread would not help: ``json.loads`` holds the GIL from start to end (a
+    54 MB answer blocked the loop ~0.5 s). Returns (not raises) a decoding error.
+    """
+    try:
+        decoder = codecs.getincrementaldecoder(json.detect_encoding(body))("surrogatepass")
+        parts = []
+        for start in range(0, len(body), 1 << 21):
+            parts.append(decoder.decode(body[start : start + (1 << 21)]))
+            await asyncio.sleep(0)
+        parts.append(decoder.decode(b"", final=True))
+        steps = json_steps("".join(parts))
+        while True:
+            try:
+                next(steps)
+            except StopIteration as done:
+                return done.value
+            await asyncio.sleep(0)
+    except (ValueError, RecursionError) as exc:
+        return exc
+
+
+async def _response(status: int, content_type: str, body: bytes) -> _Response:
+    """A response whose large JSON body is already decoded, without blocking the loop."""
+    if len(body) > BIG_BODY and "json" in content_type:
+        return _Response(status, content_type, body, await _decode_json(body))
+    return _Response(status, content_type, body)
 
 
 def _retry_after(value: str | None) -> float | None:
@@ -715,7 +758,9 @@ class ComfyUIClient:
 
         def form() -> aiohttp.FormData:
             fd = aiohttp.FormData()
-            fd.add_field("image", data, filename=name, content_type="application/octet-stream")
+            # A file object, not bytes: aiohttp then streams it in chunks off the loop.
+            body = io.BytesIO(data)
+            fd.add_field("image", body, filename=name, content_type="application/octet-stream")
             fd.add_field("type", type)
             fd.add_field("subfolder", subfolder)
             fd.add_field("overwrite", "true" if overwrite else "false")
@@ -806,8 +851,12 @@ class ComfyUIClient:
                 )
             raise self._status_error(response, path)
         try:
-            data = json.loads(response.body)
-        except ValueError as exc:
+            data = response.decoded
+            if data is _UNSET:
+                data = json.loads(response.body)
+            elif isinstance(data, Exception):
+                raise data
+        except (ValueError, RecursionError) as exc:
             raise NotComfyUIError(
                 f"{path} answered something that is not JSON",
                 status=response.status,
@@ -927,7 +976,7 @@ class ComfyUIClient:
                         url=path,
                     )
                 if resp.content_length is not None:  # announced, and within the bound
-                    return _Response(resp.status, resp.content_type, await resp.read())
+                    return await _response(resp.status, resp.content_type, await resp.read())
                 chunks = []
                 size = 0
                 async for chunk in resp.content.iter_chunked(1 << 20):
@@ -939,7 +988,7 @@ class ComfyUIClient:
                             url=path,
                         )
                     chunks.append(chunk)
-                return _Response(resp.status, resp.content_type, b"".join(chunks))
+                return await _response(resp.status, resp.content_type, b"".join(chunks))
         except aiohttp.ClientConnectorError as exc:
             raise ConnectError(f"cannot connect to {self.safe_url}: {exc.os_error}") from exc
         except aiohttp.ClientSSLError as exc:

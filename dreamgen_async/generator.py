@@ -34,7 +34,7 @@ import aiofiles.os
 from PIL import Image, UnidentifiedImageError
 
 from dreamgen_async.cache import ResultCache, cache_key
-from dreamgen_async.comfyui_api import ComfyUIClient
+from dreamgen_async.comfyui_api import BIG_BODY, ComfyUIClient
 from dreamgen_async.errors import (
     ClientClosedError,
     ConfigError,
@@ -347,6 +347,13 @@ def output_suffix(file: OutputFile, data: bytes) -> str:
     return _DEFAULT_SUFFIXES[file.kind]
 
 
+async def _sha256(data: bytes) -> str:
+    """The hex digest; in a worker thread for large data (10 MB take ~10 ms to hash)."""
+    if len(data) > BIG_BODY:
+        return await asyncio.to_thread(lambda: hashlib.sha256(data).hexdigest())
+    return hashlib.sha256(data).hexdigest()
+
+
 def _encode_pil(image: Image.Image) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
@@ -516,7 +523,7 @@ class DreamGenerator:
             workflow, seed, stem = built.workflow, built.seed, request.name or "txt2img"
         elif isinstance(request, Img2ImgRequest):
             data, suffix, _ = await self._read_input(request.image)
-            input_hash = hashlib.sha256(data).hexdigest()
+            input_hash = await _sha256(data)
             expected = f"{_UPLOAD_SUBFOLDER}/{input_hash[:32]}{suffix}"
             # Built (so every argument is checked) before the upload touches the network.
             built = self.builder.build_img2img(

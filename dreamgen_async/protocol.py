@@ -12,8 +12,9 @@ not follow the protocol. Unknown message types are not errors: they parse to
 from __future__ import annotations
 
 import json
+import re
 import struct
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeAlias
 
@@ -44,6 +45,7 @@ __all__ = [
     "UnknownBinary",
     "UnknownMessage",
     "feature_flags_message",
+    "json_steps",
     "parse_binary",
     "parse_history",
     "parse_node_errors",
@@ -773,3 +775,106 @@ def parse_node_errors(raw: Any) -> tuple[NodeError, ...]:
                 )
             )
     return tuple(result)
+
+
+# --------------------------------------------------------------------------- large JSON bodies
+
+_WHITESPACE = re.compile(r"[ \t\n\r]*")
+_DECODER = json.JSONDecoder()
+_scanstring: Callable[[str, int], tuple[str, int]] = json.decoder.scanstring  # type: ignore[attr-defined]
+_MAX_STEP_DEPTH = 32
+_MAX_WINDOW = 64 * 1024
+_PER_ITEM = 64  # the Python cost of one walked member, counted as this many characters
+
+JSONSteps: TypeAlias = Generator[None, None, Any]
+
+
+def json_steps(text: str, budget: int = 64 * 1024) -> JSONSteps:
+    """Decode a JSON document in steps: a generator that yields (``None``) after about
+    ``budget`` characters of work and finally returns the value (``StopIteration.value``).
+
+    ``json.loads`` holds the GIL for its whole run, so a worker thread does not help: the
+    event loop cannot run meanwhile. Large bodies are decoded this way instead, the event
+    loop running between steps. Containers are walked in Python until their members are small
+    enough (under 64 KB) for the C decoder; the result equals ``json.loads(text)``. Only a
+    single huge string cannot be split.
+
+    Raises:
+        json.JSONDecodeError: the text is not one valid JSON document.
+    """
+    done = [0]
+    value, end = yield from _value_steps(text, _skip(text, 0), 0, budget, done)
+    end = _skip(text, end)
+    if end != len(text):
+        raise json.JSONDecodeError("Extra data", text, end)
+    return value
+
+
+def _skip(text: str, idx: int) -> int:
+    match = _WHITESPACE.match(text, idx)
+    return match.end() if match else idx
+
+
+def _small(text: str, idx: int, window: int) -> tuple[Any, int]:
+    """Decode the container at ``idx`` if it ends within ``window`` characters (a closed
+    bracket proves it is whole); ``end == -1`` when it does not (or is invalid)."""
+    try:
+        value, end = _DECODER.raw_decode(text[idx : idx + window])
+    except (ValueError, RecursionError):
+        return None, -1
+    return value, idx + end
+
+
+def _value_steps(
+    text: str, idx: int, depth: int, budget: int, done: list[int], window: int = _MAX_WINDOW
+) -> Generator[None, None, tuple[Any, int]]:
+    if text[idx : idx + 1] in ("{", "[") and depth < _MAX_STEP_DEPTH:
+        value, end = _small(text, idx, window)
+        if end < 0:
+            return (yield from _container_steps(text, idx, depth, budget, done))
+    else:
+        value, end = _DECODER.raw_decode(text, idx)
+    done[0] += end - idx + _PER_ITEM
+    if done[0] >= budget:
+        done[0] = 0
+        yield
+    return value, end
+
+
+def _container_steps(
+    text: str, idx: int, depth: int, budget: int, done: list[int]
+) -> Generator[None, None, tuple[Any, int]]:
+    is_object = text[idx] == "{"
+    close = "}" if is_object else "]"
+    result: Any = {} if is_object else []
+    idx = _skip(text, idx + 1)
+    if text[idx : idx + 1] == close:
+        return result, idx + 1
+    window = 1024  # grows with the members seen: a small member costs a small slice
+    while True:
+        key = ""
+        if is_object:
+            if text[idx : idx + 1] != '"':
+                raise json.JSONDecodeError(
+                    "Expecting property name enclosed in double quotes", text, idx
+                )
+            key, idx = _scanstring(text, idx + 1)
+            idx = _skip(text, idx)
+            if text[idx : idx + 1] != ":":
+                raise json.JSONDecodeError("Expecting ':' delimiter", text, idx)
+            idx = _skip(text, idx + 1)
+        start = idx
+        value, idx = yield from _value_steps(text, idx, depth + 1, budget, done, window)
+        window = min(max(2 * (idx - start), 1024), _MAX_WINDOW)
+        if is_object:
+            result[key] = value
+        else:
+            result.append(value)
+        idx = _skip(text, idx)
+        delimiter = text[idx : idx + 1]
+        if delimiter == ",":
+            idx = _skip(text, idx + 1)
+        elif delimiter == close:
+            return result, idx + 1
+        else:
+            raise json.JSONDecodeError(f"Expecting ',' delimiter or {close!r}", text, idx)
