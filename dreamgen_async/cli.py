@@ -447,11 +447,13 @@ def output_option(default: str = "dreamgen-output") -> Callable[[F], F]:
 
 @cli.command()
 @click.argument("prompt")
-@click.option("--count", "-n", default=1, show_default=True, type=click.IntRange(1))
+@click.option(
+    "--count", "-n", default=1, show_default=True, type=click.IntRange(1), help="Images to make."
+)
 @click.option("--seed", type=click.IntRange(0), default=None, help="First seed (then +1 each).")
 @click.option("--size", default=None, help="WIDTHxHEIGHT, e.g. 1024x768.")
-@click.option("--steps", type=click.IntRange(1), default=None)
-@click.option("--cfg", type=float, default=None)
+@click.option("--steps", type=click.IntRange(1), default=None, help="Sampler steps (preset's).")
+@click.option("--cfg", type=float, default=None, help="CFG scale (preset's by default).")
 @click.option("--ckpt", default=None, help="Checkpoint name (flux1-schnell by default).")
 @click.option("--negative", default="", help="Negative prompt (ignored by Flux presets).")
 @output_option()
@@ -482,18 +484,31 @@ def txt2img(prompt: str, count: int, seed: int | None, size: str | None, **kwarg
 @cli.command()
 @click.argument("inputs", nargs=-1, required=True)
 @click.argument("prompt")
-@click.option("--denoise", type=click.FloatRange(0, 1, min_open=True), default=0.75)
-@click.option("--seed", type=click.IntRange(0), default=None)
-@click.option("--steps", type=click.IntRange(1), default=None)
-@click.option("--cfg", type=float, default=None)
+@click.option(
+    "--denoise",
+    type=click.FloatRange(0, 1, min_open=True),
+    default=0.75,
+    show_default=True,
+    help="How much of each input to change (0-1].",
+)
+@click.option(
+    "--max-side",
+    type=click.IntRange(16),
+    default=None,
+    help="Downscale inputs whose longer side is over this many pixels (aspect kept).",
+)
+@click.option("--seed", type=click.IntRange(0), default=None, help="Seed (random by default).")
+@click.option("--steps", type=click.IntRange(1), default=None, help="Sampler steps (preset's).")
+@click.option("--cfg", type=float, default=None, help="CFG scale (preset's by default).")
 @click.option("--ckpt", default=None, help="Checkpoint name (flux1-schnell by default).")
 @click.option("--negative", default="", help="Negative prompt (ignored by Flux presets).")
 @output_option()
 @common_options
 def img2img(inputs: tuple[str, ...], prompt: str, **kwargs: Any) -> None:
     """Transform each INPUT (files, folders or globs) with PROMPT; outputs named after inputs."""
-    denoise, seed, steps, cfg, ckpt, negative, output = (
-        kwargs.pop(k) for k in ("denoise", "seed", "steps", "cfg", "ckpt", "negative", "output")
+    denoise, seed, steps, cfg, ckpt, negative, output, max_side = (
+        kwargs.pop(k)
+        for k in ("denoise", "seed", "steps", "cfg", "ckpt", "negative", "output", "max_side")
     )
     opts = options_from(kwargs)
     paths = expand_inputs(inputs)
@@ -503,7 +518,8 @@ def img2img(inputs: tuple[str, ...], prompt: str, **kwargs: Any) -> None:
     check_output_dir(output)
     builder = make_builder(ckpt, steps, cfg)
     requests = [
-        Img2ImgRequest(path, prompt, denoise, negative, seed, name=path.stem) for path in paths
+        Img2ImgRequest(path, prompt, denoise, negative, seed, name=path.stem, max_side=max_side)
+        for path in paths
     ]
     labels = [str(p) for p in paths]
     execute(opts, lambda: run_requests(opts, requests, labels, output, builder, consoles()))
@@ -576,8 +592,14 @@ def status(**kwargs: Any) -> None:
 
 
 @cli.command()
-@click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=8188, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option(
+    "--port",
+    default=8188,
+    show_default=True,
+    type=click.IntRange(0, 65535),
+    help="Port (0: a free one).",
+)
 @click.option("--step-time", default=0.0, show_default=True, help="Seconds per sampler step.")
 @click.option("--node-time", default=0.0, show_default=True, help="Seconds per node.")
 @click.option("--root", type=click.Path(path_type=Path), default=None, help="Files folder.")
@@ -597,7 +619,9 @@ def sim(host: str, port: int, step_time: float, node_time: float, root: Path | N
 
 
 @cli.command()
-@click.option("--count", "-n", default=8, show_default=True, type=click.IntRange(1))
+@click.option(
+    "--count", "-n", default=8, show_default=True, type=click.IntRange(1), help="Images to make."
+)
 @click.option("--step-time", default=0.02, show_default=True, help="Simulated seconds per step.")
 @output_option("dreamgen-demo")
 @job_options

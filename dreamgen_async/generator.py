@@ -31,7 +31,7 @@ from typing import Any, TypeAlias
 
 import aiofiles
 import aiofiles.os
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from dreamgen_async.cache import ResultCache, cache_key
 from dreamgen_async.comfyui_api import BIG_BODY, ComfyUIClient
@@ -41,6 +41,7 @@ from dreamgen_async.errors import (
     DreamgenError,
     InputImageError,
     NodeError,
+    WorkflowError,
 )
 from dreamgen_async.jobs import Mailbox, ProgressCallback, PromptResult
 from dreamgen_async.protocol import (
@@ -97,7 +98,12 @@ class Txt2ImgRequest:
 
 @dataclass(frozen=True, slots=True)
 class Img2ImgRequest:
-    """One image-to-image job. ``image`` is a path, bytes or a PIL image."""
+    """One image-to-image job. ``image`` is a path, bytes or a PIL image.
+
+    ``max_side``: downscale the input (aspect kept, sides a multiple of the preset's size
+    multiple) so that its longer side is at most this many pixels; smaller inputs are sent
+    as they are.
+    """
 
     image: Any
     prompt: str
@@ -107,6 +113,7 @@ class Img2ImgRequest:
     steps: int | None = None
     cfg: float | None = None
     name: str | None = None
+    max_side: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -354,6 +361,48 @@ async def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def fit_within(width: int, height: int, max_side: int, multiple: int = 8) -> tuple[int, int]:
+    """The size to downscale ``width`` x ``height`` to so that its longer side is at most
+    ``max_side``: aspect kept, both sides a multiple of ``multiple``. Unchanged if it fits."""
+    if max(width, height) <= max_side:
+        return width, height
+    scale = max_side / max(width, height)
+    limit = max(multiple, max_side // multiple * multiple)
+
+    def side(value: int) -> int:
+        return min(limit, max(multiple, round(value * scale / multiple) * multiple))
+
+    return side(width), side(height)
+
+
+def _downscale(data: bytes, source: str, max_side: int, multiple: int) -> bytes:
+    """Runs in a worker thread: ``data`` re-encoded as PNG within ``max_side`` (EXIF
+    orientation applied first, as ComfyUI's LoadImage does), or ``data`` if it fits."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as img:
+                size = fit_within(img.width, img.height, max_side, multiple)
+                if size == img.size:
+                    return data
+                upright = ImageOps.exif_transpose(img)
+                size = fit_within(upright.width, upright.height, max_side, multiple)
+                mode = "RGBA" if "A" in upright.getbands() else "RGB"
+                resized = upright.convert(mode).resize(size, Image.Resampling.LANCZOS)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise InputImageError(
+            f"{source}: the image is too large for Pillow to open safely ({exc})", source=source
+        ) from exc
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise InputImageError(
+            f"{source}: not a readable image (not PNG, JPEG, WEBP or another known format)",
+            source=source,
+        ) from exc
+    buffer = io.BytesIO()
+    resized.save(buffer, format="PNG", compress_level=4)
+    return buffer.getvalue()
+
+
 def _encode_pil(image: Image.Image) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
@@ -461,19 +510,22 @@ class DreamGenerator:
         steps: int | None = None,
         cfg: float | None = None,
         name: str | None = None,
+        max_side: int | None = None,
         timeout: float | None = None,
         on_progress: ProgressCallback | None = None,
     ) -> GenerationResult:
         """Image to image; ``image`` is a path, bytes or a PIL image.
 
-        Cancelling it takes the prompt off the server; no file is left.
+        ``max_side`` downscales a larger input first (aspect kept; see
+        :class:`Img2ImgRequest`). Cancelling it takes the prompt off the server; no file
+        is left.
 
         Raises:
             InputImageError: the image is missing, empty, not an image or too large
                 (before any network call); ``.source`` names it.
             WorkflowError: an argument is invalid (before any network call).
         """
-        request = Img2ImgRequest(image, prompt, denoise, negative, seed, steps, cfg, name)
+        request = Img2ImgRequest(image, prompt, denoise, negative, seed, steps, cfg, name, max_side)
         return await self.generate(request, timeout=timeout, on_progress=on_progress)
 
     async def run_workflow(
@@ -522,7 +574,7 @@ class DreamGenerator:
             )
             workflow, seed, stem = built.workflow, built.seed, request.name or "txt2img"
         elif isinstance(request, Img2ImgRequest):
-            data, suffix, _ = await self._read_input(request.image)
+            data, suffix, _ = await self._read_input(request.image, request.max_side)
             input_hash = await _sha256(data)
             expected = f"{_UPLOAD_SUBFOLDER}/{input_hash[:32]}{suffix}"
             # Built (so every argument is checked) before the upload touches the network.
@@ -624,9 +676,17 @@ class DreamGenerator:
 
     # ------------------------------------------------------------------ inputs
 
-    async def _read_input(self, image: Any) -> tuple[bytes, str, str]:
-        """The bytes of an input image, checked: ``(data, suffix, source)``."""
+    async def _read_input(self, image: Any, max_side: int | None = None) -> tuple[bytes, str, str]:
+        """The bytes of an input image, checked (and downscaled to ``max_side``):
+        ``(data, suffix, source)``."""
         source = _describe(image)
+        if max_side is not None and (
+            isinstance(max_side, bool) or not isinstance(max_side, int) or max_side < 16
+        ):
+            raise WorkflowError(
+                f"max_side must be an integer of at least 16 pixels, got {max_side!r}",
+                input_name="max_side",
+            )
         if isinstance(image, Image.Image):
             data = await asyncio.to_thread(_encode_pil, image)
         elif isinstance(image, bytes | bytearray):
@@ -660,6 +720,9 @@ class DreamGenerator:
                 f"{source}: {len(data)} bytes, over max_input_bytes={self.max_input_bytes}",
                 source=source,
             )
+        if max_side is not None:
+            multiple = self.builder.preset.size_multiple
+            data = await asyncio.to_thread(_downscale, data, source, max_side, multiple)
         suffix = await asyncio.to_thread(_verify_image, data, source, self.max_input_pixels)
         return data, suffix, source
 
