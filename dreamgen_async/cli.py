@@ -1,8 +1,14 @@
 """The ``dreamgen`` command: a thin layer over :class:`DreamGenerator`.
 
 Exit status: 0 when every job succeeded, 1 when any failed (or the server could not be
-used), 2 for usage errors, 130 after Ctrl-C (our pending prompts are taken off the server
-and no half-written file remains).
+used), 2 for usage errors (bad options, a bad ``--server`` URL, ``-o`` naming a file), 3 when
+every job ran but the server dropped some of their outputs (a partial prompt: 200 with
+``node_errors``; a warning line per job names them), 130 after Ctrl-C (our pending prompts
+are taken off the server and no half-written file remains).
+
+Output: stdout has one line per job (``ok LABEL -> FILES (seed N)``, or a JSON record with
+``--json``) and nothing else; errors, warnings and the summary go to stderr. Lines are never
+wrapped, whatever the terminal width.
 """
 
 from __future__ import annotations
@@ -35,7 +41,7 @@ from rich.progress import (
 )
 
 from dreamgen_async import __version__
-from dreamgen_async.errors import DreamgenError, UIWorkflowError, WorkflowError
+from dreamgen_async.errors import ConfigError, DreamgenError, UIWorkflowError, WorkflowError
 from dreamgen_async.generator import (
     BatchProgress,
     DreamGenerator,
@@ -48,7 +54,7 @@ from dreamgen_async.generator import (
 )
 from dreamgen_async.protocol import Event, Executing
 from dreamgen_async.protocol import Progress as StepProgress
-from dreamgen_async.workflow_builder import FluxWorkflowBuilder, Workflow
+from dreamgen_async.workflow_builder import FluxWorkflowBuilder, Workflow, parse_set_assignment
 from dreamgen_async.workflow_io import builder_from_server, load_workflow_from_server, server_models
 from dreamgen_async.workflows import PRESETS, PresetName
 
@@ -56,6 +62,7 @@ __all__ = ["main"]
 
 DEFAULT_SERVER = "http://127.0.0.1:8188"
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+OUTPUT_FILE_SUFFIXES = IMAGE_SUFFIXES | {".mp4", ".webm", ".flac", ".mp3", ".wav", ".txt"}
 F = TypeVar("F", bound=Callable[..., Any])
 
 log = logging.getLogger("dreamgen_async.cli")
@@ -71,41 +78,85 @@ class Options:
     debug: bool
 
 
-def common_options(func: F) -> F:
-    """Options every job command takes."""
-    decorators = [
-        click.option(
-            "--server",
-            envvar="DREAMGEN_SERVER",
-            default=DEFAULT_SERVER,
-            show_default=True,
-            help="ComfyUI URL (env DREAMGEN_SERVER). A token is read from DREAMGEN_TOKEN.",
-        ),
-        click.option("--concurrency", "-j", default=8, show_default=True, type=click.IntRange(1)),
-        click.option("--timeout", type=float, default=None, help="Seconds per job."),
-        click.option("--json", "json_lines", is_flag=True, help="One JSON line per result."),
-        click.option("--quiet", "-q", is_flag=True, help="Print only errors."),
-        click.option("--debug", is_flag=True, help="Tracebacks and debug logging."),
-    ]
+def _apply(func: F, decorators: Sequence[Callable[[F], F]]) -> F:
     for decorator in reversed(decorators):
         func = decorator(func)
     return func
 
 
+def server_option(func: F) -> F:
+    """``--server`` (commands that talk to a server)."""
+    return click.option(
+        "--server",
+        envvar="DREAMGEN_SERVER",
+        default=DEFAULT_SERVER,
+        show_default=True,
+        help="ComfyUI URL (env DREAMGEN_SERVER). A token is read from DREAMGEN_TOKEN.",
+    )(func)
+
+
+def json_option(func: F) -> F:
+    return click.option(
+        "--json", "json_lines", is_flag=True, help="JSON lines on stdout instead of text."
+    )(func)
+
+
+def debug_option(func: F) -> F:
+    return click.option("--debug", is_flag=True, help="Tracebacks and debug logging.")(func)
+
+
+def job_options(func: F) -> F:
+    """Options of every command that runs jobs (not ``--server``: the demo has its own)."""
+    return _apply(
+        func,
+        [
+            click.option(
+                "--concurrency",
+                "-j",
+                default=8,
+                show_default=True,
+                type=click.IntRange(1),
+                help="Jobs at a time.",
+            ),
+            click.option(
+                "--timeout",
+                type=click.FloatRange(0, min_open=True),
+                default=None,
+                help="Seconds per job (then it is removed from the server and fails).",
+            ),
+            json_option,
+            click.option(
+                "--quiet", "-q", is_flag=True, help="No line per successful job; only problems."
+            ),
+            debug_option,
+        ],
+    )
+
+
+def common_options(func: F) -> F:
+    """Options every job command that talks to a server takes."""
+    return _apply(func, [server_option, job_options])
+
+
 def options_from(kwargs: dict[str, Any]) -> Options:
     opts = Options(
-        server=kwargs.pop("server"),
-        concurrency=kwargs.pop("concurrency"),
-        timeout=kwargs.pop("timeout"),
-        json=kwargs.pop("json_lines"),
-        quiet=kwargs.pop("quiet"),
-        debug=kwargs.pop("debug"),
+        server=kwargs.pop("server", DEFAULT_SERVER),
+        concurrency=kwargs.pop("concurrency", 1),
+        timeout=kwargs.pop("timeout", None),
+        json=kwargs.pop("json_lines", False),
+        quiet=kwargs.pop("quiet", False),
+        debug=kwargs.pop("debug", False),
     )
     logging.basicConfig(
         level=logging.DEBUG if opts.debug else logging.ERROR,
         format="%(levelname)s %(name)s: %(message)s",
     )
     return opts
+
+
+def consoles() -> tuple[Console, Console]:
+    """(stdout, stderr) consoles that never wrap a line: one record per line in pipes."""
+    return Console(soft_wrap=True), Console(stderr=True, soft_wrap=True)
 
 
 def parse_size(text: str | None) -> tuple[int | None, int | None]:
@@ -135,13 +186,28 @@ def expand_inputs(patterns: Iterable[str]) -> list[Path]:
 # ---------------------------------------------------------------------------- running
 
 
-class Display:
-    """Live progress on a terminal; plain lines (or JSON lines) otherwise."""
+@dataclass
+class Tally:
+    """What a batch came to: the exit status follows from it."""
 
-    def __init__(self, opts: Options, labels: Sequence[str], console: Console) -> None:
+    failed: int = 0
+    partial: int = 0
+
+
+class Display:
+    """Live progress on a terminal; plain lines (or JSON lines) otherwise.
+
+    stdout carries one line per job (``ok ...`` or a JSON record); every diagnostic (job
+    errors, partial-prompt warnings, the summary) goes to stderr, so pipes see data only.
+    """
+
+    def __init__(
+        self, opts: Options, labels: Sequence[str], console: Console, errors: Console
+    ) -> None:
         self.opts = opts
         self.labels = labels
         self.console = console
+        self.errors = errors
         self.live = console.is_terminal and not opts.quiet and not opts.json
         self.progress: Progress | None = None
         self.overall: TaskID | None = None
@@ -198,6 +264,9 @@ class Display:
     def outcome(self, index: int, outcome: GenerationResult | JobFailure) -> None:
         self.finish(index)
         label = self.labels[index]
+        dropped = "" if isinstance(outcome, JobFailure) else partial_warning(outcome)
+        if dropped:
+            self.errors.print(f"warning {label}: {dropped}", highlight=False, markup=False)
         if self.opts.json:
             record: dict[str, Any] = {"input": label}
             if isinstance(outcome, JobFailure):
@@ -210,12 +279,14 @@ class Display:
                     seed=outcome.seed,
                     cached=outcome.cached,
                 )
+                if dropped:
+                    record["warning"] = dropped
             click.echo(json.dumps(record))
         elif isinstance(outcome, JobFailure):
             message = escape(f"{label}: {outcome.error}")  # errors may contain [brackets]
-            self.console.print(f"[red]error[/red] {message}", highlight=False)
+            self.errors.print(f"[red]error[/red] {message}", highlight=False)
         elif not self.opts.quiet:
-            paths = ", ".join(str(p) for p in outcome.paths)
+            paths = ", ".join(str(p) for p in outcome.paths) or "(no output files)"
             self.console.print(
                 f"ok {label} -> {paths} (seed {outcome.seed})", highlight=False, markup=False
             )
@@ -246,30 +317,59 @@ async def resolve_builder(opts: Options, choice: ModelChoice) -> FluxWorkflowBui
         )
 
 
+def partial_warning(result: GenerationResult) -> str:
+    """One line naming the outputs a partial prompt dropped, and why; "" if none were."""
+    if not result.node_errors:
+        return ""
+    dropped: list[str] = []
+    for error in result.node_errors:
+        for node_id in error.dependent_outputs or (error.node_id,):
+            node = result.workflow.get(node_id)
+            name = f"{node_id} ({node['class_type']})" if isinstance(node, dict) else node_id
+            if name not in dropped:
+                dropped.append(name)
+    reasons = "; ".join(str(e) for e in result.node_errors)
+    return f"the server dropped output node(s) {', '.join(dropped)}: {reasons}"
+
+
 async def run_requests(
     opts: Options,
     requests: Sequence[Request],
     labels: Sequence[str],
     output: Path,
     builder: FluxWorkflowBuilder | ModelChoice,
-    console: Console,
-) -> int:
-    """Run a batch with a display; return the number of failed jobs."""
+    consoles: tuple[Console, Console],
+) -> Tally:
+    """Run a batch with a display; return how many jobs failed or lost outputs."""
     token = os.environ.get("DREAMGEN_TOKEN") or None
     if isinstance(builder, ModelChoice):
         builder = await resolve_builder(opts, builder)
-    failed = 0
+    tally = Tally()
     async with DreamGenerator(
-        opts.server, output_dir=output, builder=builder, token=token, max_in_flight=64
+        opts.server,
+        output_dir=output,
+        builder=builder,
+        token=token,
+        max_in_flight=64,
+        on_partial="ignore",  # shown as a warning line per job, not a Python warning
     ) as gen:
-        with Display(opts, labels, console) as display:
+        with Display(opts, labels, *consoles) as display:
             outcomes = gen.enumerate_completed(
-                requests, opts.concurrency, True, display.event, display.batch
+                requests, opts.concurrency, True, display.event, display.batch, opts.timeout
             )
             async for index, outcome in outcomes:
-                failed += isinstance(outcome, JobFailure)
+                if isinstance(outcome, JobFailure):
+                    tally.failed += 1
+                elif outcome.node_errors:
+                    tally.partial += 1
                 display.outcome(index, outcome)
-    return failed
+    return tally
+
+
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_PARTIAL = 3
+EXIT_INTERRUPTED = 130
 
 
 def execute(opts: Options, coro_factory: Callable[[], Any]) -> None:
@@ -278,16 +378,76 @@ def execute(opts: Options, coro_factory: Callable[[], Any]) -> None:
         result = asyncio.run(coro_factory())
     except KeyboardInterrupt:
         click.echo("interrupted: pending prompts were removed from the server", err=True)
-        sys.exit(130)
+        sys.exit(EXIT_INTERRUPTED)
+    except ConfigError as exc:  # a bad --server or option value: a usage error
+        if opts.debug:
+            raise
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_USAGE)
     except DreamgenError as exc:
         if opts.debug:
             raise
         click.echo(f"error: {exc}", err=True)
-        sys.exit(1)
-    if isinstance(result, int) and result:
-        if not opts.json:
-            click.echo(f"{result} job(s) failed", err=True)
-        sys.exit(1)
+        sys.exit(EXIT_FAILED)
+    if isinstance(result, Tally):
+        if result.failed:
+            click.echo(f"{result.failed} job(s) failed", err=True)
+        if result.partial:
+            click.echo(
+                f"{result.partial} job(s) ran without some of their outputs "
+                "(partial prompt, see the warnings)",
+                err=True,
+            )
+        if result.failed:
+            sys.exit(EXIT_FAILED)
+        if result.partial:
+            sys.exit(EXIT_PARTIAL)
+
+
+def check_output_dir(output: Path) -> None:
+    """``-o`` names a folder: refuse an existing file or a name that looks like one, at once."""
+    if output.exists() and not output.is_dir():
+        raise click.BadParameter(
+            f"{str(output)!r} is a file; -o/--output names a folder to write into",
+            param_hint="'-o' / '--output'",
+        )
+    if not output.exists() and output.suffix.lower() in OUTPUT_FILE_SUFFIXES:
+        raise click.BadParameter(
+            f"{str(output)!r} looks like a file name; -o/--output names a folder "
+            f"(outputs are named after the job), e.g. -o {output.with_suffix('')}",
+            param_hint="'-o' / '--output'",
+        )
+
+
+def check_input_order(inputs: Sequence[str], prompt: str, paths: Sequence[Path]) -> None:
+    """``img2img "a prompt" frames/`` (arguments swapped) is a usage error with the order."""
+    prompt_is_input = Path(prompt).exists() or bool(
+        any(ch in prompt for ch in "*?[") and glob.glob(prompt, recursive=True)
+    )
+    missing = [p for p in paths if not p.exists()]
+    if prompt_is_input and missing:
+        raise click.UsageError(
+            f"{str(missing[0])!r}: no such file, and the prompt {prompt!r} is a file or "
+            "folder: the order is `dreamgen img2img INPUTS... PROMPT` (the prompt comes last)"
+        )
+
+
+def apply_set(workflow: Workflow, assignment: str, *, set_all: bool, quiet: bool) -> None:
+    """Apply one ``--set``; a title or class naming several nodes needs ``--set-all``.
+
+    Reports on stderr how many nodes it changed.
+    """
+    selector, input_name, _ = parse_set_assignment(assignment)
+    ids = workflow.select(selector)
+    if len(ids) > 1 and not set_all:
+        named = ", ".join(f"{i} ({workflow.class_type(i)})" for i in ids)
+        raise click.UsageError(
+            f"--set {assignment!r}: {selector!r} names {len(ids)} nodes ({named}); "
+            f"set one by id (e.g. '{ids[0]}.{input_name}=...') or add --set-all to change all"
+        )
+    count = workflow.apply_assignment(assignment)
+    if not quiet:
+        click.echo(f"--set {assignment}: changed {count} node(s) ({', '.join(ids)})", err=True)
 
 
 def make_builder(
@@ -338,14 +498,16 @@ def output_option(default: str = "dreamgen-output") -> Callable[[F], F]:
 
 @cli.command()
 @click.argument("prompt")
-@click.option("--count", "-n", default=1, show_default=True, type=click.IntRange(1))
+@click.option(
+    "--count", "-n", default=1, show_default=True, type=click.IntRange(1), help="Images to make."
+)
 @click.option("--seed", type=click.IntRange(0), default=None, help="First seed (then +1 each).")
 @click.option("--size", default=None, help="WIDTHxHEIGHT, e.g. 1024x768.")
-@click.option("--steps", type=click.IntRange(1), default=None)
-@click.option("--cfg", type=float, default=None)
+@click.option("--steps", type=click.IntRange(1), default=None, help="Sampler steps (preset's).")
+@click.option("--cfg", type=float, default=None, help="CFG scale (preset's by default).")
 @click.option("--ckpt", default=None, help=CKPT_HELP)
 @preset_option
-@click.option("--negative", default="")
+@click.option("--negative", default="", help="Negative prompt (ignored by Flux presets).")
 @output_option()
 @common_options
 def txt2img(prompt: str, count: int, seed: int | None, size: str | None, **kwargs: Any) -> None:
@@ -355,57 +517,106 @@ def txt2img(prompt: str, count: int, seed: int | None, size: str | None, **kwarg
     )
     opts = options_from(kwargs)
     width, height = parse_size(size)
+    check_output_dir(output)
     builder = make_builder(ckpt, steps, cfg, preset)
+    try:  # every argument checked once, before any job: a bad size is a usage error
+        FluxWorkflowBuilder().build_txt2img(prompt, negative, width, height, seed=seed)
+    except WorkflowError as exc:
+        if exc.input_name in ("width", "height"):
+            raise click.BadParameter(str(exc), param_hint="'--size'") from exc
+        raise click.UsageError(str(exc)) from exc
     requests = [
         Txt2ImgRequest(prompt, negative, None if seed is None else seed + i, width, height)
         for i in range(count)
     ]
     labels = [f"#{i + 1}" for i in range(count)]
-    execute(opts, lambda: run_requests(opts, requests, labels, output, builder, Console()))
+    execute(opts, lambda: run_requests(opts, requests, labels, output, builder, consoles()))
 
 
 @cli.command()
 @click.argument("inputs", nargs=-1, required=True)
 @click.argument("prompt")
-@click.option("--denoise", type=click.FloatRange(0, 1, min_open=True), default=0.75)
-@click.option("--seed", type=click.IntRange(0), default=None)
-@click.option("--steps", type=click.IntRange(1), default=None)
-@click.option("--cfg", type=float, default=None)
+@click.option(
+    "--denoise",
+    type=click.FloatRange(0, 1, min_open=True),
+    default=0.75,
+    show_default=True,
+    help="How much of each input to change (0-1].",
+)
+@click.option(
+    "--max-side",
+    type=click.IntRange(16),
+    default=None,
+    help="Downscale inputs whose longer side is over this many pixels (aspect kept).",
+)
+@click.option("--seed", type=click.IntRange(0), default=None, help="Seed (random by default).")
+@click.option("--steps", type=click.IntRange(1), default=None, help="Sampler steps (preset's).")
+@click.option("--cfg", type=float, default=None, help="CFG scale (preset's by default).")
 @click.option("--ckpt", default=None, help=CKPT_HELP)
 @preset_option
-@click.option("--negative", default="")
+@click.option("--negative", default="", help="Negative prompt (ignored by Flux presets).")
 @output_option()
 @common_options
 def img2img(inputs: tuple[str, ...], prompt: str, **kwargs: Any) -> None:
     """Transform each INPUT (files, folders or globs) with PROMPT; outputs named after inputs."""
-    denoise, seed, steps, cfg, ckpt, preset, negative, output = (
+    denoise, seed, steps, cfg, ckpt, preset, negative, output, max_side = (
         kwargs.pop(k)
-        for k in ("denoise", "seed", "steps", "cfg", "ckpt", "preset", "negative", "output")
+        for k in (
+            "denoise",
+            "seed",
+            "steps",
+            "cfg",
+            "ckpt",
+            "preset",
+            "negative",
+            "output",
+            "max_side",
+        )
     )
     opts = options_from(kwargs)
     paths = expand_inputs(inputs)
     if not paths:
         raise click.UsageError(f"no images found in {' '.join(inputs)}")
+    check_input_order(inputs, prompt, paths)
+    check_output_dir(output)
     builder = make_builder(ckpt, steps, cfg, preset)
     requests = [
-        Img2ImgRequest(path, prompt, denoise, negative, seed, name=path.stem) for path in paths
+        Img2ImgRequest(path, prompt, denoise, negative, seed, name=path.stem, max_side=max_side)
+        for path in paths
     ]
     labels = [str(p) for p in paths]
-    execute(opts, lambda: run_requests(opts, requests, labels, output, builder, Console()))
+    execute(opts, lambda: run_requests(opts, requests, labels, output, builder, consoles()))
 
 
 @cli.command()
 @click.argument("workflow_file", type=click.Path(dir_okay=False, path_type=Path))
 @click.option(
-    "--set", "assignments", multiple=True, help="node.input=value (node: id, title or class)."
+    "--set",
+    "assignments",
+    multiple=True,
+    help="node.input=value (node: id, title or class type); repeatable.",
+)
+@click.option(
+    "--set-all",
+    is_flag=True,
+    help="Let a --set title or class that names several nodes change them all.",
 )
 @output_option()
 @common_options
-def run(workflow_file: Path, assignments: tuple[str, ...], **kwargs: Any) -> None:
+def run(workflow_file: Path, assignments: tuple[str, ...], set_all: bool, **kwargs: Any) -> None:
     """Run your own WORKFLOW_FILE: the file ComfyUI saves (UI format, converted with the
     server's node definitions) or an API-format export."""
     output = kwargs.pop("output")
     opts = options_from(kwargs)
+    check_output_dir(output)
+
+    def apply(loaded: Workflow) -> None:
+        try:
+            for assignment in assignments:
+                apply_set(loaded, assignment, set_all=set_all, quiet=opts.quiet)
+        except DreamgenError as exc:
+            raise click.UsageError(str(exc)) from exc
+
     workflow: Workflow | None = None
     try:
         workflow = Workflow.load(workflow_file)
@@ -413,8 +624,10 @@ def run(workflow_file: Path, assignments: tuple[str, ...], **kwargs: Any) -> Non
         workflow = None  # UI format: converted below, with the server's node definitions
     except DreamgenError as exc:
         raise click.UsageError(str(exc)) from exc
+    if workflow is not None:
+        apply(workflow)  # before any job: a bad --set is a usage error
 
-    async def go() -> int:
+    async def go() -> Tally:
         loaded = workflow
         if loaded is None:
             from dreamgen_async.comfyui_api import ComfyUIClient
@@ -422,20 +635,18 @@ def run(workflow_file: Path, assignments: tuple[str, ...], **kwargs: Any) -> Non
             token = os.environ.get("DREAMGEN_TOKEN") or None
             async with ComfyUIClient(opts.server, token=token) as client:
                 loaded = await load_workflow_from_server(workflow_file, client)
-        try:
-            for assignment in assignments:
-                loaded.apply_assignment(assignment)
-        except WorkflowError as exc:
-            raise click.UsageError(str(exc)) from exc
+            apply(loaded)
         requests = [WorkflowRequest(loaded, name=workflow_file.stem)]
         builder = FluxWorkflowBuilder()
-        return await run_requests(opts, requests, [str(workflow_file)], output, builder, Console())
+        return await run_requests(opts, requests, [str(workflow_file)], output, builder, consoles())
 
     execute(opts, go)
 
 
 @cli.command()
-@common_options
+@server_option
+@json_option
+@debug_option
 def status(**kwargs: Any) -> None:
     """Is the server reachable? Its version, devices, queue and model files."""
     opts = options_from(kwargs)
@@ -476,8 +687,14 @@ def status(**kwargs: Any) -> None:
 
 
 @cli.command()
-@click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=8188, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option(
+    "--port",
+    default=8188,
+    show_default=True,
+    type=click.IntRange(0, 65535),
+    help="Port (0: a free one).",
+)
 @click.option("--step-time", default=0.0, show_default=True, help="Seconds per sampler step.")
 @click.option("--node-time", default=0.0, show_default=True, help="Seconds per node.")
 @click.option("--root", type=click.Path(path_type=Path), default=None, help="Files folder.")
@@ -497,15 +714,17 @@ def sim(host: str, port: int, step_time: float, node_time: float, root: Path | N
 
 
 @cli.command()
-@click.option("--count", "-n", default=8, show_default=True, type=click.IntRange(1))
+@click.option(
+    "--count", "-n", default=8, show_default=True, type=click.IntRange(1), help="Images to make."
+)
 @click.option("--step-time", default=0.02, show_default=True, help="Simulated seconds per step.")
 @output_option("dreamgen-demo")
-@common_options
+@job_options
 def demo(count: int, step_time: float, output: Path, **kwargs: Any) -> None:
     """Start the simulator in-process and img2img COUNT sample images (no GPU needed)."""
     opts = options_from(kwargs)
 
-    async def go() -> int:
+    async def go() -> Tally:
         from dreamgen_async.samples import write_samples
         from dreamgen_async.testing import ComfyUISimulator, SimulatorConfig
 
@@ -519,21 +738,22 @@ def demo(count: int, step_time: float, output: Path, **kwargs: Any) -> None:
                     for i, p in enumerate(inputs)
                 ]
                 started = time.perf_counter()
-                failed = await run_requests(
+                tally = await run_requests(
                     demo_opts,
                     requests,
                     [p.name for p in inputs],
                     output,
                     FluxWorkflowBuilder(),
-                    Console(),
+                    consoles(),
                 )
                 elapsed = time.perf_counter() - started
-        if not opts.quiet and not opts.json:
+        if not opts.quiet:
             click.echo(
-                f"wrote {count - failed} images to {output}/ in {elapsed:.2f} s "
-                f"(simulated ComfyUI at {server.url}, {opts.concurrency} at a time)"
+                f"wrote {count - tally.failed} images to {output}/ in {elapsed:.2f} s "
+                f"(simulated ComfyUI at {server.url}, {opts.concurrency} at a time)",
+                err=True,
             )
-        return failed
+        return tally
 
     execute(opts, go)
 

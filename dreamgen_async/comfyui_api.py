@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import codecs
 import collections
 import functools
 import heapq
+import io
 import itertools
 import json
 import logging
@@ -26,7 +28,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Literal, TypeVar
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit
 
 import aiohttp
 from tenacity import (
@@ -41,6 +43,7 @@ from tenacity import (
 from dreamgen_async import lifecycle as lc
 from dreamgen_async.errors import (
     ClientClosedError,
+    ConfigError,
     DreamgenError,
     NotComfyUIError,
     PartialPromptWarning,
@@ -57,12 +60,17 @@ from dreamgen_async.lifecycle import JobState
 from dreamgen_async.multiplexer import Multiplexer, ReconnectPolicy
 from dreamgen_async.outcomes import error_from_history
 from dreamgen_async.protocol import (
+    IMAGE_SUFFIX_FORMATS,
     HistoryRecord,
     ImageRef,
+    OutputData,
+    OutputFile,
     QueueState,
+    json_steps,
     parse_history,
     parse_node_errors,
     parse_queue,
+    verify_output,
 )
 from dreamgen_async.transport_errors import (
     RETRY_STATUSES,
@@ -71,6 +79,7 @@ from dreamgen_async.transport_errors import (
     mapped_errors,
     may_have_been_processed,
 )
+from dreamgen_async.workflow_builder import BuiltWorkflow, Graph, Workflow, as_api_graph
 
 __all__ = ["ComfyUIClient", "RetryPolicy", "UploadedImage"]
 
@@ -79,6 +88,8 @@ log = logging.getLogger("dreamgen_async")
 PartialPolicy = Literal["warn", "error", "ignore"]
 LostPolicy = Literal["resubmit", "fail"]
 ImageSource = bytes | str | Path | IO[bytes]
+#: What every entry point accepts as a workflow (see :func:`as_api_graph`).
+WorkflowLike = Workflow | BuiltWorkflow | Graph | Mapping[str, Any]
 
 T = TypeVar("T")
 
@@ -124,14 +135,54 @@ class _AlreadyQueued(Exception):
     """Internal: a re-sent ``POST /prompt`` found the prompt already on the server."""
 
 
+#: Bodies larger than this are decoded in steps (JSON) or hashed in a worker thread. json.loads
+#: runs at ~30-500 MB/s, so 256 KB cost the event loop at most ~8 ms in one go.
+BIG_BODY = 256 * 1024
+_UNSET: Any = object()
+
+
 @dataclass(frozen=True, slots=True)
 class _Response:
     status: int
     content_type: str
     body: bytes
+    decoded: Any = _UNSET  # the JSON body, parsed off the loop when it was large
 
     def text(self) -> str:
-        return self.body.decode("utf-8", "replace")
+        """The start of the body as text (enough for any message; never the whole of a
+        huge body, which would be decoded on the event loop)."""
+        return self.body[:16384].decode("utf-8", "replace")
+
+
+async def _decode_json(body: bytes) -> Any:
+    """``json.loads`` of a large body in steps, the event loop running between them.
+
+    A worker thread would not help: ``json.loads`` holds the GIL from start to end (a
+    54 MB answer blocked the loop ~0.5 s). Returns (not raises) a decoding error.
+    """
+    try:
+        decoder = codecs.getincrementaldecoder(json.detect_encoding(body))("surrogatepass")
+        parts = []
+        for start in range(0, len(body), 1 << 21):
+            parts.append(decoder.decode(body[start : start + (1 << 21)]))
+            await asyncio.sleep(0)
+        parts.append(decoder.decode(b"", final=True))
+        steps = json_steps("".join(parts))
+        while True:
+            try:
+                next(steps)
+            except StopIteration as done:
+                return done.value
+            await asyncio.sleep(0)
+    except (ValueError, RecursionError) as exc:
+        return exc
+
+
+async def _response(status: int, content_type: str, body: bytes) -> _Response:
+    """A response whose large JSON body is already decoded, without blocking the loop."""
+    if len(body) > BIG_BODY and "json" in content_type:
+        return _Response(status, content_type, body, await _decode_json(body))
+    return _Response(status, content_type, body)
 
 
 def _retry_after(value: str | None) -> float | None:
@@ -143,27 +194,73 @@ def _retry_after(value: str | None) -> float | None:
         return None
 
 
-def _strip_credentials(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.username is None and parts.password is None:
+def _split_userinfo(url: str) -> tuple[str, str | None, str | None]:
+    """``(url without credentials, user, password)``; parsed by hand, not by urlsplit.
+
+    A password may hold an unescaped ``/``, ``#``, ``?`` or ``@``, which make urlsplit cut
+    the authority early and leave the secret in "path" or "fragment". The userinfo is
+    everything between ``://`` and the *last* ``@``.
+    """
+    scheme, sep, rest = url.partition("://")
+    at = rest.rfind("@")
+    if not sep or at < 0:
+        return url, None, None
+    user, colon, password = rest[:at].partition(":")
+    return f"{scheme}://{rest[at + 1 :]}", unquote(user), unquote(password) if colon else None
+
+
+def redact_url(url: str) -> str:
+    """``url`` with any password replaced by ``***`` (for messages about a bad URL)."""
+    head, sep, rest = url.partition("://")
+    if not sep:
+        head, rest = "", url
+    at = rest.rfind("@")
+    if at < 0:
         return url
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    return urlunsplit(parts._replace(netloc=host))
+    user = rest[:at].partition(":")[0]
+    return f"{head}{sep}{user}:***@{rest[at + 1 :]}"
+
+
+def _check_base_url(base_url: str) -> tuple[str, str | None, str | None]:
+    """Validate ``base_url``; return it without credentials, plus the user and password.
+
+    Raises:
+        ConfigError: no ``http(s)://`` scheme, no host, or a bad port. The message never
+            contains the password.
+    """
+    shown = redact_url(base_url)
+    url, user, password = _split_userinfo(base_url.strip().rstrip("/"))
+    if "://" not in url:
+        raise ConfigError(
+            f"base_url needs a scheme: write 'http://{redact_url(base_url.strip())}' "
+            f"instead of {shown!r}"
+        )
+    try:
+        parts = urlsplit(url)
+        port_ok = parts.port is None or parts.port > 0
+    except ValueError as exc:  # a port that is not a number or out of range
+        raise ConfigError(f"base_url {shown!r} is not a valid URL: {exc}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname or not port_ok:
+        raise ConfigError(f"base_url must be http(s)://host[:port], got {shown!r}")
+    return url, user, password
 
 
 def history_input(prompt_id: str, record: HistoryRecord) -> lc.Outcome:
     """A job's lifecycle input for its ``/history`` record."""
     return lc.Outcome(
-        error_from_history(prompt_id, record), record.outputs, interrupted=record.interrupted
+        error_from_history(prompt_id, record),
+        record.outputs,
+        files=record.files,
+        interrupted=record.interrupted,
     )
 
 
 def outcome_from_history(prompt_id: str, record: HistoryRecord) -> PromptResult | DreamgenError:
     """The result (or error) a ``/history`` record stands for, outside any job."""
     error = error_from_history(prompt_id, record)
-    return error if error is not None else PromptResult(prompt_id, dict(record.outputs))
+    if error is not None:
+        return error
+    return PromptResult(prompt_id, dict(record.outputs), files=record.files)
 
 
 def _terminal(state: JobState) -> bool:
@@ -237,18 +334,18 @@ class ComfyUIClient:
         max_download: int = 512 * 1024 * 1024,
     ) -> None:
         if max_in_flight < 1:
-            raise ValueError("max_in_flight must be at least 1")
-        parts = urlsplit(base_url.rstrip("/"))
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"base_url must be http(s)://host[:port], got {base_url!r}")
-        if parts.username is not None and auth is None:
-            auth = (unquote(parts.username), unquote(parts.password or ""))
-        self.base_url = _strip_credentials(base_url.rstrip("/"))
+            raise ConfigError(f"max_in_flight must be at least 1, got {max_in_flight}")
+        if not isinstance(base_url, str):
+            raise ConfigError(f"base_url must be a string, got {type(base_url).__name__}")
+        url, user, password = _check_base_url(base_url)
+        if user is not None and auth is None:
+            auth = (user, password or "")
+        self.base_url = url
         self.safe_url = self.base_url
         self.client_id = client_id or str(uuid.uuid4())
         self._headers: dict[str, str] = dict(headers or {})
         if any(k.lower() == "origin" for k in self._headers):
-            raise ValueError("do not send an Origin header: ComfyUI answers 403 to it")
+            raise ConfigError("do not send an Origin header: ComfyUI answers 403 to it")
         if token is not None:
             self._headers["Authorization"] = f"Bearer {token}"
         elif auth is not None:
@@ -436,7 +533,7 @@ class ComfyUIClient:
 
     async def submit(
         self,
-        workflow: Mapping[str, Any],
+        workflow: WorkflowLike,
         *,
         front: bool = False,
         extra_data: Mapping[str, Any] | None = None,
@@ -459,6 +556,7 @@ class ComfyUIClient:
             ConnectError, TransportError, ServerError: the server could not be used.
             ClientClosedError: the client is not open, or was closed meanwhile.
         """
+        workflow = as_api_graph(workflow)  # Workflow, BuiltWorkflow, mapping; never UI format
         self._check_open()
         self._mux.ensure_running()
         job = Job(
@@ -502,7 +600,7 @@ class ComfyUIClient:
 
     async def queue_prompt(
         self,
-        workflow: Mapping[str, Any],
+        workflow: WorkflowLike,
         *,
         front: bool = False,
         extra_data: Mapping[str, Any] | None = None,
@@ -514,7 +612,7 @@ class ComfyUIClient:
 
     async def run(
         self,
-        workflow: Mapping[str, Any],
+        workflow: WorkflowLike,
         *,
         timeout: float | None = None,
         on_progress: ProgressCallback | None = None,
@@ -645,7 +743,7 @@ class ComfyUIClient:
         elif kind == "resync":
             self._mux.force_reconnect()
         elif kind == "resolve":
-            job._resolve(effect.outputs)  # type: ignore[arg-type]
+            job._resolve(effect.outputs, effect.files)  # type: ignore[arg-type]
             self._remember(job)
         elif kind == "fail":
             assert effect.error is not None
@@ -899,15 +997,54 @@ class ComfyUIClient:
     # ------------------------------------------------------------------ outputs
 
     async def get_output_images(self, result: PromptResult | str) -> list[OutputImage]:
-        """Download every output image of a finished prompt (saved images first)."""
+        """Download every output image of a finished prompt (saved images first).
+
+        Raises:
+            OutputContentError: a file named as an image holds something else.
+        """
         if isinstance(result, str):
             result = await self.wait_for_completion(result)
         images = []
         for node_id, refs in result.outputs.items():
             for ref in refs:
-                images.append(OutputImage(node_id, ref, await self.download(ref)))
+                data = await self.download(ref)
+                if Path(ref.filename).suffix.lower() in IMAGE_SUFFIX_FORMATS:
+                    verify_output(OutputFile(node_id, "image", ref), data)
+                images.append(OutputImage(node_id, ref, data))
         images.sort(key=lambda img: img.ref.type != "output")
         return images
+
+    async def get_outputs(
+        self, result: PromptResult | str, *, previews: bool = True
+    ) -> list[OutputData]:
+        """Every output of a finished prompt, of every kind, with its content.
+
+        Files (images, animated images, videos, audio, 3D...) are downloaded; a text output
+        is its UTF-8. Saved outputs come first, then previews (``previews=False`` skips
+        those). Image bytes are checked against their format (magic bytes).
+
+        Raises:
+            OutputContentError: an image output holds something else (nothing is returned).
+            ServerError: a file could not be downloaded.
+        """
+        if isinstance(result, str):
+            result = await self.wait_for_completion(result)
+        files = result.files or tuple(
+            OutputFile(node_id, "image", ref)
+            for node_id, refs in result.outputs.items()
+            for ref in refs
+        )
+        outputs = []
+        for file in sorted(files, key=lambda f: not f.saved):
+            if not file.saved and not previews:
+                continue
+            if file.ref is None:
+                outputs.append(OutputData(file, (file.text or "").encode()))
+                continue
+            data = await self.download(file.ref)
+            verify_output(file, data)
+            outputs.append(OutputData(file, data))
+        return outputs
 
     async def download(self, image: ImageRef) -> bytes:
         """``GET /view`` one image. Raises ServerError(404) if the server has no such file."""
@@ -950,11 +1087,13 @@ class ComfyUIClient:
         else:
             data = await asyncio.to_thread(image.read)
         if not name:
-            raise ValueError("upload_image needs a name when given bytes or a file object")
+            raise ConfigError("upload_image needs a name when given bytes or a file object")
 
         def form() -> aiohttp.FormData:
             fd = aiohttp.FormData()
-            fd.add_field("image", data, filename=name, content_type="application/octet-stream")
+            # A file object, not bytes: aiohttp then streams it in chunks off the loop.
+            body = io.BytesIO(data)
+            fd.add_field("image", body, filename=name, content_type="application/octet-stream")
             fd.add_field("type", type)
             fd.add_field("subfolder", subfolder)
             fd.add_field("overwrite", "true" if overwrite else "false")
@@ -1036,8 +1175,12 @@ class ComfyUIClient:
                 )
             raise self._status_error(response, path)
         try:
-            data = json.loads(response.body)
-        except ValueError as exc:
+            data = response.decoded
+            if data is _UNSET:
+                data = json.loads(response.body)
+            elif isinstance(data, Exception):
+                raise data
+        except (ValueError, RecursionError) as exc:
             raise NotComfyUIError(
                 f"{path} answered something that is not JSON",
                 status=response.status,
@@ -1178,7 +1321,7 @@ class ComfyUIClient:
                         url=path,
                     )
                 if resp.content_length is not None:  # announced, and within the bound
-                    return _Response(resp.status, resp.content_type, await resp.read())
+                    return await _response(resp.status, resp.content_type, await resp.read())
                 chunks = []
                 size = 0
                 async for chunk in resp.content.iter_chunked(1 << 20):
@@ -1190,7 +1333,7 @@ class ComfyUIClient:
                             url=path,
                         )
                     chunks.append(chunk)
-                return _Response(resp.status, resp.content_type, b"".join(chunks))
+                return await _response(resp.status, resp.content_type, b"".join(chunks))
 
     async def _ws_connect(self) -> aiohttp.ClientWebSocketResponse:
         """Open the WebSocket and send the feature-flags hello (translated errors).

@@ -5,6 +5,7 @@ tenacity exception escapes to callers (they are translated at one boundary, with
 original kept as ``__cause__``)::
 
     DreamgenError
+    ├── ConfigError                   a bad constructor or option value (also a ValueError)
     ├── WorkflowError                 bad graph or builder argument (raised before any I/O)
     │   └── UIWorkflowError           a UI-format export was given where API format is needed
     ├── InputImageError               an input image is missing, empty, not an image, too large
@@ -18,13 +19,14 @@ original kept as ``__cause__``)::
     │   ├── AuthenticationError       401/403: the token or password was refused
     │   ├── NotComfyUIError           the server answered, but is not ComfyUI (HTML, 404 on /prompt)
     │   └── ResponseTooLargeError     an HTTP body over the configured bound
-    └── PromptError                   anything about one prompt: carries .prompt_id
-        ├── PromptRejected            400 from POST /prompt (.error_type, .node_errors)
-        ├── PartialPromptWarningError 200 with non-empty node_errors, when policy is "error"
-        ├── ExecutionError            execution_error from the server (.node_id, .node_type, ...)
-        ├── ExecutionInterrupted      the prompt was interrupted (by us or someone else)
-        ├── PromptLost                the server forgot the prompt (restart) and policy says fail
-        └── PromptTimeout             waiting took too long (also a builtin TimeoutError)
+    ├── PromptError                   anything about one prompt: carries .prompt_id
+    │   ├── PromptRejected            400 from POST /prompt (.error_type, .node_errors)
+    │   ├── PartialPromptWarningError 200 with non-empty node_errors, when policy is "error"
+    │   ├── ExecutionError            execution_error from the server (.node_id, .node_type, ...)
+    │   ├── ExecutionInterrupted      the prompt was interrupted (by us or someone else)
+    │   ├── PromptLost                the server forgot the prompt (restart) and policy says fail
+    │   └── PromptTimeout             waiting took too long (also a builtin TimeoutError)
+    └── OutputContentError            a downloaded output is not what it claims (magic bytes)
 
 Which of these are worth a retry is decided in one place,
 :func:`dreamgen_async.transport_errors.classify`: authentication refusals, "not ComfyUI", TLS
@@ -48,6 +50,7 @@ from typing import Any
 __all__ = [
     "AuthenticationError",
     "ClientClosedError",
+    "ConfigError",
     "ConnectError",
     "ConnectionLostError",
     "DreamgenError",
@@ -56,6 +59,7 @@ __all__ = [
     "InputImageError",
     "NodeError",
     "NotComfyUIError",
+    "OutputContentError",
     "PartialPromptWarning",
     "PartialPromptWarningError",
     "PromptError",
@@ -74,6 +78,13 @@ __all__ = [
 
 class DreamgenError(Exception):
     """Root of every exception raised by dreamgen_async."""
+
+
+class ConfigError(DreamgenError, ValueError):
+    """A constructor argument or option is invalid (a URL without a scheme, a bad limit).
+
+    Raised at once, before any network call; the message says what to write instead.
+    """
 
 
 class WorkflowError(DreamgenError, ValueError):
@@ -184,6 +195,24 @@ class ResponseTooLargeError(ServerError):
     """
 
 
+class OutputContentError(DreamgenError):
+    """A downloaded output's bytes do not match its kind (an "image" that is not one).
+
+    Nothing is written when this is raised.
+
+    Attributes:
+        filename: The server's file name.
+        expected: What the name or kind promised (``"png"``, ``"image"``).
+        detected: What the magic bytes say (``None``: no known image format).
+    """
+
+    def __init__(self, message: str, *, filename: str, expected: str, detected: str | None) -> None:
+        super().__init__(message)
+        self.filename = filename
+        self.expected = expected
+        self.detected = detected
+
+
 class PromptError(DreamgenError):
     """An error about one prompt. ``prompt_id`` says which."""
 
@@ -204,6 +233,7 @@ class NodeError:
         details: ComfyUI's details (often the offending value).
         input_name: The input concerned, when the server said.
         extra_info: The raw ``extra_info`` mapping.
+        dependent_outputs: The output nodes that depended on this node, so were dropped.
     """
 
     node_id: str
@@ -213,6 +243,7 @@ class NodeError:
     details: str = ""
     input_name: str | None = None
     extra_info: Mapping[str, Any] = field(default_factory=dict)
+    dependent_outputs: tuple[str, ...] = ()
 
     def __str__(self) -> str:
         where = f"node {self.node_id}"

@@ -32,14 +32,33 @@ from typing import Any, TypeAlias
 
 import aiofiles
 import aiofiles.os
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from dreamgen_async.cache import ResultCache, cache_key
-from dreamgen_async.comfyui_api import ComfyUIClient
-from dreamgen_async.errors import DreamgenError, InputImageError, PromptTimeout
+from dreamgen_async.comfyui_api import BIG_BODY, ComfyUIClient
+from dreamgen_async.errors import (
+    ClientClosedError,
+    ConfigError,
+    DreamgenError,
+    InputImageError,
+    NodeError,
+    PromptTimeout,
+    WorkflowError,
+)
 from dreamgen_async.jobs import Mailbox, ProgressCallback, PromptResult
-from dreamgen_async.protocol import Event
-from dreamgen_async.workflow_builder import BuiltWorkflow, FluxWorkflowBuilder, Workflow
+from dreamgen_async.protocol import (
+    AUDIO_SUFFIXES,
+    VIDEO_SUFFIXES,
+    Event,
+    OutputFile,
+    sniff_image_format,
+)
+from dreamgen_async.workflow_builder import (
+    BuiltWorkflow,
+    FluxWorkflowBuilder,
+    Workflow,
+    as_api_graph,
+)
 
 __all__ = [
     "Batch",
@@ -59,7 +78,6 @@ log = logging.getLogger("dreamgen_async")
 ImageInput: TypeAlias = "str | os.PathLike[str] | bytes | Image.Image"
 
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
-_IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".gif"}
 _UPLOAD_SUBFOLDER = "dreamgen"
 
 
@@ -82,7 +100,12 @@ class Txt2ImgRequest:
 
 @dataclass(frozen=True, slots=True)
 class Img2ImgRequest:
-    """One image-to-image job. ``image`` is a path, bytes or a PIL image."""
+    """One image-to-image job. ``image`` is a path, bytes or a PIL image.
+
+    ``max_side``: downscale the input (aspect kept, sides a multiple of the preset's size
+    multiple) so that its longer side is at most this many pixels; smaller inputs are sent
+    as they are.
+    """
 
     image: Any
     prompt: str
@@ -92,13 +115,14 @@ class Img2ImgRequest:
     steps: int | None = None
     cfg: float | None = None
     name: str | None = None
+    max_side: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class WorkflowRequest:
     """A user's own API-format workflow, run as it is."""
 
-    workflow: Workflow | Mapping[str, Any]
+    workflow: Workflow | BuiltWorkflow | Mapping[str, Any]
     name: str | None = None
 
 
@@ -124,13 +148,17 @@ class GenerationResult:
     """A finished job: the files written, and how they were made.
 
     Attributes:
-        paths: The images written into ``output_dir``.
+        paths: The outputs written into ``output_dir``, each kind with its own suffix
+            (images by their content: ``.png``, ``.jpg``, ``.webp``...; videos ``.webm``/
+            ``.mp4``; audio; text values as ``.txt``).
         prompt_id: The server's prompt id (``None`` for a cache hit).
         seed: The seed used (drawn at random when the request had none).
         workflow: The API-format graph that was (or would have been) sent.
         request: The request this answers.
         cached: Whether the images came from the result cache (no server work).
         timings: When it was submitted, queued, started, finished and downloaded.
+        node_errors: Nodes the server refused while running the rest (a partial prompt:
+            200 with ``node_errors``); their ``dependent_outputs`` produced nothing.
     """
 
     paths: tuple[Path, ...]
@@ -140,10 +168,11 @@ class GenerationResult:
     request: Request = field(repr=False)
     cached: bool = False
     timings: Timings = field(default_factory=lambda: Timings(time.time()))
+    node_errors: tuple[NodeError, ...] = ()
 
     @property
     def path(self) -> Path:
-        """The first image written."""
+        """The first output written."""
         return self.paths[0]
 
 
@@ -281,15 +310,99 @@ def _verify_image(data: bytes, source: str, max_pixels: int) -> str:
                 fmt = (img.format or "PNG").lower()
                 img.verify()
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise InputImageError(f"{source}: image is too large ({exc})", source=source) from exc
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise InputImageError(f"{source}: not a readable image ({exc})", source=source) from exc
+        raise InputImageError(
+            f"{source}: the image is too large for Pillow to open safely ({exc}); "
+            f"downscale it (max_input_pixels is {max_pixels})",
+            source=source,
+        ) from exc
+    except UnidentifiedImageError as exc:
+        raise InputImageError(
+            f"{source}: not a readable image (not PNG, JPEG, WEBP or another known format)",
+            source=source,
+        ) from exc
+    except (OSError, SyntaxError, ValueError) as exc:
+        detail = re.sub(r"<_io\.BytesIO object at 0x[0-9a-fA-F]+>", "the data", str(exc))
+        raise InputImageError(
+            f"{source}: not a readable image (it looks damaged: {detail})", source=source
+        ) from exc
     if width * height > max_pixels:
         raise InputImageError(
-            f"{source}: image is {width}x{height}, over the limit of {max_pixels} pixels",
+            f"{source}: image is {width}x{height} = {width * height} pixels, over "
+            f"max_input_pixels={max_pixels}; pass max_side= to downscale it, or raise "
+            "DreamGenerator(max_input_pixels=...)",
             source=source,
         )
     return {"jpeg": ".jpg"}.get(fmt, f".{fmt}")
+
+
+_FORMAT_SUFFIXES = {"jpeg": ".jpg", "tiff": ".tif"}
+_DEFAULT_SUFFIXES = {"video": ".mp4", "audio": ".flac", "text": ".txt", "other": ".bin"}
+
+
+def output_suffix(file: OutputFile, data: bytes) -> str:
+    """The suffix we write an output under: images by their magic bytes, other kinds by
+    the server's suffix when it is a known one for the kind, else a default per kind."""
+    if file.kind in ("image", "animated"):
+        fmt = sniff_image_format(data) or "png"
+        return _FORMAT_SUFFIXES.get(fmt, f".{fmt}")
+    if file.kind == "text":
+        return ".txt"
+    suffix = PurePosixPath(file.filename).suffix.lower()
+    known = {"video": VIDEO_SUFFIXES, "audio": AUDIO_SUFFIXES}.get(file.kind)
+    if (known is not None and suffix in known) or (
+        file.kind == "other" and re.fullmatch(r"\.[a-z0-9]{1,8}", suffix)
+    ):
+        return suffix
+    return _DEFAULT_SUFFIXES[file.kind]
+
+
+async def _sha256(data: bytes) -> str:
+    """The hex digest; in a worker thread for large data (10 MB take ~10 ms to hash)."""
+    if len(data) > BIG_BODY:
+        return await asyncio.to_thread(lambda: hashlib.sha256(data).hexdigest())
+    return hashlib.sha256(data).hexdigest()
+
+
+def fit_within(width: int, height: int, max_side: int, multiple: int = 8) -> tuple[int, int]:
+    """The size to downscale ``width`` x ``height`` to so that its longer side is at most
+    ``max_side``: aspect kept, both sides a multiple of ``multiple``. Unchanged if it fits."""
+    if max(width, height) <= max_side:
+        return width, height
+    scale = max_side / max(width, height)
+    limit = max(multiple, max_side // multiple * multiple)
+
+    def side(value: int) -> int:
+        return min(limit, max(multiple, round(value * scale / multiple) * multiple))
+
+    return side(width), side(height)
+
+
+def _downscale(data: bytes, source: str, max_side: int, multiple: int) -> bytes:
+    """Runs in a worker thread: ``data`` re-encoded as PNG within ``max_side`` (EXIF
+    orientation applied first, as ComfyUI's LoadImage does), or ``data`` if it fits."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as img:
+                size = fit_within(img.width, img.height, max_side, multiple)
+                if size == img.size:
+                    return data
+                upright = ImageOps.exif_transpose(img)
+                size = fit_within(upright.width, upright.height, max_side, multiple)
+                mode = "RGBA" if "A" in upright.getbands() else "RGB"
+                resized = upright.convert(mode).resize(size, Image.Resampling.LANCZOS)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise InputImageError(
+            f"{source}: the image is too large for Pillow to open safely ({exc})", source=source
+        ) from exc
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise InputImageError(
+            f"{source}: not a readable image (not PNG, JPEG, WEBP or another known format)",
+            source=source,
+        ) from exc
+    buffer = io.BytesIO()
+    resized.save(buffer, format="PNG", compress_level=4)
+    return buffer.getvalue()
 
 
 def _encode_pil(image: Image.Image) -> bytes:
@@ -356,6 +469,13 @@ class DreamGenerator:
         if self._owns_client:
             await self.client.aclose()
 
+    def _check_entered(self) -> None:
+        if self._owns_client and self.client._state == "unopened":
+            raise ClientClosedError(
+                "the generator is not open: use `async with DreamGenerator(...) as gen:` "
+                "(or `await gen.__aenter__()`)"
+            )
+
     # ------------------------------------------------------------------ single jobs
 
     async def generate_from_prompt(
@@ -392,24 +512,27 @@ class DreamGenerator:
         steps: int | None = None,
         cfg: float | None = None,
         name: str | None = None,
+        max_side: int | None = None,
         timeout: float | None = None,
         on_progress: ProgressCallback | None = None,
     ) -> GenerationResult:
         """Image to image; ``image`` is a path, bytes or a PIL image.
 
-        Cancelling it takes the prompt off the server; no file is left.
+        ``max_side`` downscales a larger input first (aspect kept; see
+        :class:`Img2ImgRequest`). Cancelling it takes the prompt off the server; no file
+        is left.
 
         Raises:
             InputImageError: the image is missing, empty, not an image or too large
                 (before any network call); ``.source`` names it.
             WorkflowError: an argument is invalid (before any network call).
         """
-        request = Img2ImgRequest(image, prompt, denoise, negative, seed, steps, cfg, name)
+        request = Img2ImgRequest(image, prompt, denoise, negative, seed, steps, cfg, name, max_side)
         return await self.generate(request, timeout=timeout, on_progress=on_progress)
 
     async def run_workflow(
         self,
-        workflow: Workflow | Mapping[str, Any],
+        workflow: Workflow | BuiltWorkflow | Mapping[str, Any],
         *,
         name: str | None = None,
         timeout: float | None = None,
@@ -435,6 +558,7 @@ class DreamGenerator:
         on_progress: ProgressCallback | None = None,
     ) -> GenerationResult:
         """Run one request of any kind (what the batch forms call)."""
+        self._check_entered()
         submitted = time.time()
         input_hash: str | None = None
         upload: tuple[bytes, str, str, str] | None = None
@@ -452,8 +576,8 @@ class DreamGenerator:
             )
             workflow, seed, stem = built.workflow, built.seed, request.name or "txt2img"
         elif isinstance(request, Img2ImgRequest):
-            data, suffix, _ = await self._read_input(request.image)
-            input_hash = hashlib.sha256(data).hexdigest()
+            data, suffix, _ = await self._read_input(request.image, request.max_side)
+            input_hash = await _sha256(data)
             expected = f"{_UPLOAD_SUBFOLDER}/{input_hash[:32]}{suffix}"
             # Built (so every argument is checked) before the upload touches the network.
             built = self.builder.build_img2img(
@@ -474,7 +598,7 @@ class DreamGenerator:
             )
         else:
             wf = request.workflow
-            workflow = wf.to_api() if isinstance(wf, Workflow) else Workflow.from_dict(wf).to_api()
+            workflow = Workflow(as_api_graph(wf)).to_api()  # validated: fails before any I/O
             seed = _first_seed(workflow)
             stem = request.name or "workflow"
         deterministic = not isinstance(request, WorkflowRequest) and request.seed is not None
@@ -504,7 +628,9 @@ class DreamGenerator:
         timings = Timings(
             submitted, result.queued_at, result.started_at, result.finished_at, time.time()
         )
-        return GenerationResult(paths, result.prompt_id, seed, workflow, request, False, timings)
+        return GenerationResult(
+            paths, result.prompt_id, seed, workflow, request, False, timings, result.node_errors
+        )
 
     async def _run_shared(
         self,
@@ -566,20 +692,25 @@ class DreamGenerator:
         if shared is not None:
             shared.prompt_id = job.prompt_id
         result = await job.result(timeout)
-        refs = [ref for ref in result.images if ref.type == "output"] or list(result.images)
-        images = []
-        for ref in refs:
-            suffix = PurePosixPath(ref.filename).suffix.lower()
-            images.append(
-                (suffix if suffix in _IMAGE_SUFFIXES else ".png", await self.client.download(ref))
-            )
-        return result, images
+        # Saved outputs of every kind (and text values); previews only when nothing was saved.
+        saved = any(f.ref is not None and f.ref.type == "output" for f in result.files)
+        saved = saved or any(ref.type == "output" for ref in result.images)
+        outputs = await self.client.get_outputs(result, previews=not saved)
+        return result, [(output_suffix(o.file, o.data), o.data) for o in outputs]
 
     # ------------------------------------------------------------------ inputs
 
-    async def _read_input(self, image: Any) -> tuple[bytes, str, str]:
-        """The bytes of an input image, checked: ``(data, suffix, source)``."""
+    async def _read_input(self, image: Any, max_side: int | None = None) -> tuple[bytes, str, str]:
+        """The bytes of an input image, checked (and downscaled to ``max_side``):
+        ``(data, suffix, source)``."""
         source = _describe(image)
+        if max_side is not None and (
+            isinstance(max_side, bool) or not isinstance(max_side, int) or max_side < 16
+        ):
+            raise WorkflowError(
+                f"max_side must be an integer of at least 16 pixels, got {max_side!r}",
+                input_name="max_side",
+            )
         if isinstance(image, Image.Image):
             data = await asyncio.to_thread(_encode_pil, image)
         elif isinstance(image, bytes | bytearray):
@@ -590,7 +721,7 @@ class DreamGenerator:
                 size = (await aiofiles.os.stat(path)).st_size
                 if size > self.max_input_bytes:
                     raise InputImageError(
-                        f"{source}: {size} bytes, over the limit of {self.max_input_bytes}",
+                        f"{source}: {size} bytes, over max_input_bytes={self.max_input_bytes}",
                         source=source,
                     )
                 async with aiofiles.open(path, "rb") as f:
@@ -610,9 +741,12 @@ class DreamGenerator:
             raise InputImageError(f"{source}: the file is empty", source=source)
         if len(data) > self.max_input_bytes:
             raise InputImageError(
-                f"{source}: {len(data)} bytes, over the limit of {self.max_input_bytes}",
+                f"{source}: {len(data)} bytes, over max_input_bytes={self.max_input_bytes}",
                 source=source,
             )
+        if max_side is not None:
+            multiple = self.builder.preset.size_multiple
+            data = await asyncio.to_thread(_downscale, data, source, max_side, multiple)
         suffix = await asyncio.to_thread(_verify_image, data, source, self.max_input_pixels)
         return data, suffix, source
 
@@ -708,13 +842,15 @@ class DreamGenerator:
         return_exceptions: bool = True,
         on_progress: Callable[[int, Event], object] | None = None,
         on_batch_progress: Callable[[BatchProgress], object] | None = None,
+        timeout: float | None = None,
     ) -> AsyncIterator[tuple[int, GenerationResult | JobFailure]]:
         """Like :meth:`as_completed`, yielding ``(index of the request, outcome)`` pairs.
 
-        A pool of ``concurrency`` workers pulls from one shared lazy iterator.
+        A pool of ``concurrency`` workers pulls from one shared lazy iterator; ``timeout``
+        applies to each job (see :meth:`generate`).
         """
         if concurrency < 1:
-            raise ValueError("concurrency must be at least 1")
+            raise ConfigError(f"concurrency must be at least 1, got {concurrency}")
         total = len(requests) if isinstance(requests, list | tuple) else None
         counts = {"done": 0, "failed": 0, "running": 0, "cached": 0}
         finished: asyncio.Queue[tuple[int, GenerationResult | JobFailure]]
@@ -735,7 +871,7 @@ class DreamGenerator:
                 progress = None if on_progress is None else _bind(on_progress, index)
                 outcome: GenerationResult | JobFailure
                 try:
-                    outcome = await self.generate(request, on_progress=progress)
+                    outcome = await self.generate(request, timeout=timeout, on_progress=progress)
                 except (DreamgenError, OSError) as exc:
                     outcome = JobFailure(request, index, exc)
                 counts["running"] -= 1

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from dreamgen_async.errors import NodeError
 from dreamgen_async.lifecycle import JobState, Lifecycle
-from dreamgen_async.protocol import Event, ImageRef
+from dreamgen_async.protocol import Event, ImageRef, OutputFile
 
 if TYPE_CHECKING:
     from dreamgen_async.comfyui_api import ComfyUIClient
@@ -42,6 +42,8 @@ class PromptResult:
         started_at: When execution started (``None`` if that event was missed in a reconnect).
         finished_at: When the result was known to the client.
         resubmitted: Whether the prompt was submitted again after the server lost it.
+        files: Every output of every kind (images, animated images, videos, audio, text,
+            other files), in node order; download them with ``ComfyUIClient.get_outputs``.
     """
 
     prompt_id: str
@@ -52,6 +54,7 @@ class PromptResult:
     started_at: float | None = None
     finished_at: float | None = None
     resubmitted: bool = False
+    files: tuple[OutputFile, ...] = ()
 
     @property
     def images(self) -> tuple[ImageRef, ...]:
@@ -83,6 +86,7 @@ class Job:
         "_backlog",
         "_cached",
         "_client",
+        "_files",
         "_future",
         "_life",
         "_on_progress",
@@ -127,6 +131,7 @@ class Job:
         self._on_progress = on_progress
         self._future: asyncio.Future[PromptResult] = asyncio.get_running_loop().create_future()
         self._outputs: dict[str, tuple[ImageRef, ...]] = {}
+        self._files: dict[str, tuple[OutputFile, ...]] = {}
         self._cached: tuple[str, ...] = ()
         self._succeeded = False
         self._post_task: asyncio.Task[None] | None = None
@@ -229,8 +234,11 @@ class Job:
     def _note_started(self) -> None:
         self.started_at = time.time()
 
-    def _add_outputs(self, node: str, images: tuple[ImageRef, ...]) -> None:
+    def _add_outputs(
+        self, node: str, images: tuple[ImageRef, ...], files: tuple[OutputFile, ...] = ()
+    ) -> None:
         self._outputs[node] = images
+        self._files[node] = files
 
     def _set_cached(self, nodes: tuple[str, ...]) -> None:
         self._cached = nodes
@@ -238,8 +246,19 @@ class Job:
     def _mark_succeeded(self) -> None:
         self._succeeded = True
 
-    def _resolve(self, outputs: Mapping[str, tuple[ImageRef, ...]] | None = None) -> None:
+    def _resolve(
+        self,
+        outputs: Mapping[str, tuple[ImageRef, ...]] | None = None,
+        files: tuple[OutputFile, ...] | None = None,
+    ) -> None:
         assert not self._future.done(), "a job is settled once"
+        if files is None:
+            if outputs is None:
+                files = tuple(f for node_files in self._files.values() for f in node_files)
+            else:  # from /history without its files: at least the images
+                files = tuple(
+                    OutputFile(node, "image", ref) for node, refs in outputs.items() for ref in refs
+                )
         self._future.set_result(
             PromptResult(
                 prompt_id=self.prompt_id,
@@ -250,6 +269,7 @@ class Job:
                 started_at=self.started_at,
                 finished_at=time.time(),
                 resubmitted=self.resubmitted,
+                files=files,
             )
         )
         self._finish()

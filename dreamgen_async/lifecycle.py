@@ -199,6 +199,7 @@ class Outcome:
 
     error: BaseException | None
     outputs: Mapping[str, object] | None = None
+    files: tuple[object, ...] | None = None
     interrupted: bool = False
 
 
@@ -284,6 +285,7 @@ class Effect:
     kind: EffectKind
     error: BaseException | None = None
     outputs: Mapping[str, object] | None = None
+    files: tuple[object, ...] | None = None
 
 
 POST = Effect("post")
@@ -449,7 +451,7 @@ class Lifecycle:
                 return _S.FAILED, (_fail(event.error),)
             if isinstance(event, Outcome):
                 if event.error is None:
-                    return _S.DONE, (Effect("resolve", outputs=event.outputs),)
+                    return _S.DONE, (_resolve(event),)
                 return self._cancelled() if event.interrupted else _settle(event)
             if isinstance(event, InQueue):
                 return state, ()  # still running: the interrupt's outcome is still to come
@@ -471,7 +473,11 @@ def _fail(error: BaseException) -> Effect:
     return Effect("fail", error=error)
 
 
+def _resolve(event: Outcome) -> Effect:
+    return Effect("resolve", outputs=event.outputs, files=event.files)
+
+
 def _settle(event: Outcome) -> tuple[JobState, tuple[Effect, ...]]:
     if event.error is None:
-        return _S.DONE, (Effect("resolve", outputs=event.outputs),)
+        return _S.DONE, (_resolve(event),)
     return _S.FAILED, (_fail(event.error),)

@@ -333,7 +333,7 @@ class Multiplexer:
         elif isinstance(event, ExecutionCached):
             job._set_cached(event.nodes)
         elif isinstance(event, Executed):
-            job._add_outputs(event.node, event.images)
+            job._add_outputs(event.node, event.images, event.files)
         elif isinstance(event, ExecutionSuccess):
             job._mark_succeeded()
         elif isinstance(event, ExecutionErrorEvent):

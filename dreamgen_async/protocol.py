@@ -12,12 +12,13 @@ not follow the protocol. Unknown message types are not errors: they parse to
 from __future__ import annotations
 
 import json
+import re
 import struct
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeAlias
+from typing import Any, Literal, TypeAlias
 
-from dreamgen_async.errors import NodeError, ProtocolError
+from dreamgen_async.errors import NodeError, OutputContentError, ProtocolError
 
 __all__ = [
     "BinaryText",
@@ -32,6 +33,9 @@ __all__ = [
     "FeatureFlags",
     "HistoryRecord",
     "ImageRef",
+    "OutputData",
+    "OutputFile",
+    "OutputKind",
     "PreviewImage",
     "Progress",
     "ProgressState",
@@ -41,12 +45,16 @@ __all__ = [
     "UnknownBinary",
     "UnknownMessage",
     "feature_flags_message",
+    "json_steps",
     "parse_binary",
     "parse_history",
     "parse_node_errors",
+    "parse_output_files",
     "parse_output_images",
     "parse_queue",
     "parse_text",
+    "sniff_image_format",
+    "verify_output",
 ]
 
 #: Binary event types (``uint32`` big-endian at the start of a binary frame).
@@ -73,6 +81,60 @@ class ImageRef:
     filename: str
     subfolder: str = ""
     type: str = "output"
+
+
+#: What an output is: a still image, an animated image (animated WEBP/PNG, GIF), a video,
+#: audio, an inline text value, or anything else (3D models, custom nodes' files).
+OutputKind: TypeAlias = Literal["image", "animated", "video", "audio", "text", "other"]
+
+
+@dataclass(frozen=True, slots=True)
+class OutputFile:
+    """One output of one node, of any kind, as the server reported it.
+
+    Attributes:
+        node_id: The node that produced it.
+        kind: See :data:`OutputKind`.
+        ref: Where ``/view`` finds the file (filename, subfolder, type); ``None`` for a
+            text value, which has no file (see :attr:`text`).
+        key: The key of the node's ui output it came under (``images``, ``gifs``, ``audio``,
+            ``3d``, ``text``...).
+        text: The value of a text output.
+        format: The MIME type a node announced (VideoHelperSuite's ``format``), if any.
+    """
+
+    node_id: str
+    kind: OutputKind
+    ref: ImageRef | None
+    key: str = "images"
+    text: str | None = None
+    format: str | None = None
+
+    @property
+    def filename(self) -> str:
+        """The server's file name (``""`` for a text value): never use it as a local path."""
+        return self.ref.filename if self.ref is not None else ""
+
+    @property
+    def saved(self) -> bool:
+        """Whether it is a saved output (``type == "output"``) rather than a preview."""
+        return self.ref is None or self.ref.type == "output"
+
+
+@dataclass(frozen=True, slots=True)
+class OutputData:
+    """An output with its content: the downloaded bytes, or the UTF-8 of a text value."""
+
+    file: OutputFile
+    data: bytes = field(repr=False)
+
+    @property
+    def kind(self) -> OutputKind:
+        return self.file.kind
+
+    @property
+    def node_id(self) -> str:
+        return self.file.node_id
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +191,7 @@ class Executed:
     node: str
     output: Mapping[str, Any] | None
     images: tuple[ImageRef, ...]
+    files: tuple[OutputFile, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -274,6 +337,121 @@ def parse_output_images(output: Any) -> tuple[ImageRef, ...]:
     return tuple(refs)
 
 
+VIDEO_SUFFIXES = frozenset({".mp4", ".webm", ".mov", ".mkv", ".avi", ".m4v", ".mpg", ".mpeg"})
+AUDIO_SUFFIXES = frozenset({".flac", ".mp3", ".wav", ".ogg", ".opus", ".m4a", ".aac"})
+#: Image formats by suffix, as :func:`sniff_image_format` names them.
+IMAGE_SUFFIX_FORMATS: Mapping[str, str] = {
+    ".png": "png",
+    ".apng": "png",
+    ".jpg": "jpeg",
+    ".jpeg": "jpeg",
+    ".webp": "webp",
+    ".gif": "gif",
+    ".bmp": "bmp",
+    ".tif": "tiff",
+    ".tiff": "tiff",
+}
+
+
+def _suffix(filename: str) -> str:
+    dot = filename.rfind(".")
+    return filename[dot:].lower() if dot > 0 and "/" not in filename[dot:] else ""
+
+
+def _output_kind(key: str, filename: str, fmt: str | None, animated: bool) -> OutputKind:
+    suffix = _suffix(filename)
+    mime = (fmt or "").lower()
+    if suffix in VIDEO_SUFFIXES or mime.startswith("video/") or key in ("video", "videos"):
+        return "video"  # SaveWEBM / SaveVideo report videos under "images", animated
+    if suffix in AUDIO_SUFFIXES or mime.startswith("audio/") or key == "audio":
+        return "audio"
+    if key in ("images", "gifs") and (animated or key == "gifs"):
+        return "animated"
+    if key in ("images", "gifs") or suffix in IMAGE_SUFFIX_FORMATS:
+        return "image"
+    return "other"
+
+
+def parse_output_files(node_id: str, output: Any) -> tuple[OutputFile, ...]:
+    """Every output of one node's ui dict, of every kind, in the order of its keys.
+
+    Files are the ``{filename, subfolder, type}`` records under any key (``images``,
+    ``gifs``, ``audio``, ``video``, ``3d``...); the ``animated`` flag (``[true]``) marks
+    the node's images as animated; ``text`` values become text outputs. Anything else (a
+    custom node's free-form data) is skipped, never an error.
+    """
+    if not isinstance(output, dict):
+        return ()
+    flag = output.get("animated")
+    animated = any(flag) if isinstance(flag, list | tuple) else flag is True
+    files: list[OutputFile] = []
+    for key, value in output.items():
+        if key == "animated" or not isinstance(value, list | tuple):
+            continue
+        for item in value:
+            if key == "text" and isinstance(item, str):
+                files.append(OutputFile(str(node_id), "text", None, key, text=item))
+            elif isinstance(item, dict) and isinstance(item.get("filename"), str):
+                subfolder, kind, fmt = item.get("subfolder"), item.get("type"), item.get("format")
+                ref = ImageRef(
+                    filename=item["filename"],
+                    subfolder=subfolder if isinstance(subfolder, str) else "",
+                    type=kind if isinstance(kind, str) else "output",
+                )
+                fmt = fmt if isinstance(fmt, str) else None
+                files.append(
+                    OutputFile(
+                        str(node_id), _output_kind(key, ref.filename, fmt, animated), ref, key,
+                        format=fmt,
+                    )
+                )  # fmt: skip
+    return tuple(files)
+
+
+def sniff_image_format(data: bytes) -> str | None:
+    """The image format the magic bytes say (``png``, ``jpeg``, ``webp``, ``gif``, ``bmp``,
+    ``tiff``), or ``None``."""
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "png"
+    if data.startswith(b"\xff\xd8\xff"):
+        return "jpeg"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "webp"
+    if data[:6] in (b"GIF87a", b"GIF89a"):
+        return "gif"
+    if data.startswith(b"BM") and len(data) > 14:
+        return "bmp"
+    if data[:4] in (b"II*\x00", b"MM\x00*"):
+        return "tiff"
+    return None
+
+
+def verify_output(file: OutputFile, data: bytes) -> str | None:
+    """Check an image output's bytes against its kind and name; return the format found.
+
+    Outputs that are not images (video, audio, text, other) are not checked (``None``).
+
+    Raises:
+        OutputContentError: an image whose bytes are no known image format, or a format
+            other than its file name says (``x.png`` holding a JPEG, or an HTML page).
+    """
+    if file.kind not in ("image", "animated"):
+        return None
+    detected = sniff_image_format(data)
+    claimed = IMAGE_SUFFIX_FORMATS.get(_suffix(file.filename))
+    if detected is None or (claimed is not None and claimed != detected):
+        expected = claimed or "an image"
+        what = f"{detected} data" if detected else f"no image ({data[:16]!r}...)"
+        raise OutputContentError(
+            f"output {file.filename!r} of node {file.node_id} should be {expected} but the "
+            f"server sent {what}; nothing was written",
+            filename=file.filename,
+            expected=expected,
+            detected=detected,
+        )
+    return detected
+
+
 def _parse_status(data: JSONDict) -> Status:
     status = _dict(data.get("status"), "status.status")
     exec_info = _dict(status.get("exec_info"), "status.exec_info")
@@ -326,6 +504,7 @@ def _parse_executed(data: JSONDict) -> Executed:
         node=_str(data, "node", "executed"),
         output=output,
         images=parse_output_images(output),
+        files=parse_output_files(data["node"], output),
     )
 
 
@@ -511,6 +690,7 @@ class HistoryRecord:
         outputs: Images per output node id.
         interrupted: Whether the last message was ``execution_interrupted``.
         error: The ``execution_error`` message data, when the prompt failed.
+        files: Every output of every kind, in node order (see :func:`parse_output_files`).
     """
 
     prompt_id: str
@@ -519,6 +699,7 @@ class HistoryRecord:
     outputs: Mapping[str, tuple[ImageRef, ...]]
     interrupted: bool = False
     error: ExecutionErrorEvent | None = None
+    files: tuple[OutputFile, ...] = ()
 
 
 def parse_history(prompt_id: str, body: Any) -> HistoryRecord | None:
@@ -534,6 +715,7 @@ def parse_history(prompt_id: str, body: Any) -> HistoryRecord | None:
     outputs_raw = entry.get("outputs") or {}
     outputs_raw = _dict(outputs_raw, "history outputs")
     outputs = {str(node): parse_output_images(ui) for node, ui in outputs_raw.items()}
+    files = tuple(f for node, ui in outputs_raw.items() for f in parse_output_files(node, ui))
     status = entry.get("status") or {}
     status = _dict(status, "history status")
     messages = status.get("messages") or []
@@ -553,6 +735,7 @@ def parse_history(prompt_id: str, body: Any) -> HistoryRecord | None:
         outputs=outputs,
         interrupted=last_event == "execution_interrupted",
         error=error,
+        files=files,
     )
 
 
@@ -569,6 +752,10 @@ def parse_node_errors(raw: Any) -> tuple[NodeError, ...]:
         if not isinstance(node, dict):
             continue
         class_type = node.get("class_type")
+        dependents = node.get("dependent_outputs")
+        dependent_outputs = (
+            tuple(str(d) for d in dependents) if isinstance(dependents, list) else ()
+        )
         for err in node.get("errors") or []:
             if not isinstance(err, dict):
                 continue
@@ -584,6 +771,110 @@ def parse_node_errors(raw: Any) -> tuple[NodeError, ...]:
                     details=str(err.get("details") or ""),
                     input_name=input_name if isinstance(input_name, str) else None,
                     extra_info=extra,
+                    dependent_outputs=dependent_outputs,
                 )
             )
     return tuple(result)
+
+
+# --------------------------------------------------------------------------- large JSON bodies
+
+_WHITESPACE = re.compile(r"[ \t\n\r]*")
+_DECODER = json.JSONDecoder()
+_scanstring: Callable[[str, int], tuple[str, int]] = json.decoder.scanstring  # type: ignore[attr-defined]
+_MAX_STEP_DEPTH = 32
+_MAX_WINDOW = 64 * 1024
+_PER_ITEM = 64  # the Python cost of one walked member, counted as this many characters
+
+JSONSteps: TypeAlias = Generator[None, None, Any]
+
+
+def json_steps(text: str, budget: int = 64 * 1024) -> JSONSteps:
+    """Decode a JSON document in steps: a generator that yields (``None``) after about
+    ``budget`` characters of work and finally returns the value (``StopIteration.value``).
+
+    ``json.loads`` holds the GIL for its whole run, so a worker thread does not help: the
+    event loop cannot run meanwhile. Large bodies are decoded this way instead, the event
+    loop running between steps. Containers are walked in Python until their members are small
+    enough (under 64 KB) for the C decoder; the result equals ``json.loads(text)``. Only a
+    single huge string cannot be split.
+
+    Raises:
+        json.JSONDecodeError: the text is not one valid JSON document.
+    """
+    done = [0]
+    value, end = yield from _value_steps(text, _skip(text, 0), 0, budget, done)
+    end = _skip(text, end)
+    if end != len(text):
+        raise json.JSONDecodeError("Extra data", text, end)
+    return value
+
+
+def _skip(text: str, idx: int) -> int:
+    match = _WHITESPACE.match(text, idx)
+    return match.end() if match else idx
+
+
+def _small(text: str, idx: int, window: int) -> tuple[Any, int]:
+    """Decode the container at ``idx`` if it ends within ``window`` characters (a closed
+    bracket proves it is whole); ``end == -1`` when it does not (or is invalid)."""
+    try:
+        value, end = _DECODER.raw_decode(text[idx : idx + window])
+    except (ValueError, RecursionError):
+        return None, -1
+    return value, idx + end
+
+
+def _value_steps(
+    text: str, idx: int, depth: int, budget: int, done: list[int], window: int = _MAX_WINDOW
+) -> Generator[None, None, tuple[Any, int]]:
+    if text[idx : idx + 1] in ("{", "[") and depth < _MAX_STEP_DEPTH:
+        value, end = _small(text, idx, window)
+        if end < 0:
+            return (yield from _container_steps(text, idx, depth, budget, done))
+    else:
+        value, end = _DECODER.raw_decode(text, idx)
+    done[0] += end - idx + _PER_ITEM
+    if done[0] >= budget:
+        done[0] = 0
+        yield
+    return value, end
+
+
+def _container_steps(
+    text: str, idx: int, depth: int, budget: int, done: list[int]
+) -> Generator[None, None, tuple[Any, int]]:
+    is_object = text[idx] == "{"
+    close = "}" if is_object else "]"
+    result: Any = {} if is_object else []
+    idx = _skip(text, idx + 1)
+    if text[idx : idx + 1] == close:
+        return result, idx + 1
+    window = 1024  # grows with the members seen: a small member costs a small slice
+    while True:
+        key = ""
+        if is_object:
+            if text[idx : idx + 1] != '"':
+                raise json.JSONDecodeError(
+                    "Expecting property name enclosed in double quotes", text, idx
+                )
+            key, idx = _scanstring(text, idx + 1)
+            idx = _skip(text, idx)
+            if text[idx : idx + 1] != ":":
+                raise json.JSONDecodeError("Expecting ':' delimiter", text, idx)
+            idx = _skip(text, idx + 1)
+        start = idx
+        value, idx = yield from _value_steps(text, idx, depth + 1, budget, done, window)
+        window = min(max(2 * (idx - start), 1024), _MAX_WINDOW)
+        if is_object:
+            result[key] = value
+        else:
+            result.append(value)
+        idx = _skip(text, idx)
+        delimiter = text[idx : idx + 1]
+        if delimiter == ",":
+            idx = _skip(text, idx + 1)
+        elif delimiter == close:
+            return result, idx + 1
+        else:
+            raise json.JSONDecodeError(f"Expecting ',' delimiter or {close!r}", text, idx)

@@ -13,6 +13,7 @@ from dreamgen_async.workflows.builder import (
     FluxWorkflowBuilder,
     Preset,
     PresetName,
+    as_api_graph,
     preset_for_checkpoint,
     random_seed,
 )
@@ -42,6 +43,7 @@ __all__ = [
     "Preset",
     "PresetName",
     "Workflow",
+    "as_api_graph",
     "load_workflow",
     "parse_set_assignment",
     "preset_for_checkpoint",

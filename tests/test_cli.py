@@ -181,3 +181,198 @@ async def test_a_rejected_prompt_names_node_input_and_choices(
     assert "[ckpt_name: 'nope.safetensors' not in" in text
     assert "the server has: flux1-schnell.safetensors" in text
     assert "Traceback" not in text
+
+
+# ---------------------------------------------------------------------------- issue 14
+
+
+async def dreamgen_piped(*args: str) -> tuple[int, str, str]:
+    """Run the real ``dreamgen`` off a terminal (pipes), COLUMNS=60; (status, out, err)."""
+    env = {**os.environ, "COLUMNS": "60", "DREAMGEN_TOKEN": ""}
+    env.pop("DREAMGEN_SERVER", None)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "dreamgen_async", *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env,
+    )  # fmt: skip
+    stdout, stderr = await proc.communicate()
+    assert proc.returncode is not None
+    return proc.returncode, stdout.decode(), stderr.decode()
+
+
+async def test_a_server_without_scheme_is_a_usage_error_with_the_fix() -> None:
+    code, _out, err = await dreamgen_piped("status", "--server", "127.0.0.1:8195")
+    assert code == 2, err
+    assert "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+    assert "http://127.0.0.1:8195" in err
+
+
+async def test_swapped_img2img_arguments_hint_at_the_order(
+    comfyui_sim: ComfyUISimulator, tmp_path: Path
+) -> None:
+    inputs = make_inputs(tmp_path / "frames", 2)
+    code, _out, err = await dreamgen_piped(
+        "img2img", "a pencil sketch", str(inputs), "--server", comfyui_sim.url
+    )
+    assert code == 2, err
+    assert "INPUTS... PROMPT" in " ".join(err.split())
+    assert comfyui_sim.requests == []
+
+
+async def test_an_output_file_instead_of_a_folder_is_a_usage_error_before_any_job(
+    comfyui_sim: ComfyUISimulator, tmp_path: Path
+) -> None:
+    existing = tmp_path / "ok.png"
+    existing.write_bytes(png_bytes(1))
+    for target in (existing, tmp_path / "new.png"):
+        code, _out, err = await dreamgen_piped(
+            "txt2img", "a fox", "-o", str(target), "--server", comfyui_sim.url
+        )
+        assert code == 2, err
+        assert "--output" in err
+        assert "folder" in err
+    assert comfyui_sim.requests == []
+    assert existing.read_bytes() == png_bytes(1)
+
+
+async def test_a_bad_size_is_one_usage_error_not_one_per_job(
+    comfyui_sim: ComfyUISimulator, tmp_path: Path
+) -> None:
+    code, out, err = await dreamgen_piped(
+        "txt2img", "a fox", "--size", "65x64", "-n", "4", "--server", comfyui_sim.url,
+        "-o", str(tmp_path),
+    )  # fmt: skip
+    assert code == 2, err
+    assert "multiple of 8" in " ".join(err.split())
+    assert "--size" in err
+    assert out == ""
+    assert comfyui_sim.requests == []
+
+
+async def test_off_a_terminal_one_unwrapped_line_per_job_on_stdout_and_problems_on_stderr(
+    comfyui_sim: ComfyUISimulator, tmp_path: Path
+) -> None:
+    inputs = make_inputs(tmp_path / ("a-rather-long-folder-name-" * 3), 3)
+    (inputs / "broken.png").write_text("not an image")
+    out = tmp_path / ("an-output-folder-with-a-long-name-" * 2)
+    code, stdout, stderr = await dreamgen_piped(
+        "img2img", str(inputs), "a pencil sketch " * 8, "--server", comfyui_sim.url,
+        "-o", str(out), "--seed", "3",
+    )  # fmt: skip
+    assert code == 1, stderr
+    lines = stdout.splitlines()
+    assert len(lines) == 3  # one per successful job, nothing else
+    for line in lines:
+        assert line.startswith(f"ok {inputs}")
+        assert line.endswith("(seed 3)")
+        assert len(line) > 60  # COLUMNS=60, and still one line
+    errors = stderr.splitlines()
+    assert any(line.startswith(f"error {inputs / 'broken.png'}: ") for line in errors)
+    assert errors[-1] == "1 job(s) failed"
+    assert "\x1b[" not in stdout + stderr
+
+
+def partial_graph(tmp_path: Path) -> Path:
+    graph = txt2img()
+    graph["30"] = {"class_type": "VAEDecode", "inputs": {"samples": ["5", 0]}}  # no vae
+    graph["31"] = {
+        "class_type": "SaveImage",
+        "inputs": {"images": ["30", 0], "filename_prefix": "p"},
+    }
+    path = tmp_path / "partial.json"
+    path.write_text(json.dumps(graph))
+    return path
+
+
+async def test_a_partial_prompt_is_a_warning_line_and_exit_status_3(
+    comfyui_sim: ComfyUISimulator, tmp_path: Path
+) -> None:
+    workflow = partial_graph(tmp_path)
+    code, stdout, stderr = await dreamgen_piped(
+        "run", str(workflow), "--server", comfyui_sim.url, "-o", str(tmp_path / "o")
+    )
+    assert code == 3, stderr
+    assert len(stdout.splitlines()) == 1
+    assert stdout.startswith(f"ok {workflow} -> ")
+    (warning,) = [line for line in stderr.splitlines() if line.startswith("warning")]
+    assert "dropped output node(s) 31 (SaveImage)" in warning
+    assert "node 30 (VAEDecode), input 'vae'" in warning
+    assert "PartialPromptWarning" not in stderr
+    assert "warnings.warn" not in stderr
+    assert ".py:" not in stderr  # no Python warning pointing into the library
+    code, stdout, _ = await dreamgen_piped(
+        "run", str(workflow), "--server", comfyui_sim.url, "-o", str(tmp_path / "o"), "--json"
+    )
+    assert code == 3
+    assert "dropped output node(s) 31" in json.loads(stdout)["warning"]
+
+
+async def test_set_reports_its_count_and_refuses_an_ambiguous_title(
+    comfyui_sim: ComfyUISimulator, tmp_path: Path
+) -> None:
+    graph = txt2img(prompt="a cat")
+    for node in ("2", "3"):  # ComfyUI's default title for both prompts
+        graph[node]["_meta"] = {"title": "CLIP Text Encode (Prompt)"}
+    workflow = tmp_path / "wf.json"
+    workflow.write_text(json.dumps(graph))
+    common = ("--server", comfyui_sim.url, "-o", str(tmp_path / "o"), "--json")
+    code, stdout, stderr = await dreamgen_piped(
+        "run", str(workflow), "--set", "CLIP Text Encode (Prompt).text=a dog", *common
+    )
+    assert code == 2, stderr
+    text = " ".join(stderr.split())
+    assert "names 2 nodes (2 (CLIPTextEncode), 3 (CLIPTextEncode))" in text
+    assert "--set-all" in text
+    assert comfyui_sim.requests == []
+
+    code, stdout, stderr = await dreamgen_piped(
+        "run", str(workflow), "--set", "2.text=a dog", "--set", "KSampler.steps=1", *common
+    )
+    assert code == 0, stderr
+    assert "--set 2.text=a dog: changed 1 node(s) (2)" in stderr
+    assert "--set KSampler.steps=1: changed 1 node(s) (5)" in stderr
+    sent = comfyui_sim.prompts[json.loads(stdout)["prompt_id"]].graph
+    assert (sent["2"]["inputs"]["text"], sent["3"]["inputs"]["text"]) == ("a dog", "")
+
+    code, stdout, stderr = await dreamgen_piped(
+        "run", str(workflow), "--set", "CLIP Text Encode (Prompt).text=x", "--set-all", *common
+    )
+    assert code == 0, stderr
+    assert "changed 2 node(s) (2, 3)" in stderr
+
+
+def help_of(*command: str) -> str:
+    result = CliRunner().invoke(cli, [*command, "--help"], terminal_width=200)
+    assert result.exit_code == 0
+    return result.output
+
+
+def test_every_subcommand_lists_only_options_that_apply() -> None:
+    status = help_of("status")
+    for option in ("--concurrency", "-j,", "--timeout", "--quiet"):
+        assert option not in status
+    assert "--server" in status
+    assert "--json" in status
+    assert "--server" not in help_of("demo")
+    img2img = help_of("img2img")
+    ckpt = next(line for line in img2img.splitlines() if "--ckpt" in line)
+    assert "Model file on the server" in ckpt
+
+
+async def test_status_json_works(comfyui_sim: ComfyUISimulator) -> None:
+    code, stdout, stderr = await dreamgen_piped("status", "--server", comfyui_sim.url, "--json")
+    assert code == 0, stderr
+    assert json.loads(stdout)["server"] == comfyui_sim.url
+
+
+async def test_timeout_applies_to_each_job(comfyui_sim: ComfyUISimulator, tmp_path: Path) -> None:
+    comfyui_sim.hold()
+    code, stdout, stderr = await dreamgen_piped(
+        "txt2img", "a fox", "--size", "64x64", "--timeout", "0.5", "--server", comfyui_sim.url,
+        "-o", str(tmp_path),
+    )  # fmt: skip
+    comfyui_sim.release()
+    assert code == 1, stderr
+    assert stdout == ""
+    assert "did not finish within 0.5 s" in stderr
+    assert {p.status for p in comfyui_sim.prompts.values()} == {"deleted"}

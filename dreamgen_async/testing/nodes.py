@@ -346,6 +346,148 @@ def _preview_image(ctx: RunContext, inputs: dict[str, Any]) -> NodeResult:
 _HIDDEN_PNG = {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"}
 
 
+# --------------------------------------------------------------------------------------------
+# Outputs that are not still images: animated WEBP/PNG, a video-like file, text
+
+#: The first bytes of the simulated ``.webm`` (an EBML header, as a real WebM starts).
+WEBM_MAGIC = b"\x1a\x45\xdf\xa3"
+
+
+def _save_file(ctx: RunContext, prefix: str, suffix: str, data: bytes) -> dict[str, str]:
+    """Write one ``<prefix>_NNNNN_.<suffix>`` file in the output folder; return its record."""
+    normalised = os.path.normpath(prefix)
+    subfolder, name = os.path.dirname(normalised), os.path.basename(normalised)
+    base = ctx.output_dir.resolve()
+    folder = (base / subfolder).resolve()
+    if os.path.commonpath((str(base), str(folder))) != str(base):
+        raise NodeRuntimeError("Saving outside the output folder is not allowed.", "Exception")
+    folder.mkdir(parents=True, exist_ok=True)
+    filename = f"{name}_{next_counter(folder, name):05}_.{suffix}"
+    (folder / filename).write_bytes(data)
+    record = {"filename": filename, "subfolder": subfolder, "type": "output"}
+    ctx.saved.append(record)
+    ctx.written.append(data)
+    return record
+
+
+def _animated(fmt: str) -> Callable[[RunContext, dict[str, Any]], NodeResult]:
+    """SaveAnimatedWEBP / SaveAnimatedPNG: every frame of the batch in one file."""
+
+    def run(ctx: RunContext, inputs: dict[str, Any]) -> NodeResult:
+        frames = [image.convert("RGB") for image in inputs["images"].images]
+        buf = io.BytesIO()
+        duration = int(1000.0 / float(inputs["fps"]))
+        options: dict[str, Any] = {"lossless": True} if fmt == "WEBP" else {"compress_level": 1}
+        frames[0].save(
+            buf, format=fmt, save_all=True, append_images=frames[1:], duration=duration, **options
+        )
+        suffix = "webp" if fmt == "WEBP" else "png"
+        record = _save_file(ctx, str(inputs["filename_prefix"]), suffix, buf.getvalue())
+        return NodeResult((), {"images": [record], "animated": [len(frames) > 1]})
+
+    return run
+
+
+def _save_webm(ctx: RunContext, inputs: dict[str, Any]) -> NodeResult:
+    """SaveWEBM, simulated: an EBML header then the frames' PNGs (a video-like file)."""
+    frames = [encode_png(image) for image in inputs["images"].images]
+    data = WEBM_MAGIC + b"".join(len(f).to_bytes(4, "big") + f for f in frames)
+    record = _save_file(ctx, str(inputs["filename_prefix"]), "webm", data)
+    return NodeResult((), {"images": [record], "animated": [True]})
+
+
+def _preview_any(ctx: RunContext, inputs: dict[str, Any]) -> NodeResult:
+    """PreviewAny: the input as text (``{"text": [value]}``)."""
+    source = inputs.get("source")
+    if isinstance(source, Conditioning):
+        value = source.text
+    elif isinstance(source, Images | Latent):
+        value = f"{len(source.images)} image(s) of {source.images[0].size}"
+    else:
+        value = str(source)
+    return NodeResult((), {"text": [value]})
+
+
+def media_nodes() -> list[NodeDef]:
+    """SaveAnimatedWEBP, SaveAnimatedPNG, SaveWEBM and PreviewAny, with ComfyUI's inputs."""
+    images = ["IMAGE", _t("The images to save.")]
+    prefix = ["STRING", {"default": "ComfyUI"}]
+    fps = ["FLOAT", {"default": 6.0, "min": 0.01, "max": 1000.0, "step": 0.01}]
+    return [
+        NodeDef(
+            "SaveAnimatedWEBP",
+            "SaveAnimatedWEBP",
+            "image/animation",
+            "",
+            {
+                "required": {
+                    "images": images,
+                    "filename_prefix": prefix,
+                    "fps": fps,
+                    "lossless": ["BOOLEAN", {"default": True}],
+                    "quality": ["INT", {"default": 80, "min": 0, "max": 100}],
+                    "method": [["default", "fastest", "slowest"]],
+                }
+            },
+            (),
+            (),
+            _animated("WEBP"),
+            output_node=True,
+            hidden=dict(_HIDDEN_PNG),
+        ),
+        NodeDef(
+            "SaveAnimatedPNG",
+            "SaveAnimatedPNG",
+            "image/animation",
+            "",
+            {
+                "required": {
+                    "images": images,
+                    "filename_prefix": prefix,
+                    "fps": fps,
+                    "compress_level": ["INT", {"default": 4, "min": 0, "max": 9}],
+                }
+            },
+            (),
+            (),
+            _animated("PNG"),
+            output_node=True,
+            hidden=dict(_HIDDEN_PNG),
+        ),
+        NodeDef(
+            "SaveWEBM",
+            "SaveWEBM",
+            "image/video",
+            "",
+            {
+                "required": {
+                    "images": ["IMAGE", {}],
+                    "filename_prefix": prefix,
+                    "codec": [["vp9", "av1"]],
+                    "fps": ["FLOAT", {"default": 24.0, "min": 0.01, "max": 1000.0, "step": 0.01}],
+                    "crf": ["FLOAT", {"default": 32.0, "min": 0, "max": 63.0, "step": 1}],
+                }
+            },
+            (),
+            (),
+            _save_webm,
+            output_node=True,
+            hidden=dict(_HIDDEN_PNG),
+        ),
+        NodeDef(
+            "PreviewAny",
+            "Preview Any",
+            "utils",
+            "",
+            {"required": {"source": ["*", {}]}},
+            (),
+            (),
+            _preview_any,
+            output_node=True,
+        ),
+    ]
+
+
 def _t(tip: str) -> dict[str, Any]:
     return {"tooltip": tip}
 
@@ -647,6 +789,7 @@ def build_nodes() -> dict[str, NodeDef]:
             output_node=True,
             hidden=dict(_HIDDEN_PNG),
         ),
+        *media_nodes(),
     ]
     return {node.name: node for node in nodes}
 

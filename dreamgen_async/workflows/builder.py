@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Literal, TypeAlias
 
-from dreamgen_async.errors import WorkflowError
-from dreamgen_async.workflows.api import Workflow
+from dreamgen_async.errors import UIWorkflowError, WorkflowError
+from dreamgen_async.workflows.api import _UI_EXPORT_HINT, Workflow
 from dreamgen_async.workflows.graph import (
     MAX_SEED,
     Graph,
@@ -40,6 +40,7 @@ __all__ = [
     "Preset",
     "PresetName",
     "ServerModels",
+    "as_api_graph",
     "choose_loaders",
     "guess_preset",
     "preset_for_checkpoint",
@@ -700,3 +701,31 @@ class FluxWorkflowBuilder:
             images=decoded.out(0),
             filename_prefix=self.filename_prefix,
         )
+
+
+def as_api_graph(workflow: object) -> dict[str, Any]:
+    """The API-format graph of anything the library accepts as a workflow.
+
+    A :class:`Workflow`, a :class:`BuiltWorkflow` or a :class:`Graph` gives its graph; a
+    plain mapping is checked for the UI format and passed on as it is (not copied, not
+    validated further: the server has the last word on it).
+
+    Raises:
+        UIWorkflowError: A UI-format export (``nodes`` and ``links`` lists).
+        WorkflowError: Something that is not a workflow at all (a list, a string, ...).
+    """
+    if isinstance(workflow, Workflow | Graph):
+        return workflow.to_api()
+    if isinstance(workflow, BuiltWorkflow):
+        return workflow.workflow
+    if isinstance(workflow, Mapping):
+        if isinstance(workflow.get("nodes"), list) and isinstance(workflow.get("links"), list):
+            raise UIWorkflowError(
+                "this is a UI-format workflow (it has 'nodes' and 'links' lists). "
+                + _UI_EXPORT_HINT
+            )
+        return workflow if isinstance(workflow, dict) else dict(workflow)
+    raise WorkflowError(
+        f"a workflow is a Workflow, a BuiltWorkflow or an API-format mapping, "
+        f"not {type(workflow).__name__}"
+    )
