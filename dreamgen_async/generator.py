@@ -24,7 +24,7 @@ import time
 import uuid
 import warnings
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, TypeAlias
@@ -33,7 +33,7 @@ import aiofiles
 import aiofiles.os
 from PIL import Image, UnidentifiedImageError
 
-from dreamgen_async.cache import ResultCache, cache_key
+from dreamgen_async.cache import ResultCache, request_key
 from dreamgen_async.comfyui_api import ComfyUIClient
 from dreamgen_async.errors import DreamgenError, InputImageError
 from dreamgen_async.jobs import Mailbox, ProgressCallback, PromptResult
@@ -173,6 +173,40 @@ class BatchProgress:
     failed: int
     running: int
     cached: int
+
+
+@dataclass(slots=True)
+class _Prepared:
+    """A request turned into what runs it: its workflow, seed, key and file-name stem."""
+
+    request: Request
+    workflow: dict[str, Any]
+    seed: int | None
+    explicit_seed: bool
+    key: str
+    deterministic: bool
+    stem: str
+    upload: tuple[bytes, str, str, str] | None
+
+    @property
+    def name_seed(self) -> int | None:
+        """The seed shown in file names: only one the request chose (a drawn one varies)."""
+        return self.seed if self.explicit_seed else None
+
+
+@dataclass(frozen=True, slots=True)
+class _Fetched:
+    """Images obtained from the server for one request, with the run's timings."""
+
+    prompt_id: str | None
+    images: list[tuple[str, bytes]]
+    timings: tuple[float | None, ...]
+
+
+def output_name(stem: str, seed: int | None, tag: str, index: int, suffix: str) -> str:
+    """``<stem>[_<seed>]_<tag>_<index><suffix>``: the file name of one output image."""
+    seed_part = f"_{seed}" if seed is not None else ""
+    return f"{stem}{seed_part}_{tag}_{index}{suffix}"
 
 
 # ---------------------------------------------------------------------------- handles
@@ -340,7 +374,7 @@ class DreamGenerator:
         self.max_input_bytes = max_input_bytes
         self.max_input_pixels = max_input_pixels
         self._uploads: OrderedDict[str, asyncio.Future[str]] = OrderedDict()
-        self._inflight: dict[str, asyncio.Future[tuple[PromptResult, list[tuple[str, bytes]]]]] = {}
+        self._inflight: dict[str, asyncio.Future[_Fetched]] = {}
 
     async def __aenter__(self) -> DreamGenerator:
         if self._owns_client:
@@ -434,7 +468,11 @@ class DreamGenerator:
         on_progress: ProgressCallback | None = None,
     ) -> GenerationResult:
         """Run one request of any kind (what the batch forms call)."""
-        submitted = time.time()
+        prepared = await self._prepare(request)
+        return await self._complete(prepared, 0, timeout, on_progress)
+
+    async def _prepare(self, request: Request) -> _Prepared:
+        """Build the workflow and the request's key; checks every argument, no network."""
         input_hash: str | None = None
         upload: tuple[bytes, str, str, str] | None = None
         seed: int | None
@@ -476,53 +514,87 @@ class DreamGenerator:
             workflow = wf.to_api() if isinstance(wf, Workflow) else Workflow.from_dict(wf).to_api()
             seed = _first_seed(workflow)
             stem = request.name or "workflow"
-        deterministic = not isinstance(request, WorkflowRequest) and request.seed is not None
-        key = cache_key(workflow, input_hash) if deterministic else None
-        stem = safe_stem(stem)
-
-        if key is not None and self.cache is not None:
-            hit = await self.cache.get(key)
-            if hit is not None:
-                stored = [(p.suffix, await asyncio.to_thread(p.read_bytes)) for p in hit]
-                paths = await self._write_outputs(stem, seed, key[:8], stored)
-                return GenerationResult(
-                    paths, None, seed, workflow, request, True, Timings(submitted)
-                )
-
-        if upload is not None:  # only now: a cache hit never touches the server
-            data, digest, suffix, expected = upload
-            reference = await self._store_input(data, digest, suffix)
-            if reference != expected:  # the server renamed it: always use its name
-                for node in workflow.values():
-                    if node["class_type"] == "LoadImage":
-                        node["inputs"]["image"] = reference
-        result, images = await self._run_shared(key, workflow, timeout, on_progress)
-        if key is not None and self.cache is not None:
-            await self.cache.put(key, images)
-        paths = await self._write_outputs(stem, seed, result.prompt_id[:8], images)
-        timings = Timings(
-            submitted, result.queued_at, result.started_at, result.finished_at, time.time()
+        if isinstance(request, WorkflowRequest):
+            # An API-format graph carries its seed literally: the same graph is the same
+            # images (ComfyUI itself answers it from its cache). Only a LoadImage of a file
+            # already on the server makes it unknowable to us, so that is not cached.
+            explicit = True
+            deterministic = not any(n.get("class_type") == "LoadImage" for n in workflow.values())
+        else:
+            explicit = deterministic = request.seed is not None
+        key = request_key(workflow, input_hash, None if explicit else seed)
+        return _Prepared(
+            request, workflow, seed, explicit, key, deterministic, safe_stem(stem), upload
         )
-        return GenerationResult(paths, result.prompt_id, seed, workflow, request, False, timings)
 
-    async def _run_shared(
+    async def _complete(
         self,
-        key: str | None,
-        workflow: Mapping[str, Any],
+        prep: _Prepared,
+        occurrence: int,
         timeout: float | None,
         on_progress: ProgressCallback | None,
-    ) -> tuple[PromptResult, list[tuple[str, bytes]]]:
-        """Run the workflow and download its images; identical requests in flight share one."""
+    ) -> GenerationResult:
+        """Answer a prepared request: from the cache, or by running it; then write its files."""
+        submitted = time.time()
+        tag = prep.key[:12] if occurrence == 0 else f"{prep.key[:12]}-{occurrence}"
+        if prep.deterministic and self.cache is not None:
+            entry = await self.cache.get_entry(prep.key)
+            if entry is not None:
+                paths = await self._write_outputs(prep, tag, list(entry.images))
+                timings = _timings(entry.timings, submitted)
+                return GenerationResult(
+                    paths, None, prep.seed, prep.workflow, prep.request, True, timings
+                )
+        fetched = await self._run_shared(
+            prep.key if prep.deterministic else None,
+            lambda: self._fetch(prep, timeout, on_progress),
+        )
+        paths = await self._write_outputs(prep, tag, fetched.images)
+        queued, started, finished = (fetched.timings + (None,) * 5)[1:4]
+        timings = Timings(submitted, queued, started, finished, time.time())
+        return GenerationResult(
+            paths, fetched.prompt_id, prep.seed, prep.workflow, prep.request, False, timings
+        )
+
+    async def _fetch(
+        self, prep: _Prepared, timeout: float | None, on_progress: ProgressCallback | None
+    ) -> _Fetched:
+        """Upload the input (only now: a cache hit never touches the server), run, download."""
+        await self._upload(prep)
+        started = time.time()
+        result, images = await self._run_and_download(prep.workflow, timeout, on_progress)
+        fetched = _Fetched(
+            result.prompt_id,
+            images,
+            (started, result.queued_at, result.started_at, result.finished_at, time.time()),
+        )
+        if prep.deterministic and self.cache is not None:
+            await self.cache.put(prep.key, images, fetched.timings)
+        return fetched
+
+    async def _upload(self, prep: _Prepared) -> None:
+        if prep.upload is None:
+            return
+        data, digest, suffix, expected = prep.upload
+        reference = await self._store_input(data, digest, suffix)
+        if reference != expected:  # the server renamed it: always use its name
+            for node in prep.workflow.values():
+                if node["class_type"] == "LoadImage":
+                    node["inputs"]["image"] = reference
+
+    async def _run_shared(
+        self, key: str | None, fetch: Callable[[], Awaitable[_Fetched]]
+    ) -> _Fetched:
+        """Run ``fetch``; identical requests in flight at once share one run."""
         if key is None:
-            return await self._run_and_download(workflow, timeout, on_progress)
+            return await fetch()
         shared = self._inflight.get(key)
         if shared is not None:
             return await asyncio.shield(shared)
-        future: asyncio.Future[tuple[PromptResult, list[tuple[str, bytes]]]]
-        future = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[_Fetched] = asyncio.get_running_loop().create_future()
         self._inflight[key] = future
         try:
-            outcome = await self._run_and_download(workflow, timeout, on_progress)
+            outcome = await fetch()
         except BaseException as exc:
             if isinstance(exc, asyncio.CancelledError):
                 future.cancel()
@@ -541,16 +613,30 @@ class DreamGenerator:
         workflow: Mapping[str, Any],
         timeout: float | None,
         on_progress: ProgressCallback | None,
+        before_post: Callable[[str], Awaitable[None]] | None = None,
     ) -> tuple[PromptResult, list[tuple[str, bytes]]]:
-        result = await self.client.run(workflow, timeout=timeout, on_progress=on_progress)
+        """Run the workflow under a prompt_id chosen here, then download its images.
+
+        ``before_post(prompt_id)`` runs before the prompt is posted (the journal commits the
+        id there, so a crash at any later moment can find the prompt on the server).
+        """
+        prompt_id = str(uuid.uuid4())
+        if before_post is not None:
+            await before_post(prompt_id)
+        job = await self.client.submit(workflow, on_progress=on_progress, prompt_id=prompt_id)
+        result = await job.result(timeout)
+        return result, await self._download(self.client, result)
+
+    @staticmethod
+    async def _download(client: ComfyUIClient, result: PromptResult) -> list[tuple[str, bytes]]:
         refs = [ref for ref in result.images if ref.type == "output"] or list(result.images)
         images = []
         for ref in refs:
             suffix = PurePosixPath(ref.filename).suffix.lower()
             images.append(
-                (suffix if suffix in _IMAGE_SUFFIXES else ".png", await self.client.download(ref))
+                (suffix if suffix in _IMAGE_SUFFIXES else ".png", await client.download(ref))
             )
-        return result, images
+        return images
 
     # ------------------------------------------------------------------ inputs
 
@@ -617,15 +703,18 @@ class DreamGenerator:
     # ------------------------------------------------------------------ outputs
 
     async def _write_outputs(
-        self, stem: str, seed: int | None, tag: str, images: list[tuple[str, bytes]]
+        self, prep: _Prepared, tag: str, images: list[tuple[str, bytes]]
     ) -> tuple[Path, ...]:
-        """Write images atomically under our own names; nothing partial is ever left."""
+        """Write images atomically under our own, stable names; nothing partial is left.
+
+        The name is the request's (``<name>[_<seed>]_<request key>_<n>``): the same request
+        writes the same file in every run, hit or miss, so a rerun replaces, never duplicates.
+        """
         await aiofiles.os.makedirs(self.output_dir, exist_ok=True)
-        seed_part = f"_{seed}" if seed is not None else ""
         paths = []
         try:
             for i, (suffix, data) in enumerate(images):
-                final = self.output_dir / f"{stem}{seed_part}_{tag}_{i}{suffix}"
+                final = self.output_dir / output_name(prep.stem, prep.name_seed, tag, i, suffix)
                 await _write_atomically(final, data)
                 paths.append(final)
         except BaseException:
@@ -697,6 +786,7 @@ class DreamGenerator:
         finished: asyncio.Queue[tuple[int, GenerationResult | JobFailure]]
         finished = asyncio.Queue(concurrency)
         pending = enumerate(requests)
+        repeats: dict[str, int] = {}
 
         def report() -> None:
             if on_batch_progress is not None:
@@ -712,7 +802,13 @@ class DreamGenerator:
                 progress = None if on_progress is None else _bind(on_progress, index)
                 outcome: GenerationResult | JobFailure
                 try:
-                    outcome = await self.generate(request, on_progress=progress)
+                    prepared = await self._prepare(request)
+                    occurrence = 0
+                    if not prepared.deterministic:
+                        # The n-th repeat of a seedless request is its own image, named apart.
+                        occurrence = repeats.get(prepared.key, 0)
+                        repeats[prepared.key] = occurrence + 1
+                    outcome = await self._complete(prepared, occurrence, None, progress)
                 except (DreamgenError, OSError) as exc:
                     outcome = JobFailure(request, index, exc)
                 counts["running"] -= 1
@@ -751,6 +847,14 @@ class DreamGenerator:
 
 def _bind(callback: Callable[[int, Event], object], index: int) -> ProgressCallback:
     return lambda event: callback(index, event)
+
+
+def _timings(values: tuple[float | None, ...] | None, submitted: float) -> Timings:
+    """A cache hit's timings: the original run's when stored, else just ``submitted``."""
+    if not values:
+        return Timings(submitted)
+    padded = (tuple(values) + (None,) * 5)[:5]
+    return Timings(padded[0] or submitted, *padded[1:])
 
 
 def _first_seed(workflow: Mapping[str, Any]) -> int | None:
