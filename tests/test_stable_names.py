@@ -10,6 +10,7 @@ from dreamgen_async.generator import (
     DreamGenerator,
     GenerationResult,
     Img2ImgRequest,
+    Request,
     Txt2ImgRequest,
     WorkflowRequest,
 )
@@ -41,7 +42,7 @@ async def test_a_rerun_of_a_batch_replaces_its_files(
     comfyui_sim: ComfyUISimulator, tmp_path: Path
 ) -> None:
     out = tmp_path / "out"
-    requests = [
+    requests: list[Request] = [
         *(Txt2ImgRequest(f"fox {i}", seed=i, width=64, height=64) for i in range(3)),
         # Seedless repeats are distinct images: each gets its own (stable) name.
         *[Txt2ImgRequest("any fox", width=64, height=64, name="free")] * 3,
