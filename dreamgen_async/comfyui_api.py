@@ -482,6 +482,90 @@ class ComfyUIClient:
             raise outcome
         return outcome
 
+    async def adopt(
+        self,
+        prompt_id: str,
+        *,
+        workflow: Mapping[str, Any] | None = None,
+        on_progress: ProgressCallback | None = None,
+    ) -> Job | None:
+        """Take charge of a prompt posted earlier (by another process, say): its :class:`Job`.
+
+        The job is registered first, then the server is asked: finished → the job is
+        resolved from ``/history``; queued or running → it waits like any other job (its
+        outcome read from ``/history`` when it ends, since earlier events were missed);
+        absent (never arrived, deleted, or the server restarted) → ``None``. The prompt's
+        events reach this client only if it uses the ``client_id`` the prompt was posted
+        under. With ``workflow``, a prompt the server later loses is resubmitted by the
+        ``on_lost`` policy; without, it fails with :class:`PromptLost`. Takes a
+        ``max_in_flight`` slot like :meth:`submit`.
+        """
+        self._check_open()
+        await self._mux.ensure_running()
+        assert self._slots is not None
+        await self._slots.acquire()
+        try:
+            job = Job(
+                self,
+                prompt_id,
+                workflow or {},
+                extra_data=None,
+                front=False,
+                on_progress=on_progress,
+            )
+        except BaseException:
+            self._slots.release()
+            raise
+        job._future.add_done_callback(lambda _: self._release_slot(job))
+        job.state, job.gap, job.resubmitted = "queued", True, workflow is None
+        self._mux.jobs[prompt_id] = job
+        try:
+            record = await self.get_history(prompt_id)
+            if record is None:
+                queue = await self.get_queue()
+                if prompt_id in queue:
+                    if queue.is_running(prompt_id):
+                        job.state = "running"
+                    return job
+                record = await self.get_history(prompt_id)  # it may have just finished
+            self._mux.jobs.pop(prompt_id, None)
+            if record is None:
+                job._fail(asyncio.CancelledError())
+                return None
+            outcome = self._outcome_from_history(prompt_id, record, job)
+            if isinstance(outcome, BaseException):
+                job._fail(outcome)
+            else:
+                job._resolve(outcome.outputs)
+            return job
+        except BaseException as exc:
+            self._mux.jobs.pop(prompt_id, None)
+            job._fail(exc if isinstance(exc, DreamgenError) else asyncio.CancelledError())
+            raise
+
+    def with_client_id(self, client_id: str) -> ComfyUIClient:
+        """A new, unopened client for the same server, credentials, session and policies,
+        under another ``client_id`` (to collect prompts posted under it, see :meth:`adopt`).
+
+        It shares this client's session, which it never closes: close it before this one.
+        """
+        return ComfyUIClient(
+            self.base_url,
+            session=self._session,
+            client_id=client_id,
+            headers=self._headers,
+            ssl=self._ssl,
+            timeout=self._timeout.total or 300.0,
+            retry=self._retry,
+            reconnect=self._mux._policy,
+            max_in_flight=self._max_in_flight,
+            on_partial=self._on_partial,
+            on_lost=self._on_lost,
+            heartbeat=self._heartbeat,
+            max_ws_message=self._max_ws_message,
+            max_download=self._max_download,
+        )
+
     async def _await_job(self, job: Job, timeout: float | None) -> PromptResult:
         try:
             async with asyncio.timeout(timeout):

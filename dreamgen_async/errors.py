@@ -23,7 +23,8 @@ original kept as ``__cause__``)::
     │   ├── ExecutionInterrupted      the prompt was interrupted (by us or someone else)
     │   ├── PromptLost                the server forgot the prompt (restart) and policy says fail
     │   └── PromptTimeout             waiting took too long (also a builtin TimeoutError)
-    └── OutputPathError               a server-supplied file name we refuse to write
+    ├── OutputPathError               a server-supplied file name we refuse to write
+    └── JournalError                  a batch journal that cannot be used (in use, not one, newer)
 
 Errors about a prompt always carry its ``prompt_id``. Their ``str()`` is written to be
 read by a person: which node, which input, what to do.
@@ -43,6 +44,7 @@ __all__ = [
     "ExecutionError",
     "ExecutionInterrupted",
     "InputImageError",
+    "JournalError",
     "NodeError",
     "NotComfyUIError",
     "OutputPathError",
@@ -146,6 +148,17 @@ class ResponseTooLargeError(ServerError):
 
 class OutputPathError(DreamgenError, ValueError):
     """A server-supplied output file name is unsafe to write (``..``, absolute, NUL, too long)."""
+
+
+class JournalError(DreamgenError):
+    """A batch journal cannot be used: another process holds it, or it is not a journal.
+
+    ``path`` names the file.
+    """
+
+    def __init__(self, message: str, *, path: str) -> None:
+        super().__init__(message)
+        self.path = path
 
 
 class PromptError(DreamgenError):

@@ -14,7 +14,9 @@ file, then rename) under names *we* choose — never a server-supplied path.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import dataclasses
 import hashlib
 import io
 import logging
@@ -35,8 +37,15 @@ from PIL import Image, UnidentifiedImageError
 
 from dreamgen_async.cache import ResultCache, request_key
 from dreamgen_async.comfyui_api import ComfyUIClient
-from dreamgen_async.errors import DreamgenError, InputImageError
+from dreamgen_async.errors import (
+    DreamgenError,
+    ExecutionError,
+    ExecutionInterrupted,
+    InputImageError,
+    JournalError,
+)
 from dreamgen_async.jobs import Mailbox, ProgressCallback, PromptResult
+from dreamgen_async.journal import BatchJournal, JournalItem
 from dreamgen_async.protocol import Event
 from dreamgen_async.workflow_builder import BuiltWorkflow, FluxWorkflowBuilder, Workflow
 
@@ -129,7 +138,11 @@ class GenerationResult:
         workflow: The API-format graph that was (or would have been) sent.
         request: The request this answers.
         cached: Whether the images came from the result cache (no server work).
-        timings: When it was submitted, queued, started, finished and downloaded.
+        timings: When it was submitted, queued, started, finished and downloaded. On a
+            cache hit, the original run's (``None`` where not recorded); for an item a
+            journal found done, only ``submitted``.
+        resumed: The item was finished by an earlier run of its journaled batch: its files
+            were checked and nothing was sent.
     """
 
     paths: tuple[Path, ...]
@@ -139,6 +152,7 @@ class GenerationResult:
     request: Request = field(repr=False)
     cached: bool = False
     timings: Timings = field(default_factory=lambda: Timings(time.time()))
+    resumed: bool = False
 
     @property
     def path(self) -> Path:
@@ -173,6 +187,7 @@ class BatchProgress:
     failed: int
     running: int
     cached: int
+    resumed: int = 0
 
 
 @dataclass(slots=True)
@@ -201,6 +216,12 @@ class _Fetched:
     prompt_id: str | None
     images: list[tuple[str, bytes]]
     timings: tuple[float | None, ...]
+    seed: int | None = None  # the seed of a prompt an earlier run posted
+
+
+def tag_key(request_key: str, occurrence: int) -> str:
+    """A batch item's journal key: its request key, numbered for seedless repeats."""
+    return request_key if occurrence == 0 else f"{request_key}-{occurrence}"
 
 
 def output_name(stem: str, seed: int | None, tag: str, index: int, suffix: str) -> str:
@@ -254,11 +275,20 @@ class GenerationJob:
 class Batch:
     """A batch running in the background (from :meth:`DreamGenerator.start_batch`)."""
 
-    def __init__(self, gen: DreamGenerator, requests: Iterable[Request], concurrency: int) -> None:
+    def __init__(
+        self,
+        gen: DreamGenerator,
+        requests: Iterable[Request],
+        concurrency: int,
+        journal: str | os.PathLike[str] | None = None,
+    ) -> None:
         self._progress: Mailbox[BatchProgress] = Mailbox()
         self._task = asyncio.create_task(
             gen.generate_many(
-                requests, concurrency=concurrency, on_batch_progress=self._progress.put
+                requests,
+                concurrency=concurrency,
+                on_batch_progress=self._progress.put,
+                journal=journal,
             ),
             name="dreamgen-batch",
         )
@@ -375,6 +405,8 @@ class DreamGenerator:
         self.max_input_pixels = max_input_pixels
         self._uploads: OrderedDict[str, asyncio.Future[str]] = OrderedDict()
         self._inflight: dict[str, asyncio.Future[_Fetched]] = {}
+        self._adopters: dict[str, ComfyUIClient] = {}
+        self._adopters_lock = asyncio.Lock()
 
     async def __aenter__(self) -> DreamGenerator:
         if self._owns_client:
@@ -386,6 +418,9 @@ class DreamGenerator:
 
     async def aclose(self) -> None:
         """Close the client if this generator created it. Idempotent."""
+        adopters, self._adopters = list(self._adopters.values()), {}
+        for adopter in adopters:  # they share the client's session: closed first
+            await adopter.aclose()
         if self._owns_client:
             await self.client.aclose()
 
@@ -456,9 +491,18 @@ class DreamGenerator:
         """Start one request in the background; follow it with ``events()``."""
         return GenerationJob(self, request, timeout)
 
-    def start_batch(self, requests: Iterable[Request], *, concurrency: int = 8) -> Batch:
-        """Start a batch in the background; follow it with ``progress()``."""
-        return Batch(self, requests, concurrency)
+    def start_batch(
+        self,
+        requests: Iterable[Request],
+        *,
+        concurrency: int = 8,
+        journal: str | os.PathLike[str] | None = None,
+    ) -> Batch:
+        """Start a batch in the background; follow it with ``progress()``.
+
+        ``journal=``: as for :meth:`as_completed`.
+        """
+        return Batch(self, requests, concurrency, journal)
 
     async def generate(
         self,
@@ -533,10 +577,58 @@ class DreamGenerator:
         occurrence: int,
         timeout: float | None,
         on_progress: ProgressCallback | None,
+        journal: BatchJournal | None = None,
+        index: int = 0,
     ) -> GenerationResult:
-        """Answer a prepared request: from the cache, or by running it; then write its files."""
+        """Answer a prepared request: from the journal, the cache, or by running it.
+
+        With a journal, the item's record decides first: done with its files intact →
+        skipped; posted → collected from its server by prompt_id (run only if the server
+        does not have it); otherwise run, the prompt_id committed before the POST.
+        """
         submitted = time.time()
         tag = prep.key[:12] if occurrence == 0 else f"{prep.key[:12]}-{occurrence}"
+        item: JournalItem | None = None
+        if journal is not None:
+            item = await journal.begin(tag_key(prep.key, occurrence), prep.key, index)
+            if item.state == "done" and await asyncio.to_thread(item.files_intact):
+                return GenerationResult(
+                    tuple(Path(f.path) for f in item.files),
+                    item.prompt_id,
+                    item.seed if item.seed is not None else prep.seed,
+                    prep.workflow,
+                    prep.request,
+                    item.cached,
+                    Timings(submitted),
+                    resumed=True,
+                )
+        try:
+            result = await self._answer(prep, tag, item, journal, submitted, timeout, on_progress)
+        except (DreamgenError, OSError) as exc:
+            if journal is not None and item is not None:
+                with contextlib.suppress(JournalError):  # the job's own error matters more
+                    await journal.failed(item.item_key, f"{type(exc).__name__}: {exc}")
+            raise
+        if journal is not None and item is not None:
+            await journal.done(
+                item.item_key,
+                result.prompt_id,
+                result.paths,
+                cached=result.cached,
+                seed=result.seed,
+            )
+        return result
+
+    async def _answer(
+        self,
+        prep: _Prepared,
+        tag: str,
+        item: JournalItem | None,
+        journal: BatchJournal | None,
+        submitted: float,
+        timeout: float | None,
+        on_progress: ProgressCallback | None,
+    ) -> GenerationResult:
         if prep.deterministic and self.cache is not None:
             entry = await self.cache.get_entry(prep.key)
             if entry is not None:
@@ -547,30 +639,98 @@ class DreamGenerator:
                 )
         fetched = await self._run_shared(
             prep.key if prep.deterministic else None,
-            lambda: self._fetch(prep, timeout, on_progress),
+            lambda: self._fetch(prep, timeout, on_progress, item, journal),
         )
         paths = await self._write_outputs(prep, tag, fetched.images)
         queued, started, finished = (fetched.timings + (None,) * 5)[1:4]
         timings = Timings(submitted, queued, started, finished, time.time())
+        seed = fetched.seed if fetched.seed is not None else prep.seed
         return GenerationResult(
-            paths, fetched.prompt_id, prep.seed, prep.workflow, prep.request, False, timings
+            paths, fetched.prompt_id, seed, prep.workflow, prep.request, False, timings
         )
 
     async def _fetch(
-        self, prep: _Prepared, timeout: float | None, on_progress: ProgressCallback | None
+        self,
+        prep: _Prepared,
+        timeout: float | None,
+        on_progress: ProgressCallback | None,
+        item: JournalItem | None = None,
+        journal: BatchJournal | None = None,
     ) -> _Fetched:
-        """Upload the input (only now: a cache hit never touches the server), run, download."""
-        await self._upload(prep)
-        started = time.time()
-        result, images = await self._run_and_download(prep.workflow, timeout, on_progress)
-        fetched = _Fetched(
-            result.prompt_id,
-            images,
-            (started, result.queued_at, result.started_at, result.finished_at, time.time()),
-        )
+        """Collect the item's earlier prompt, or upload (only now: a cache hit never touches
+        the server), run and download."""
+        fetched: _Fetched | None = None
+        if item is not None and item.prompt_id is not None and not item.cached:
+            fetched = await self._collect(item, prep, timeout, on_progress)
+        if fetched is None:
+            await self._upload(prep)
+            started = time.time()
+            before_post: Callable[[str], Awaitable[None]] | None = None
+            if journal is not None and item is not None:
+                key, client = item.item_key, self.client
+
+                async def before_post(prompt_id: str) -> None:
+                    await journal.posted(
+                        key, prompt_id, client.base_url, client.client_id, prep.seed
+                    )
+
+            result, images = await self._run_and_download(
+                prep.workflow, timeout, on_progress, before_post
+            )
+            fetched = _Fetched(
+                result.prompt_id,
+                images,
+                (started, result.queued_at, result.started_at, result.finished_at, time.time()),
+            )
         if prep.deterministic and self.cache is not None:
-            await self.cache.put(prep.key, images, fetched.timings)
+            await self.cache.put(prep.key, fetched.images, fetched.timings)
         return fetched
+
+    async def _collect(
+        self,
+        item: JournalItem,
+        prep: _Prepared,
+        timeout: float | None,
+        on_progress: ProgressCallback | None,
+    ) -> _Fetched | None:
+        """Collect a prompt an earlier run posted; ``None`` when it must run (again)."""
+        assert item.prompt_id is not None
+        client = await self._client_for(item)
+        if client is None:
+            return None
+        job = await client.adopt(item.prompt_id, workflow=prep.workflow, on_progress=on_progress)
+        if job is None:
+            log.info("prompt %s of an earlier run is not on the server: running it", item.prompt_id)
+            return None
+        try:
+            result = await job.result(timeout)
+        except (ExecutionInterrupted, ExecutionError) as exc:
+            log.info("prompt %s of an earlier run failed (%s): running it", item.prompt_id, exc)
+            return None
+        images = await self._download(client, result)
+        now = time.time()
+        timings = (now, result.queued_at, result.started_at, result.finished_at, now)
+        return _Fetched(item.prompt_id, images, timings, item.seed)
+
+    async def _client_for(self, item: JournalItem) -> ComfyUIClient | None:
+        """The client that receives the events of ``item``'s prompt (its client_id)."""
+        if item.server is not None and item.server != self.client.base_url:
+            log.warning(
+                "prompt %s was posted to %s, not %s: running it here",
+                item.prompt_id,
+                item.server,
+                self.client.base_url,
+            )
+            return None
+        if item.client_id is None or item.client_id == self.client.client_id:
+            return self.client
+        async with self._adopters_lock:
+            adopter = self._adopters.get(item.client_id)
+            if adopter is None:
+                adopter = self.client.with_client_id(item.client_id)
+                await adopter.open()
+                self._adopters[item.client_id] = adopter
+        return adopter
 
     async def _upload(self, prep: _Prepared) -> None:
         if prep.upload is None:
@@ -734,6 +894,7 @@ class DreamGenerator:
         return_exceptions: bool = True,
         on_progress: Callable[[int, Event], object] | None = None,
         on_batch_progress: Callable[[BatchProgress], object] | None = None,
+        journal: str | os.PathLike[str] | None = None,
     ) -> AsyncIterator[GenerationResult | JobFailure]:
         """Yield each job's outcome as it finishes; ``concurrency`` jobs at a time.
 
@@ -741,9 +902,21 @@ class DreamGenerator:
         is kept per finished job. A failing job yields a :class:`JobFailure` (or, with
         ``return_exceptions=False``, raises its error after cancelling the rest — which
         takes their prompts off the server). Leaving the loop early cancels the rest too.
+
+        With ``journal=`` (a file path; see "Long batches" in the README) the batch is
+        recorded as it runs and a rerun with the same file resumes it: items already done
+        are skipped, prompts an earlier run posted are collected instead of run again.
+
+        Raises:
+            JournalError: the journal is in use by another process, or not a journal.
         """
         async for _, outcome in self.enumerate_completed(
-            requests, concurrency, return_exceptions, on_progress, on_batch_progress
+            requests,
+            concurrency,
+            return_exceptions,
+            on_progress,
+            on_batch_progress,
+            journal=journal,
         ):
             yield outcome
 
@@ -755,14 +928,21 @@ class DreamGenerator:
         return_exceptions: bool = True,
         on_progress: Callable[[int, Event], object] | None = None,
         on_batch_progress: Callable[[BatchProgress], object] | None = None,
+        journal: str | os.PathLike[str] | None = None,
     ) -> list[GenerationResult | JobFailure]:
         """Run every request, ``concurrency`` at a time; outcomes in request order.
 
         Cancelling it cancels every running job (their prompts leave the server).
+        ``journal=``: as for :meth:`as_completed`.
         """
         outcomes: dict[int, GenerationResult | JobFailure] = {}
         async for index, outcome in self.enumerate_completed(
-            requests, concurrency, return_exceptions, on_progress, on_batch_progress
+            requests,
+            concurrency,
+            return_exceptions,
+            on_progress,
+            on_batch_progress,
+            journal=journal,
         ):
             outcomes[index] = outcome
         return [outcomes[i] for i in range(len(outcomes))]
@@ -774,6 +954,8 @@ class DreamGenerator:
         return_exceptions: bool = True,
         on_progress: Callable[[int, Event], object] | None = None,
         on_batch_progress: Callable[[BatchProgress], object] | None = None,
+        *,
+        journal: str | os.PathLike[str] | None = None,
     ) -> AsyncIterator[tuple[int, GenerationResult | JobFailure]]:
         """Like :meth:`as_completed`, yielding ``(index of the request, outcome)`` pairs.
 
@@ -781,8 +963,53 @@ class DreamGenerator:
         """
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
+        if journal is None:
+            async for pair in self._enumerate(
+                requests, concurrency, return_exceptions, on_progress, on_batch_progress, None
+            ):
+                yield pair
+            return
+        opened = await BatchJournal.open(journal)
+        try:
+            await self._describe_batch(opened, requests)
+            async for pair in self._enumerate(
+                requests, concurrency, return_exceptions, on_progress, on_batch_progress, opened
+            ):
+                yield pair
+        finally:
+            await opened.aclose()
+
+    async def _describe_batch(self, journal: BatchJournal, requests: Iterable[Request]) -> None:
+        """Record what a later ``dreamgen resume`` needs: server, folders, builder, requests."""
+        await journal.set_meta(
+            {"client_id": self.client.client_id, "created": time.time()}, keep=True
+        )
+        output_dir = await asyncio.to_thread(os.path.abspath, self.output_dir)
+        await journal.set_meta(
+            {
+                "server": self.client.base_url,
+                "output_dir": output_dir,
+                "builder": builder_spec(self.builder),
+            }
+        )
+        if isinstance(requests, list | tuple):
+            specs = await asyncio.to_thread(
+                lambda: [(i, request_spec(r)) for i, r in enumerate(requests)]
+            )
+            await journal.record_requests(specs, replace=True)
+
+    async def _enumerate(
+        self,
+        requests: Iterable[Request],
+        concurrency: int,
+        return_exceptions: bool,
+        on_progress: Callable[[int, Event], object] | None,
+        on_batch_progress: Callable[[BatchProgress], object] | None,
+        journal: BatchJournal | None,
+    ) -> AsyncIterator[tuple[int, GenerationResult | JobFailure]]:
         total = len(requests) if isinstance(requests, list | tuple) else None
-        counts = {"done": 0, "failed": 0, "running": 0, "cached": 0}
+        lazy = total is None
+        counts = {"done": 0, "failed": 0, "running": 0, "cached": 0, "resumed": 0}
         finished: asyncio.Queue[tuple[int, GenerationResult | JobFailure]]
         finished = asyncio.Queue(concurrency)
         pending = enumerate(requests)
@@ -802,13 +1029,18 @@ class DreamGenerator:
                 progress = None if on_progress is None else _bind(on_progress, index)
                 outcome: GenerationResult | JobFailure
                 try:
+                    if journal is not None and lazy:
+                        spec = await asyncio.to_thread(request_spec, request)
+                        await journal.record_requests([(index, spec)], replace=False)
                     prepared = await self._prepare(request)
                     occurrence = 0
                     if not prepared.deterministic:
                         # The n-th repeat of a seedless request is its own image, named apart.
                         occurrence = repeats.get(prepared.key, 0)
                         repeats[prepared.key] = occurrence + 1
-                    outcome = await self._complete(prepared, occurrence, None, progress)
+                    outcome = await self._complete(
+                        prepared, occurrence, None, progress, journal, index
+                    )
                 except (DreamgenError, OSError) as exc:
                     outcome = JobFailure(request, index, exc)
                 counts["running"] -= 1
@@ -817,6 +1049,7 @@ class DreamGenerator:
                 else:
                     counts["done"] += 1
                     counts["cached"] += outcome.cached
+                    counts["resumed"] += outcome.resumed
                 report()
                 await finished.put((index, outcome))
 
@@ -843,6 +1076,59 @@ class DreamGenerator:
             await asyncio.gather(*workers, return_exceptions=True)
             if all_done.done() and not all_done.cancelled():
                 all_done.exception()
+
+
+def request_spec(request: Request) -> dict[str, Any]:
+    """A request as JSON-ready data (what a journal keeps for ``dreamgen resume``).
+
+    Image paths are made absolute; bytes and PIL images are kept (as base64 PNG bytes).
+    """
+    if isinstance(request, Txt2ImgRequest):
+        return {"kind": "txt2img", **dataclasses.asdict(request)}
+    if isinstance(request, Img2ImgRequest):
+        fields = {f.name: getattr(request, f.name) for f in dataclasses.fields(request)}
+        image = fields.pop("image")
+        if isinstance(image, str | os.PathLike):
+            source: dict[str, str] = {"path": os.path.abspath(image)}
+        else:
+            data = _encode_pil(image) if isinstance(image, Image.Image) else bytes(image)
+            source = {"base64": base64.b64encode(data).decode()}
+        return {"kind": "img2img", "image": source, **fields}
+    wf = request.workflow
+    graph = wf.to_api() if isinstance(wf, Workflow) else dict(wf)
+    return {"kind": "workflow", "workflow": graph, "name": request.name}
+
+
+def request_from_spec(spec: Mapping[str, Any]) -> Request:
+    """The request :func:`request_spec` described."""
+    fields = {k: v for k, v in spec.items() if k != "kind"}
+    if spec["kind"] == "txt2img":
+        return Txt2ImgRequest(**fields)
+    if spec["kind"] == "img2img":
+        source = fields.pop("image")
+        image = source["path"] if "path" in source else base64.b64decode(source["base64"])
+        return Img2ImgRequest(image, **fields)
+    return WorkflowRequest(fields["workflow"], fields.get("name"))
+
+
+def builder_spec(builder: FluxWorkflowBuilder) -> dict[str, Any]:
+    """A builder's settings as JSON-ready data."""
+    return {
+        "checkpoint": builder.checkpoint,
+        "preset": builder.preset.name,
+        "sampler": builder.sampler,
+        "scheduler": builder.scheduler,
+        "filename_prefix": builder.filename_prefix,
+        "steps": builder.steps,
+        "cfg": builder.cfg,
+        "guidance": builder.guidance,
+    }
+
+
+def builder_from_spec(spec: Mapping[str, Any]) -> FluxWorkflowBuilder:
+    """The builder :func:`builder_spec` described."""
+    spec = dict(spec)
+    return FluxWorkflowBuilder(spec.pop("checkpoint"), **spec)
 
 
 def _bind(callback: Callable[[int, Event], object], index: int) -> ProgressCallback:
