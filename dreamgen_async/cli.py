@@ -45,7 +45,10 @@ from dreamgen_async.generator import (
     Request,
     Txt2ImgRequest,
     WorkflowRequest,
+    builder_from_spec,
+    request_from_spec,
 )
+from dreamgen_async.journal import read_journal_meta, read_journal_requests
 from dreamgen_async.protocol import Event, Executing
 from dreamgen_async.protocol import Progress as StepProgress
 from dreamgen_async.workflow_builder import FluxWorkflowBuilder, Workflow
@@ -67,6 +70,7 @@ class Options:
     json: bool
     quiet: bool
     debug: bool
+    journal: Path | None = None
 
 
 def common_options(func: F) -> F:
@@ -207,6 +211,7 @@ class Display:
                     prompt_id=outcome.prompt_id,
                     seed=outcome.seed,
                     cached=outcome.cached,
+                    resumed=outcome.resumed,
                 )
             click.echo(json.dumps(record))
         elif isinstance(outcome, JobFailure):
@@ -214,8 +219,11 @@ class Display:
             self.console.print(f"[red]error[/red] {message}", highlight=False)
         elif not self.opts.quiet:
             paths = ", ".join(str(p) for p in outcome.paths)
+            earlier = ", done earlier" if outcome.resumed else ""
             self.console.print(
-                f"ok {label} -> {paths} (seed {outcome.seed})", highlight=False, markup=False
+                f"ok {label} -> {paths} (seed {outcome.seed}{earlier})",
+                highlight=False,
+                markup=False,
             )
 
 
@@ -226,16 +234,29 @@ async def run_requests(
     output: Path,
     builder: FluxWorkflowBuilder,
     console: Console,
+    journal: Path | None = None,
 ) -> int:
-    """Run a batch with a display; return the number of failed jobs."""
+    """Run a batch with a display; return the number of failed jobs.
+
+    With a journal, the client takes the journal's client_id (so the events of prompts an
+    earlier run posted reach it) and the batch resumes where the journal left off.
+    """
     token = os.environ.get("DREAMGEN_TOKEN") or None
     failed = 0
+    client_id = None
+    if journal is not None:
+        client_id = (await asyncio.to_thread(read_journal_meta, journal)).get("client_id")
     async with DreamGenerator(
-        opts.server, output_dir=output, builder=builder, token=token, max_in_flight=64
+        opts.server,
+        output_dir=output,
+        builder=builder,
+        token=token,
+        max_in_flight=64,
+        client_id=client_id,
     ) as gen:
         with Display(opts, labels, console) as display:
             outcomes = gen.enumerate_completed(
-                requests, opts.concurrency, True, display.event, display.batch
+                requests, opts.concurrency, True, display.event, display.batch, journal=journal
             )
             async for index, outcome in outcomes:
                 failed += isinstance(outcome, JobFailure)
@@ -249,6 +270,12 @@ def execute(opts: Options, coro_factory: Callable[[], Any]) -> None:
         result = asyncio.run(coro_factory())
     except KeyboardInterrupt:
         click.echo("interrupted: pending prompts were removed from the server", err=True)
+        if opts.journal is not None:
+            click.echo(
+                f"the journal {opts.journal} keeps the batch: rerun the same command, or "
+                f"`dreamgen resume {opts.journal}`, to finish it",
+                err=True,
+            )
         sys.exit(130)
     except DreamgenError as exc:
         if opts.debug:
@@ -285,6 +312,30 @@ def output_option(default: str = "dreamgen-output") -> Callable[[F], F]:
     )
 
 
+JOURNAL_NAME = ".dreamgen-journal.sqlite"
+
+
+def journal_options(func: F) -> F:
+    """``--journal FILE`` / ``--no-journal`` for the batch commands."""
+    func = click.option(
+        "--no-journal", is_flag=True, help="Keep no journal (a rerun then starts over)."
+    )(func)
+    return click.option(
+        "--journal",
+        type=click.Path(dir_okay=False, path_type=Path),
+        default=None,
+        help=f"The batch's journal (default: OUTPUT/{JOURNAL_NAME}). A rerun of the same "
+        "command resumes from it: done items are skipped, posted prompts collected.",
+    )(func)
+
+
+def journal_from(kwargs: dict[str, Any], output: Path) -> Path | None:
+    journal: Path | None = kwargs.pop("journal")
+    if kwargs.pop("no_journal"):
+        return None
+    return journal if journal is not None else output / JOURNAL_NAME
+
+
 @cli.command()
 @click.argument("prompt")
 @click.option("--count", "-n", default=1, show_default=True, type=click.IntRange(1))
@@ -295,13 +346,15 @@ def output_option(default: str = "dreamgen-output") -> Callable[[F], F]:
 @click.option("--ckpt", default=None, help="Checkpoint name (flux1-schnell by default).")
 @click.option("--negative", default="")
 @output_option()
+@journal_options
 @common_options
 def txt2img(prompt: str, count: int, seed: int | None, size: str | None, **kwargs: Any) -> None:
     """Generate COUNT images from PROMPT."""
     steps, cfg, ckpt, negative, output = (
         kwargs.pop(k) for k in ("steps", "cfg", "ckpt", "negative", "output")
     )
-    opts = options_from(kwargs)
+    journal = journal_from(kwargs, output)
+    opts = dataclasses.replace(options_from(kwargs), journal=journal)
     width, height = parse_size(size)
     builder = make_builder(ckpt, steps, cfg)
     requests = [
@@ -309,7 +362,7 @@ def txt2img(prompt: str, count: int, seed: int | None, size: str | None, **kwarg
         for i in range(count)
     ]
     labels = [f"#{i + 1}" for i in range(count)]
-    execute(opts, lambda: run_requests(opts, requests, labels, output, builder, Console()))
+    execute(opts, lambda: run_requests(opts, requests, labels, output, builder, Console(), journal))
 
 
 @cli.command()
@@ -322,13 +375,15 @@ def txt2img(prompt: str, count: int, seed: int | None, size: str | None, **kwarg
 @click.option("--ckpt", default=None)
 @click.option("--negative", default="")
 @output_option()
+@journal_options
 @common_options
 def img2img(inputs: tuple[str, ...], prompt: str, **kwargs: Any) -> None:
     """Transform each INPUT (files, folders or globs) with PROMPT; outputs named after inputs."""
     denoise, seed, steps, cfg, ckpt, negative, output = (
         kwargs.pop(k) for k in ("denoise", "seed", "steps", "cfg", "ckpt", "negative", "output")
     )
-    opts = options_from(kwargs)
+    journal = journal_from(kwargs, output)
+    opts = dataclasses.replace(options_from(kwargs), journal=journal)
     paths = expand_inputs(inputs)
     if not paths:
         raise click.UsageError(f"no images found in {' '.join(inputs)}")
@@ -337,7 +392,7 @@ def img2img(inputs: tuple[str, ...], prompt: str, **kwargs: Any) -> None:
         Img2ImgRequest(path, prompt, denoise, negative, seed, name=path.stem) for path in paths
     ]
     labels = [str(p) for p in paths]
-    execute(opts, lambda: run_requests(opts, requests, labels, output, builder, Console()))
+    execute(opts, lambda: run_requests(opts, requests, labels, output, builder, Console(), journal))
 
 
 @cli.command()
@@ -346,11 +401,13 @@ def img2img(inputs: tuple[str, ...], prompt: str, **kwargs: Any) -> None:
     "--set", "assignments", multiple=True, help="node.input=value (node: id, title or class)."
 )
 @output_option()
+@journal_options
 @common_options
 def run(workflow_file: Path, assignments: tuple[str, ...], **kwargs: Any) -> None:
     """Run your own API-format WORKFLOW_FILE (exported from ComfyUI)."""
     output = kwargs.pop("output")
-    opts = options_from(kwargs)
+    journal = journal_from(kwargs, output)
+    opts = dataclasses.replace(options_from(kwargs), journal=journal)
     try:
         workflow = Workflow.load(workflow_file)
         for assignment in assignments:
@@ -361,8 +418,53 @@ def run(workflow_file: Path, assignments: tuple[str, ...], **kwargs: Any) -> Non
     builder = FluxWorkflowBuilder()
     execute(
         opts,
-        lambda: run_requests(opts, requests, [str(workflow_file)], output, builder, Console()),
+        lambda: run_requests(
+            opts, requests, [str(workflow_file)], output, builder, Console(), journal
+        ),
     )
+
+
+@cli.command()
+@click.argument("journal", type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@common_options
+def resume(journal: Path, **kwargs: Any) -> None:
+    """Finish the batch recorded in JOURNAL (its server, folder, model and requests).
+
+    Done items are skipped, prompts an earlier run posted are collected, the rest run.
+    --server overrides the journal's server only when given.
+    """
+    server_given = click.get_current_context().get_parameter_source("server")
+    opts = dataclasses.replace(options_from(kwargs), journal=journal)
+    try:
+        meta = read_journal_meta(journal)
+        specs = read_journal_requests(journal)
+        builder = builder_from_spec(meta["builder"]) if "builder" in meta else None
+    except (DreamgenError, KeyError, TypeError) as exc:
+        raise click.UsageError(f"{journal}: cannot resume from it ({exc})") from exc
+    if not specs or "output_dir" not in meta:
+        raise click.UsageError(f"{journal} records no requests to resume")
+    if server_given not in (
+        click.core.ParameterSource.COMMANDLINE,
+        click.core.ParameterSource.ENVIRONMENT,
+    ):
+        opts = dataclasses.replace(opts, server=meta.get("server", opts.server))
+    requests = [request_from_spec(spec) for spec in specs]
+    labels = [spec_label(spec, i) for i, spec in enumerate(specs)]
+    output = Path(meta["output_dir"])
+    execute(
+        opts,
+        lambda: run_requests(
+            opts, requests, labels, output, builder or FluxWorkflowBuilder(), Console(), journal
+        ),
+    )
+
+
+def spec_label(spec: dict[str, Any], index: int) -> str:
+    """How ``dreamgen resume`` names a recorded request in its output."""
+    image = spec.get("image")
+    if isinstance(image, dict) and "path" in image:
+        return str(image["path"])
+    return str(spec.get("name") or f"#{index + 1}")
 
 
 @cli.command()

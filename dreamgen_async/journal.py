@@ -42,7 +42,14 @@ try:  # POSIX; elsewhere the journal is simply not locked
 except ImportError:  # pragma: no cover
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["BatchJournal", "ItemState", "JournalFile", "JournalItem", "read_journal_meta"]
+__all__ = [
+    "BatchJournal",
+    "ItemState",
+    "JournalFile",
+    "JournalItem",
+    "read_journal_meta",
+    "read_journal_requests",
+]
 
 ItemState = Literal["pending", "posted", "done", "failed"]
 T = TypeVar("T")
@@ -176,6 +183,26 @@ def read_journal_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
     except sqlite3.DatabaseError as exc:
         raise JournalError(f"{file} is not a batch journal ({exc})", path=str(file)) from exc
     return {name: json.loads(value) for name, value in rows}
+
+
+def read_journal_requests(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """A journal's recorded request specs, in batch order (blocking, lock-free).
+
+    Raises:
+        JournalError: there is no journal at ``path``, or the file is not one.
+    """
+    file = Path(path)
+    if not file.is_file():
+        raise JournalError(f"no batch journal at {file}", path=str(file))
+    try:
+        db = sqlite3.connect(f"{file.resolve().as_uri()}?mode=ro", uri=True, timeout=60.0)
+        try:
+            rows = db.execute("SELECT spec FROM requests ORDER BY idx").fetchall()
+        finally:
+            db.close()
+    except sqlite3.DatabaseError as exc:
+        raise JournalError(f"{file} is not a batch journal ({exc})", path=str(file)) from exc
+    return [json.loads(spec) for (spec,) in rows]
 
 
 class BatchJournal:
@@ -402,7 +429,7 @@ class BatchJournal:
         cached: bool,
         seed: int | None,
     ) -> None:
-        records = [{"path": str(p), "size": p.stat().st_size} for p in files]
+        records = [{"path": os.path.abspath(p), "size": p.stat().st_size} for p in files]
         values: dict[str, Any] = {
             "files": json.dumps(records),
             "cached": int(cached),
