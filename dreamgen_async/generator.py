@@ -972,6 +972,8 @@ class DreamGenerator:
         opened = await BatchJournal.open(journal)
         try:
             await self._describe_batch(opened, requests)
+            # A run killed mid-write left staging files: this batch's folder, swept.
+            await asyncio.to_thread(_sweep_staging, self.output_dir)
             async for pair in self._enumerate(
                 requests, concurrency, return_exceptions, on_progress, on_batch_progress, opened
             ):
@@ -1166,8 +1168,43 @@ def _copy_atomically(data: bytes, folder: Path, name: str) -> None:
             staging.unlink()
 
 
+_STAGING = re.compile(r"^\..+\.(\d+)\.[0-9a-f]{32}\.part$")
+
+
+def _sweep_staging(folder: Path) -> int:
+    """Remove staging files left by writer processes that died mid-write (blocking).
+
+    A staging file names its writer's pid; files of a live process are left alone.
+    """
+    removed = 0
+    try:
+        entries = list(folder.iterdir())
+    except FileNotFoundError:
+        return 0
+    for path in entries:
+        match = _STAGING.match(path.name)
+        if match is None or _alive(int(match.group(1))):
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+            removed += 1
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, but not ours to signal
+        return True
+    return True
+
+
 async def _write_atomically(final: Path, data: bytes) -> None:
-    staging = final.with_name(f".{final.name}.{uuid.uuid4().hex}.part")
+    staging = final.with_name(f".{final.name}.{os.getpid()}.{uuid.uuid4().hex}.part")
     try:
         async with aiofiles.open(staging, "wb") as f:
             await f.write(data)
