@@ -22,6 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from _graphs import png_bytes
 
 from dreamgen_async.testing import ComfyUISimulator
 
@@ -253,3 +254,43 @@ async def test_ctrl_c_in_the_cli_then_the_same_command_finishes(
         (done,) = [p for p in finished if seed_of(sim, p.prompt_id) == seed]
         assert path.read_bytes() == done.output_bytes[0]
     report_line(f"ctrl-c/rerun: {jobs} jobs, {interrupted} interrupts (seed {SEED}); no re-run")
+
+
+async def test_dreamgen_resume_finishes_a_batch_from_its_journal_alone(
+    comfyui_sim: ComfyUISimulator, tmp_path: Path
+) -> None:
+    sim = comfyui_sim
+    out, journal = tmp_path / "out", tmp_path / "frames.journal"
+    inputs = tmp_path / "frames"
+    inputs.mkdir()
+    for i in range(12):
+        (inputs / f"frame_{i:02d}.png").write_bytes(png_bytes(i))
+    sim.hold()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "dreamgen_async", "img2img", str(inputs), "ink", "--seed", "3",
+        "--steps", "2", "-o", str(out), "--server", sim.url, "--journal", str(journal), "-q",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    await sim.wait_until(lambda: len(sim.accepted_prompt_ids) >= 8, timeout=30)
+    proc.kill()
+    await proc.communicate()
+    await sim.wait_until(lambda: not busy(sim))
+    sim.release()
+    # From another folder, with nothing but the journal: server, folder, model, requests.
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "dreamgen_async", "resume", str(journal), "--json",
+        cwd=elsewhere, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    stdout, stderr = await proc.communicate()
+    assert proc.returncode == 0, stderr.decode()
+    records = [json.loads(line) for line in stdout.decode().splitlines()]
+    assert sorted(Path(r["input"]).name for r in records) == sorted(
+        p.name for p in inputs.iterdir()
+    )
+    assert len(sim.accepted_prompt_ids) == len(set(sim.accepted_prompt_ids)) == 12
+    files = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
+    assert len(files) == 12
+    assert all(name.startswith("frame_") and "_3_" in name for name in files)
+    assert list(elsewhere.iterdir()) == []

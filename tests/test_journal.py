@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -171,3 +173,22 @@ async def test_adopt_answers_from_history_queue_or_absence(
         comfyui_sim.release()
         assert (await waiting.result(timeout=10)).images
     assert len(comfyui_sim.accepted_prompt_ids) == 2
+
+
+async def test_a_journaled_batch_sweeps_staging_files_of_dead_writers(
+    comfyui_sim: ComfyUISimulator, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    dead = await asyncio.create_subprocess_exec(sys.executable, "-c", "pass")
+    await dead.wait()
+    stale = out / f".frame.png.{dead.pid}.{'a' * 32}.part"
+    live = out / f".frame.png.{os.getpid()}.{'b' * 32}.part"
+    mine = out / "notes.part"
+    for path in (stale, live, mine):
+        path.write_bytes(b"x")
+    async with DreamGenerator(comfyui_sim.url, output_dir=out) as gen:
+        await gen.generate_many(frames(1), journal=tmp_path / "j")
+    assert not stale.exists()
+    assert live.exists()
+    assert mine.exists()
