@@ -1090,11 +1090,18 @@ def request_spec(request: Request) -> dict[str, Any]:
     if isinstance(request, Img2ImgRequest):
         fields = {f.name: getattr(request, f.name) for f in dataclasses.fields(request)}
         image = fields.pop("image")
+        source: dict[str, str]
         if isinstance(image, str | os.PathLike):
-            source: dict[str, str] = {"path": os.path.abspath(image)}
+            source = {"path": os.path.abspath(image)}
+        elif isinstance(image, bytes | bytearray | Image.Image):
+            try:
+                data = _encode_pil(image) if isinstance(image, Image.Image) else bytes(image)
+            except (OSError, ValueError) as exc:  # an image PIL cannot write: its job says so
+                source = {"unsupported": f"{_describe(image)} ({exc})"}
+            else:
+                source = {"base64": base64.b64encode(data).decode()}
         else:
-            data = _encode_pil(image) if isinstance(image, Image.Image) else bytes(image)
-            source = {"base64": base64.b64encode(data).decode()}
+            source = {"unsupported": _describe(image)}
         return {"kind": "img2img", "image": source, **fields}
     wf = request.workflow
     graph = wf.to_api() if isinstance(wf, Workflow) else dict(wf)
@@ -1108,7 +1115,11 @@ def request_from_spec(spec: Mapping[str, Any]) -> Request:
         return Txt2ImgRequest(**fields)
     if spec["kind"] == "img2img":
         source = fields.pop("image")
-        image = source["path"] if "path" in source else base64.b64decode(source["base64"])
+        image: Any = None  # unsupported: the job fails with InputImageError, by name
+        if "path" in source:
+            image = source["path"]
+        elif "base64" in source:
+            image = base64.b64decode(source["base64"])
         return Img2ImgRequest(image, **fields)
     return WorkflowRequest(fields["workflow"], fields.get("name"))
 

@@ -8,19 +8,20 @@ import sys
 from pathlib import Path
 
 import pytest
-from _graphs import txt2img
+from _graphs import png_bytes, txt2img
 
 from dreamgen_async import ComfyUIClient, JournalError
 from dreamgen_async.generator import (
     DreamGenerator,
     GenerationResult,
+    Img2ImgRequest,
     JobFailure,
     Request,
     Txt2ImgRequest,
     request_from_spec,
     request_spec,
 )
-from dreamgen_async.journal import BatchJournal, read_journal_meta
+from dreamgen_async.journal import BatchJournal, read_journal_meta, read_journal_requests
 from dreamgen_async.testing import ComfyUISimulator
 
 
@@ -193,3 +194,21 @@ async def test_a_journaled_batch_sweeps_staging_files_of_dead_writers(
     assert not stale.exists()
     assert live.exists()
     assert mine.exists()
+
+
+async def test_start_batch_takes_a_journal_and_odd_inputs_are_recorded(
+    comfyui_sim: ComfyUISimulator, tmp_path: Path
+) -> None:
+    journal = tmp_path / "j"
+    requests: list[Request] = [
+        *frames(2),
+        Img2ImgRequest(png_bytes(1), "bytes", seed=1),
+        Img2ImgRequest(object(), "what is this", seed=1),
+    ]
+    async with DreamGenerator(comfyui_sim.url, output_dir=tmp_path / "out") as gen:
+        outcomes = await gen.start_batch(requests, journal=journal).results()
+    assert [type(o).__name__ for o in outcomes] == ["GenerationResult"] * 3 + ["JobFailure"]
+    specs = read_journal_requests(journal)
+    assert request_from_spec(specs[2]) == requests[2]
+    assert specs[3]["image"] == {"unsupported": "<object>"}
+    assert request_from_spec(specs[3]).image is None  # type: ignore[union-attr]
