@@ -51,7 +51,10 @@ from dreamgen_async.generator import (
     Request,
     Txt2ImgRequest,
     WorkflowRequest,
+    builder_from_spec,
+    request_from_spec,
 )
+from dreamgen_async.journal import read_journal_meta, read_journal_requests
 from dreamgen_async.protocol import Event, Executing
 from dreamgen_async.protocol import Progress as StepProgress
 from dreamgen_async.workflow_builder import FluxWorkflowBuilder, Workflow, parse_set_assignment
@@ -76,6 +79,7 @@ class Options:
     json: bool
     quiet: bool
     debug: bool
+    journal: Path | None = None
 
 
 def _apply(func: F, decorators: Sequence[Callable[[F], F]]) -> F:
@@ -278,6 +282,7 @@ class Display:
                     prompt_id=outcome.prompt_id,
                     seed=outcome.seed,
                     cached=outcome.cached,
+                    resumed=outcome.resumed,
                 )
                 if dropped:
                     record["warning"] = dropped
@@ -287,8 +292,11 @@ class Display:
             self.errors.print(f"[red]error[/red] {message}", highlight=False)
         elif not self.opts.quiet:
             paths = ", ".join(str(p) for p in outcome.paths) or "(no output files)"
+            earlier = ", done earlier" if outcome.resumed else ""
             self.console.print(
-                f"ok {label} -> {paths} (seed {outcome.seed})", highlight=False, markup=False
+                f"ok {label} -> {paths} (seed {outcome.seed}{earlier})",
+                highlight=False,
+                markup=False,
             )
 
 
@@ -339,12 +347,20 @@ async def run_requests(
     output: Path,
     builder: FluxWorkflowBuilder | ModelChoice,
     consoles: tuple[Console, Console],
+    journal: Path | None = None,
 ) -> Tally:
-    """Run a batch with a display; return how many jobs failed or lost outputs."""
+    """Run a batch with a display; return how many jobs failed or lost outputs.
+
+    With a journal, the client takes the journal's client_id (so the events of prompts an
+    earlier run posted reach it) and the batch resumes where the journal left off.
+    """
     token = os.environ.get("DREAMGEN_TOKEN") or None
     if isinstance(builder, ModelChoice):
         builder = await resolve_builder(opts, builder)
     tally = Tally()
+    client_id = None
+    if journal is not None:
+        client_id = (await asyncio.to_thread(read_journal_meta, journal)).get("client_id")
     async with DreamGenerator(
         opts.server,
         output_dir=output,
@@ -352,10 +368,17 @@ async def run_requests(
         token=token,
         max_in_flight=64,
         on_partial="ignore",  # shown as a warning line per job, not a Python warning
+        client_id=client_id,
     ) as gen:
         with Display(opts, labels, *consoles) as display:
             outcomes = gen.enumerate_completed(
-                requests, opts.concurrency, True, display.event, display.batch, opts.timeout
+                requests,
+                opts.concurrency,
+                True,
+                display.event,
+                display.batch,
+                journal=journal,
+                timeout=opts.timeout,
             )
             async for index, outcome in outcomes:
                 if isinstance(outcome, JobFailure):
@@ -378,6 +401,12 @@ def execute(opts: Options, coro_factory: Callable[[], Any]) -> None:
         result = asyncio.run(coro_factory())
     except KeyboardInterrupt:
         click.echo("interrupted: pending prompts were removed from the server", err=True)
+        if opts.journal is not None:
+            click.echo(
+                f"the journal {opts.journal} keeps the batch: rerun the same command, or "
+                f"`dreamgen resume {opts.journal}`, to finish it",
+                err=True,
+            )
         sys.exit(EXIT_INTERRUPTED)
     except ConfigError as exc:  # a bad --server or option value: a usage error
         if opts.debug:
@@ -496,6 +525,30 @@ def output_option(default: str = "dreamgen-output") -> Callable[[F], F]:
     )
 
 
+JOURNAL_NAME = ".dreamgen-journal.sqlite"
+
+
+def journal_options(func: F) -> F:
+    """``--journal FILE`` / ``--no-journal`` for the batch commands."""
+    func = click.option(
+        "--no-journal", is_flag=True, help="Keep no journal (a rerun then starts over)."
+    )(func)
+    return click.option(
+        "--journal",
+        type=click.Path(dir_okay=False, path_type=Path),
+        default=None,
+        help=f"The batch's journal (default: OUTPUT/{JOURNAL_NAME}). A rerun of the same "
+        "command resumes from it: done items are skipped, posted prompts collected.",
+    )(func)
+
+
+def journal_from(kwargs: dict[str, Any], output: Path) -> Path | None:
+    journal: Path | None = kwargs.pop("journal")
+    if kwargs.pop("no_journal"):
+        return None
+    return journal if journal is not None else output / JOURNAL_NAME
+
+
 @cli.command()
 @click.argument("prompt")
 @click.option(
@@ -509,13 +562,15 @@ def output_option(default: str = "dreamgen-output") -> Callable[[F], F]:
 @preset_option
 @click.option("--negative", default="", help="Negative prompt (ignored by Flux presets).")
 @output_option()
+@journal_options
 @common_options
 def txt2img(prompt: str, count: int, seed: int | None, size: str | None, **kwargs: Any) -> None:
     """Generate COUNT images from PROMPT."""
     steps, cfg, ckpt, preset, negative, output = (
         kwargs.pop(k) for k in ("steps", "cfg", "ckpt", "preset", "negative", "output")
     )
-    opts = options_from(kwargs)
+    journal = journal_from(kwargs, output)
+    opts = dataclasses.replace(options_from(kwargs), journal=journal)
     width, height = parse_size(size)
     check_output_dir(output)
     builder = make_builder(ckpt, steps, cfg, preset)
@@ -530,7 +585,9 @@ def txt2img(prompt: str, count: int, seed: int | None, size: str | None, **kwarg
         for i in range(count)
     ]
     labels = [f"#{i + 1}" for i in range(count)]
-    execute(opts, lambda: run_requests(opts, requests, labels, output, builder, consoles()))
+    execute(
+        opts, lambda: run_requests(opts, requests, labels, output, builder, consoles(), journal)
+    )
 
 
 @cli.command()
@@ -556,6 +613,7 @@ def txt2img(prompt: str, count: int, seed: int | None, size: str | None, **kwarg
 @preset_option
 @click.option("--negative", default="", help="Negative prompt (ignored by Flux presets).")
 @output_option()
+@journal_options
 @common_options
 def img2img(inputs: tuple[str, ...], prompt: str, **kwargs: Any) -> None:
     """Transform each INPUT (files, folders or globs) with PROMPT; outputs named after inputs."""
@@ -573,7 +631,8 @@ def img2img(inputs: tuple[str, ...], prompt: str, **kwargs: Any) -> None:
             "max_side",
         )
     )
-    opts = options_from(kwargs)
+    journal = journal_from(kwargs, output)
+    opts = dataclasses.replace(options_from(kwargs), journal=journal)
     paths = expand_inputs(inputs)
     if not paths:
         raise click.UsageError(f"no images found in {' '.join(inputs)}")
@@ -585,7 +644,9 @@ def img2img(inputs: tuple[str, ...], prompt: str, **kwargs: Any) -> None:
         for path in paths
     ]
     labels = [str(p) for p in paths]
-    execute(opts, lambda: run_requests(opts, requests, labels, output, builder, consoles()))
+    execute(
+        opts, lambda: run_requests(opts, requests, labels, output, builder, consoles(), journal)
+    )
 
 
 @cli.command()
@@ -602,12 +663,14 @@ def img2img(inputs: tuple[str, ...], prompt: str, **kwargs: Any) -> None:
     help="Let a --set title or class that names several nodes change them all.",
 )
 @output_option()
+@journal_options
 @common_options
 def run(workflow_file: Path, assignments: tuple[str, ...], set_all: bool, **kwargs: Any) -> None:
     """Run your own WORKFLOW_FILE: the file ComfyUI saves (UI format, converted with the
     server's node definitions) or an API-format export."""
     output = kwargs.pop("output")
-    opts = options_from(kwargs)
+    journal = journal_from(kwargs, output)
+    opts = dataclasses.replace(options_from(kwargs), journal=journal)
     check_output_dir(output)
 
     def apply(loaded: Workflow) -> None:
@@ -638,9 +701,54 @@ def run(workflow_file: Path, assignments: tuple[str, ...], set_all: bool, **kwar
             apply(loaded)
         requests = [WorkflowRequest(loaded, name=workflow_file.stem)]
         builder = FluxWorkflowBuilder()
-        return await run_requests(opts, requests, [str(workflow_file)], output, builder, consoles())
+        return await run_requests(
+            opts, requests, [str(workflow_file)], output, builder, consoles(), journal
+        )
 
     execute(opts, go)
+
+
+@cli.command()
+@click.argument("journal", type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@common_options
+def resume(journal: Path, **kwargs: Any) -> None:
+    """Finish the batch recorded in JOURNAL (its server, folder, model and requests).
+
+    Done items are skipped, prompts an earlier run posted are collected, the rest run.
+    --server overrides the journal's server only when given.
+    """
+    server_given = click.get_current_context().get_parameter_source("server")
+    opts = dataclasses.replace(options_from(kwargs), journal=journal)
+    try:
+        meta = read_journal_meta(journal)
+        specs = read_journal_requests(journal)
+        builder = builder_from_spec(meta["builder"]) if "builder" in meta else None
+    except (DreamgenError, KeyError, TypeError) as exc:
+        raise click.UsageError(f"{journal}: cannot resume from it ({exc})") from exc
+    if not specs or "output_dir" not in meta:
+        raise click.UsageError(f"{journal} records no requests to resume")
+    if server_given not in (
+        click.core.ParameterSource.COMMANDLINE,
+        click.core.ParameterSource.ENVIRONMENT,
+    ):
+        opts = dataclasses.replace(opts, server=meta.get("server", opts.server))
+    requests = [request_from_spec(spec) for spec in specs]
+    labels = [spec_label(spec, i) for i, spec in enumerate(specs)]
+    output = Path(meta["output_dir"])
+    execute(
+        opts,
+        lambda: run_requests(
+            opts, requests, labels, output, builder or FluxWorkflowBuilder(), consoles(), journal
+        ),
+    )
+
+
+def spec_label(spec: dict[str, Any], index: int) -> str:
+    """How ``dreamgen resume`` names a recorded request in its output."""
+    image = spec.get("image")
+    if isinstance(image, dict) and "path" in image:
+        return str(image["path"])
+    return str(spec.get("name") or f"#{index + 1}")
 
 
 @cli.command()

@@ -272,6 +272,11 @@ def _past_posting(state: JobState) -> bool:
     return state.terminal or state in (JobState.QUEUED, JobState.RUNNING, JobState.SETTLING)
 
 
+def _adopted(state: JobState) -> bool:
+    """adopt() returns once the server said where the prompt is (or the job settled)."""
+    return state.terminal or state in (JobState.QUEUED, JobState.RUNNING)
+
+
 def _removal_done(state: JobState) -> bool:
     """A cancel has done its part once the job is settled or its interrupt was sent."""
     return state.terminal or state is JobState.INTERRUPTING
@@ -569,10 +574,7 @@ class ComfyUIClient:
             priority=priority,
             resubmit_lost=self._on_lost == "resubmit",
         )
-        heapq.heappush(self._waiting, (-priority, next(self._order), job))
-        self._waiting_count += 1
-        self._idle.clear()
-        self._grant_slots()
+        self._enqueue(job)
         try:
             await job._wait_for(_past_posting)
         except asyncio.CancelledError:
@@ -658,6 +660,70 @@ class ComfyUIClient:
         if isinstance(outcome, BaseException):
             raise outcome
         return outcome
+
+    async def adopt(
+        self,
+        prompt_id: str,
+        *,
+        workflow: Mapping[str, Any] | None = None,
+        on_progress: ProgressCallback | None = None,
+    ) -> Job | None:
+        """Take charge of a prompt posted earlier (by another process, say): its :class:`Job`.
+
+        The job takes a ``max_in_flight`` slot like :meth:`submit`, is registered, then the
+        server is asked: finished → the job is resolved from ``/history``; queued or running →
+        it waits like any other job (its outcome read from ``/history`` when it ends, since
+        earlier events were missed); absent (never arrived, deleted, or the server restarted)
+        → ``None``. The prompt's events reach this client only if it uses the ``client_id``
+        the prompt was posted under. With ``workflow``, a prompt the server later loses is
+        resubmitted by the ``on_lost`` policy; without, it fails with :class:`PromptLost`.
+        Cancelling this call leaves the prompt to the server.
+        """
+        self._check_open()
+        self._mux.ensure_running()
+        job = Job(
+            self,
+            prompt_id,
+            workflow or {},
+            extra_data=None,
+            front=False,
+            on_progress=on_progress,
+            resubmit_lost=False,  # absent when adopted: None, the caller decides
+            adopted=True,
+        )
+        self._enqueue(job)
+        try:
+            await job._wait_for(_adopted)
+        except asyncio.CancelledError:
+            self._drive(job, lc.Abandon(asyncio.CancelledError()))
+            raise
+        if job.state is JobState.FAILED and isinstance(job._future.exception(), PromptLost):
+            return None
+        job._life.resubmit_lost = workflow is not None and self._on_lost == "resubmit"
+        return job
+
+    def with_client_id(self, client_id: str) -> ComfyUIClient:
+        """A new, unopened client for the same server, credentials, session and policies,
+        under another ``client_id`` (to collect prompts posted under it, see :meth:`adopt`).
+
+        It shares this client's session, which it never closes: close it before this one.
+        """
+        return ComfyUIClient(
+            self.base_url,
+            session=self._session,
+            client_id=client_id,
+            headers=self._headers,
+            ssl=self._ssl,
+            timeout=self._timeout.total or 300.0,
+            retry=self._retry,
+            reconnect=self._mux._policy,
+            max_in_flight=self._max_in_flight,
+            on_partial=self._on_partial,
+            on_lost=self._on_lost,
+            heartbeat=self._heartbeat,
+            max_ws_message=self._max_ws_message,
+            max_download=self._max_download,
+        )
 
     async def _await_job(self, job: Job, timeout: float | None) -> PromptResult:
         """One caller's wait. Giving up ends this wait; the last waiter's also ends the job."""
@@ -757,6 +823,13 @@ class ComfyUIClient:
                 job._post_task.cancel()
         else:  # pragma: no cover - the effect kinds are a closed set
             raise AssertionError(f"unknown effect {kind}")
+
+    def _enqueue(self, job: Job) -> None:
+        """A new job waits client-side for a slot (by priority), then is granted one."""
+        heapq.heappush(self._waiting, (-job.priority, next(self._order), job))
+        self._waiting_count += 1
+        self._idle.clear()
+        self._grant_slots()
 
     def _grant_slots(self) -> None:
         """Hand free slots to waiting jobs, highest priority first."""

@@ -26,7 +26,8 @@ original kept as ``__cause__``)::
     │   ├── ExecutionInterrupted      the prompt was interrupted (by us or someone else)
     │   ├── PromptLost                the server forgot the prompt (restart) and policy says fail
     │   └── PromptTimeout             waiting took too long (also a builtin TimeoutError)
-    └── OutputContentError            a downloaded output is not what it claims (magic bytes)
+    ├── OutputContentError            a downloaded output is not what it claims (magic bytes)
+    └── JournalError                  a batch journal that cannot be used (in use, not one, newer)
 
 Which of these are worth a retry is decided in one place,
 :func:`dreamgen_async.transport_errors.classify`: authentication refusals, "not ComfyUI", TLS
@@ -57,6 +58,7 @@ __all__ = [
     "ExecutionError",
     "ExecutionInterrupted",
     "InputImageError",
+    "JournalError",
     "NodeError",
     "NotComfyUIError",
     "OutputContentError",
@@ -211,6 +213,17 @@ class OutputContentError(DreamgenError):
         self.filename = filename
         self.expected = expected
         self.detected = detected
+
+
+class JournalError(DreamgenError):
+    """A batch journal cannot be used: another process holds it, or it is not a journal.
+
+    ``path`` names the file.
+    """
+
+    def __init__(self, message: str, *, path: str) -> None:
+        super().__init__(message)
+        self.path = path
 
 
 class PromptError(DreamgenError):

@@ -14,7 +14,9 @@ file, then rename) under names *we* choose — never a server-supplied path.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import dataclasses
 import functools
 import hashlib
 import io
@@ -25,7 +27,7 @@ import time
 import uuid
 import warnings
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, TypeAlias
@@ -34,18 +36,22 @@ import aiofiles
 import aiofiles.os
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from dreamgen_async.cache import ResultCache, cache_key
+from dreamgen_async.cache import ResultCache, request_key
 from dreamgen_async.comfyui_api import BIG_BODY, ComfyUIClient
 from dreamgen_async.errors import (
     ClientClosedError,
     ConfigError,
     DreamgenError,
+    ExecutionError,
+    ExecutionInterrupted,
     InputImageError,
+    JournalError,
     NodeError,
     PromptTimeout,
     WorkflowError,
 )
 from dreamgen_async.jobs import Mailbox, ProgressCallback, PromptResult
+from dreamgen_async.journal import BatchJournal, JournalItem
 from dreamgen_async.protocol import (
     AUDIO_SUFFIXES,
     VIDEO_SUFFIXES,
@@ -156,9 +162,13 @@ class GenerationResult:
         workflow: The API-format graph that was (or would have been) sent.
         request: The request this answers.
         cached: Whether the images came from the result cache (no server work).
-        timings: When it was submitted, queued, started, finished and downloaded.
+        timings: When it was submitted, queued, started, finished and downloaded. On a
+            cache hit, the original run's (``None`` where not recorded); for an item a
+            journal found done, only ``submitted``.
         node_errors: Nodes the server refused while running the rest (a partial prompt:
             200 with ``node_errors``); their ``dependent_outputs`` produced nothing.
+        resumed: The item was finished by an earlier run of its journaled batch: its files
+            were checked and nothing was sent.
     """
 
     paths: tuple[Path, ...]
@@ -169,6 +179,7 @@ class GenerationResult:
     cached: bool = False
     timings: Timings = field(default_factory=lambda: Timings(time.time()))
     node_errors: tuple[NodeError, ...] = ()
+    resumed: bool = False
 
     @property
     def path(self) -> Path:
@@ -203,6 +214,48 @@ class BatchProgress:
     failed: int
     running: int
     cached: int
+    resumed: int = 0
+
+
+@dataclass(slots=True)
+class _Prepared:
+    """A request turned into what runs it: its workflow, seed, key and file-name stem."""
+
+    request: Request
+    workflow: dict[str, Any]
+    seed: int | None
+    explicit_seed: bool
+    key: str
+    deterministic: bool
+    stem: str
+    upload: tuple[bytes, str, str, str] | None
+
+    @property
+    def name_seed(self) -> int | None:
+        """The seed shown in file names: only one the request chose (a drawn one varies)."""
+        return self.seed if self.explicit_seed else None
+
+
+@dataclass(frozen=True, slots=True)
+class _Fetched:
+    """Images obtained from the server for one request, with the run's timings."""
+
+    prompt_id: str | None
+    images: list[tuple[str, bytes]]
+    timings: tuple[float | None, ...]
+    seed: int | None = None  # the seed of a prompt an earlier run posted
+    node_errors: tuple[NodeError, ...] = ()
+
+
+def tag_key(request_key: str, occurrence: int) -> str:
+    """A batch item's journal key: its request key, numbered for seedless repeats."""
+    return request_key if occurrence == 0 else f"{request_key}-{occurrence}"
+
+
+def output_name(stem: str, seed: int | None, tag: str, index: int, suffix: str) -> str:
+    """``<stem>[_<seed>]_<tag>_<index><suffix>``: the file name of one output image."""
+    seed_part = f"_{seed}" if seed is not None else ""
+    return f"{stem}{seed_part}_{tag}_{index}{suffix}"
 
 
 # ---------------------------------------------------------------------------- handles
@@ -250,11 +303,20 @@ class GenerationJob:
 class Batch:
     """A batch running in the background (from :meth:`DreamGenerator.start_batch`)."""
 
-    def __init__(self, gen: DreamGenerator, requests: Iterable[Request], concurrency: int) -> None:
+    def __init__(
+        self,
+        gen: DreamGenerator,
+        requests: Iterable[Request],
+        concurrency: int,
+        journal: str | os.PathLike[str] | None = None,
+    ) -> None:
         self._progress: Mailbox[BatchProgress] = Mailbox()
         self._task = asyncio.create_task(
             gen.generate_many(
-                requests, concurrency=concurrency, on_batch_progress=self._progress.put
+                requests,
+                concurrency=concurrency,
+                on_batch_progress=self._progress.put,
+                journal=journal,
             ),
             name="dreamgen-batch",
         )
@@ -455,6 +517,8 @@ class DreamGenerator:
         self.max_input_pixels = max_input_pixels
         self._uploads: OrderedDict[str, asyncio.Future[str]] = OrderedDict()
         self._inflight: dict[str, _SharedRun] = {}
+        self._adopters: dict[str, ComfyUIClient] = {}
+        self._adopters_lock = asyncio.Lock()
 
     async def __aenter__(self) -> DreamGenerator:
         if self._owns_client:
@@ -466,6 +530,9 @@ class DreamGenerator:
 
     async def aclose(self) -> None:
         """Close the client if this generator created it. Idempotent."""
+        adopters, self._adopters = list(self._adopters.values()), {}
+        for adopter in adopters:  # they share the client's session: closed first
+            await adopter.aclose()
         if self._owns_client:
             await self.client.aclose()
 
@@ -546,9 +613,18 @@ class DreamGenerator:
         """Start one request in the background; follow it with ``events()``."""
         return GenerationJob(self, request, timeout)
 
-    def start_batch(self, requests: Iterable[Request], *, concurrency: int = 8) -> Batch:
-        """Start a batch in the background; follow it with ``progress()``."""
-        return Batch(self, requests, concurrency)
+    def start_batch(
+        self,
+        requests: Iterable[Request],
+        *,
+        concurrency: int = 8,
+        journal: str | os.PathLike[str] | None = None,
+    ) -> Batch:
+        """Start a batch in the background; follow it with ``progress()``.
+
+        ``journal=``: as for :meth:`as_completed`.
+        """
+        return Batch(self, requests, concurrency, journal)
 
     async def generate(
         self,
@@ -559,7 +635,11 @@ class DreamGenerator:
     ) -> GenerationResult:
         """Run one request of any kind (what the batch forms call)."""
         self._check_entered()
-        submitted = time.time()
+        prepared = await self._prepare(request)
+        return await self._complete(prepared, 0, timeout, on_progress)
+
+    async def _prepare(self, request: Request) -> _Prepared:
+        """Build the workflow and the request's key; checks every argument, no network."""
         input_hash: str | None = None
         upload: tuple[bytes, str, str, str] | None = None
         seed: int | None
@@ -601,58 +681,220 @@ class DreamGenerator:
             workflow = Workflow(as_api_graph(wf)).to_api()  # validated: fails before any I/O
             seed = _first_seed(workflow)
             stem = request.name or "workflow"
-        deterministic = not isinstance(request, WorkflowRequest) and request.seed is not None
-        key = cache_key(workflow, input_hash) if deterministic else None
-        stem = safe_stem(stem)
+        if isinstance(request, WorkflowRequest):
+            # An API-format graph carries its seed literally: the same graph is the same
+            # images (ComfyUI itself answers it from its cache). Only a LoadImage of a file
+            # already on the server makes it unknowable to us, so that is not cached.
+            explicit = True
+            deterministic = not any(n.get("class_type") == "LoadImage" for n in workflow.values())
+        else:
+            explicit = deterministic = request.seed is not None
+        key = request_key(workflow, input_hash, None if explicit else seed)
+        return _Prepared(
+            request, workflow, seed, explicit, key, deterministic, safe_stem(stem), upload
+        )
 
-        if key is not None and self.cache is not None:
-            hit = await self.cache.get(key)
-            if hit is not None:
-                stored = [(p.suffix, await asyncio.to_thread(p.read_bytes)) for p in hit]
-                paths = await self._write_outputs(stem, seed, key[:8], stored)
+    async def _complete(
+        self,
+        prep: _Prepared,
+        occurrence: int,
+        timeout: float | None,
+        on_progress: ProgressCallback | None,
+        journal: BatchJournal | None = None,
+        index: int = 0,
+    ) -> GenerationResult:
+        """Answer a prepared request: from the journal, the cache, or by running it.
+
+        With a journal, the item's record decides first: done with its files intact →
+        skipped; posted → collected from its server by prompt_id (run only if the server
+        does not have it); otherwise run, the prompt_id committed before the POST.
+        """
+        submitted = time.time()
+        tag = prep.key[:12] if occurrence == 0 else f"{prep.key[:12]}-{occurrence}"
+        item: JournalItem | None = None
+        if journal is not None:
+            item = await journal.begin(tag_key(prep.key, occurrence), prep.key, index)
+            if item.state == "done" and await asyncio.to_thread(item.files_intact):
                 return GenerationResult(
-                    paths, None, seed, workflow, request, True, Timings(submitted)
+                    tuple(Path(f.path) for f in item.files),
+                    item.prompt_id,
+                    item.seed if item.seed is not None else prep.seed,
+                    prep.workflow,
+                    prep.request,
+                    item.cached,
+                    Timings(submitted),
+                    resumed=True,
                 )
+        try:
+            result = await self._answer(prep, tag, item, journal, submitted, timeout, on_progress)
+        except (DreamgenError, OSError) as exc:
+            if journal is not None and item is not None:
+                with contextlib.suppress(JournalError):  # the job's own error matters more
+                    await journal.failed(item.item_key, f"{type(exc).__name__}: {exc}")
+            raise
+        if journal is not None and item is not None:
+            await journal.done(
+                item.item_key,
+                result.prompt_id,
+                result.paths,
+                cached=result.cached,
+                seed=result.seed,
+            )
+        return result
 
-        if upload is not None:  # only now: a cache hit never touches the server
-            data, digest, suffix, expected = upload
-            reference = await self._store_input(data, digest, suffix)
-            if reference != expected:  # the server renamed it: always use its name
-                for node in workflow.values():
-                    if node["class_type"] == "LoadImage":
-                        node["inputs"]["image"] = reference
-        result, images = await self._run_shared(key, workflow, timeout, on_progress)
-        if key is not None and self.cache is not None:
-            await self.cache.put(key, images)
-        paths = await self._write_outputs(stem, seed, result.prompt_id[:8], images)
-        timings = Timings(
-            submitted, result.queued_at, result.started_at, result.finished_at, time.time()
+    async def _answer(
+        self,
+        prep: _Prepared,
+        tag: str,
+        item: JournalItem | None,
+        journal: BatchJournal | None,
+        submitted: float,
+        timeout: float | None,
+        on_progress: ProgressCallback | None,
+    ) -> GenerationResult:
+        if prep.deterministic and self.cache is not None:
+            entry = await self.cache.get_entry(prep.key)
+            if entry is not None:
+                paths = await self._write_outputs(prep, tag, list(entry.images))
+                timings = _timings(entry.timings, submitted)
+                return GenerationResult(
+                    paths, None, prep.seed, prep.workflow, prep.request, True, timings
+                )
+        fetched = await self._run_shared(
+            prep.key if prep.deterministic else None,
+            lambda wait, progress: self._fetch(prep, wait, progress, item, journal),
+            timeout,
+            on_progress,
         )
+        paths = await self._write_outputs(prep, tag, fetched.images)
+        queued, started, finished = (fetched.timings + (None,) * 5)[1:4]
+        timings = Timings(submitted, queued, started, finished, time.time())
+        seed = fetched.seed if fetched.seed is not None else prep.seed
         return GenerationResult(
-            paths, result.prompt_id, seed, workflow, request, False, timings, result.node_errors
+            paths,
+            fetched.prompt_id,
+            seed,
+            prep.workflow,
+            prep.request,
+            False,
+            timings,
+            node_errors=fetched.node_errors,
         )
+
+    async def _fetch(
+        self,
+        prep: _Prepared,
+        timeout: float | None,
+        on_progress: ProgressCallback | None,
+        item: JournalItem | None = None,
+        journal: BatchJournal | None = None,
+    ) -> _Fetched:
+        """Collect the item's earlier prompt, or upload (only now: a cache hit never touches
+        the server), run and download."""
+        fetched: _Fetched | None = None
+        if item is not None and item.prompt_id is not None and not item.cached:
+            fetched = await self._collect(item, prep, timeout, on_progress)
+        if fetched is None:
+            await self._upload(prep)
+            started = time.time()
+            before_post: Callable[[str], Awaitable[None]] | None = None
+            if journal is not None and item is not None:
+                key, client = item.item_key, self.client
+
+                async def before_post(prompt_id: str) -> None:
+                    await journal.posted(
+                        key, prompt_id, client.base_url, client.client_id, prep.seed
+                    )
+
+            result, images = await self._run_and_download(
+                prep.workflow, timeout, on_progress, before_post
+            )
+            fetched = _Fetched(
+                result.prompt_id,
+                images,
+                (started, result.queued_at, result.started_at, result.finished_at, time.time()),
+                node_errors=result.node_errors,
+            )
+        if prep.deterministic and self.cache is not None:
+            await self.cache.put(prep.key, fetched.images, fetched.timings)
+        return fetched
+
+    async def _collect(
+        self,
+        item: JournalItem,
+        prep: _Prepared,
+        timeout: float | None,
+        on_progress: ProgressCallback | None,
+    ) -> _Fetched | None:
+        """Collect a prompt an earlier run posted; ``None`` when it must run (again)."""
+        assert item.prompt_id is not None
+        client = await self._client_for(item)
+        if client is None:
+            return None
+        job = await client.adopt(item.prompt_id, workflow=prep.workflow, on_progress=on_progress)
+        if job is None:
+            log.info("prompt %s of an earlier run is not on the server: running it", item.prompt_id)
+            return None
+        try:
+            result = await job.result(timeout)
+        except (ExecutionInterrupted, ExecutionError) as exc:
+            log.info("prompt %s of an earlier run failed (%s): running it", item.prompt_id, exc)
+            return None
+        images = await self._download(client, result)
+        now = time.time()
+        timings = (now, result.queued_at, result.started_at, result.finished_at, now)
+        return _Fetched(item.prompt_id, images, timings, item.seed, result.node_errors)
+
+    async def _client_for(self, item: JournalItem) -> ComfyUIClient | None:
+        """The client that receives the events of ``item``'s prompt (its client_id)."""
+        if item.server is not None and item.server != self.client.base_url:
+            log.warning(
+                "prompt %s was posted to %s, not %s: running it here",
+                item.prompt_id,
+                item.server,
+                self.client.base_url,
+            )
+            return None
+        if item.client_id is None or item.client_id == self.client.client_id:
+            return self.client
+        async with self._adopters_lock:
+            adopter = self._adopters.get(item.client_id)
+            if adopter is None:
+                adopter = self.client.with_client_id(item.client_id)
+                await adopter.open()
+                self._adopters[item.client_id] = adopter
+        return adopter
+
+    async def _upload(self, prep: _Prepared) -> None:
+        if prep.upload is None:
+            return
+        data, digest, suffix, expected = prep.upload
+        reference = await self._store_input(data, digest, suffix)
+        if reference != expected:  # the server renamed it: always use its name
+            for node in prep.workflow.values():
+                if node["class_type"] == "LoadImage":
+                    node["inputs"]["image"] = reference
 
     async def _run_shared(
         self,
         key: str | None,
-        workflow: Mapping[str, Any],
+        fetch: Callable[[float | None, ProgressCallback | None], Coroutine[Any, Any, _Fetched]],
         timeout: float | None,
         on_progress: ProgressCallback | None,
-    ) -> tuple[PromptResult, list[tuple[str, bytes]]]:
-        """Run the workflow and download its images; identical requests in flight share one.
+    ) -> _Fetched:
+        """Run ``fetch``; identical requests in flight at once share one run.
 
         The shared run belongs to no caller: each caller's ``timeout`` or cancellation ends
         only its own wait, every caller gets the progress events, and the prompt is taken off
         the server only when the last caller still waiting for it gives up.
         """
         if key is None:
-            return await self._run_and_download(workflow, timeout, on_progress)
+            return await fetch(timeout, on_progress)
         shared = self._inflight.get(key)
         if shared is None:
-            shared = self._inflight[key] = _SharedRun()
+            shared = self._inflight[key] = _SharedRun(key)
             shared.task = asyncio.create_task(
-                self._run_and_download(workflow, None, shared.fan_out, shared),
-                name="dreamgen-shared-run",
+                fetch(None, shared.fan_out), name="dreamgen-shared-run"
             )
             shared.task.add_done_callback(functools.partial(self._shared_done, key, shared))
         task = shared.task
@@ -667,7 +909,7 @@ class DreamGenerator:
             raise PromptTimeout(
                 f"request did not finish within {timeout} s"
                 + ("" if shared.interest > 1 else "; it was removed from the server"),
-                prompt_id=shared.prompt_id,
+                prompt_id=None,
             ) from None
         finally:
             if shared.leave(on_progress) and not task.done():
@@ -686,17 +928,27 @@ class DreamGenerator:
         workflow: Mapping[str, Any],
         timeout: float | None,
         on_progress: ProgressCallback | None,
-        shared: _SharedRun | None = None,
+        before_post: Callable[[str], Awaitable[None]] | None = None,
     ) -> tuple[PromptResult, list[tuple[str, bytes]]]:
-        job = await self.client.submit(workflow, on_progress=on_progress)
-        if shared is not None:
-            shared.prompt_id = job.prompt_id
+        """Run the workflow under a prompt_id chosen here, then download its images.
+
+        ``before_post(prompt_id)`` runs before the prompt is posted (the journal commits the
+        id there, so a crash at any later moment can find the prompt on the server).
+        """
+        prompt_id = str(uuid.uuid4())
+        if before_post is not None:
+            await before_post(prompt_id)
+        job = await self.client.submit(workflow, on_progress=on_progress, prompt_id=prompt_id)
         result = await job.result(timeout)
+        return result, await self._download(self.client, result)
+
+    @staticmethod
+    async def _download(client: ComfyUIClient, result: PromptResult) -> list[tuple[str, bytes]]:
         # Saved outputs of every kind (and text values); previews only when nothing was saved.
         saved = any(f.ref is not None and f.ref.type == "output" for f in result.files)
         saved = saved or any(ref.type == "output" for ref in result.images)
-        outputs = await self.client.get_outputs(result, previews=not saved)
-        return result, [(output_suffix(o.file, o.data), o.data) for o in outputs]
+        outputs = await client.get_outputs(result, previews=not saved)
+        return [(output_suffix(o.file, o.data), o.data) for o in outputs]
 
     # ------------------------------------------------------------------ inputs
 
@@ -774,15 +1026,18 @@ class DreamGenerator:
     # ------------------------------------------------------------------ outputs
 
     async def _write_outputs(
-        self, stem: str, seed: int | None, tag: str, images: list[tuple[str, bytes]]
+        self, prep: _Prepared, tag: str, images: list[tuple[str, bytes]]
     ) -> tuple[Path, ...]:
-        """Write images atomically under our own names; nothing partial is ever left."""
+        """Write images atomically under our own, stable names; nothing partial is left.
+
+        The name is the request's (``<name>[_<seed>]_<request key>_<n>``): the same request
+        writes the same file in every run, hit or miss, so a rerun replaces, never duplicates.
+        """
         await aiofiles.os.makedirs(self.output_dir, exist_ok=True)
-        seed_part = f"_{seed}" if seed is not None else ""
         paths = []
         try:
             for i, (suffix, data) in enumerate(images):
-                final = self.output_dir / f"{stem}{seed_part}_{tag}_{i}{suffix}"
+                final = self.output_dir / output_name(prep.stem, prep.name_seed, tag, i, suffix)
                 await _write_atomically(final, data)
                 paths.append(final)
         except BaseException:
@@ -802,6 +1057,7 @@ class DreamGenerator:
         return_exceptions: bool = True,
         on_progress: Callable[[int, Event], object] | None = None,
         on_batch_progress: Callable[[BatchProgress], object] | None = None,
+        journal: str | os.PathLike[str] | None = None,
     ) -> AsyncIterator[GenerationResult | JobFailure]:
         """Yield each job's outcome as it finishes; ``concurrency`` jobs at a time.
 
@@ -809,9 +1065,21 @@ class DreamGenerator:
         is kept per finished job. A failing job yields a :class:`JobFailure` (or, with
         ``return_exceptions=False``, raises its error after cancelling the rest — which
         takes their prompts off the server). Leaving the loop early cancels the rest too.
+
+        With ``journal=`` (a file path; see "Long batches" in the README) the batch is
+        recorded as it runs and a rerun with the same file resumes it: items already done
+        are skipped, prompts an earlier run posted are collected instead of run again.
+
+        Raises:
+            JournalError: the journal is in use by another process, or not a journal.
         """
         async for _, outcome in self.enumerate_completed(
-            requests, concurrency, return_exceptions, on_progress, on_batch_progress
+            requests,
+            concurrency,
+            return_exceptions,
+            on_progress,
+            on_batch_progress,
+            journal=journal,
         ):
             yield outcome
 
@@ -823,14 +1091,21 @@ class DreamGenerator:
         return_exceptions: bool = True,
         on_progress: Callable[[int, Event], object] | None = None,
         on_batch_progress: Callable[[BatchProgress], object] | None = None,
+        journal: str | os.PathLike[str] | None = None,
     ) -> list[GenerationResult | JobFailure]:
         """Run every request, ``concurrency`` at a time; outcomes in request order.
 
         Cancelling it cancels every running job (their prompts leave the server).
+        ``journal=``: as for :meth:`as_completed`.
         """
         outcomes: dict[int, GenerationResult | JobFailure] = {}
         async for index, outcome in self.enumerate_completed(
-            requests, concurrency, return_exceptions, on_progress, on_batch_progress
+            requests,
+            concurrency,
+            return_exceptions,
+            on_progress,
+            on_batch_progress,
+            journal=journal,
         ):
             outcomes[index] = outcome
         return [outcomes[i] for i in range(len(outcomes))]
@@ -842,6 +1117,8 @@ class DreamGenerator:
         return_exceptions: bool = True,
         on_progress: Callable[[int, Event], object] | None = None,
         on_batch_progress: Callable[[BatchProgress], object] | None = None,
+        *,
+        journal: str | os.PathLike[str] | None = None,
         timeout: float | None = None,
     ) -> AsyncIterator[tuple[int, GenerationResult | JobFailure]]:
         """Like :meth:`as_completed`, yielding ``(index of the request, outcome)`` pairs.
@@ -851,11 +1128,72 @@ class DreamGenerator:
         """
         if concurrency < 1:
             raise ConfigError(f"concurrency must be at least 1, got {concurrency}")
+        if journal is None:
+            async for pair in self._enumerate(
+                requests,
+                concurrency,
+                return_exceptions,
+                on_progress,
+                on_batch_progress,
+                None,
+                timeout,
+            ):
+                yield pair
+            return
+        opened = await BatchJournal.open(journal)
+        try:
+            await self._describe_batch(opened, requests)
+            # A run killed mid-write left staging files: this batch's folder, swept.
+            await asyncio.to_thread(_sweep_staging, self.output_dir)
+            async for pair in self._enumerate(
+                requests,
+                concurrency,
+                return_exceptions,
+                on_progress,
+                on_batch_progress,
+                opened,
+                timeout,
+            ):
+                yield pair
+        finally:
+            await opened.aclose()
+
+    async def _describe_batch(self, journal: BatchJournal, requests: Iterable[Request]) -> None:
+        """Record what a later ``dreamgen resume`` needs: server, folders, builder, requests."""
+        await journal.set_meta(
+            {"client_id": self.client.client_id, "created": time.time()}, keep=True
+        )
+        output_dir = await asyncio.to_thread(os.path.abspath, self.output_dir)
+        await journal.set_meta(
+            {
+                "server": self.client.base_url,
+                "output_dir": output_dir,
+                "builder": builder_spec(self.builder),
+            }
+        )
+        if isinstance(requests, list | tuple):
+            specs = await asyncio.to_thread(
+                lambda: [(i, request_spec(r)) for i, r in enumerate(requests)]
+            )
+            await journal.record_requests(specs, replace=True)
+
+    async def _enumerate(
+        self,
+        requests: Iterable[Request],
+        concurrency: int,
+        return_exceptions: bool,
+        on_progress: Callable[[int, Event], object] | None,
+        on_batch_progress: Callable[[BatchProgress], object] | None,
+        journal: BatchJournal | None,
+        timeout: float | None = None,
+    ) -> AsyncIterator[tuple[int, GenerationResult | JobFailure]]:
         total = len(requests) if isinstance(requests, list | tuple) else None
-        counts = {"done": 0, "failed": 0, "running": 0, "cached": 0}
+        lazy = total is None
+        counts = {"done": 0, "failed": 0, "running": 0, "cached": 0, "resumed": 0}
         finished: asyncio.Queue[tuple[int, GenerationResult | JobFailure]]
         finished = asyncio.Queue(concurrency)
         pending = enumerate(requests)
+        repeats: dict[str, int] = {}
 
         def report() -> None:
             if on_batch_progress is not None:
@@ -871,7 +1209,18 @@ class DreamGenerator:
                 progress = None if on_progress is None else _bind(on_progress, index)
                 outcome: GenerationResult | JobFailure
                 try:
-                    outcome = await self.generate(request, timeout=timeout, on_progress=progress)
+                    if journal is not None and lazy:
+                        spec = await asyncio.to_thread(request_spec, request)
+                        await journal.record_requests([(index, spec)], replace=False)
+                    prepared = await self._prepare(request)
+                    occurrence = 0
+                    if not prepared.deterministic:
+                        # The n-th repeat of a seedless request is its own image, named apart.
+                        occurrence = repeats.get(prepared.key, 0)
+                        repeats[prepared.key] = occurrence + 1
+                    outcome = await self._complete(
+                        prepared, occurrence, timeout, progress, journal, index
+                    )
                 except (DreamgenError, OSError) as exc:
                     outcome = JobFailure(request, index, exc)
                 counts["running"] -= 1
@@ -880,6 +1229,7 @@ class DreamGenerator:
                 else:
                     counts["done"] += 1
                     counts["cached"] += outcome.cached
+                    counts["resumed"] += outcome.resumed
                 report()
                 await finished.put((index, outcome))
 
@@ -908,14 +1258,78 @@ class DreamGenerator:
                 all_done.exception()
 
 
+def request_spec(request: Request) -> dict[str, Any]:
+    """A request as JSON-ready data (what a journal keeps for ``dreamgen resume``).
+
+    Image paths are made absolute; bytes and PIL images are kept (as base64 PNG bytes).
+    """
+    if isinstance(request, Txt2ImgRequest):
+        return {"kind": "txt2img", **dataclasses.asdict(request)}
+    if isinstance(request, Img2ImgRequest):
+        fields = {f.name: getattr(request, f.name) for f in dataclasses.fields(request)}
+        image = fields.pop("image")
+        source: dict[str, str]
+        if isinstance(image, str | os.PathLike):
+            source = {"path": os.path.abspath(image)}
+        elif isinstance(image, bytes | bytearray | Image.Image):
+            try:
+                data = _encode_pil(image) if isinstance(image, Image.Image) else bytes(image)
+            except (OSError, ValueError) as exc:  # an image PIL cannot write: its job says so
+                source = {"unsupported": f"{_describe(image)} ({exc})"}
+            else:
+                source = {"base64": base64.b64encode(data).decode()}
+        else:
+            source = {"unsupported": _describe(image)}
+        return {"kind": "img2img", "image": source, **fields}
+    wf = request.workflow
+    graph = as_api_graph(wf)
+    return {"kind": "workflow", "workflow": graph, "name": request.name}
+
+
+def request_from_spec(spec: Mapping[str, Any]) -> Request:
+    """The request :func:`request_spec` described."""
+    fields = {k: v for k, v in spec.items() if k != "kind"}
+    if spec["kind"] == "txt2img":
+        return Txt2ImgRequest(**fields)
+    if spec["kind"] == "img2img":
+        source = fields.pop("image")
+        image: Any = None  # unsupported: the job fails with InputImageError, by name
+        if "path" in source:
+            image = source["path"]
+        elif "base64" in source:
+            image = base64.b64decode(source["base64"])
+        return Img2ImgRequest(image, **fields)
+    return WorkflowRequest(fields["workflow"], fields.get("name"))
+
+
+def builder_spec(builder: FluxWorkflowBuilder) -> dict[str, Any]:
+    """A builder's settings as JSON-ready data."""
+    return {
+        "checkpoint": builder.checkpoint,
+        "preset": builder.preset.name,
+        "sampler": builder.sampler,
+        "scheduler": builder.scheduler,
+        "filename_prefix": builder.filename_prefix,
+        "steps": builder.steps,
+        "cfg": builder.cfg,
+        "guidance": builder.guidance,
+    }
+
+
+def builder_from_spec(spec: Mapping[str, Any]) -> FluxWorkflowBuilder:
+    """The builder :func:`builder_spec` described."""
+    spec = dict(spec)
+    return FluxWorkflowBuilder(spec.pop("checkpoint"), **spec)
+
+
 class _SharedRun:
-    """One server job shared by identical requests in flight, and who still waits for it."""
+    """One server run shared by identical requests in flight, and who still waits for it."""
 
-    __slots__ = ("callbacks", "interest", "prompt_id", "task")
+    __slots__ = ("callbacks", "interest", "key", "task")
 
-    def __init__(self) -> None:
-        self.task: asyncio.Task[tuple[PromptResult, list[tuple[str, bytes]]]] | None = None
-        self.prompt_id: str | None = None
+    def __init__(self, key: str) -> None:
+        self.key = key
+        self.task: asyncio.Task[_Fetched] | None = None
         self.interest = 0
         self.callbacks: list[ProgressCallback] = []
 
@@ -936,11 +1350,19 @@ class _SharedRun:
             try:
                 callback(event)
             except Exception:
-                log.exception("progress callback for prompt %s raised", self.prompt_id)
+                log.exception("progress callback for request %s raised", self.key[:12])
 
 
 def _bind(callback: Callable[[int, Event], object], index: int) -> ProgressCallback:
     return lambda event: callback(index, event)
+
+
+def _timings(values: tuple[float | None, ...] | None, submitted: float) -> Timings:
+    """A cache hit's timings: the original run's when stored, else just ``submitted``."""
+    if not values:
+        return Timings(submitted)
+    padded = (tuple(values) + (None,) * 5)[:5]
+    return Timings(padded[0] or submitted, *padded[1:])
 
 
 def _first_seed(workflow: Mapping[str, Any]) -> int | None:
@@ -966,8 +1388,43 @@ def _copy_atomically(data: bytes, folder: Path, name: str) -> None:
             staging.unlink()
 
 
+_STAGING = re.compile(r"^\..+\.(\d+)\.[0-9a-f]{32}\.part$")
+
+
+def _sweep_staging(folder: Path) -> int:
+    """Remove staging files left by writer processes that died mid-write (blocking).
+
+    A staging file names its writer's pid; files of a live process are left alone.
+    """
+    removed = 0
+    try:
+        entries = list(folder.iterdir())
+    except FileNotFoundError:
+        return 0
+    for path in entries:
+        match = _STAGING.match(path.name)
+        if match is None or _alive(int(match.group(1))):
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+            removed += 1
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, but not ours to signal
+        return True
+    return True
+
+
 async def _write_atomically(final: Path, data: bytes) -> None:
-    staging = final.with_name(f".{final.name}.{uuid.uuid4().hex}.part")
+    staging = final.with_name(f".{final.name}.{os.getpid()}.{uuid.uuid4().hex}.part")
     try:
         async with aiofiles.open(staging, "wb") as f:
             await f.write(data)

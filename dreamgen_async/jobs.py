@@ -117,6 +117,7 @@ class Job:
         on_progress: ProgressCallback | None,
         priority: int = 0,
         resubmit_lost: bool = True,
+        adopted: bool = False,
     ) -> None:
         self.prompt_id = prompt_id
         self.workflow = workflow
@@ -126,7 +127,7 @@ class Job:
         self.queued_at: float | None = None
         self.started_at: float | None = None
         self.node_errors: tuple[NodeError, ...] = ()
-        self._life = Lifecycle(resubmit_lost=resubmit_lost)
+        self._life = Lifecycle(resubmit_lost=resubmit_lost, adopted=adopted)
         self._client = client
         self._on_progress = on_progress
         self._future: asyncio.Future[PromptResult] = asyncio.get_running_loop().create_future()

@@ -306,13 +306,16 @@ class Lifecycle:
         resubmitted: The server lost the prompt and it was posted again (at most once).
         reason: Why the job is being cancelled (set by the first Cancel; later ones are no-ops).
         resubmit_lost: The client's ``on_lost`` policy: resubmit a lost prompt once.
-        epoch: Counts changes (of state, or a gap). A shell that read the server, then
-            awaited, compares it to know whether what it read still applies.
+        epoch: Counts the inputs handled. A shell that read the server, then awaited,
+            compares it to know whether what it read still applies.
+        adopted: The prompt was posted before (by another process): a granted slot leads to
+            reconciling it from ``/queue`` + ``/history`` instead of posting it.
     """
 
     __slots__ = (
         "_early",
         "_end",
+        "adopted",
         "epoch",
         "gap",
         "reason",
@@ -321,8 +324,9 @@ class Lifecycle:
         "state",
     )
 
-    def __init__(self, *, resubmit_lost: bool = True) -> None:
+    def __init__(self, *, resubmit_lost: bool = True, adopted: bool = False) -> None:
         self.state = JobState.WAITING
+        self.adopted = adopted
         self.epoch = 0
         self.gap = False
         self.resubmitted = False
@@ -346,10 +350,8 @@ class Lifecycle:
         old = self.state
         if old.terminal:
             return ()  # settled once: late events and repeated cancels change nothing
-        gap = self.gap
         new, effects = self._transition(old, event)
-        if new is not old or self.gap is not gap:
-            self.epoch += 1
+        self.epoch += 1
         self.state = new
         if new.terminal and old.holds_slot:
             effects = (*effects, RELEASE)
@@ -367,6 +369,9 @@ class Lifecycle:
 
         if state is _S.WAITING:
             if isinstance(event, SlotGranted):
+                if self.adopted:  # its earlier events were missed: ask the server
+                    self.gap = True
+                    return _S.SETTLING, (RECONCILE,)
                 self.gap = not event.connected
                 return _S.POSTING, (POST,)
             if isinstance(event, Cancel):
@@ -405,8 +410,8 @@ class Lifecycle:
             if isinstance(event, Started):
                 return (_S.RUNNING if state is _S.QUEUED else state), ()
             if isinstance(event, Finished):
-                if state is _S.SETTLING:
-                    return state, ()
+                if state is _S.SETTLING:  # (an adopted prompt that ends while we look)
+                    return state, (RECONCILE,)
                 if event.complete and not self.gap:
                     return _S.DONE, (Effect("resolve"),)
                 return _S.SETTLING, (RECONCILE,)

@@ -105,7 +105,11 @@ async def test_ctrl_c_leaves_no_prompt_of_ours_and_no_partial_file(
     statuses = {p.status for p in comfyui_sim.prompts.values()}
     assert statuses == {"deleted"}
     assert comfyui_sim.queue_remaining == 0
-    assert not out.exists() or not any(out.iterdir())
+    # Nothing but the batch's journal (which the next run resumes from).
+    assert {p.name for p in out.iterdir()} <= {
+        ".dreamgen-journal.sqlite",
+        ".dreamgen-journal.sqlite.lock",
+    }
     comfyui_sim.release()
 
 
@@ -300,8 +304,9 @@ async def test_a_partial_prompt_is_a_warning_line_and_exit_status_3(
     assert "PartialPromptWarning" not in stderr
     assert "warnings.warn" not in stderr
     assert ".py:" not in stderr  # no Python warning pointing into the library
+    # A fresh folder: rerun in the same one, the journal would find the job done (resumed).
     code, stdout, _ = await dreamgen_piped(
-        "run", str(workflow), "--server", comfyui_sim.url, "-o", str(tmp_path / "o"), "--json"
+        "run", str(workflow), "--server", comfyui_sim.url, "-o", str(tmp_path / "o2"), "--json"
     )
     assert code == 3
     assert "dropped output node(s) 31" in json.loads(stdout)["warning"]

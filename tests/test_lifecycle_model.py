@@ -253,7 +253,17 @@ class LifecycleModel(RuleBasedStateMachine):
 
         self.run(callers_done())
         if not self.closed:
-            self.run(asyncio.wait_for(self.client.wait_idle(), 30))
+            try:
+                self.run(asyncio.wait_for(self.client.wait_idle(), 30))
+            except TimeoutError:
+                stuck = [
+                    (j.prompt_id[:8], j.state.value, j._life.gap, j._waiters)
+                    for j in self.owned.values()
+                    if not j.done()
+                ]
+                live = [(pid[:8], j.state.value) for pid, j in self.client._live.items()]
+                msg = f"client never idle: stuck {stuck}; live {live}; {self.client._mux!r}"
+                raise AssertionError(msg) from None
             assert self.client.free_slots == MAX_IN_FLIGHT  # (d)
         self.run(sim.wait_until(lambda: sim.queue_remaining == 0, timeout=30))
         elapsed = self.loop.time() - self.started

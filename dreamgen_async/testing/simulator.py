@@ -9,6 +9,7 @@ offers fault injection; see the package docstring of :mod:`dreamgen_async.testin
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import io
 import json
@@ -157,6 +158,9 @@ class ComfyUISimulator:
         self.ws_messages_received = 0
         self.latency: float = 0.0
         self.route_latency: dict[str, float] = {}
+        # Requests being handled now, by route (a client that dies mid-request leaves its
+        # request running here: tests wait for zero before checking what the server accepted).
+        self.in_progress: collections.Counter[str] = collections.Counter()
         self._faults: list[_Fault] = []
         self._change = asyncio.Event()
         self.hub = Hub()
@@ -472,11 +476,14 @@ class ComfyUISimulator:
             with contextlib.suppress(ValueError):
                 body_json = json.loads(raw)
         status = 500
+        self.in_progress[route] += 1
+        self._changed()
         try:
             response = await self._answer(request, route, handler)
             status = response.status
             return response
         finally:
+            self.in_progress[route] -= 1
             self.requests.append(
                 RecordedRequest(
                     request.method,

@@ -1,0 +1,466 @@
+"""A batch's durable record: one SQLite file per batch, so a crash never costs a re-run.
+
+Per item (a request of the batch, by its request key) the journal holds its state, the
+server, the client_id and the prompt_id it was posted under, and the files it wrote::
+
+    pending ──► posted ──► done
+       │           │
+       └───────────┴─────► failed          (any state may go back to posted on a rerun)
+
+The prompt_id is committed *before* ``POST /prompt`` and the files *after* their atomic
+write, so whenever the process dies, a rerun knows for each item: done (files checked:
+skipped), posted (look the prompt up on its server: finished → download, queued or running →
+wait, absent → run), or never posted (run). Every change is also appended to
+``transitions``, the batch's history.
+
+Storage: the standard library's :mod:`sqlite3`, in WAL mode with ``synchronous=FULL`` (a
+committed prompt_id survives a power cut, not only a crash), driven from one dedicated
+thread per journal so the event loop never waits on the disk. A journal is held by one
+process at a time (an advisory lock on ``<journal>.lock``; the OS drops it when the process
+dies, however it dies).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any, Literal, TypeVar
+
+from dreamgen_async.errors import JournalError
+
+try:  # POSIX; elsewhere the journal is simply not locked
+    import fcntl
+except ImportError:  # pragma: no cover
+    fcntl = None  # type: ignore[assignment]
+
+__all__ = [
+    "BatchJournal",
+    "ItemState",
+    "JournalFile",
+    "JournalItem",
+    "read_journal_meta",
+    "read_journal_requests",
+]
+
+ItemState = Literal["pending", "posted", "done", "failed"]
+T = TypeVar("T")
+
+SCHEMA_VERSION = 1
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS requests (idx INTEGER PRIMARY KEY, spec TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS items (
+    item_key TEXT PRIMARY KEY,
+    request_key TEXT NOT NULL,
+    idx INTEGER NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('pending', 'posted', 'done', 'failed')),
+    server TEXT,
+    client_id TEXT,
+    prompt_id TEXT,
+    seed INTEGER,
+    files TEXT,
+    cached INTEGER NOT NULL DEFAULT 0,
+    error TEXT,
+    updated REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS items_by_prompt ON items (prompt_id);
+CREATE TABLE IF NOT EXISTS transitions (
+    id INTEGER PRIMARY KEY,
+    item_key TEXT NOT NULL,
+    state TEXT NOT NULL,
+    prompt_id TEXT,
+    at REAL NOT NULL
+);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class JournalFile:
+    """A file an item wrote, with its size when written."""
+
+    path: str
+    size: int
+
+    def intact(self) -> bool:
+        """Whether the file is still there with the size it was written with."""
+        try:
+            return os.stat(self.path).st_size == self.size
+        except OSError:
+            return False
+
+
+@dataclass(frozen=True, slots=True)
+class JournalItem:
+    """One item of a batch, as the journal last recorded it."""
+
+    item_key: str
+    request_key: str
+    index: int
+    state: ItemState
+    server: str | None
+    client_id: str | None
+    prompt_id: str | None
+    seed: int | None
+    files: tuple[JournalFile, ...]
+    cached: bool
+    error: str | None
+
+    def files_intact(self) -> bool:
+        """Whether every file of a done item is still there, whole (blocking: stats files)."""
+        return bool(self.files) and all(f.intact() for f in self.files)
+
+
+def _item(row: sqlite3.Row) -> JournalItem:
+    files = tuple(JournalFile(f["path"], f["size"]) for f in json.loads(row["files"] or "[]"))
+    return JournalItem(
+        item_key=row["item_key"],
+        request_key=row["request_key"],
+        index=row["idx"],
+        state=row["state"],
+        server=row["server"],
+        client_id=row["client_id"],
+        prompt_id=row["prompt_id"],
+        seed=row["seed"],
+        files=files,
+        cached=bool(row["cached"]),
+        error=row["error"],
+    )
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    db = sqlite3.connect(path, timeout=60.0, isolation_level=None)
+    db.row_factory = sqlite3.Row
+    try:
+        db.execute("PRAGMA busy_timeout = 60000")
+        db.execute("PRAGMA journal_mode = WAL")
+        db.execute("PRAGMA synchronous = FULL")
+        db.executescript(_SCHEMA)
+        row = db.execute("SELECT value FROM meta WHERE name = 'schema'").fetchone()
+        if row is None:
+            db.execute(
+                "INSERT INTO meta (name, value) VALUES ('schema', ?)", (str(SCHEMA_VERSION),)
+            )
+        elif int(json.loads(row["value"])) > SCHEMA_VERSION:
+            raise JournalError(
+                f"{path} was written by a newer dreamgen_async (journal schema {row['value']})",
+                path=str(path),
+            )
+    except sqlite3.DatabaseError as exc:
+        db.close()
+        raise JournalError(f"{path} is not a batch journal ({exc})", path=str(path)) from exc
+    except BaseException:
+        db.close()
+        raise
+    return db
+
+
+def read_journal_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """A journal's batch-wide values (server, client_id, output_dir, ...), or ``{}`` if none.
+
+    Blocking and lock-free: for a command line deciding how to resume, before any loop runs.
+
+    Raises:
+        JournalError: the file exists but is not a journal.
+    """
+    file = Path(path)
+    if not file.exists():
+        return {}
+    try:
+        db = sqlite3.connect(f"{file.resolve().as_uri()}?mode=ro", uri=True, timeout=60.0)
+        try:
+            rows = db.execute("SELECT name, value FROM meta").fetchall()
+        finally:
+            db.close()
+    except sqlite3.DatabaseError as exc:
+        raise JournalError(f"{file} is not a batch journal ({exc})", path=str(file)) from exc
+    return {name: json.loads(value) for name, value in rows}
+
+
+def read_journal_requests(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """A journal's recorded request specs, in batch order (blocking, lock-free).
+
+    Raises:
+        JournalError: there is no journal at ``path``, or the file is not one.
+    """
+    file = Path(path)
+    if not file.is_file():
+        raise JournalError(f"no batch journal at {file}", path=str(file))
+    try:
+        db = sqlite3.connect(f"{file.resolve().as_uri()}?mode=ro", uri=True, timeout=60.0)
+        try:
+            rows = db.execute("SELECT spec FROM requests ORDER BY idx").fetchall()
+        finally:
+            db.close()
+    except sqlite3.DatabaseError as exc:
+        raise JournalError(f"{file} is not a batch journal ({exc})", path=str(file)) from exc
+    return [json.loads(spec) for (spec,) in rows]
+
+
+class BatchJournal:
+    """The journal of one batch (see the module docstring). Open it with :meth:`open`.
+
+    Every method runs its statements on the journal's own thread; cancelling a call stops
+    the wait, not the write (it completes, or never started).
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self._executor: ThreadPoolExecutor | None = None
+        self._db: sqlite3.Connection | None = None
+        self._lock: IO[str] | None = None
+
+    def __repr__(self) -> str:
+        state = "open" if self._executor is not None else "closed"
+        return f"<BatchJournal {str(self.path)!r} {state}>"
+
+    @classmethod
+    async def open(cls, path: str | os.PathLike[str]) -> BatchJournal:
+        """Open (or create) the journal at ``path`` and take its lock.
+
+        Raises:
+            JournalError: another process holds it, or the file is not a journal.
+        """
+        journal = cls(path)
+        journal._executor = ThreadPoolExecutor(1, thread_name_prefix="dreamgen-journal")
+        try:
+            await journal._call(journal._open)
+        except BaseException:
+            await journal.aclose()
+            raise
+        return journal
+
+    def _open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        lock = open(f"{self.path}.lock", "a+")  # noqa: SIM115 - held until aclose()
+        if fcntl is not None:
+            try:
+                fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                lock.close()
+                raise JournalError(
+                    f"{self.path} is in use by another process (one batch, one process)",
+                    path=str(self.path),
+                ) from exc
+        self._lock = lock
+        self._db = _connect(self.path)
+
+    async def aclose(self) -> None:
+        """Close the database and release the lock. Idempotent; safe while being cancelled."""
+        executor, self._executor = self._executor, None
+        if executor is None:
+            return
+        closing = asyncio.get_running_loop().run_in_executor(executor, self._close)
+        try:
+            await asyncio.shield(closing)
+        finally:
+            executor.shutdown(wait=False)
+
+    def _close(self) -> None:
+        db, self._db = self._db, None
+        if db is not None:
+            db.close()
+        lock, self._lock = self._lock, None
+        if lock is not None:
+            lock.close()  # releases the flock
+
+    async def __aenter__(self) -> BatchJournal:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
+        if self._executor is None:
+            raise JournalError(f"the journal {self.path} is closed", path=str(self.path))
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._executor, functools.partial(fn, *args))
+        except sqlite3.Error as exc:  # disk full, I/O error, a damaged file: one error type
+            raise JournalError(f"journal {self.path}: {exc}", path=str(self.path)) from exc
+
+    def _conn(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise JournalError(f"the journal {self.path} is closed", path=str(self.path))
+        return self._db
+
+    @contextlib.contextmanager
+    def _write(self) -> Any:
+        db = self._conn()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
+    # ------------------------------------------------------------------ batch-wide
+
+    async def meta(self) -> dict[str, Any]:
+        """The batch-wide values, by name."""
+        return await self._call(self._meta)
+
+    def _meta(self) -> dict[str, Any]:
+        rows = self._conn().execute("SELECT name, value FROM meta").fetchall()
+        return {row["name"]: json.loads(row["value"]) for row in rows}
+
+    async def set_meta(self, values: dict[str, Any], *, keep: bool = False) -> None:
+        """Record batch-wide values (JSON); with ``keep=True``, only those not yet recorded."""
+        await self._call(self._set_meta, values, keep)
+
+    def _set_meta(self, values: dict[str, Any], keep: bool) -> None:
+        verb = "INSERT OR IGNORE" if keep else "INSERT OR REPLACE"
+        with self._write() as db:
+            db.executemany(
+                f"{verb} INTO meta (name, value) VALUES (?, ?)",
+                [(name, json.dumps(value)) for name, value in values.items()],
+            )
+
+    async def record_requests(
+        self, specs: Sequence[tuple[int, dict[str, Any]]], *, replace: bool
+    ) -> None:
+        """Record the batch's requests ``(index, spec)`` (what ``dreamgen resume`` reruns).
+
+        With ``replace=True`` they replace every recorded request (the batch's full list).
+        """
+        await self._call(self._record_requests, specs, replace)
+
+    def _record_requests(self, specs: Sequence[tuple[int, dict[str, Any]]], replace: bool) -> None:
+        with self._write() as db:
+            if replace:
+                db.execute("DELETE FROM requests")
+            db.executemany(
+                "INSERT OR REPLACE INTO requests (idx, spec) VALUES (?, ?)",
+                [(index, json.dumps(spec)) for index, spec in specs],
+            )
+
+    async def requests(self) -> list[dict[str, Any]]:
+        """The recorded requests' specs, in batch order."""
+        return await self._call(self._requests)
+
+    def _requests(self) -> list[dict[str, Any]]:
+        rows = self._conn().execute("SELECT spec FROM requests ORDER BY idx").fetchall()
+        return [json.loads(row["spec"]) for row in rows]
+
+    # ------------------------------------------------------------------ items
+
+    async def item(self, item_key: str) -> JournalItem | None:
+        """The item ``item_key`` as last recorded, or ``None``."""
+        return await self._call(self._item, item_key)
+
+    def _item(self, item_key: str) -> JournalItem | None:
+        row = self._conn().execute("SELECT * FROM items WHERE item_key = ?", (item_key,)).fetchone()
+        return _item(row) if row is not None else None
+
+    async def items(self) -> list[JournalItem]:
+        """Every item, in batch order."""
+        return await self._call(self._items)
+
+    def _items(self) -> list[JournalItem]:
+        rows = self._conn().execute("SELECT * FROM items ORDER BY idx, item_key").fetchall()
+        return [_item(row) for row in rows]
+
+    async def counts(self) -> dict[str, int]:
+        """How many items are in each state."""
+        return await self._call(self._counts)
+
+    def _counts(self) -> dict[str, int]:
+        rows = self._conn().execute("SELECT state, COUNT(*) FROM items GROUP BY state")
+        return {str(state): int(count) for state, count in rows.fetchall()}
+
+    async def begin(self, item_key: str, request_key: str, index: int) -> JournalItem:
+        """The item's record, created ``pending`` if new (its index updated if not)."""
+        return await self._call(self._begin, item_key, request_key, index)
+
+    def _begin(self, item_key: str, request_key: str, index: int) -> JournalItem:
+        with self._write() as db:
+            db.execute(
+                "INSERT INTO items (item_key, request_key, idx, state, updated) "
+                "VALUES (?, ?, ?, 'pending', ?) "
+                "ON CONFLICT (item_key) DO UPDATE SET idx = excluded.idx",
+                (item_key, request_key, index, time.time()),
+            )
+            row = db.execute("SELECT * FROM items WHERE item_key = ?", (item_key,)).fetchone()
+        return _item(row)
+
+    async def posted(
+        self, item_key: str, prompt_id: str, server: str, client_id: str, seed: int | None
+    ) -> None:
+        """Commit the prompt_id an item is about to be posted under (call before the POST)."""
+        await self._call(
+            self._transition,
+            item_key,
+            "posted",
+            prompt_id,
+            {
+                "server": server,
+                "client_id": client_id,
+                "seed": seed,
+                "error": None,
+            },
+        )
+
+    async def done(
+        self,
+        item_key: str,
+        prompt_id: str | None,
+        files: Sequence[Path],
+        *,
+        cached: bool = False,
+        seed: int | None = None,
+    ) -> None:
+        """Record the files an item wrote (call after their atomic write)."""
+        await self._call(self._done, item_key, prompt_id, list(files), cached, seed)
+
+    def _done(
+        self,
+        item_key: str,
+        prompt_id: str | None,
+        files: list[Path],
+        cached: bool,
+        seed: int | None,
+    ) -> None:
+        records = [{"path": os.path.abspath(p), "size": p.stat().st_size} for p in files]
+        values: dict[str, Any] = {
+            "files": json.dumps(records),
+            "cached": int(cached),
+            "error": None,
+        }
+        if seed is not None:
+            values["seed"] = seed
+        self._transition(item_key, "done", prompt_id, values)
+
+    async def failed(self, item_key: str, error: str) -> None:
+        """Record that an item failed (a rerun tries it again)."""
+        await self._call(self._transition, item_key, "failed", None, {"error": error})
+
+    def _transition(
+        self, item_key: str, state: ItemState, prompt_id: str | None, values: dict[str, Any]
+    ) -> None:
+        now = time.time()
+        columns = {"state": state, "updated": now, **values}
+        if prompt_id is not None:
+            columns["prompt_id"] = prompt_id
+        assignments = ", ".join(f"{name} = ?" for name in columns)
+        with self._write() as db:
+            cursor = db.execute(
+                f"UPDATE items SET {assignments} WHERE item_key = ?",
+                (*columns.values(), item_key),
+            )
+            if cursor.rowcount != 1:
+                raise JournalError(
+                    f"{self.path}: no item {item_key} (call begin() first)", path=str(self.path)
+                )
+            db.execute(
+                "INSERT INTO transitions (item_key, state, prompt_id, at) VALUES (?, ?, ?, ?)",
+                (item_key, state, prompt_id, now),
+            )
