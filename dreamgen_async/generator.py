@@ -528,13 +528,19 @@ class DreamGenerator:
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
 
-    async def aclose(self) -> None:
-        """Close the client if this generator created it. Idempotent."""
+    async def aclose(self, *, detach: bool = False) -> None:
+        """Close the client if this generator created it. Idempotent.
+
+        Jobs still running fail with ``ClientClosedError`` and their prompts are taken off the
+        server, unless ``detach=True``: then they stay queued there, and a later run of the
+        same journaled batch collects them instead of running them again (a batch stopped on
+        purpose).
+        """
         adopters, self._adopters = list(self._adopters.values()), {}
         for adopter in adopters:  # they share the client's session: closed first
-            await adopter.aclose()
+            await adopter.aclose(detach=detach)
         if self._owns_client:
-            await self.client.aclose()
+            await self.client.aclose(detach=detach)
 
     def _check_entered(self) -> None:
         if self._owns_client and self.client._state == "unopened":

@@ -65,8 +65,8 @@ async def test_posted_prompts_are_collected_under_their_client_id(
         old_client_id = gen.client.client_id
         batch = asyncio.create_task(gen.generate_many(frames(6), journal=journal))
         await comfyui_sim.wait_until(lambda: len(comfyui_sim.accepted_prompt_ids) == 6)
-        # The process "dies": its client goes away, the prompts stay queued on the server.
-        await gen.client.aclose(detach=True)
+        # Stopped on purpose: its client goes away, the prompts stay queued on the server.
+        await gen.aclose(detach=True)
         outcomes = await batch
     assert all(isinstance(o, JobFailure) for o in outcomes)
     posted = list(comfyui_sim.accepted_prompt_ids)
