@@ -728,38 +728,32 @@ class ComfyUIClient:
     async def _await_job(self, job: Job, timeout: float | None) -> PromptResult:
         """One caller's wait. Giving up ends this wait; the last waiter's also ends the job."""
         job._waiters += 1
+        reason: BaseException | None = None  # set when this caller gives up
         try:
             async with asyncio.timeout(timeout):
                 return await asyncio.shield(job._future)
         except TimeoutError:
             if job._future.done() and not job._future.cancelled():
                 return job._future.result()
-            job._waiters -= 1
-            if job._waiters == 0:
-                error = PromptTimeout(
-                    f"prompt {job.prompt_id} did not finish within {timeout} s; "
-                    "it was removed from the server",
-                    prompt_id=job.prompt_id,
-                )
-                self._drive(job, lc.Cancel(error))
-                await self._removal_sent(job)
-                raise error from None
-            raise PromptTimeout(
-                f"waited {timeout} s for prompt {job.prompt_id}; another caller still waits "
-                "for it, so it stays on the server",
+            last = job._waiters == 1
+            reason = PromptTimeout(
+                f"prompt {job.prompt_id} did not finish within {timeout} s; "
+                + (
+                    "it was removed from the server"
+                    if last
+                    else "another caller still waits for it, so it stays on the server"
+                ),
                 prompt_id=job.prompt_id,
-            ) from None
-        except asyncio.CancelledError:
-            job._waiters -= 1
-            if job._waiters == 0 and not job._future.done():
-                self._drive(job, lc.Cancel(asyncio.CancelledError()))
-                await self._removal_sent(job)
+            )
+            raise reason from None
+        except asyncio.CancelledError as exc:
+            reason = exc
             raise
-        else:
-            job._waiters -= 1  # pragma: no cover - the return above skips `else`
         finally:
-            if job._waiters < 0:  # pragma: no cover - a bug, not an input
-                raise AssertionError("job waiter count went negative")
+            job._waiters -= 1
+            if reason is not None and job._waiters == 0 and not job._future.done():
+                self._drive(job, lc.Cancel(reason))
+                await self._removal_sent(job)
 
     async def _cancel_job(self, job: Job) -> None:
         self._drive(job, lc.Cancel(asyncio.CancelledError()))
