@@ -21,7 +21,7 @@ import logging
 import os
 import tempfile
 import uuid
-from collections.abc import Callable, Coroutine
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -40,8 +40,6 @@ from dreamgen_async.testing import ComfyUISimulator, SimulatorConfig
 T = TypeVar("T")
 EXAMPLES = int(os.environ.get("DREAMGEN_MODEL_EXAMPLES", "25"))
 MAX_IN_FLIGHT = 3
-#: Callers found waiting after every job had settled (see the note on issue 10).
-STUCK_CALLERS: list[str] = []
 
 
 class _Errors(logging.Handler):
@@ -240,16 +238,9 @@ class LifecycleModel(RuleBasedStateMachine):
                     for j in self.owned.values()
                     if not j.done()
                 ]
-                if stuck:  # a job that never settles is a failure of the lifecycle
-                    msg = f"jobs never settled: {stuck}; {self.client._mux!r}"
-                    raise AssertionError(msg) from None
-                # Every job settled, yet a caller still waits: a known open bug (issue 10's
-                # note). Recorded with its stack for whoever picks it up, not hidden.
-                for task in tasks:
-                    if not task.done():
-                        STUCK_CALLERS.append(repr(task.get_stack(limit=8)))
-                        task.cancel()
-                await asyncio.gather(*tasks, return_exceptions=True)
+                callers = [repr(t.get_stack(limit=4)) for t in tasks if not t.done()]
+                msg = f"never settled: jobs {stuck}; callers {callers}; {self.client._mux!r}"
+                raise AssertionError(msg) from None
 
         self.run(callers_done())
         if not self.closed:
@@ -313,11 +304,3 @@ LifecycleModel.TestCase.settings = settings(
     print_blob=True,
 )
 TestLifecycleModel = LifecycleModel.TestCase
-
-
-def test_report_stuck_callers(report_line: Callable[[str], None]) -> None:
-    """Not an assertion: prints, in the reliability summary, any caller the model test found
-    still waiting after every job had settled (an open bug being tracked)."""
-    report_line(f"lifecycle model: callers stuck after all jobs settled: {len(STUCK_CALLERS)}")
-    for stack in STUCK_CALLERS[:3]:
-        report_line(f"  stuck caller stack: {stack[:300]}")
