@@ -14,6 +14,7 @@ from dreamgen_async.errors import (
     ExecutionError,
     ExecutionInterrupted,
     InputImageError,
+    NoCapableServerError,
     NodeError,
     NotComfyUIError,
     OutputPathError,
@@ -44,6 +45,7 @@ from dreamgen_async.generator import (
 )
 from dreamgen_async.jobs import Job, OutputImage, PromptResult
 from dreamgen_async.multiplexer import ReconnectPolicy
+from dreamgen_async.pool import ComfyUIPool, PoolImageRef, PoolJob, ServerStatus
 from dreamgen_async.protocol import (
     BinaryText,
     Event,
@@ -80,6 +82,7 @@ __all__ = [
     "BuiltWorkflow",
     "ClientClosedError",
     "ComfyUIClient",
+    "ComfyUIPool",
     "ConnectError",
     "ConnectionLostError",
     "DreamGenerator",
@@ -100,6 +103,7 @@ __all__ = [
     "InputImageError",
     "Job",
     "JobFailure",
+    "NoCapableServerError",
     "Node",
     "NodeError",
     "NotComfyUIError",
@@ -108,6 +112,8 @@ __all__ = [
     "OutputPathError",
     "PartialPromptWarning",
     "PartialPromptWarningError",
+    "PoolImageRef",
+    "PoolJob",
     "Preset",
     "PreviewImage",
     "Progress",
@@ -124,6 +130,7 @@ __all__ = [
     "ResultCache",
     "RetryPolicy",
     "ServerError",
+    "ServerStatus",
     "Timings",
     "TransportError",
     "Txt2ImgRequest",

@@ -304,6 +304,11 @@ class ComfyUIClient:
         return len(self._mux.jobs)
 
     @property
+    def connected(self) -> bool:
+        """Whether the WebSocket is open right now (False while it reconnects)."""
+        return self._mux.connected
+
+    @property
     def ws_connections(self) -> int:
         """How many times the WebSocket was opened (1 + reconnects)."""
         return self._mux.connections

@@ -37,6 +37,7 @@ from dreamgen_async.cache import ResultCache, cache_key
 from dreamgen_async.comfyui_api import ComfyUIClient
 from dreamgen_async.errors import DreamgenError, InputImageError
 from dreamgen_async.jobs import Mailbox, ProgressCallback, PromptResult
+from dreamgen_async.pool import ComfyUIPool
 from dreamgen_async.protocol import Event
 from dreamgen_async.workflow_builder import BuiltWorkflow, FluxWorkflowBuilder, Workflow
 
@@ -304,8 +305,9 @@ class DreamGenerator:
     """Generate images with a ComfyUI server and write them to ``output_dir``.
 
     Args:
-        client: A :class:`ComfyUIClient` (which you open and close) or a server URL (the
-            generator then owns the client, opened on enter and closed on exit).
+        client: A :class:`ComfyUIClient` or :class:`ComfyUIPool` (which you open and close)
+            or a server URL (the generator then owns the client, opened on enter and closed
+            on exit).
         output_dir: Where images are written (created if missing).
         builder: The workflow builder (flux1-schnell defaults when omitted).
         cache: A :class:`ResultCache` or a folder for one; deterministic requests (an
@@ -319,7 +321,7 @@ class DreamGenerator:
 
     def __init__(
         self,
-        client: ComfyUIClient | str = "http://127.0.0.1:8188",
+        client: ComfyUIClient | ComfyUIPool | str = "http://127.0.0.1:8188",
         *,
         output_dir: str | os.PathLike[str] = "dreamgen-output",
         builder: FluxWorkflowBuilder | None = None,
@@ -330,7 +332,9 @@ class DreamGenerator:
         **client_options: Any,
     ) -> None:
         self._owns_client = isinstance(client, str)
-        self.client = ComfyUIClient(client, **client_options) if isinstance(client, str) else client
+        self.client: ComfyUIClient | ComfyUIPool = (
+            ComfyUIClient(client, **client_options) if isinstance(client, str) else client
+        )
         self.output_dir = Path(output_dir)
         self.builder = builder or FluxWorkflowBuilder()
         self.cache = (
