@@ -356,6 +356,7 @@ class ComfyUIPool:
         self._inputs: OrderedDict[str, _Input] = OrderedDict()
         self._outputs: OrderedDict[tuple[str, str, str], str] = OrderedDict()
         self._background: set[asyncio.Task[Any]] = set()
+        self._retiring: set[ComfyUIClient] = set()
         self._monitor: asyncio.Task[None] | None = None
         self._state: Literal["unopened", "opened", "closed"] = "unopened"
         self._change: asyncio.Event | None = None
@@ -439,6 +440,8 @@ class ComfyUIPool:
                 fut.cancel()
             if srv.owned and srv.client is not None:
                 await srv.client.aclose()
+        for client in list(self._retiring):
+            await client.aclose()
         if launches:
             await asyncio.gather(*launches, return_exceptions=True)
         self._changed()
@@ -588,9 +591,13 @@ class ComfyUIPool:
 
     async def _retire(self, client: ComfyUIClient, tasks: set[asyncio.Task[None]]) -> None:
         """Close a replaced client once the (already abandoned) launches on it are over."""
-        if tasks:
-            await asyncio.wait(tasks, timeout=self._probe_timeout)
-        await client.aclose()
+        self._retiring.add(client)
+        try:
+            if tasks:
+                await asyncio.wait(tasks, timeout=self._probe_timeout)
+        finally:
+            await client.aclose()
+            self._retiring.discard(client)
 
     async def add_server(self, server: str | ComfyUIClient) -> ServerStatus:
         """Add a server at run time; it takes jobs once it has joined (or is probed until
