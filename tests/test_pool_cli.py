@@ -83,3 +83,25 @@ async def test_sim_servers_starts_a_farm() -> None:
     finally:
         proc.send_signal(signal.SIGINT)
         await proc.wait()
+
+
+async def test_readme_many_gpus_example_runs(comfyui_farm: SimulatorFarm, tmp_path: Path) -> None:
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    section = readme.split("## Many GPUs", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    configs = [SimulatorConfig(speed=s, model_load_time=0.05) for s in (2, 1, 1, 0.5)]
+    await comfyui_farm.start(*configs)
+    urls = repr(comfyui_farm.urls)
+    line = next(ln for ln in code.splitlines() if ln.startswith("URLS = "))
+    script = tmp_path / "many_gpus.py"
+    script.write_text(code.replace(line, f"URLS = {urls}"))
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(script),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await proc.communicate()
+    assert proc.returncode == 0, err.decode()
+    assert out.decode().count("bytes") == 24
+    assert sum(len(sim.prompts) for sim in comfyui_farm.sims) == 24
