@@ -232,6 +232,7 @@ class Ticket:
     seq: int
     req: Requirements
     bypassed: int = 0
+    avoid: frozenset[str] = frozenset()  # servers where it failed (used only if no other can)
 
     @property
     def model(self) -> str | None:
@@ -388,11 +389,17 @@ class Scheduler:
             del self._waiting[index]
             self._waiting_models[ticket.model] -= 1
 
-    def unbind(self, key: str) -> None:
-        """A placed job goes back to waiting (its server failed before or while running it)."""
+    def unbind(self, key: str, avoid: bool = False) -> None:
+        """A placed job goes back to waiting (its server failed before or while running it).
+
+        With ``avoid``, it goes to another server next if any other can run it.
+        """
         server = self.placed.pop(key)
         self.servers[server].assigned.pop(key, None)
-        self._wait(self.tickets[key])
+        ticket = self.tickets[key]
+        if avoid:
+            ticket.avoid = ticket.avoid | {server}
+        self._wait(ticket)
 
     def is_waiting(self, key: str) -> bool:
         return key in self.tickets and key not in self.placed
@@ -512,6 +519,16 @@ class Scheduler:
         )
         return after < before
 
+    def _elsewhere(self, ticket: Ticket, record: ServerRecord) -> bool:
+        """Whether a live server other than ``record`` and not avoided could run ``ticket``."""
+        return any(
+            r is not record
+            and r.key not in ticket.avoid
+            and r.state in (ServerState.UP, ServerState.SUSPECT)
+            and r.can_run(ticket.req)
+            for r in self.servers.values()
+        )
+
     def _earliest(
         self, accept: Callable[[Ticket], bool], window: list[Ticket], priority: int
     ) -> tuple[int, Ticket] | None:
@@ -559,10 +576,12 @@ class Scheduler:
             load = (len(record.assigned) + record.others + 1) / self._rate(record)
 
             def runnable(t: Ticket, record: ServerRecord = record) -> bool:
-                return record.can_run(t.req)
+                return record.can_run(t.req) and (
+                    record.key not in t.avoid or not self._elsewhere(t, record)
+                )
 
             def same_model(t: Ticket, record: ServerRecord = record) -> bool:
-                return (t.model is None or t.model == record.tail) and record.can_run(t.req)
+                return (t.model is None or t.model == record.tail) and runnable(t)
 
             choice: tuple[float, tuple[int, Ticket] | None]
             if forced:

@@ -127,7 +127,8 @@ class _Server:
     uploads: dict[str, asyncio.Future[str]] = field(default_factory=dict)
     tasks: set[asyncio.Task[None]] = field(default_factory=set)  # launches on this client
     probe: asyncio.Task[None] | None = None
-    failures: int = 0
+    failures: int = 0  # consecutive; reset by a job that succeeds there
+    downs: int = 0  # times it went down since its last success: the rejoin backoff grows
     removed: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -626,14 +627,14 @@ class ComfyUIPool:
         if srv.record.state is ServerState.REMOVED:
             return
         old, new = self._sched.apply(srv.url, event)
-        if new is not ServerState.DOWN and event is ServerEvent.READY:
-            srv.failures = 0
         if old is new:
             self._changed()
             return
         log.info("server %s: %s -> %s (%s)", srv.url, old.value, new.value, event.value)
         if new in (ServerState.DOWN, ServerState.REMOVED):
             self._take_back(srv)
+        if new is ServerState.DOWN:
+            srv.downs += 1
         if new in (ServerState.SUSPECT, ServerState.DOWN) and (
             srv.probe is None or srv.probe.done()
         ):
@@ -678,7 +679,7 @@ class ComfyUIPool:
 
     async def _probe(self, srv: _Server) -> None:
         """Probe a suspect server (a few times) or a down one (with backoff, until it rejoins)."""
-        delay = self._probe_delay
+        delay = min(self._probe_delay * 2 ** max(0, srv.downs - 1), self._max_probe_delay)
         while srv.record.state in (ServerState.SUSPECT, ServerState.DOWN):
             if srv.record.state is ServerState.SUSPECT:
                 ok = await self._check(srv)
@@ -689,6 +690,7 @@ class ComfyUIPool:
                 if srv.failures >= self._max_failures:
                     self._event(srv, ServerEvent.PROBE_FAILED)
             else:
+                await asyncio.sleep(random.uniform(delay / 2, delay))
                 try:
                     async with asyncio.timeout(self._probe_timeout):
                         await self._connect(srv)
@@ -697,6 +699,8 @@ class ComfyUIPool:
                 else:
                     self._event(srv, ServerEvent.READY)
                     return
+                delay = min(delay * 2, self._max_probe_delay)
+                continue
             await asyncio.sleep(random.uniform(delay / 2, delay))
             delay = min(delay * 2, self._max_probe_delay)
 
@@ -881,7 +885,7 @@ class ComfyUIPool:
             return
         if job._attempt != attempt or job.done():
             return
-        srv.failures = 0
+        srv.failures = srv.downs = 0
         outputs = {
             node: tuple(PoolImageRef(r.filename, r.subfolder, r.type, srv.url) for r in refs)
             for node, refs in result.outputs.items()
@@ -907,7 +911,7 @@ class ComfyUIPool:
         if final:
             self._settle(job, exc)
         else:
-            self._sched.unbind(job.prompt_id)
+            self._sched.unbind(job.prompt_id, avoid=True)
             job._attempt += 1
             job.server = None
             job._inner = None

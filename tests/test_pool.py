@@ -14,7 +14,7 @@ import pytest
 from _graphs import img2img, png_bytes, txt2img
 
 from dreamgen_async import ComfyUIClient, DreamGenerator, Img2ImgRequest, RetryPolicy
-from dreamgen_async.errors import NoCapableServerError
+from dreamgen_async.errors import ConnectionLostError, NoCapableServerError
 from dreamgen_async.multiplexer import ReconnectPolicy
 from dreamgen_async.pool import ComfyUIPool
 from dreamgen_async.testing import ComfyUISimulator, SimulatorConfig, SimulatorFarm
@@ -305,3 +305,34 @@ async def test_img2img_input_renamed_by_a_server_is_patched(farm: SimulatorFarm)
         result = await pool.run(img2img(uploaded.reference))
     graph = sim.prompts[result.prompt_id].graph
     assert graph["8"]["inputs"]["image"] == "dup (1).png"
+
+
+# ---------------------------------------------------------------------------- failure policies
+
+
+async def test_running_job_on_a_dead_server_fails_with_on_lost_fail(farm: SimulatorFarm) -> None:
+    sims = await farm.start(cfg(), cfg())
+    async with ComfyUIPool(farm.urls, on_lost="fail", **FAST) as pool:
+        sims[0].stall_next()
+        sims[1].hold()
+        stuck = await pool.submit(job())
+        await pool.wait_until(lambda: stuck.state == "running")
+        victim = sims[farm.urls.index(stuck.server or "")]
+        await victim.stop()
+        with pytest.raises(ConnectionLostError):
+            await stuck.result(timeout=10)
+        assert pool.failed == 1
+
+
+async def test_persistent_5xx_marks_a_server_down_and_jobs_go_elsewhere(
+    farm: SimulatorFarm,
+) -> None:
+    sims = await farm.start(cfg(), cfg())
+    sims[1].fail_next("/prompt", n=1000, status=500, method="POST")
+    async with ComfyUIPool(farm.urls, **FAST) as pool:
+        results = await asyncio.gather(*(pool.run(job()) for _ in range(20)))
+        assert all(where(sims, r.prompt_id) == [0] for r in results)
+        assert all(r.resubmitted is False for r in results)
+    # Down after 3 failures; each rejoin (it answers /object_info) fails at once again, and
+    # the delay before the next rejoin doubles: few posts, not one per job.
+    assert len(sims[1].requests_to("/prompt", "POST")) <= 10
