@@ -313,7 +313,7 @@ class Scheduler:
             placed next, on any server that can run it.
     """
 
-    def __init__(self, lookahead: int = 16, max_bypass: int | None = None) -> None:
+    def __init__(self, lookahead: int = 32, max_bypass: int | None = None) -> None:
         if lookahead < 1:
             raise ValueError("lookahead must be at least 1")
         self.lookahead = lookahead
@@ -593,7 +593,11 @@ class Scheduler:
                 target = self._target(record, rates)
                 if record.tail is None:  # a first load: unavoidable
                     tier = 1
-                elif target is not None and self._worth_switching(record, target, rates):
+                elif (
+                    not record.assigned  # decide at the last moment, with the most to go on
+                    and target is not None
+                    and self._worth_switching(record, target, rates)
+                ):
                     tier = 3
                 else:
                     # Keep the model: its next job further back, if there is one.

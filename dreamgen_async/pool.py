@@ -323,7 +323,7 @@ class ComfyUIPool:
         servers: Iterable[str | ComfyUIClient],
         *,
         over_queue: int = 1,
-        lookahead: int = 16,
+        lookahead: int = 32,
         on_lost: LostPolicy = "resubmit",
         max_attempts: int = 3,
         max_failures: int = 3,
