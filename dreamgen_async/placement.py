@@ -261,6 +261,8 @@ class ServerRecord:
     done: int = 0
     failed: int = 0
     switches: int = 0
+    _can: dict[Requirements, bool] = field(default_factory=dict, repr=False)
+    _can_caps: Capabilities | None = field(default=None, repr=False)
 
     def room(self, priority: int) -> bool:
         """Whether a job of ``priority`` may be placed here now (never over capacity + 1)."""
@@ -275,7 +277,18 @@ class ServerRecord:
         )
 
     def can_run(self, req: Requirements) -> bool:
-        return self.caps is not None and not self.caps.missing(req)
+        caps = self.caps
+        if caps is None:
+            return False
+        if caps is not self._can_caps:  # new capabilities: forget the answers
+            self._can = {}
+            self._can_caps = caps
+        known = self._can.get(req)
+        if known is None:
+            known = self._can[req] = not caps.missing(req)
+            if len(self._can) > 4096:
+                self._can.clear()
+        return known
 
     @property
     def switch_cost(self) -> float | None:
@@ -446,12 +459,9 @@ class Scheduler:
         for record in self.servers.values():
             if record.state in (ServerState.REMOVED, ServerState.DRAINING):
                 continue
-            if record.caps is None:
+            if record.caps is None or record.can_run(req):
                 return None
-            lack = record.caps.missing(req)
-            if not lack:
-                return None
-            missing[record.key] = lack
+            missing[record.key] = record.caps.missing(req)
         return missing
 
     # ------------------------------------------------------------------ the assign step
