@@ -14,7 +14,7 @@ import pytest
 from _graphs import img2img, png_bytes, txt2img
 
 from dreamgen_async import ComfyUIClient, DreamGenerator, Img2ImgRequest, RetryPolicy
-from dreamgen_async.errors import ConnectionLostError, NoCapableServerError
+from dreamgen_async.errors import ClientClosedError, ConnectionLostError, NoCapableServerError
 from dreamgen_async.multiplexer import ReconnectPolicy
 from dreamgen_async.pool import ComfyUIPool
 from dreamgen_async.testing import ComfyUISimulator, SimulatorConfig, SimulatorFarm
@@ -336,3 +336,21 @@ async def test_persistent_5xx_marks_a_server_down_and_jobs_go_elsewhere(
     # Down after 3 failures; each rejoin (it answers /object_info) fails at once again, and
     # the delay before the next rejoin doubles: few posts, not one per job.
     assert len(sims[1].requests_to("/prompt", "POST")) <= 10
+
+
+async def test_closing_the_pool_fails_waiting_and_placed_jobs(farm: SimulatorFarm) -> None:
+    sims = await farm.start(cfg(), cfg())
+    pool = ComfyUIPool(farm.urls, **FAST)
+    await pool.open()
+    for sim in sims:
+        sim.hold()
+    jobs = [await pool.submit(job()) for _ in range(8)]
+    await pool.wait_until(lambda: pool.in_flight == 4)
+    await pool.aclose()
+    await pool.aclose()  # idempotent
+    for j in jobs:
+        with pytest.raises(ClientClosedError):
+            await j.result()
+    with pytest.raises(ClientClosedError, match="closed"):
+        await pool.submit(job())
+    assert "closed" in repr(pool)
