@@ -17,6 +17,7 @@ from dreamgen_async.errors import (
     ExecutionInterrupted,
     InputImageError,
     JournalError,
+    NoCapableServerError,
     NodeError,
     NotComfyUIError,
     OutputContentError,
@@ -48,6 +49,7 @@ from dreamgen_async.generator import (
 )
 from dreamgen_async.jobs import Job, OutputImage, PromptResult
 from dreamgen_async.multiplexer import ReconnectPolicy
+from dreamgen_async.pool import ComfyUIPool, PoolImageRef, PoolJob, ServerStatus
 from dreamgen_async.protocol import (
     BinaryText,
     Event,
@@ -96,6 +98,7 @@ __all__ = [
     "BuiltWorkflow",
     "ClientClosedError",
     "ComfyUIClient",
+    "ComfyUIPool",
     "ConfigError",
     "ConnectError",
     "ConnectionLostError",
@@ -119,6 +122,7 @@ __all__ = [
     "JobFailure",
     "JournalError",
     "LoaderLayout",
+    "NoCapableServerError",
     "Node",
     "NodeError",
     "NotComfyUIError",
@@ -129,6 +133,8 @@ __all__ = [
     "OutputImage",
     "PartialPromptWarning",
     "PartialPromptWarningError",
+    "PoolImageRef",
+    "PoolJob",
     "Preset",
     "PreviewImage",
     "Progress",
@@ -146,6 +152,7 @@ __all__ = [
     "RetryPolicy",
     "ServerError",
     "ServerModels",
+    "ServerStatus",
     "TLSError",
     "Timings",
     "TransportError",

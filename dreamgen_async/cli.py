@@ -14,6 +14,7 @@ wrapped, whatever the terminal width.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import glob
 import json
@@ -55,6 +56,7 @@ from dreamgen_async.generator import (
     request_from_spec,
 )
 from dreamgen_async.journal import read_journal_meta, read_journal_requests
+from dreamgen_async.pool import ComfyUIPool
 from dreamgen_async.protocol import Event, Executing
 from dreamgen_async.protocol import Progress as StepProgress
 from dreamgen_async.workflow_builder import FluxWorkflowBuilder, Workflow, parse_set_assignment
@@ -80,6 +82,7 @@ class Options:
     quiet: bool
     debug: bool
     journal: Path | None = None
+    servers: tuple[str, ...] = ()  # every --server (several: a ComfyUIPool)
 
 
 def _apply(func: F, decorators: Sequence[Callable[[F], F]]) -> F:
@@ -93,9 +96,12 @@ def server_option(func: F) -> F:
     return click.option(
         "--server",
         envvar="DREAMGEN_SERVER",
-        default=DEFAULT_SERVER,
+        multiple=True,
+        default=(DEFAULT_SERVER,),
         show_default=True,
-        help="ComfyUI URL (env DREAMGEN_SERVER). A token is read from DREAMGEN_TOKEN.",
+        help="ComfyUI URL (env DREAMGEN_SERVER). Give it several times, or "
+        "DREAMGEN_SERVER=url1,url2, to spread jobs over a pool of servers. "
+        "A token is read from DREAMGEN_TOKEN.",
     )(func)
 
 
@@ -143,8 +149,12 @@ def common_options(func: F) -> F:
 
 
 def options_from(kwargs: dict[str, Any]) -> Options:
+    servers = tuple(
+        url.strip() for value in kwargs.pop("server", ()) for url in value.split(",") if url.strip()
+    ) or (DEFAULT_SERVER,)
     opts = Options(
-        server=kwargs.pop("server", DEFAULT_SERVER),
+        server=servers[0],
+        servers=servers,
         concurrency=kwargs.pop("concurrency", 1),
         timeout=kwargs.pop("timeout", None),
         json=kwargs.pop("json_lines", False),
@@ -358,18 +368,32 @@ async def run_requests(
     if isinstance(builder, ModelChoice):
         builder = await resolve_builder(opts, builder)
     tally = Tally()
-    client_id = None
-    if journal is not None:
-        client_id = (await asyncio.to_thread(read_journal_meta, journal)).get("client_id")
-    async with DreamGenerator(
-        opts.server,
-        output_dir=output,
-        builder=builder,
-        token=token,
-        max_in_flight=64,
-        on_partial="ignore",  # shown as a warning line per job, not a Python warning
-        client_id=client_id,
-    ) as gen:
+    async with contextlib.AsyncExitStack() as stack:
+        gen: DreamGenerator
+        if len(opts.servers) > 1:
+            if journal is not None:  # a journal records one server's prompts
+                log.info("several servers: the batch runs without a journal")
+                journal = None
+            pool = await stack.enter_async_context(
+                ComfyUIPool(opts.servers, token=token, on_partial="ignore")
+            )
+            gen = DreamGenerator(pool, output_dir=output, builder=builder)
+        else:
+            client_id = None
+            if journal is not None:
+                meta = await asyncio.to_thread(read_journal_meta, journal)
+                client_id = meta.get("client_id")
+            gen = await stack.enter_async_context(
+                DreamGenerator(
+                    opts.server,
+                    output_dir=output,
+                    builder=builder,
+                    token=token,
+                    max_in_flight=64,
+                    on_partial="ignore",  # shown as a warning line per job, not a Python warning
+                    client_id=client_id,
+                )
+            )
         with Display(opts, labels, *consoles) as display:
             outcomes = gen.enumerate_completed(
                 requests,
@@ -763,6 +787,8 @@ def status(**kwargs: Any) -> None:
         from dreamgen_async.comfyui_api import ComfyUIClient
 
         token = os.environ.get("DREAMGEN_TOKEN") or None
+        if len(opts.servers) > 1:
+            return await status_table(opts, token)
         async with ComfyUIClient(opts.server, token=token) as client:
             stats = await client.system_stats()
             queue = await client.get_queue()
@@ -794,6 +820,61 @@ def status(**kwargs: Any) -> None:
     execute(opts, check)
 
 
+async def server_row(url: str, token: str | None) -> dict[str, Any]:
+    """One server's line of ``dreamgen status``: reachable or not, version, device, queue."""
+    from dreamgen_async.comfyui_api import ComfyUIClient
+
+    row: dict[str, Any] = {"server": url, "state": "down"}
+    try:
+        async with ComfyUIClient(url, token=token) as client:
+            row["server"] = client.safe_url
+            stats = await client.system_stats()
+            queue = await client.get_queue()
+    except DreamgenError as exc:
+        row["error"] = str(exc)
+        return row
+    devices = stats.get("devices") or [{}]
+    row.update(
+        state="up",
+        comfyui=stats.get("system", {}).get("comfyui_version", "?"),
+        device=devices[0].get("name", "?"),
+        vram_free_gib=round(devices[0].get("vram_free", 0) / 2**30, 1),
+        running=len(queue.running),
+        pending=len(queue.pending),
+    )
+    return row
+
+
+async def status_table(opts: Options, token: str | None) -> int:
+    """``dreamgen status`` with several servers: one row each; 1 if none is up."""
+    from rich.table import Table
+
+    rows = await asyncio.gather(*(server_row(url, token) for url in opts.servers))
+    if opts.json:
+        for row in rows:
+            click.echo(json.dumps(row))
+    else:
+        table = Table("server", "state", "comfyui", "device", "queue", box=None)
+        for row in rows:
+            queue = (
+                f"{row['running']} running, {row['pending']} pending"
+                if row["state"] == "up"
+                else escape(str(row.get("error", "")))[:60]
+            )
+            table.add_row(
+                row["server"],
+                row["state"],
+                row.get("comfyui", "-"),
+                row.get("device", "-"),
+                queue,
+            )
+        Console(width=160).print(table)
+    up = sum(row["state"] == "up" for row in rows)
+    if not opts.json:
+        click.echo(f"{up} of {len(rows)} servers up")
+    return 0 if up else 1
+
+
 @cli.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option(
@@ -806,17 +887,60 @@ def status(**kwargs: Any) -> None:
 @click.option("--step-time", default=0.0, show_default=True, help="Seconds per sampler step.")
 @click.option("--node-time", default=0.0, show_default=True, help="Seconds per node.")
 @click.option("--root", type=click.Path(path_type=Path), default=None, help="Files folder.")
-def sim(host: str, port: int, step_time: float, node_time: float, root: Path | None) -> None:
-    """Run the ComfyUI simulator (no GPU needed) until Ctrl-C."""
-    from dreamgen_async.testing import SimulatorConfig, serve
+@click.option(
+    "--servers", default=1, show_default=True, type=click.IntRange(1), help="Ports PORT.."
+)
+@click.option("--speeds", default=None, help="Speed factor per server, e.g. 2,1,1,0.5.")
+@click.option(
+    "--model-load-time", default=0.0, show_default=True, help="Seconds a model switch costs."
+)
+def sim(
+    host: str,
+    port: int,
+    step_time: float,
+    node_time: float,
+    root: Path | None,
+    servers: int,
+    speeds: str | None,
+    model_load_time: float,
+) -> None:
+    """Run the ComfyUI simulator (no GPU needed) until Ctrl-C; --servers N runs N of them
+    on ports PORT..PORT+N-1 (to try a pool)."""
+    from dreamgen_async.testing import SimulatorConfig, serve, serve_many
 
-    config = SimulatorConfig(step_time=step_time, node_time=node_time)
+    try:
+        factors = [float(x) for x in speeds.split(",")] if speeds else [1.0] * servers
+    except ValueError:
+        raise click.BadParameter(
+            f"{speeds!r} is not a list of numbers", param_hint="--speeds"
+        ) from None
+    if speeds and len(factors) != servers:
+        if servers != 1:
+            raise click.BadParameter(
+                f"{len(factors)} speeds for {servers} servers", param_hint="--speeds"
+            )
+        servers = len(factors)
+    configs = [
+        SimulatorConfig(
+            step_time=step_time, node_time=node_time, speed=f, model_load_time=model_load_time
+        )
+        for f in factors
+    ]
 
     def ready(started: Any) -> None:
         click.echo(f"ComfyUI simulator listening on {started.url}", err=True)
 
+    def ready_many(started: list[Any]) -> None:
+        for one, factor in zip(started, factors, strict=True):
+            click.echo(f"ComfyUI simulator listening on {one.url} (speed {factor:g})", err=True)
+        urls = ",".join(one.url for one in started)
+        click.echo(f"try: DREAMGEN_SERVER={urls} dreamgen status", err=True)
+
     try:
-        asyncio.run(serve(host, port, config, root, ready=ready))
+        if servers == 1:
+            asyncio.run(serve(host, port, configs[0], root, ready=ready))
+        else:
+            asyncio.run(serve_many(host, port, configs, root, ready=ready_many))
     except KeyboardInterrupt:
         sys.exit(130)
 
@@ -840,7 +964,7 @@ def demo(count: int, step_time: float, output: Path, **kwargs: Any) -> None:
             inputs = write_samples(Path(scratch) / "inputs", count)
             config = SimulatorConfig(step_time=step_time)
             async with ComfyUISimulator(config, root=Path(scratch) / "server") as server:
-                demo_opts = dataclasses.replace(opts, server=server.url)
+                demo_opts = dataclasses.replace(opts, server=server.url, servers=(server.url,))
                 requests = [
                     Img2ImgRequest(p, "a watercolour landscape", 0.6, seed=i, steps=4, name=p.stem)
                     for i, p in enumerate(inputs)

@@ -263,6 +263,32 @@ def outcome_from_history(prompt_id: str, record: HistoryRecord) -> PromptResult 
     return PromptResult(prompt_id, dict(record.outputs), files=record.files)
 
 
+async def collect_outputs(
+    result: PromptResult,
+    download: Callable[[ImageRef], Awaitable[bytes]],
+    *,
+    previews: bool = True,
+) -> list[OutputData]:
+    """Every output of ``result`` with its content (see :meth:`ComfyUIClient.get_outputs`):
+    saved first, previews unless ``previews=False``, image bytes checked by their format."""
+    files = result.files or tuple(
+        OutputFile(node_id, "image", ref)
+        for node_id, refs in result.outputs.items()
+        for ref in refs
+    )
+    outputs = []
+    for file in sorted(files, key=lambda f: not f.saved):
+        if not file.saved and not previews:
+            continue
+        if file.ref is None:
+            outputs.append(OutputData(file, (file.text or "").encode()))
+            continue
+        data = await download(file.ref)
+        verify_output(file, data)
+        outputs.append(OutputData(file, data))
+    return outputs
+
+
 def _terminal(state: JobState) -> bool:
     return state.terminal
 
@@ -528,6 +554,11 @@ class ComfyUIClient:
     def free_slots(self) -> int:
         """In-flight slots free right now (``max_in_flight`` minus the jobs holding one)."""
         return self._free
+
+    @property
+    def connected(self) -> bool:
+        """Whether the WebSocket is open right now (False while it reconnects)."""
+        return self._mux.connected
 
     @property
     def ws_connections(self) -> int:
@@ -1096,22 +1127,7 @@ class ComfyUIClient:
         """
         if isinstance(result, str):
             result = await self.wait_for_completion(result)
-        files = result.files or tuple(
-            OutputFile(node_id, "image", ref)
-            for node_id, refs in result.outputs.items()
-            for ref in refs
-        )
-        outputs = []
-        for file in sorted(files, key=lambda f: not f.saved):
-            if not file.saved and not previews:
-                continue
-            if file.ref is None:
-                outputs.append(OutputData(file, (file.text or "").encode()))
-                continue
-            data = await self.download(file.ref)
-            verify_output(file, data)
-            outputs.append(OutputData(file, data))
-        return outputs
+        return await collect_outputs(result, self.download, previews=previews)
 
     async def download(self, image: ImageRef) -> bytes:
         """``GET /view`` one image. Raises ServerError(404) if the server has no such file."""

@@ -7,7 +7,8 @@ original kept as ``__cause__``)::
     DreamgenError
     ├── ConfigError                   a bad constructor or option value (also a ValueError)
     ├── WorkflowError                 bad graph or builder argument (raised before any I/O)
-    │   └── UIWorkflowError           a UI-format export was given where API format is needed
+    │   ├── UIWorkflowError           a UI-format export was given where API format is needed
+    │   └── NoCapableServerError      no server of a pool has every node and model a graph names
     ├── InputImageError               an input image is missing, empty, not an image, too large
     ├── ClientClosedError             the client was closed (or never opened)
     ├── ProtocolError                 a frame, body or handshake that breaks ComfyUI's protocol
@@ -59,6 +60,7 @@ __all__ = [
     "ExecutionInterrupted",
     "InputImageError",
     "JournalError",
+    "NoCapableServerError",
     "NodeError",
     "NotComfyUIError",
     "OutputContentError",
@@ -378,3 +380,15 @@ class PromptLost(PromptError):
 class PromptTimeout(PromptError, TimeoutError):
     """Waiting for the prompt exceeded the caller's timeout. The prompt was cancelled on the
     server (deleted from the queue, or interrupted with a targeted interrupt)."""
+
+
+class NoCapableServerError(WorkflowError):
+    """No server of a :class:`~dreamgen_async.ComfyUIPool` can run the workflow.
+
+    Raised by ``submit`` before anything is posted. ``missing`` maps each server's URL to what
+    it lacks (``"node class X"``, ``"ckpt_name 'y.safetensors'"``).
+    """
+
+    def __init__(self, message: str, *, missing: Mapping[str, tuple[str, ...]]) -> None:
+        super().__init__(message)
+        self.missing = dict(missing)

@@ -52,6 +52,7 @@ from dreamgen_async.errors import (
 )
 from dreamgen_async.jobs import Mailbox, ProgressCallback, PromptResult
 from dreamgen_async.journal import BatchJournal, JournalItem
+from dreamgen_async.pool import ComfyUIPool
 from dreamgen_async.protocol import (
     AUDIO_SUFFIXES,
     VIDEO_SUFFIXES,
@@ -480,8 +481,9 @@ class DreamGenerator:
     """Generate images with a ComfyUI server and write them to ``output_dir``.
 
     Args:
-        client: A :class:`ComfyUIClient` (which you open and close) or a server URL (the
-            generator then owns the client, opened on enter and closed on exit).
+        client: A :class:`ComfyUIClient` or :class:`ComfyUIPool` (which you open and close)
+            or a server URL (the generator then owns the client, opened on enter and closed
+            on exit).
         output_dir: Where images are written (created if missing).
         builder: The workflow builder (flux1-schnell defaults when omitted).
         cache: A :class:`ResultCache` or a folder for one; deterministic requests (an
@@ -495,7 +497,7 @@ class DreamGenerator:
 
     def __init__(
         self,
-        client: ComfyUIClient | str = "http://127.0.0.1:8188",
+        client: ComfyUIClient | ComfyUIPool | str = "http://127.0.0.1:8188",
         *,
         output_dir: str | os.PathLike[str] = "dreamgen-output",
         builder: FluxWorkflowBuilder | None = None,
@@ -506,7 +508,9 @@ class DreamGenerator:
         **client_options: Any,
     ) -> None:
         self._owns_client = isinstance(client, str)
-        self.client = ComfyUIClient(client, **client_options) if isinstance(client, str) else client
+        self.client: ComfyUIClient | ComfyUIPool = (
+            ComfyUIClient(client, **client_options) if isinstance(client, str) else client
+        )
         self.output_dir = Path(output_dir)
         self.builder = builder or FluxWorkflowBuilder()
         self.cache = (
@@ -541,6 +545,15 @@ class DreamGenerator:
             await adopter.aclose(detach=detach)
         if self._owns_client:
             await self.client.aclose(detach=detach)
+
+    def _journaled_client(self) -> ComfyUIClient:
+        """The one client a batch journal records (its server, its client_id)."""
+        if not isinstance(self.client, ComfyUIClient):
+            raise ConfigError(
+                "a batch journal records one server's prompts: use it with a ComfyUIClient "
+                "(or a server URL), not a ComfyUIPool"
+            )
+        return self.client
 
     def _check_entered(self) -> None:
         if self._owns_client and self.client._state == "unopened":
@@ -805,7 +818,7 @@ class DreamGenerator:
             started = time.time()
             before_post: Callable[[str], Awaitable[None]] | None = None
             if journal is not None and item is not None:
-                key, client = item.item_key, self.client
+                key, client = item.item_key, self._journaled_client()
 
                 async def before_post(prompt_id: str) -> None:
                     await journal.posted(
@@ -853,20 +866,21 @@ class DreamGenerator:
 
     async def _client_for(self, item: JournalItem) -> ComfyUIClient | None:
         """The client that receives the events of ``item``'s prompt (its client_id)."""
-        if item.server is not None and item.server != self.client.base_url:
+        single = self._journaled_client()
+        if item.server is not None and item.server != single.base_url:
             log.warning(
                 "prompt %s was posted to %s, not %s: running it here",
                 item.prompt_id,
                 item.server,
-                self.client.base_url,
+                single.base_url,
             )
             return None
-        if item.client_id is None or item.client_id == self.client.client_id:
-            return self.client
+        if item.client_id is None or item.client_id == single.client_id:
+            return single
         async with self._adopters_lock:
             adopter = self._adopters.get(item.client_id)
             if adopter is None:
-                adopter = self.client.with_client_id(item.client_id)
+                adopter = single.with_client_id(item.client_id)
                 await adopter.open()
                 self._adopters[item.client_id] = adopter
         return adopter
@@ -949,7 +963,9 @@ class DreamGenerator:
         return result, await self._download(self.client, result)
 
     @staticmethod
-    async def _download(client: ComfyUIClient, result: PromptResult) -> list[tuple[str, bytes]]:
+    async def _download(
+        client: ComfyUIClient | ComfyUIPool, result: PromptResult
+    ) -> list[tuple[str, bytes]]:
         # Saved outputs of every kind (and text values); previews only when nothing was saved.
         saved = any(f.ref is not None and f.ref.type == "output" for f in result.files)
         saved = saved or any(ref.type == "output" for ref in result.images)
@@ -1167,12 +1183,12 @@ class DreamGenerator:
     async def _describe_batch(self, journal: BatchJournal, requests: Iterable[Request]) -> None:
         """Record what a later ``dreamgen resume`` needs: server, folders, builder, requests."""
         await journal.set_meta(
-            {"client_id": self.client.client_id, "created": time.time()}, keep=True
+            {"client_id": self._journaled_client().client_id, "created": time.time()}, keep=True
         )
         output_dir = await asyncio.to_thread(os.path.abspath, self.output_dir)
         await journal.set_meta(
             {
-                "server": self.client.base_url,
+                "server": self._journaled_client().base_url,
                 "output_dir": output_dir,
                 "builder": builder_spec(self.builder),
             }

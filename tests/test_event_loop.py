@@ -25,7 +25,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from dreamgen_async import DreamGenerator
+from dreamgen_async import ComfyUIClient, DreamGenerator
 from dreamgen_async.protocol import json_steps
 
 SIDE = 1900  # 1900 x 1900 RGB noise: a 10.8 MB PNG
@@ -92,10 +92,12 @@ async def scenario(url: str, source: Path, out: Path) -> tuple[list[str], int, i
             # A 10 MB JSON body: /queue lists every pending prompt with its graph. One long
             # job holds the queue (1000 steps of 10 ms) while 200 prompts of 50 KB wait,
             # each with 500 unused nodes (100,000 small objects: json.loads takes ~0.1 s).
-            await gen.client.queue_prompt(txt2img(seed=1, steps=1000))
+            client = gen.client
+            assert isinstance(client, ComfyUIClient)
+            await client.queue_prompt(txt2img(seed=1, steps=1000))
             for i in range(200):
-                await gen.client.queue_prompt(bulky(i))
-            queue = await gen.client.get_queue()
+                await client.queue_prompt(bulky(i))
+            queue = await client.get_queue()
             # The loop logs a slow step after it ends: let this step end while collecting.
             await asyncio.sleep(0)
         finally:
@@ -103,6 +105,7 @@ async def scenario(url: str, source: Path, out: Path) -> tuple[list[str], int, i
             gc.enable()
             logging.getLogger("asyncio").removeHandler(handler)
             items = (*queue.running, *queue.pending) if queue is not None else ()
+            assert isinstance(gen.client, ComfyUIClient)
             for prompt_id in [item.prompt_id for item in items]:  # free the server
                 await gen.client.delete_from_queue(prompt_id)
                 await gen.client.interrupt(prompt_id)

@@ -62,7 +62,7 @@ async def test_posted_prompts_are_collected_under_their_client_id(
     out, journal = tmp_path / "out", tmp_path / "batch.journal"
     comfyui_sim.hold()
     async with DreamGenerator(comfyui_sim.url, output_dir=out) as gen:
-        old_client_id = gen.client.client_id
+        old_client_id = single(gen).client_id
         batch = asyncio.create_task(gen.generate_many(frames(6), journal=journal))
         await comfyui_sim.wait_until(lambda: len(comfyui_sim.accepted_prompt_ids) == 6)
         # Stopped on purpose: its client goes away, the prompts stay queued on the server.
@@ -72,7 +72,7 @@ async def test_posted_prompts_are_collected_under_their_client_id(
     posted = list(comfyui_sim.accepted_prompt_ids)
 
     async with DreamGenerator(comfyui_sim.url, output_dir=out) as gen:
-        assert gen.client.client_id != old_client_id
+        assert single(gen).client_id != old_client_id
         batch = asyncio.create_task(gen.generate_many(frames(6), journal=journal))
         # Each prompt is adopted (registered) before the server is asked: then let them run.
         await comfyui_sim.wait_until(
@@ -122,7 +122,7 @@ async def test_the_journal_records_what_resume_needs(
     requests = [*frames(2), Txt2ImgRequest("free", width=64, height=64)]
     async with DreamGenerator(comfyui_sim.url, output_dir=tmp_path / "out") as gen:
         await gen.generate_many(requests, journal=journal)
-        client_id = gen.client.client_id
+        client_id = single(gen).client_id
     meta = read_journal_meta(journal)
     assert meta["client_id"] == client_id
     assert meta["server"] == comfyui_sim.url
@@ -212,3 +212,9 @@ async def test_start_batch_takes_a_journal_and_odd_inputs_are_recorded(
     assert request_from_spec(specs[2]) == requests[2]
     assert specs[3]["image"] == {"unsupported": "<object>"}
     assert request_from_spec(specs[3]).image is None  # type: ignore[union-attr]
+
+
+def single(gen: DreamGenerator) -> ComfyUIClient:
+    """The generator's one client (a journal records one server's prompts)."""
+    assert isinstance(gen.client, ComfyUIClient)
+    return gen.client

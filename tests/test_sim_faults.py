@@ -91,9 +91,11 @@ def test_public_names() -> None:
         "RecordedRequest",
         "SimPrompt",
         "SimulatorConfig",
+        "SimulatorFarm",
         "run_simulator",
         "sample_png",
         "serve",
+        "serve_many",
     }
     assert all(hasattr(testing, name) for name in testing.__all__)
 

@@ -27,7 +27,12 @@ Control and fault injection (methods and attributes of the simulator):
     ``await send_raw(data, client_id=None)`` (any text/binary frame to one or all sockets).
 
 Pytest: ``pytest_plugins = ["dreamgen_async.testing.pytest_plugin"]`` gives the function-scoped
-async fixture ``comfyui_sim``. Standalone: :func:`serve` / :func:`run_simulator`.
+async fixture ``comfyui_sim``,
+and ``comfyui_farm`` (a :class:`SimulatorFarm`: ``await comfyui_farm.start(config, ...)``
+starts one simulator per config, e.g. with different ``speed`` or ``checkpoints``, for a
+pool). ``speed`` and ``model_load_time`` make a server slower or faster and charge a model
+switch (reported per prompt: ``SimPrompt.model_load`` and the history's ``sim_timings``).
+Standalone: :func:`serve` / :func:`run_simulator` / :func:`serve_many`.
 """
 
 from dreamgen_async.testing.engine import SimPrompt
@@ -37,8 +42,10 @@ from dreamgen_async.testing.simulator import (
     ComfyUISimulator,
     RecordedRequest,
     SimulatorConfig,
+    SimulatorFarm,
     run_simulator,
     serve,
+    serve_many,
 )
 
 __all__ = [
@@ -47,7 +54,9 @@ __all__ = [
     "RecordedRequest",
     "SimPrompt",
     "SimulatorConfig",
+    "SimulatorFarm",
     "run_simulator",
     "sample_png",
     "serve",
+    "serve_many",
 ]

@@ -65,6 +65,9 @@ class SimPrompt:
     output_bytes: list[bytes] = field(default_factory=list)
     executed_nodes: list[str] = field(default_factory=list)
     cached_nodes: list[str] = field(default_factory=list)
+    started_at: float | None = None
+    finished_at: float | None = None
+    model_load: float = 0.0  # seconds spent loading a model (a switch, or the first load)
 
 
 @dataclass(order=True)
@@ -104,6 +107,12 @@ class EngineConfig:
     preview_method: str = "none"
     history_delay: float = 0.0
     history_capacity: int = HISTORY_CAPACITY
+    speed: float = 1.0
+    model_load_time: float = 0.0
+
+
+#: Loader nodes and the input naming the model they keep loaded (a change costs a load).
+MODEL_LOADERS = {"CheckpointLoaderSimple": "ckpt_name", "UNETLoader": "unet_name"}
 
 
 def _now_ms() -> int:
@@ -146,6 +155,8 @@ class Engine:
         self.last_node_id: str | None = None
         self.stalled: set[str] = set()
         self.stall_next_prompt = False
+        self.loaded_model: str | None = None
+        self.model_loads = 0
         self._wakeup = asyncio.Event()
         self._released = asyncio.Event()
         self._released.set()
@@ -186,6 +197,7 @@ class Engine:
         self.number = 0
         self.current_client = None
         self.last_node_id = None
+        self.loaded_model = None
         self.start()
         self._changed()
 
@@ -290,6 +302,10 @@ class Engine:
         self.current_client = sid
         record = self.prompts.get(prompt_id)
         messages: list[list[Any]] = []
+        started_at = time.time()
+        model_load = 0.0
+        if record is not None:
+            record.started_at = started_at
 
         def add_message(event: str, data: dict[str, Any], broadcast: bool) -> None:
             messages.append([event, data])
@@ -384,6 +400,7 @@ class Engine:
                         sid,
                     )
                 self._changed()
+                model_load += await self._load_model(node)
                 await self._pause(self.config.node_time, node_id)
                 if stall:
                     stall = False
@@ -470,6 +487,18 @@ class Engine:
             },
             "meta": meta,
         }
+        if self.config.speed != 1.0 or self.config.model_load_time > 0:
+            # Not in ComfyUI (so only with the pool knobs on): the simulator's own timings.
+            self.history[prompt_id]["sim_timings"] = {
+                "started": started_at,
+                "finished": time.time(),
+                "model_load": model_load,
+                "model": self.loaded_model,
+                "speed": self.config.speed,
+            }
+        if record is not None:
+            record.finished_at = time.time()
+            record.model_load = model_load
         self.history.move_to_end(prompt_id)
         while len(self.history) > self.config.history_capacity:
             self.history.popitem(last=False)
@@ -522,8 +551,24 @@ class Engine:
             if previews:
                 self.hub.send_preview(jpeg, sid, {}, with_metadata=False)
 
+    async def _load_model(self, node: dict[str, Any]) -> float:
+        """A loader naming another model than the loaded one costs ``model_load_time``."""
+        name = MODEL_LOADERS.get(str(node.get("class_type")))
+        model = node.get("inputs", {}).get(name) if name else None
+        if not isinstance(model, str) or model == self.loaded_model:
+            return 0.0
+        self.loaded_model = model
+        self.model_loads += 1
+        seconds = self.config.model_load_time
+        if seconds > 0:  # not scaled by speed: loading is disk and bus bound
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._interrupt.wait(), seconds)
+        return seconds
+
     async def _pause(self, seconds: float, node_id: str) -> None:
         """Spend simulated time (or just yield), then honour a pending interrupt."""
+        if seconds > 0 and self.config.speed != 1.0:
+            seconds /= self.config.speed
         if seconds > 0:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._interrupt.wait(), seconds)

@@ -74,6 +74,11 @@ class SimulatorConfig:
         max_upload_size: largest accepted request body, in bytes.
         models: model files by models folder (``diffusion_models``, ``text_encoders``,
             ``vae``, ``loras``, ``upscale_models``, ``controlnet``): the loaders' choices.
+        speed: how fast this server's "GPU" is: step and node times are divided by it.
+        model_load_time: seconds a prompt spends loading its checkpoint/UNet when it differs
+            from the last one loaded (the first load too); reported per prompt in
+            ``SimPrompt.model_load`` and, when ``speed`` or ``model_load_time`` is set, in the
+            history entry's ``sim_timings`` (not a ComfyUI field).
     """
 
     step_time: float = 0.0
@@ -84,6 +89,8 @@ class SimulatorConfig:
     history_capacity: int = 10_000
     max_upload_size: int = 100 * 1024 * 1024
     models: Mapping[str, tuple[str, ...]] = field(default_factory=lambda: dict(DEFAULT_MODELS))
+    speed: float = 1.0
+    model_load_time: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -173,6 +180,8 @@ class ComfyUISimulator:
             preview_method=self.config.preview_method,
             history_delay=self.config.history_delay,
             history_capacity=self.config.history_capacity,
+            speed=self.config.speed,
+            model_load_time=self.config.model_load_time,
         )
         self.engine = Engine(
             self._engine_config,
@@ -268,6 +277,16 @@ class ComfyUISimulator:
     def queue_remaining(self) -> int:
         """Pending plus running prompts."""
         return self.engine.queue_remaining()
+
+    @property
+    def model_loads(self) -> int:
+        """How many times a prompt loaded a model (first loads and switches)."""
+        return self.engine.model_loads
+
+    @property
+    def loaded_model(self) -> str | None:
+        """The checkpoint/UNet loaded now (the last one a prompt used)."""
+        return self.engine.loaded_model
 
     def input_files(self) -> list[str]:
         """Files in the input directory, relative, with ``/`` separators, sorted."""
@@ -969,6 +988,70 @@ async def serve(
         await asyncio.Event().wait()
     finally:
         await sim.stop()
+
+
+class SimulatorFarm:
+    """Several simulators (a pool's worth), started together and stopped together.
+
+    Each has its own files under ``root/server-<i>``. ``farm.sims`` and ``farm.urls`` list them
+    in start order. Use ``async with SimulatorFarm(root) as farm: await farm.start(...)``.
+    """
+
+    def __init__(self, root: Path | str | None = None) -> None:
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        if root is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="comfyui-farm-")
+            root = self._tmp.name
+        self.root = Path(root)
+        self.sims: list[ComfyUISimulator] = []
+
+    @property
+    def urls(self) -> list[str]:
+        return [sim.url for sim in self.sims]
+
+    async def start(
+        self, *configs: SimulatorConfig, host: str = "127.0.0.1", port: int = 0
+    ) -> list[ComfyUISimulator]:
+        """Start one simulator per config (ports ``port``, ``port + 1``... or free ones)."""
+        started: list[ComfyUISimulator] = []
+        for config in configs:
+            index = len(self.sims)
+            sim = ComfyUISimulator(config, root=self.root / f"server-{index}")
+            await sim.start(host, port + len(started) if port else 0)
+            self.sims.append(sim)
+            started.append(sim)
+        return started
+
+    async def stop(self) -> None:
+        """Stop every simulator. Idempotent."""
+        sims, self.sims = self.sims, []
+        for sim in sims:
+            await sim.stop()
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+    async def __aenter__(self) -> SimulatorFarm:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+
+async def serve_many(
+    host: str = "127.0.0.1",
+    port: int = 8188,
+    configs: list[SimulatorConfig] | None = None,
+    root: Path | str | None = None,
+    ready: Callable[[list[ComfyUISimulator]], None] | None = None,
+) -> None:
+    """Run several simulators on ports ``port .. port + N - 1`` until cancelled
+    (``dreamgen sim --servers N``)."""
+    async with SimulatorFarm(root) as farm:
+        sims = await farm.start(*(configs or [SimulatorConfig()]), host=host, port=port)
+        if ready is not None:
+            ready(sims)
+        await asyncio.Event().wait()
 
 
 def run_simulator(

@@ -1,0 +1,1133 @@
+"""ComfyUIPool: many ComfyUI servers behind the job API of one :class:`ComfyUIClient`.
+
+In one breath: each server has its own :class:`ComfyUIClient` (one session, one WebSocket)
+and a health state (up, suspect, down, draining — the table is in :mod:`placement`); jobs
+wait client-side, cheap and cancellable, in priority order, and the pure
+:meth:`Scheduler.assign <dreamgen_async.placement.Scheduler.assign>` step binds a job to a
+server only when that server has a free slot (``1 + over_queue`` of ours), choosing by
+capability, loaded model, load and speed. That step runs after every change (a job added or
+settled, a server up or down) and returns the posts to make; this module is the I/O shell
+that makes them.
+
+Inputs given to :meth:`ComfyUIPool.upload_image` are remembered by name and uploaded lazily,
+once per server, to the server a job lands on. A server that refuses connections, loses its
+WebSocket for good or keeps answering 5xx is marked down: its jobs are taken back and placed
+elsewhere (one that was running is resubmitted, or failed with ``on_lost="fail"``); it is
+probed with backoff and rejoins by itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import random
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from dreamgen_async.comfyui_api import ComfyUIClient, ImageSource, UploadedImage, collect_outputs
+from dreamgen_async.errors import (
+    ClientClosedError,
+    ConnectError,
+    ConnectionLostError,
+    DreamgenError,
+    NoCapableServerError,
+    NotComfyUIError,
+    PromptLost,
+    PromptTimeout,
+    ResponseTooLargeError,
+    ServerError,
+    TransportError,
+)
+from dreamgen_async.jobs import Job, Mailbox, OutputImage, ProgressCallback, PromptResult
+from dreamgen_async.lifecycle import JobState
+from dreamgen_async.placement import (
+    Capabilities,
+    Scheduler,
+    ServerEvent,
+    ServerRecord,
+    ServerState,
+    describe_missing,
+    requirements,
+)
+from dreamgen_async.protocol import Event, ImageRef, OutputData
+
+__all__ = ["ComfyUIPool", "PoolImageRef", "PoolJob", "ServerStatus"]
+
+log = logging.getLogger("dreamgen_async.pool")
+
+LostPolicy = Literal["resubmit", "fail"]
+PoolJobState = Literal["waiting", "posting", "queued", "running", "done"]
+
+#: A pool job's state from its placed job's (finer) lifecycle state.
+_POOL_STATE: Mapping[JobState, PoolJobState] = {
+    JobState.WAITING: "posting",
+    JobState.POSTING: "posting",
+    JobState.CANCEL_WHILE_POSTING: "posting",
+    JobState.QUEUED: "queued",
+    JobState.RUNNING: "running",
+    JobState.SETTLING: "running",
+    JobState.REMOVING: "running",
+    JobState.INTERRUPTING: "running",
+    JobState.DONE: "done",
+    JobState.FAILED: "done",
+    JobState.CANCELLED: "done",
+}
+
+_RECENT = 1024  # finished jobs kept for wait_for_completion / get_output_images(prompt_id)
+_OUTPUTS = 65536  # output image -> server, for download()
+_INPUTS = 4096  # remembered input images
+
+
+@dataclass(frozen=True, slots=True)
+class PoolImageRef(ImageRef):
+    """An output image of a pool job: an :class:`ImageRef` that also names its server.
+
+    Two servers may well both write ``ComfyUI_00001_.png``: :meth:`ComfyUIPool.download`
+    asks the one in ``server``.
+    """
+
+    server: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ServerStatus:
+    """One server of a pool, as ``pool.servers`` reports it.
+
+    Attributes:
+        url: The server (credentials never shown).
+        state: ``joining``, ``up``, ``suspect``, ``down``, ``draining`` or ``removed``.
+        in_flight: Our jobs on it now (posting, queued or running).
+        queue: Its own queue length (every client's prompts), from its last broadcast.
+        capacity: Our jobs it may hold at once (1 running + ``over_queue``).
+        done, failed: Our jobs that finished there.
+        mean_job_time: Moving average of a job's execution seconds there.
+        loaded_model: The checkpoint/UNet of the last job it ran.
+        model_switches: Jobs that loaded another model there (first loads included).
+    """
+
+    url: str
+    state: str
+    in_flight: int
+    queue: int | None
+    capacity: int
+    done: int
+    failed: int
+    mean_job_time: float | None
+    loaded_model: str | None
+    model_switches: int
+
+
+@dataclass(slots=True)
+class _Input:
+    data: bytes
+    name: str
+    subfolder: str
+    type: str
+
+
+@dataclass(eq=False)
+class _Server:
+    url: str
+    source: str  # the URL as given (it may carry credentials)
+    record: ServerRecord
+    client: ComfyUIClient | None
+    owned: bool
+    opened: bool = False  # whether ``client`` was ever opened (a closed one is replaced)
+    uploads: dict[str, asyncio.Future[str]] = field(default_factory=dict)
+    tasks: set[asyncio.Task[None]] = field(default_factory=set)  # launches on this client
+    probe: asyncio.Task[None] | None = None
+    failures: int = 0  # consecutive; reset by a job that succeeds there
+    downs: int = 0  # times it went down since its last success: the rejoin backoff grows
+    removed: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class PoolJob:
+    """One prompt submitted through a :class:`ComfyUIPool` (the pool's :class:`Job`).
+
+    Await :meth:`result`, iterate :meth:`events`, or :meth:`cancel` it. ``server`` is the URL
+    of the server it was placed on (``None`` while it waits client-side).
+    """
+
+    __slots__ = (
+        "_attempt",
+        "_backlog",
+        "_future",
+        "_inner",
+        "_on_progress",
+        "_pool",
+        "_subscribers",
+        "_task",
+        "attempts",
+        "extra_data",
+        "front",
+        "priority",
+        "prompt_id",
+        "resubmitted",
+        "server",
+        "submitted_at",
+        "workflow",
+    )
+
+    def __init__(
+        self,
+        pool: ComfyUIPool,
+        prompt_id: str,
+        workflow: Mapping[str, Any],
+        *,
+        priority: int,
+        front: bool,
+        extra_data: Mapping[str, Any] | None,
+        on_progress: ProgressCallback | None,
+    ) -> None:
+        self.prompt_id = prompt_id
+        self.workflow = workflow
+        self.priority = priority
+        self.front = front
+        self.extra_data = dict(extra_data) if extra_data else None
+        self.server: str | None = None
+        self.attempts = 0
+        self.resubmitted = False
+        self.submitted_at = time.time()
+        self._pool = pool
+        self._on_progress = on_progress
+        self._future: asyncio.Future[PromptResult] = asyncio.get_running_loop().create_future()
+        self._inner: Job | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._attempt = 0  # bumped whenever the job is (re)bound or taken back
+        self._subscribers: list[Mailbox[Event]] | None = None
+        self._backlog: list[Event] | None = None
+
+    def __repr__(self) -> str:
+        where = f" on {self.server}" if self.server else ""
+        return f"<PoolJob {self.prompt_id} {self.state}{where}>"
+
+    @property
+    def state(self) -> PoolJobState:
+        if self._future.done():
+            return "done"
+        if self._inner is not None and self.server is not None:
+            return _POOL_STATE[self._inner.state]
+        return "posting" if self.server is not None else "waiting"
+
+    def done(self) -> bool:
+        """Whether the outcome is known."""
+        return self._future.done()
+
+    async def result(self, timeout: float | None = None) -> PromptResult:
+        """Wait for the outcome.
+
+        Cancelling this call, or reaching ``timeout``, cancels the job: it leaves the
+        client-side queue, or the server that holds it.
+
+        Raises:
+            PromptTimeout: ``timeout`` seconds passed (also a builtin ``TimeoutError``).
+            ExecutionError, PromptRejected, ...: as :meth:`Job.result`.
+        """
+        try:
+            async with asyncio.timeout(timeout):
+                return await asyncio.shield(self._future)
+        except TimeoutError:
+            if self._future.done() and not self._future.cancelled():
+                return self._future.result()
+            await asyncio.shield(self.cancel())
+            raise PromptTimeout(
+                f"prompt {self.prompt_id} did not finish within {timeout} s; it was cancelled",
+                prompt_id=self.prompt_id,
+            ) from None
+        except asyncio.CancelledError:
+            if not self._future.done():
+                await asyncio.shield(self.cancel())
+            raise
+
+    async def cancel(self) -> None:
+        """Cancel the job: out of the wait queue, or off the server that holds it."""
+        await self._pool._cancel_job(self)
+
+    async def events(self) -> AsyncIterator[Event]:
+        """Progress events from whichever server runs the job; ends with the job."""
+        sub: Mailbox[Event] = Mailbox(self._backlog or ())
+        if self._future.done():
+            sub.close()
+        else:
+            if self._subscribers is None:
+                self._subscribers = []
+            self._subscribers.append(sub)
+        try:
+            while (event := await sub.get()) is not None:
+                yield event
+        finally:
+            if self._subscribers and sub in self._subscribers:
+                self._subscribers.remove(sub)
+
+    def _deliver(self, event: Event) -> None:
+        if self._backlog is None:
+            self._backlog = []
+        self._backlog.append(event)
+        del self._backlog[:-32]
+        for sub in self._subscribers or ():
+            sub.put(event)
+        if self._on_progress is not None:
+            try:
+                self._on_progress(event)
+            except Exception:
+                log.exception("progress callback for prompt %s raised", self.prompt_id)
+
+    def _settle(self, outcome: PromptResult | BaseException) -> None:
+        if self._future.done():
+            return
+        if isinstance(outcome, asyncio.CancelledError):
+            self._future.cancel()
+        elif isinstance(outcome, BaseException):
+            self._future.set_exception(outcome)
+            self._future.exception()  # retrieved: nobody may be waiting
+        else:
+            self._future.set_result(outcome)
+        for sub in self._subscribers or ():
+            sub.close()
+        self._subscribers = None
+        self._backlog = None
+
+
+def _is_server_fault(exc: BaseException) -> bool:
+    """A failure that says more about the server than about the job."""
+    if isinstance(exc, TransportError | ClientClosedError | PromptLost | NotComfyUIError):
+        return True
+    return (
+        isinstance(exc, ServerError)
+        and not isinstance(exc, ResponseTooLargeError)
+        and exc.status >= 500
+    )
+
+
+class ComfyUIPool:
+    """Several ComfyUI servers behind one job API, with late binding and failover.
+
+    Use it as ``async with ComfyUIPool([url1, url2]) as pool:``, then exactly like a
+    :class:`ComfyUIClient` (``submit``, ``run``, ``get_output_images``, ``download``,
+    ``upload_image``); ``DreamGenerator(pool, ...)`` works too.
+
+    Args:
+        servers: Server URLs (the pool creates and owns a client for each) or open
+            :class:`ComfyUIClient` objects (the caller keeps ownership).
+        over_queue: Jobs of ours that may wait in a server's own queue behind the running
+            one (1-2 hides the POST and upload latency; more binds jobs too early).
+        lookahead: How far into the wait queue a free server looks for a job of the model it
+            has loaded.
+        on_lost: A job that was *running* on a server that went down: ``"resubmit"`` it
+            elsewhere, or ``"fail"`` it with :class:`ConnectionLostError`.
+        max_attempts: Placements a job gets before a server-side failure is final.
+        max_failures: Consecutive failures (requests or probes) that mark a server down.
+        health_interval: Seconds between checks of each server's WebSocket and queue.
+        probe_timeout: Seconds a health probe or a rejoin attempt may take.
+        probe_delay: First delay between probes of a down server (doubles, with jitter, up
+            to ``max_probe_delay``).
+        max_probe_delay: Longest delay between two probes.
+        **client_options: Passed to each :class:`ComfyUIClient` the pool creates (``token``,
+            ``retry``, ``reconnect``, ``timeout`` ...); ``max_in_flight`` is set by the pool.
+    """
+
+    def __init__(
+        self,
+        servers: Iterable[str | ComfyUIClient],
+        *,
+        over_queue: int = 1,
+        lookahead: int = 32,
+        on_lost: LostPolicy = "resubmit",
+        max_attempts: int = 3,
+        max_failures: int = 3,
+        health_interval: float = 1.0,
+        probe_timeout: float = 10.0,
+        probe_delay: float = 0.5,
+        max_probe_delay: float = 30.0,
+        **client_options: Any,
+    ) -> None:
+        if over_queue < 0:
+            raise ValueError("over_queue must be 0 or more")
+        if max_attempts < 1 or max_failures < 1:
+            raise ValueError("max_attempts and max_failures must be at least 1")
+        client_options.pop("max_in_flight", None)
+        self._capacity = 1 + over_queue
+        self._client_options = client_options
+        self._on_lost: LostPolicy = on_lost
+        self._max_attempts = max_attempts
+        self._max_failures = max_failures
+        self._health_interval = health_interval
+        self._probe_timeout = probe_timeout
+        self._probe_delay = probe_delay
+        self._max_probe_delay = max_probe_delay
+        self._sched = Scheduler(lookahead)
+        self._servers: dict[str, _Server] = {}
+        self._pending_servers = list(servers)
+        if not self._pending_servers:
+            raise ValueError("a pool needs at least one server")
+        self._jobs: dict[str, PoolJob] = {}
+        self._recent: OrderedDict[str, PoolJob] = OrderedDict()
+        self._inputs: OrderedDict[str, _Input] = OrderedDict()
+        self._outputs: OrderedDict[tuple[str, str, str], str] = OrderedDict()
+        self._background: set[asyncio.Task[Any]] = set()
+        self._retiring: set[ComfyUIClient] = set()
+        self._monitor: asyncio.Task[None] | None = None
+        self._state: Literal["unopened", "opened", "closed"] = "unopened"
+        self._change: asyncio.Event | None = None
+        self.done = 0
+        self.failed = 0
+
+    def __repr__(self) -> str:
+        counts: dict[str, int] = {}
+        for srv in self._servers.values():
+            counts[srv.record.state.value] = counts.get(srv.record.state.value, 0) + 1
+        states = ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "none"
+        return (
+            f"<ComfyUIPool {self._state} servers={len(self._servers)} ({states}) "
+            f"waiting={len(self._sched.waiting)} placed={len(self._sched.placed)} "
+            f"done={self.done} failed={self.failed}>"
+        )
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def __aenter__(self) -> ComfyUIPool:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def open(self) -> None:
+        """Open a client per server and read what each can run.
+
+        Servers that do not answer start ``down`` and are probed until they join.
+
+        Raises:
+            ConnectError: no server could be opened.
+        """
+        if self._state != "unopened":
+            raise ClientClosedError(f"pool is {self._state}; create a new one")
+        self._state = "opened"
+        self._change = asyncio.Event()
+        servers = [self._add(s) for s in self._pending_servers]
+        self._pending_servers = []
+        errors = await asyncio.gather(*(self._join(srv) for srv in servers))
+        if all(err is not None for err in errors):
+            await self.aclose()
+            raise ConnectError(
+                "no server of the pool answered: "
+                + "; ".join(f"{srv.url}: {err}" for srv, err in zip(servers, errors, strict=True))
+            )
+        self._monitor = asyncio.create_task(self._watch(), name="dreamgen-pool-monitor")
+
+    async def aclose(self, *, detach: bool = False) -> None:
+        """Stop placing, fail waiting jobs with :class:`ClientClosedError`, close owned
+        clients. Idempotent.
+
+        Jobs placed on servers are cancelled there (taken off the queue, or interrupted),
+        unless ``detach=True``: then their prompts stay queued on their servers, as
+        :meth:`ComfyUIClient.aclose` does.
+        """
+        if self._state == "closed":
+            return
+        self._state = "closed"
+        if detach:  # settle the placed jobs first, leaving their prompts where they are
+            for srv in self._servers.values():
+                if srv.owned and srv.client is not None:
+                    await srv.client.aclose(detach=True)
+        tasks: list[asyncio.Task[Any]] = [t for t in self._background if not t.done()]
+        if self._monitor is not None:
+            tasks.append(self._monitor)
+        for srv in self._servers.values():
+            if srv.probe is not None:
+                tasks.append(srv.probe)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        closed = ClientClosedError("the pool was closed while the job waited")
+        launches: list[asyncio.Task[None]] = []
+        for job in list(self._jobs.values()):
+            if job._task is not None and not job._task.done():
+                job._task.cancel()
+                launches.append(job._task)
+            job._attempt += 1
+            job._settle(closed)
+        self._jobs.clear()
+        if launches:
+            await asyncio.wait(launches, timeout=self._probe_timeout)
+        for srv in self._servers.values():
+            for fut in srv.uploads.values():
+                fut.cancel()
+            if srv.owned and srv.client is not None:
+                await srv.client.aclose()
+        for client in list(self._retiring):
+            await client.aclose()
+        if launches:
+            await asyncio.gather(*launches, return_exceptions=True)
+        self._changed()
+
+    def _check_open(self) -> None:
+        if self._state != "opened":
+            raise ClientClosedError(
+                "the pool is not open: use `async with ComfyUIPool(urls) as pool`"
+                if self._state == "unopened"
+                else "the pool is closed"
+            )
+
+    def _spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
+        task: asyncio.Task[Any] = asyncio.create_task(coro, name=name)
+        self._background.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._background.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("pool task %s failed", task.get_name(), exc_info=task.exception())
+
+    def _changed(self) -> None:
+        if self._change is not None:
+            event, self._change = self._change, asyncio.Event()
+            event.set()
+
+    async def wait_until(self, predicate: Callable[[], bool], timeout: float = 30.0) -> None:
+        """Wait until ``predicate()`` holds, re-checking after every change of the pool
+        (a job placed or settled, a server's state). Cancelling it is safe.
+
+        Raises:
+            TimeoutError: not true within ``timeout`` seconds.
+        """
+        async with asyncio.timeout(timeout):
+            while not predicate():
+                assert self._change is not None, "the pool is not open"
+                await self._change.wait()
+
+    # ------------------------------------------------------------------ observability
+
+    @property
+    def servers(self) -> list[ServerStatus]:
+        """A snapshot of every server (not the removed ones)."""
+        out = []
+        for srv in self._servers.values():
+            r = srv.record
+            out.append(
+                ServerStatus(
+                    url=srv.url,
+                    state=r.state.value,
+                    in_flight=len(r.assigned),
+                    queue=srv.client.queue_remaining if srv.client is not None else None,
+                    capacity=r.capacity,
+                    done=r.done,
+                    failed=r.failed,
+                    mean_job_time=r.mean_time,
+                    loaded_model=r.loaded,
+                    model_switches=r.switches,
+                )
+            )
+        return out
+
+    def server(self, url: str) -> ServerStatus:
+        """The status of one server, by URL."""
+        key = self._key(url)
+        for status in self.servers:
+            if status.url == key:
+                return status
+        raise KeyError(f"{url} is not in the pool")
+
+    @property
+    def waiting(self) -> int:
+        """Jobs waiting client-side for a free slot."""
+        return len(self._sched.waiting)
+
+    @property
+    def in_flight(self) -> int:
+        """Jobs placed on servers (posting, queued or running)."""
+        return len(self._sched.placed)
+
+    @property
+    def queue_remaining(self) -> int | None:
+        """The sum of the servers' own queue lengths (``None`` if none is known)."""
+        known = [s.client.queue_remaining for s in self._servers.values() if s.client]
+        values = [q for q in known if q is not None]
+        return sum(values) if values else None
+
+    # ------------------------------------------------------------------ servers
+
+    @staticmethod
+    def _key(server: str | ComfyUIClient) -> str:
+        if isinstance(server, ComfyUIClient):
+            return server.safe_url
+        return ComfyUIClient(server).safe_url  # normalised, credentials stripped
+
+    def _add(self, server: str | ComfyUIClient) -> _Server:
+        owned = not isinstance(server, ComfyUIClient)
+        client = server if isinstance(server, ComfyUIClient) else self._new_client(server)
+        key = client.safe_url
+        if key in self._servers:
+            raise ValueError(f"{key} is already in the pool")
+        record = self._sched.add_server(key, self._capacity)
+        srv = _Server(key, server if isinstance(server, str) else key, record, client, owned)
+        self._servers[key] = srv
+        return srv
+
+    def _new_client(self, url: str) -> ComfyUIClient:
+        return ComfyUIClient(url, max_in_flight=self._capacity + 1, **self._client_options)
+
+    async def _join(self, srv: _Server) -> BaseException | None:
+        """Open the server's client and read /object_info; READY or FAILED."""
+        try:
+            async with asyncio.timeout(self._probe_timeout):
+                await self._connect(srv)
+        except (DreamgenError, TimeoutError) as exc:
+            log.warning("server %s did not join: %s", srv.url, exc)
+            if srv.record.state is ServerState.JOINING:
+                self._event(srv, ServerEvent.FAILED)
+            return exc
+        self._event(srv, ServerEvent.READY)
+        return None
+
+    async def _connect(self, srv: _Server) -> None:
+        """A fresh client for an owned server (rejoin), then its capabilities."""
+        if srv.owned:
+            old = srv.client
+            assert old is not None
+            client = old if not srv.opened else self._new_client(srv.source)
+            srv.opened = True
+            await client.open()
+            try:
+                info = await client.object_info()
+            except BaseException:
+                await client.aclose()
+                raise
+            if client is not old:
+                srv.client = client
+                srv.uploads = {}
+                self._spawn(self._retire(old, set(srv.tasks)), "dreamgen-pool-retire")
+        else:
+            assert srv.client is not None
+            await srv.client.system_stats()
+            info = await srv.client.object_info()
+        srv.record.caps = Capabilities.from_object_info(info)
+
+    async def _retire(self, client: ComfyUIClient, tasks: set[asyncio.Task[None]]) -> None:
+        """Close a replaced client once the (already abandoned) launches on it are over."""
+        self._retiring.add(client)
+        try:
+            if tasks:
+                await asyncio.wait(tasks, timeout=self._probe_timeout)
+        finally:
+            await client.aclose()
+            self._retiring.discard(client)
+
+    async def add_server(self, server: str | ComfyUIClient) -> ServerStatus:
+        """Add a server at run time; it takes jobs once it has joined (or is probed until
+        it does). Returns its status."""
+        self._check_open()
+        srv = self._add(server)
+        await self._join(srv)
+        return self.server(srv.url)
+
+    async def remove_server(self, url: str, *, drain: bool = True) -> None:
+        """Remove a server at run time.
+
+        With ``drain`` (the default) it takes no new job and this waits until its jobs are
+        finished; otherwise its jobs are taken back at once and placed elsewhere.
+        Cancelling the wait leaves the server draining.
+        """
+        self._check_open()
+        srv = self._servers.get(self._key(url))
+        if srv is None:
+            raise KeyError(f"{url} is not in the pool")
+        self._event(srv, ServerEvent.DRAIN if drain else ServerEvent.REMOVE)
+        await srv.removed.wait()
+
+    def _event(self, srv: _Server, event: ServerEvent) -> None:
+        """The one place a server's health changes, and what entering a state does."""
+        if srv.record.state is ServerState.REMOVED:
+            return
+        old, new = self._sched.apply(srv.url, event)
+        if old is new:
+            self._changed()
+            return
+        log.info("server %s: %s -> %s (%s)", srv.url, old.value, new.value, event.value)
+        if new in (ServerState.DOWN, ServerState.REMOVED):
+            self._take_back(srv)
+        if new is ServerState.DOWN:
+            srv.downs += 1
+        if new in (ServerState.SUSPECT, ServerState.DOWN) and (
+            srv.probe is None or srv.probe.done()
+        ):
+            srv.probe = asyncio.create_task(self._probe(srv), name="dreamgen-pool-probe")
+        if new is ServerState.DRAINING and not srv.record.assigned:
+            self._event(srv, ServerEvent.DRAINED)
+            return
+        if new is ServerState.REMOVED:
+            self._remove(srv)
+        self._kick()
+
+    def _remove(self, srv: _Server) -> None:
+        self._sched.forget_server(srv.url)
+        del self._servers[srv.url]
+        if srv.probe is not None and srv.probe is not asyncio.current_task():
+            srv.probe.cancel()
+        if srv.owned and srv.client is not None:
+            self._spawn(self._retire(srv.client, set(srv.tasks)), "dreamgen-pool-retire")
+        srv.removed.set()
+
+    def _take_back(self, srv: _Server) -> None:
+        """Unbind every job on a server that went down; cancel them there (best effort)."""
+        for key in self._sched.take_back(srv.url):
+            job = self._jobs[key]
+            running = job._inner is not None and job._inner.state == "running"
+            job._attempt += 1
+            job.server = None
+            if job._task is not None:
+                job._task.cancel()  # takes the prompt back if the server still answers
+            job._inner = None
+            if running:
+                if self._on_lost == "fail":
+                    self._settle(
+                        job,
+                        ConnectionLostError(
+                            f"server {srv.url} went down while prompt {job.prompt_id} ran"
+                        ),
+                    )
+                    continue
+                job.resubmitted = True
+            log.info("prompt %s taken back from %s", key, srv.url)
+
+    async def _probe(self, srv: _Server) -> None:
+        """Probe a suspect server (a few times) or a down one (with backoff, until it rejoins)."""
+        delay = min(self._probe_delay * 2 ** max(0, srv.downs - 1), self._max_probe_delay)
+        while srv.record.state in (ServerState.SUSPECT, ServerState.DOWN):
+            if srv.record.state is ServerState.SUSPECT:
+                ok = await self._check(srv)
+                if ok:
+                    self._event(srv, ServerEvent.OK)
+                    return
+                srv.failures += 1
+                if srv.failures >= self._max_failures:
+                    self._event(srv, ServerEvent.PROBE_FAILED)
+            else:
+                await asyncio.sleep(random.uniform(delay / 2, delay))
+                try:
+                    async with asyncio.timeout(self._probe_timeout):
+                        await self._connect(srv)
+                except (DreamgenError, TimeoutError) as exc:
+                    log.info("server %s still down: %s", srv.url, exc)
+                else:
+                    self._event(srv, ServerEvent.READY)
+                    return
+                delay = min(delay * 2, self._max_probe_delay)
+                continue
+            await asyncio.sleep(random.uniform(delay / 2, delay))
+            delay = min(delay * 2, self._max_probe_delay)
+
+    async def _check(self, srv: _Server) -> bool:
+        client = srv.client
+        if client is None:
+            return False
+        try:
+            async with asyncio.timeout(self._probe_timeout):
+                await client.system_stats()
+        except (DreamgenError, TimeoutError):
+            return False
+        return client.connected
+
+    async def _watch(self) -> None:
+        """Every ``health_interval``: sockets, queues, drained servers."""
+        while True:
+            for srv in list(self._servers.values()):
+                client, state = srv.client, srv.record.state
+                if client is None or state in (ServerState.DOWN, ServerState.JOINING):
+                    continue
+                self._sched.set_queue(srv.url, client.queue_remaining)
+                if state is ServerState.UP and not client.connected:
+                    self._event(srv, ServerEvent.FAILED)
+            self._kick()
+            await asyncio.sleep(self._health_interval)
+
+    async def _refresh_capabilities(self) -> None:
+        """Read /object_info again from every usable server (after a capability miss)."""
+
+        async def one(srv: _Server) -> None:
+            if srv.client is None or srv.record.state not in (
+                ServerState.UP,
+                ServerState.SUSPECT,
+            ):
+                return
+            with contextlib.suppress(DreamgenError, TimeoutError):
+                async with asyncio.timeout(self._probe_timeout):
+                    info = await srv.client.object_info()
+                srv.record.caps = Capabilities.from_object_info(info)
+
+        await asyncio.gather(*(one(s) for s in list(self._servers.values())))
+
+    # ------------------------------------------------------------------ jobs
+
+    async def submit(
+        self,
+        workflow: Mapping[str, Any],
+        *,
+        priority: int = 0,
+        front: bool = False,
+        extra_data: Mapping[str, Any] | None = None,
+        on_progress: ProgressCallback | None = None,
+        prompt_id: str | None = None,
+    ) -> PoolJob:
+        """Queue a prompt client-side and return its :class:`PoolJob` at once.
+
+        It is posted when a server it can run on has a free slot: higher ``priority``
+        first, FIFO within a priority (``front``: ahead of its priority's queue).
+
+        Raises:
+            NoCapableServerError: no server has every node class and model file the
+                workflow names (after reading their ``/object_info`` again); nothing was
+                posted. ``.missing`` says what each server lacks.
+        """
+        self._check_open()
+        req = requirements(workflow)
+        missing = self._sched.runnable_somewhere(req)
+        if missing is not None:
+            await self._refresh_capabilities()
+            missing = self._sched.runnable_somewhere(req)
+        if missing is not None:
+            raise NoCapableServerError(
+                "no server of the pool can run this workflow: " + describe_missing(missing)
+                if missing
+                else "no server of the pool can run this workflow (no server is usable)",
+                missing=missing,
+            )
+        prompt_id = prompt_id or str(uuid.uuid4())
+        if prompt_id in self._jobs:
+            raise ValueError(f"prompt_id {prompt_id} is already in use")
+        job = PoolJob(
+            self,
+            prompt_id,
+            workflow,
+            priority=priority,
+            front=front,
+            extra_data=extra_data,
+            on_progress=on_progress,
+        )
+        self._jobs[prompt_id] = job
+        self._sched.enqueue(prompt_id, req, priority, front)
+        self._kick()
+        return job
+
+    async def queue_prompt(
+        self,
+        workflow: Mapping[str, Any],
+        *,
+        priority: int = 0,
+        front: bool = False,
+        extra_data: Mapping[str, Any] | None = None,
+    ) -> str:
+        """Submit and return the prompt_id; see :meth:`submit`."""
+        job = await self.submit(workflow, priority=priority, front=front, extra_data=extra_data)
+        return job.prompt_id
+
+    async def run(
+        self,
+        workflow: Mapping[str, Any],
+        *,
+        timeout: float | None = None,
+        on_progress: ProgressCallback | None = None,
+        priority: int = 0,
+        front: bool = False,
+        extra_data: Mapping[str, Any] | None = None,
+    ) -> PromptResult:
+        """Submit and wait for the result. Cancelling it (or ``timeout``) cancels the job."""
+        job = await self.submit(
+            workflow, priority=priority, front=front, extra_data=extra_data, on_progress=on_progress
+        )
+        return await job.result(timeout)
+
+    async def wait_for_completion(
+        self, prompt_id: str, timeout: float | None = None
+    ) -> PromptResult:
+        """Wait for a prompt submitted through this pool (or recently finished)."""
+        job = self._jobs.get(prompt_id) or self._recent.get(prompt_id)
+        if job is None:
+            raise KeyError(f"prompt {prompt_id} is unknown to this pool")
+        return await job.result(timeout)
+
+    def _kick(self) -> None:
+        """The assign step: bind waiting jobs to free slots and post them."""
+        if self._state != "opened":
+            return
+        for placement in self._sched.assign():
+            job = self._jobs[placement.job]
+            srv = self._servers[placement.server]
+            job.attempts += 1
+            job._attempt += 1
+            job.server = srv.url
+            task = asyncio.create_task(
+                self._launch(job, srv, placement.front or job.front, job._attempt),
+                name="dreamgen-pool-job",
+            )
+            job._task = task
+            srv.tasks.add(task)
+            task.add_done_callback(srv.tasks.discard)
+            task.add_done_callback(self._launch_done)
+        self._changed()
+
+    @staticmethod
+    def _launch_done(task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.error("pool job task failed", exc_info=task.exception())
+
+    async def _launch(self, job: PoolJob, srv: _Server, front: bool, attempt: int) -> None:
+        """Upload the job's inputs to its server, post it, and wait for its outcome.
+
+        Cancelling it takes the prompt off the server (ComfyUIClient's guarantee).
+        """
+        client = srv.client
+        assert client is not None
+        inner: Job | None = None
+        try:
+            workflow = await self._with_inputs(job, srv)
+            inner = await client.submit(
+                workflow,
+                prompt_id=job.prompt_id,
+                front=front,
+                extra_data=job.extra_data,
+                on_progress=job._deliver,
+            )
+            if job._attempt == attempt:
+                job._inner = inner
+            result = await inner.result()
+        except DreamgenError as exc:
+            if job._attempt != attempt or job.done():
+                return
+            self._failed(job, srv, exc, inner is not None and inner.started_at is not None)
+            return
+        if job._attempt != attempt or job.done():
+            return
+        srv.failures = srv.downs = 0
+        outputs = {
+            node: tuple(PoolImageRef(r.filename, r.subfolder, r.type, srv.url) for r in refs)
+            for node, refs in result.outputs.items()
+        }
+        files = tuple(
+            dataclasses.replace(
+                f, ref=PoolImageRef(f.ref.filename, f.ref.subfolder, f.ref.type, srv.url)
+            )
+            if f.ref is not None
+            else f
+            for f in result.files
+        )
+        result = dataclasses.replace(
+            result, outputs=outputs, files=files, resubmitted=job.resubmitted
+        )
+        for refs in outputs.values():
+            for ref in refs:
+                self._outputs[(ref.filename, ref.subfolder, ref.type)] = srv.url
+                while len(self._outputs) > _OUTPUTS:
+                    self._outputs.popitem(last=False)
+        seconds = None
+        if result.started_at is not None and result.finished_at is not None:
+            seconds = max(0.0, result.finished_at - result.started_at)
+        self._settle(job, result, seconds)
+
+    def _failed(self, job: PoolJob, srv: _Server, exc: DreamgenError, running: bool) -> None:
+        """A job's attempt failed: the job's fault (settle) or the server's (try elsewhere)."""
+        if not _is_server_fault(exc):
+            self._settle(job, exc, 0.0)
+            return
+        log.warning("prompt %s failed on %s: %s", job.prompt_id, srv.url, exc)
+        final = job.attempts >= self._max_attempts or (running and self._on_lost == "fail")
+        if final:
+            self._settle(job, exc)
+        else:
+            self._sched.unbind(job.prompt_id, avoid=True)
+            job._attempt += 1
+            job.server = None
+            job._inner = None
+            job.resubmitted = job.resubmitted or running
+        srv.failures += 1
+        lost = isinstance(exc, ConnectError | ConnectionLostError | NotComfyUIError)
+        if lost or srv.failures >= self._max_failures:
+            self._event(srv, ServerEvent.LOST)
+        else:
+            self._event(srv, ServerEvent.FAILED)
+        self._kick()
+
+    def _settle(
+        self, job: PoolJob, outcome: PromptResult | BaseException, seconds: float | None = None
+    ) -> None:
+        """The one place a job ends (exactly once)."""
+        if job.done():
+            return
+        server = self._sched.server_of(job.prompt_id)
+        if job.prompt_id in self._sched.tickets:
+            ok = not isinstance(outcome, BaseException)
+            self._sched.finish(job.prompt_id, seconds, ok)
+        self._jobs.pop(job.prompt_id, None)
+        if not isinstance(outcome, asyncio.CancelledError):
+            self._recent[job.prompt_id] = job
+            while len(self._recent) > _RECENT:
+                self._recent.popitem(last=False)
+            if isinstance(outcome, BaseException):
+                self.failed += 1
+            else:
+                self.done += 1
+        job._settle(outcome)
+        srv = self._servers.get(server) if server is not None else None
+        if srv is not None:
+            if srv.record.state is ServerState.DRAINING and not srv.record.assigned:
+                self._event(srv, ServerEvent.DRAINED)
+            elif not isinstance(outcome, BaseException) and srv.record.state in (
+                ServerState.SUSPECT,
+                ServerState.UP,
+            ):
+                self._event(srv, ServerEvent.OK)
+        self._kick()
+
+    async def _cancel_job(self, job: PoolJob) -> None:
+        if job.done():
+            return
+        task = job._task
+        job._attempt += 1
+        self._settle(job, asyncio.CancelledError())
+        if task is not None and not task.done():
+            task.cancel()
+            await asyncio.wait([task])
+
+    # ------------------------------------------------------------------ inputs
+
+    async def upload_image(
+        self,
+        image: ImageSource,
+        *,
+        name: str | None = None,
+        subfolder: str = "",
+        type: str = "input",
+        overwrite: bool = False,
+    ) -> UploadedImage:
+        """Remember an input image; it is uploaded to each server a job using it lands on.
+
+        Nothing is sent now. Reference it as ``UploadedImage.reference`` in LoadImage (as
+        with :meth:`ComfyUIClient.upload_image`). Use content-hash names: a name given again
+        with other bytes replaces the old ones for jobs placed from now on.
+        """
+        if isinstance(image, str | Path):
+            path = Path(image)
+            data = await asyncio.to_thread(path.read_bytes)
+            name = name or path.name
+        elif isinstance(image, bytes | bytearray | memoryview):
+            data = bytes(image)
+        else:
+            data = await asyncio.to_thread(image.read)
+        if not name:
+            raise ValueError("upload_image needs a name when given bytes or a file object")
+        uploaded = UploadedImage(name=name, subfolder=subfolder, type=type)
+        ref = uploaded.reference
+        old = self._inputs.get(ref)
+        if old is None or old.data != data:
+            self._inputs[ref] = _Input(data, name, subfolder, type)
+            if old is not None:
+                for srv in self._servers.values():
+                    srv.uploads.pop(ref, None)
+        self._inputs.move_to_end(ref)
+        while len(self._inputs) > _INPUTS:
+            self._inputs.popitem(last=False)
+        return uploaded
+
+    async def _with_inputs(self, job: PoolJob, srv: _Server) -> Mapping[str, Any]:
+        """The workflow for ``srv``: remembered inputs uploaded there (once), renames applied."""
+        if not self._inputs:
+            return job.workflow
+        refs = {
+            value
+            for node in job.workflow.values()
+            if isinstance(node, Mapping)
+            for value in (node.get("inputs") or {}).values()
+            if isinstance(value, str) and value in self._inputs
+        }
+        renamed = {}
+        for ref in sorted(refs):
+            actual = await self._uploaded(srv, ref)
+            if actual != ref:
+                renamed[ref] = actual
+        if not renamed:
+            return job.workflow
+        patched = {}
+        for node_id, node in job.workflow.items():
+            inputs = {
+                k: renamed.get(v, v) if isinstance(v, str) else v for k, v in node["inputs"].items()
+            }
+            patched[node_id] = {**node, "inputs": inputs}
+        return patched
+
+    async def _uploaded(self, srv: _Server, ref: str) -> str:
+        pending = srv.uploads.get(ref)
+        if pending is None or (
+            pending.done() and (pending.cancelled() or pending.exception() is not None)
+        ):
+            client = srv.client
+            assert client is not None
+            pending = asyncio.ensure_future(self._upload(client, self._inputs[ref]))
+            pending.add_done_callback(_retrieve)
+            srv.uploads[ref] = pending
+        return await asyncio.shield(pending)
+
+    @staticmethod
+    async def _upload(client: ComfyUIClient, item: _Input) -> str:
+        uploaded = await client.upload_image(
+            item.data, name=item.name, subfolder=item.subfolder, type=item.type
+        )
+        return uploaded.reference
+
+    # ------------------------------------------------------------------ outputs
+
+    async def download(self, image: ImageRef) -> bytes:
+        """``GET /view`` from the server that produced ``image`` (else from each in turn).
+
+        Pass the refs of a pool job's result (:class:`PoolImageRef`): a plain
+        :class:`ImageRef` is looked for on the server that last produced that name.
+        """
+        first = (
+            image.server
+            if isinstance(image, PoolImageRef)
+            else self._outputs.get((image.filename, image.subfolder, image.type))
+        )
+        order = sorted(self._servers.values(), key=lambda s: s.url != first)
+        error: DreamgenError | None = None
+        for srv in order:
+            if srv.client is None or srv.record.state in (ServerState.DOWN, ServerState.JOINING):
+                continue
+            try:
+                return await srv.client.download(image)
+            except (ServerError, TransportError, ClientClosedError) as exc:
+                error = exc
+        raise error or ServerError(
+            f"no server of the pool has {image.filename!r}", status=404, url="/view"
+        )
+
+    async def get_outputs(
+        self, result: PromptResult | str, *, previews: bool = True
+    ) -> list[OutputData]:
+        """Every output of a finished prompt, of every kind, from the server that made it;
+        see :meth:`ComfyUIClient.get_outputs`."""
+        if isinstance(result, str):
+            result = await self.wait_for_completion(result)
+        return await collect_outputs(result, self.download, previews=previews)
+
+    async def get_output_images(self, result: PromptResult | str) -> list[OutputImage]:
+        """Download every output image of a finished prompt (saved images first)."""
+        if isinstance(result, str):
+            result = await self.wait_for_completion(result)
+        images = []
+        for node_id, refs in result.outputs.items():
+            for ref in refs:
+                images.append(OutputImage(node_id, ref, await self.download(ref)))
+        images.sort(key=lambda img: img.ref.type != "output")
+        return images
+
+
+def _retrieve(fut: asyncio.Future[Any]) -> None:
+    if not fut.cancelled():
+        fut.exception()

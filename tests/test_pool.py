@@ -1,0 +1,356 @@
+"""ComfyUIPool against several simulators over loopback: what the pool returned, and what
+each server saw (history timestamps, model loads, prompt statuses)."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+from _graphs import img2img, png_bytes, txt2img
+
+from dreamgen_async import ComfyUIClient, DreamGenerator, Img2ImgRequest, RetryPolicy
+from dreamgen_async.errors import ClientClosedError, ConnectionLostError, NoCapableServerError
+from dreamgen_async.multiplexer import ReconnectPolicy
+from dreamgen_async.pool import ComfyUIPool
+from dreamgen_async.testing import ComfyUISimulator, SimulatorConfig, SimulatorFarm
+
+FAST: dict[str, Any] = {
+    "retry": RetryPolicy(attempts=3, initial_delay=0.01, max_delay=0.05, max_time=2.0),
+    "reconnect": ReconnectPolicy(max_time=0.5, initial_delay=0.01, max_delay=0.1),
+    "health_interval": 0.05,
+    "probe_timeout": 2.0,
+    "probe_delay": 0.05,
+    "max_probe_delay": 0.2,
+}
+CKPTS = ("a.safetensors", "b.safetensors", "flux1-schnell.safetensors")
+seeds = itertools.count(1)
+
+
+def job(ckpt: str = "a.safetensors", steps: int = 2) -> dict[str, Any]:
+    graph = txt2img(seed=next(seeds), steps=steps)
+    graph["1"]["inputs"]["ckpt_name"] = ckpt
+    return graph
+
+
+def cfg(**kwargs: Any) -> SimulatorConfig:
+    kwargs.setdefault("checkpoints", CKPTS)
+    kwargs.setdefault("step_time", 0.002)
+    return SimulatorConfig(**kwargs)
+
+
+def where(sims: Sequence[ComfyUISimulator], prompt_id: str) -> list[int]:
+    """Indexes of the simulators that accepted ``prompt_id``."""
+    return [i for i, sim in enumerate(sims) if prompt_id in sim.prompts]
+
+
+@pytest.fixture
+def farm(comfyui_farm: SimulatorFarm) -> SimulatorFarm:
+    return comfyui_farm
+
+
+# ---------------------------------------------------------------------------- basics
+
+
+async def test_pool_runs_jobs_reports_servers_and_downloads(farm: SimulatorFarm) -> None:
+    sims = await farm.start(cfg(), cfg())
+    async with ComfyUIPool(farm.urls, **FAST) as pool:
+        assert "servers=2 (2 up)" in repr(pool)
+        results = await asyncio.gather(*(pool.run(job()) for _ in range(10)))
+        for result in results:
+            (image,) = await pool.get_output_images(result)
+            (owner,) = where(sims, result.prompt_id)
+            assert image.data == sims[owner].prompts[result.prompt_id].output_bytes[0]
+        status = pool.servers
+        assert [s.url for s in status] == farm.urls
+        assert sum(s.done for s in status) == 10
+        assert all(s.state == "up" and s.in_flight == 0 for s in status)
+        assert {s.loaded_model for s in status if s.done} == {"a.safetensors"}
+        assert all(s.mean_job_time is not None for s in status if s.done)
+        assert "done=10 failed=0" in repr(pool)
+        assert "waiting=0 placed=0" in repr(pool)
+    assert "closed" in repr(pool)
+
+
+async def test_late_binding_slow_server_never_hoards(farm: SimulatorFarm) -> None:
+    slow, fast = await farm.start(cfg(step_time=0.01, speed=0.2), cfg(step_time=0.01))
+    async with ComfyUIPool(farm.urls, **FAST) as pool:
+        results = await asyncio.gather(*(pool.run(job()) for _ in range(30)))
+    on_slow = [r.prompt_id for r in results if r.prompt_id in slow.prompts]
+    on_fast = [r.prompt_id for r in results if r.prompt_id in fast.prompts]
+    # Round-robin would give 15/15; the fast server is ~5x faster.
+    assert len(on_fast) >= 3 * len(on_slow)
+    # From the servers' own timestamps: no job waited in a server's queue longer than the
+    # job ahead of it took (at most one of ours queues behind the running one).
+    for sim in (slow, fast):
+        durations = [p.finished_at - p.started_at for p in sim.prompts.values()]  # type: ignore[operator]
+        for p in sim.prompts.values():
+            accepted = p.extra_data["create_time"] / 1000
+            assert p.started_at is not None
+            assert p.started_at - accepted <= max(durations) + 0.05
+
+
+# ---------------------------------------------------------------------------- capability
+
+
+async def test_capability_routing_and_a_model_nobody_has(farm: SimulatorFarm) -> None:
+    sims = await farm.start(
+        cfg(checkpoints=("a.safetensors",)),
+        cfg(checkpoints=("a.safetensors", "only-b.safetensors")),
+    )
+    async with ComfyUIPool(farm.urls, **FAST) as pool:
+        results = await asyncio.gather(*(pool.run(job("only-b.safetensors")) for _ in range(8)))
+        assert all(where(sims, r.prompt_id) == [1] for r in results)
+        posts = [len(s.requests_to("/prompt", "POST")) for s in sims]
+        with pytest.raises(NoCapableServerError, match=r"nowhere\.safetensors") as info:
+            await pool.submit(job("nowhere.safetensors"))
+        assert set(info.value.missing) == set(farm.urls)
+        assert f"{farm.urls[0]} lacks ckpt_name 'nowhere.safetensors'" in str(info.value)
+        assert [len(s.requests_to("/prompt", "POST")) for s in sims] == posts  # nothing sent
+
+
+# ---------------------------------------------------------------------------- affinity
+
+
+async def test_affinity_few_model_switches_vs_round_robin(farm: SimulatorFarm) -> None:
+    sims = await farm.start(cfg(model_load_time=0.02), cfg(model_load_time=0.02))
+    pattern = ["a.safetensors", "a.safetensors", "b.safetensors", "b.safetensors"] * 6
+    async with ComfyUIPool(farm.urls, **FAST) as pool:
+        await asyncio.gather(*(pool.run(job(ckpt)) for ckpt in pattern))
+        assert sum(s.model_switches for s in pool.servers) == sum(s.model_loads for s in sims)
+    pool_loads = sum(s.model_loads for s in sims)
+    assert pool_loads <= 2 + 2
+    # The same stream round-robin over two plain clients: a load on every job.
+    rr_sims = await farm.start(cfg(model_load_time=0.02), cfg(model_load_time=0.02))
+    async with (
+        ComfyUIClient(rr_sims[0].url) as c0,
+        ComfyUIClient(rr_sims[1].url) as c1,
+    ):
+        clients = itertools.cycle([c0, c1])
+        jobs = [await next(clients).submit(job(ckpt)) for ckpt in pattern]
+        await asyncio.gather(*(j.result() for j in jobs))
+    assert sum(s.model_loads for s in rr_sims) == len(pattern)
+
+
+# ---------------------------------------------------------------------------- failover
+
+
+async def test_failover_one_of_four_killed_mid_batch(farm: SimulatorFarm) -> None:
+    sims = await farm.start(*(cfg() for _ in range(4)))
+    victim = sims[1]
+    async with ComfyUIPool(farm.urls, **FAST) as pool:
+        jobs = [await pool.submit(job()) for _ in range(200)]
+        await victim.wait_until(
+            lambda: sum(p.status == "success" for p in victim.prompts.values()) >= 5
+        )
+        running = {pid for pid, p in victim.prompts.items() if p.status == "running"}
+        await victim.stop()
+        results = await asyncio.gather(*(j.result(timeout=30) for j in jobs))
+        assert pool.server(victim.url).state == "down"
+    assert len({r.prompt_id for r in results}) == 200
+    executed: Counter[str] = Counter()
+    for sim in sims:
+        for pid, p in sim.prompts.items():
+            if p.status in ("success", "running"):
+                executed[pid] += 1
+    twice = {pid for pid, n in executed.items() if n > 1}
+    assert twice <= running, "only a prompt running on the dead server may run twice"
+    for r in results:  # every result came from a live server
+        assert any(
+            r.prompt_id in s.prompts and s.prompts[r.prompt_id].status == "success" for s in sims
+        )
+
+
+async def test_down_server_rejoins_by_itself(farm: SimulatorFarm) -> None:
+    sims = await farm.start(cfg(), cfg())
+    gone = sims[1]
+    port = gone.port
+    async with ComfyUIPool(farm.urls, **FAST) as pool:
+        await gone.stop()
+        await pool.wait_until(lambda: pool.server(gone.url).state == "down", timeout=10)
+        results = await asyncio.gather(*(pool.run(job()) for _ in range(4)))
+        assert all(where(sims, r.prompt_id) == [0] for r in results)
+        await gone.start(port=port)
+        await pool.wait_until(lambda: pool.server(gone.url).state == "up", timeout=10)
+        sims[0].hold()  # the first server starts no more: the rejoined one must run them
+        done_before = pool.done
+        jobs = [await pool.submit(job()) for _ in range(6)]
+        await pool.wait_until(lambda: pool.done >= done_before + 4)
+        sims[0].release()
+        await asyncio.gather(*(j.result() for j in jobs))
+        assert sum(j.prompt_id in gone.prompts for j in jobs) >= 4
+
+
+async def test_drain_finishes_running_jobs_and_takes_no_new_one(farm: SimulatorFarm) -> None:
+    sims = await farm.start(cfg(step_time=0.005), cfg(step_time=0.005))
+    async with ComfyUIPool(farm.urls, **FAST) as pool:
+        jobs = [await pool.submit(job()) for _ in range(30)]
+        await sims[1].wait_until(lambda: len(sims[1].prompts) >= 3)
+        await pool.remove_server(sims[1].url)
+        on_drained = set(sims[1].prompts)
+        assert [s.url for s in pool.servers] == [sims[0].url]
+        assert "servers=1 (1 up)" in repr(pool)
+        results = await asyncio.gather(*(j.result() for j in jobs))
+        assert set(sims[1].prompts) == on_drained  # nothing new after the drain
+        assert all(sims[1].prompts[pid].status == "success" for pid in on_drained)
+        assert len(results) == 30
+        # Added back at run time, it takes jobs again.
+        await pool.add_server(sims[1].url)
+        sims[0].hold()
+        extra = [await pool.submit(job()) for _ in range(4)]
+        await pool.wait_until(lambda: sum(j.done() for j in extra) >= 2)
+        sims[0].release()
+        await asyncio.gather(*(j.result() for j in extra))
+        assert sum(j.prompt_id in sims[1].prompts for j in extra) >= 2
+
+
+# ---------------------------------------------------------------------------- priorities
+
+
+async def test_high_priority_job_behind_100_starts_next(farm: SimulatorFarm) -> None:
+    sims = await farm.start(cfg(step_time=0.005), cfg(step_time=0.005))
+    async with ComfyUIPool(farm.urls, **FAST) as pool:
+        batch = [await pool.submit(job()) for _ in range(100)]
+        await pool.wait_until(lambda: pool.done >= 4)
+        for sim in sims:
+            sim.hold()
+        urgent = await pool.submit(job(), priority=10)
+        await pool.wait_until(lambda: urgent.state == "queued")
+        released = max(p.started_at or 0 for s in sims for p in s.prompts.values())
+        for sim in sims:
+            sim.release()
+        result = await urgent.result(timeout=10)
+        (owner,) = where(sims, result.prompt_id)
+        started = sorted(
+            (p.started_at, pid)
+            for pid, p in sims[owner].prompts.items()
+            if p.started_at is not None and p.started_at > released
+        )
+        assert started[0][1] == urgent.prompt_id
+        assert pool.waiting > 50  # the batch was still queued client-side
+        for j in batch:
+            await j.cancel()
+
+
+# ---------------------------------------------------------------------------- cancel
+
+
+async def test_cancel_removes_the_prompt_from_whichever_server_holds_it(
+    farm: SimulatorFarm,
+) -> None:
+    sims = await farm.start(cfg(), cfg())
+    async with ComfyUIPool(farm.urls, over_queue=1, **FAST) as pool:
+        for sim in sims:
+            sim.hold()
+        jobs = [await pool.submit(job()) for _ in range(6)]
+        await pool.wait_until(lambda: pool.in_flight == 4 and pool.waiting == 2)
+        placed = [j for j in jobs if j.server is not None]
+        for j in placed:
+            await sims[farm.urls.index(j.server or "")].wait_for_status(j.prompt_id, "pending")
+        waiting = [j for j in jobs if j.server is None]
+        for j in waiting + placed:  # the waiting first: else freed slots would take them
+            await j.cancel()
+        for j in placed:
+            (owner,) = where(sims, j.prompt_id)
+            assert sims[owner].prompts[j.prompt_id].status == "deleted"
+        assert all(where(sims, j.prompt_id) == [] for j in waiting)  # never posted
+        assert all(j.done() for j in jobs)
+        with pytest.raises(asyncio.CancelledError):
+            await jobs[0].result()
+        # A running one is interrupted on its server.
+        for sim in sims:
+            sim.release()
+            sim.stall_next()
+        stuck = await pool.submit(job())
+        await pool.wait_until(lambda: stuck.state == "running")
+        await stuck.cancel()
+        (owner,) = where(sims, stuck.prompt_id)
+        await sims[owner].wait_for_status(stuck.prompt_id, "interrupted")
+        assert pool.in_flight == 0
+
+
+# ---------------------------------------------------------------------------- generator
+
+
+async def test_dream_generator_on_a_pool_uploads_lazily(
+    farm: SimulatorFarm, tmp_path: Path
+) -> None:
+    sims = await farm.start(cfg(), cfg())
+    source = tmp_path / "in.png"
+    source.write_bytes(png_bytes(3, size=64))
+    async with ComfyUIPool(farm.urls, **FAST) as pool:
+        gen = DreamGenerator(pool, output_dir=tmp_path / "out")
+        requests = [Img2ImgRequest(source, "oil", 0.5, seed=i, steps=2) for i in range(8)]
+        builder_ckpt = gen.builder.build_txt2img("x").workflow
+        assert builder_ckpt  # the default builder's checkpoint is on both servers
+        outcomes = await gen.generate_many(requests, concurrency=8)
+    assert all(not hasattr(o, "error") for o in outcomes), outcomes
+    used = [i for i, sim in enumerate(sims) if sim.prompts]
+    for i in used:  # uploaded once to each server a job landed on
+        assert len(sims[i].requests_to("/upload/image")) == 1
+    for i in set(range(2)) - set(used):
+        assert sims[i].requests_to("/upload/image") == []
+
+
+async def test_img2img_input_renamed_by_a_server_is_patched(farm: SimulatorFarm) -> None:
+    (sim,) = await farm.start(cfg())
+    (sim.input_dir / "dup.png").write_bytes(png_bytes(9))  # same name, other bytes
+    async with ComfyUIPool(farm.urls, **FAST) as pool:
+        uploaded = await pool.upload_image(png_bytes(1), name="dup.png")
+        assert sim.requests_to("/upload/image") == []  # lazily, at placement
+        result = await pool.run(img2img(uploaded.reference))
+    graph = sim.prompts[result.prompt_id].graph
+    assert graph["8"]["inputs"]["image"] == "dup (1).png"
+
+
+# ---------------------------------------------------------------------------- failure policies
+
+
+async def test_running_job_on_a_dead_server_fails_with_on_lost_fail(farm: SimulatorFarm) -> None:
+    sims = await farm.start(cfg(), cfg())
+    async with ComfyUIPool(farm.urls, on_lost="fail", **FAST) as pool:
+        sims[0].stall_next()
+        sims[1].hold()
+        stuck = await pool.submit(job())
+        await pool.wait_until(lambda: stuck.state == "running")
+        victim = sims[farm.urls.index(stuck.server or "")]
+        await victim.stop()
+        with pytest.raises(ConnectionLostError):
+            await stuck.result(timeout=10)
+        assert pool.failed == 1
+
+
+async def test_persistent_5xx_marks_a_server_down_and_jobs_go_elsewhere(
+    farm: SimulatorFarm,
+) -> None:
+    sims = await farm.start(cfg(), cfg())
+    sims[1].fail_next("/prompt", n=1000, status=500, method="POST")
+    async with ComfyUIPool(farm.urls, **FAST) as pool:
+        results = await asyncio.gather(*(pool.run(job()) for _ in range(20)))
+        assert all(where(sims, r.prompt_id) == [0] for r in results)
+        assert all(r.resubmitted is False for r in results)
+    # Down after 3 failures; each rejoin (it answers /object_info) fails at once again, and
+    # the delay before the next rejoin doubles: few posts, not one per job.
+    assert len(sims[1].requests_to("/prompt", "POST")) <= 10
+
+
+async def test_closing_the_pool_fails_waiting_and_placed_jobs(farm: SimulatorFarm) -> None:
+    sims = await farm.start(cfg(), cfg())
+    pool = ComfyUIPool(farm.urls, **FAST)
+    await pool.open()
+    for sim in sims:
+        sim.hold()
+    jobs = [await pool.submit(job()) for _ in range(8)]
+    await pool.wait_until(lambda: pool.in_flight == 4)
+    await pool.aclose()
+    await pool.aclose()  # idempotent
+    for j in jobs:
+        with pytest.raises(ClientClosedError):
+            await j.result()
+    with pytest.raises(ClientClosedError, match="closed"):
+        await pool.submit(job())
+    assert "closed" in repr(pool)
