@@ -933,8 +933,11 @@ class ComfyUIPool:
         self._settle(job, result, seconds)
 
     def _failed(self, job: PoolJob, srv: _Server, exc: DreamgenError, running: bool) -> None:
-        """A job's attempt failed: the job's fault (settle) or the server's (try elsewhere)."""
-        if not _is_server_fault(exc):
+        """A job's attempt failed: the job's fault (settle) or the server's (try elsewhere).
+
+        Once the pool is closing, nothing is tried elsewhere: the job settles as it failed.
+        """
+        if self._state == "closed" or not _is_server_fault(exc):
             self._settle(job, exc, 0.0)
             return
         log.warning("prompt %s failed on %s: %s", job.prompt_id, srv.url, exc)

@@ -14,7 +14,12 @@ import pytest
 from _graphs import img2img, png_bytes, txt2img
 
 from dreamgen_async import ComfyUIClient, DreamGenerator, Img2ImgRequest, RetryPolicy
-from dreamgen_async.errors import ClientClosedError, ConnectionLostError, NoCapableServerError
+from dreamgen_async.errors import (
+    ClientClosedError,
+    ConfigError,
+    ConnectionLostError,
+    NoCapableServerError,
+)
 from dreamgen_async.multiplexer import ReconnectPolicy
 from dreamgen_async.pool import ComfyUIPool
 from dreamgen_async.testing import ComfyUISimulator, SimulatorConfig, SimulatorFarm
@@ -354,3 +359,33 @@ async def test_closing_the_pool_fails_waiting_and_placed_jobs(farm: SimulatorFar
     with pytest.raises(ClientClosedError, match="closed"):
         await pool.submit(job())
     assert "closed" in repr(pool)
+
+
+async def test_closing_the_pool_detached_leaves_placed_prompts_queued(
+    farm: SimulatorFarm,
+) -> None:
+    sims = await farm.start(cfg(), cfg())
+    pool = ComfyUIPool(farm.urls, **FAST)
+    await pool.open()
+    for sim in sims:
+        sim.hold()
+    jobs = [await pool.submit(job()) for _ in range(4)]
+    await pool.wait_until(lambda: sum(len(s.accepted_prompt_ids) for s in sims) == 4)
+    await pool.aclose(detach=True)
+    for j in jobs:
+        with pytest.raises(ClientClosedError):
+            await j.result()
+    statuses = {pid: p.status for sim in sims for pid, p in sim.prompts.items()}
+    assert statuses == {j.prompt_id: "pending" for j in jobs}
+
+
+async def test_a_batch_journal_needs_one_client_not_a_pool(
+    farm: SimulatorFarm, tmp_path: Path
+) -> None:
+    await farm.start(cfg())
+    async with ComfyUIPool(farm.urls, **FAST) as pool:
+        gen = DreamGenerator(pool, output_dir=tmp_path / "out")
+        request = Img2ImgRequest(png_bytes(1), "ink", seed=1)
+        with pytest.raises(ConfigError, match="one server"):
+            await gen.generate_many([request], journal=tmp_path / "batch.journal")
+        assert farm.sims[0].accepted_prompt_ids == []
