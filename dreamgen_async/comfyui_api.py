@@ -263,6 +263,26 @@ def outcome_from_history(prompt_id: str, record: HistoryRecord) -> PromptResult 
     return PromptResult(prompt_id, dict(record.outputs), files=record.files)
 
 
+async def read_image_source(image: ImageSource, name: str | None) -> tuple[bytes, str]:
+    """The bytes of an upload and its name (a path's own name when none is given); files are
+    read off the event loop.
+
+    Raises:
+        ConfigError: bytes or a file object without a name.
+    """
+    if isinstance(image, str | Path):
+        path = Path(image)
+        data = await asyncio.to_thread(path.read_bytes)
+        name = name or path.name
+    elif isinstance(image, bytes | bytearray | memoryview):
+        data = bytes(image)
+    else:
+        data = await asyncio.to_thread(image.read)
+    if not name:
+        raise ConfigError("upload_image needs a name when given bytes or a file object")
+    return data, name
+
+
 async def collect_outputs(
     result: PromptResult,
     download: Callable[[ImageRef], Awaitable[bytes]],
@@ -1161,16 +1181,7 @@ class ComfyUIClient:
 
         Always use the returned name: the server may rename (``x (1).png``).
         """
-        if isinstance(image, str | Path):
-            path = Path(image)
-            data = await asyncio.to_thread(path.read_bytes)
-            name = name or path.name
-        elif isinstance(image, bytes | bytearray | memoryview):
-            data = bytes(image)
-        else:
-            data = await asyncio.to_thread(image.read)
-        if not name:
-            raise ConfigError("upload_image needs a name when given bytes or a file object")
+        data, name = await read_image_source(image, name)
 
         def form() -> aiohttp.FormData:
             fd = aiohttp.FormData()

@@ -17,7 +17,15 @@ from dreamgen_async.protocol import Event, ImageRef, OutputFile
 if TYPE_CHECKING:
     from dreamgen_async.comfyui_api import ComfyUIClient
 
-__all__ = ["Job", "JobState", "Mailbox", "OutputImage", "ProgressCallback", "PromptResult"]
+__all__ = [
+    "EventSource",
+    "Job",
+    "JobState",
+    "Mailbox",
+    "OutputImage",
+    "ProgressCallback",
+    "PromptResult",
+]
 
 log = logging.getLogger("dreamgen_async")
 
@@ -72,7 +80,61 @@ class OutputImage:
     data: bytes = field(repr=False)
 
 
-class Job:
+class EventSource:
+    """The progress events of one job, for its callback and its ``events()`` subscribers.
+
+    Shared by :class:`Job` and the pool's job; the subclass owns the attributes.
+    """
+
+    __slots__ = ("_backlog", "_subscribers")
+    _backlog: deque[Event] | None
+    _subscribers: list[Mailbox[Event]] | None
+    prompt_id: str
+    _future: asyncio.Future[Any]
+    _on_progress: ProgressCallback | None
+
+    async def events(self) -> AsyncIterator[Event]:
+        """Progress events routed to this prompt, starting with the recent backlog.
+
+        The iterator ends when the prompt reaches an outcome. A consumer that falls far
+        behind loses the oldest events (never the outcome); the reader never waits for it.
+        """
+        sub: Mailbox[Event] = Mailbox(self._backlog or ())
+        if self._future.done():
+            sub.close()
+        else:
+            if self._subscribers is None:
+                self._subscribers = []
+            self._subscribers.append(sub)
+        try:
+            while (event := await sub.get()) is not None:
+                yield event
+        finally:
+            if self._subscribers and sub in self._subscribers:
+                self._subscribers.remove(sub)
+
+    def _deliver(self, event: Event) -> None:
+        """Hand an event to the callback and subscribers. Never raises, never blocks."""
+        if self._backlog is None:
+            self._backlog = deque(maxlen=32)
+        self._backlog.append(event)
+        for sub in self._subscribers or ():
+            sub.put(event)
+        if self._on_progress is not None:
+            try:
+                self._on_progress(event)
+            except Exception:
+                log.exception("progress callback for prompt %s raised", self.prompt_id)
+
+    def _close_events(self) -> None:
+        """The job settled: end every subscriber's iteration, drop the backlog."""
+        for sub in self._subscribers or ():
+            sub.close()
+        self._subscribers = None
+        self._backlog = None
+
+
+class Job(EventSource):
     """One prompt submitted through a :class:`~dreamgen_async.ComfyUIClient`.
 
     Created by :meth:`ComfyUIClient.submit`; await :meth:`result` for the outcome, iterate
@@ -83,7 +145,6 @@ class Job:
 
     # Thousands may be in flight at once: keep each one small.
     __slots__ = (
-        "_backlog",
         "_cached",
         "_client",
         "_files",
@@ -92,7 +153,6 @@ class Job:
         "_on_progress",
         "_outputs",
         "_post_task",
-        "_subscribers",
         "_succeeded",
         "_waiters",
         "_watch",
@@ -141,8 +201,8 @@ class Job:
         # Resolved (and replaced) on every state change; created only while someone watches.
         self._watch: asyncio.Future[None] | None = None
         # Created on first use: most jobs have no subscriber and few events.
-        self._subscribers: list[Mailbox[Event]] | None = None
-        self._backlog: deque[Event] | None = None
+        self._subscribers = None
+        self._backlog = None
 
     def __repr__(self) -> str:
         return f"<Job {self.prompt_id} {self.state.value}>"
@@ -185,26 +245,6 @@ class Job:
         """
         await self._client._cancel_job(self)
 
-    async def events(self) -> AsyncIterator[Event]:
-        """Progress events routed to this prompt, starting with the recent backlog.
-
-        The iterator ends when the prompt reaches an outcome. A consumer that falls far
-        behind loses the oldest events (never the outcome); the reader never waits for it.
-        """
-        sub: Mailbox[Event] = Mailbox(self._backlog or ())
-        if self._future.done():
-            sub.close()
-        else:
-            if self._subscribers is None:
-                self._subscribers = []
-            self._subscribers.append(sub)
-        try:
-            while (event := await sub.get()) is not None:
-                yield event
-        finally:
-            if self._subscribers and sub in self._subscribers:
-                self._subscribers.remove(sub)
-
     # ------------------------------------------------------------------ owner side
 
     async def _wait_for(self, reached: Callable[[JobState], bool]) -> None:
@@ -218,19 +258,6 @@ class Job:
         watch, self._watch = self._watch, None
         if watch is not None and not watch.done():
             watch.set_result(None)
-
-    def _deliver(self, event: Event) -> None:
-        """Hand an event to the callback and subscribers. Never raises, never blocks."""
-        if self._backlog is None:
-            self._backlog = deque(maxlen=32)
-        self._backlog.append(event)
-        for sub in self._subscribers or ():
-            sub.put(event)
-        if self._on_progress is not None:
-            try:
-                self._on_progress(event)
-            except Exception:
-                log.exception("progress callback for prompt %s raised", self.prompt_id)
 
     def _note_started(self) -> None:
         self.started_at = time.time()
@@ -273,7 +300,7 @@ class Job:
                 files=files,
             )
         )
-        self._finish()
+        self._close_events()
 
     def _fail(self, exc: BaseException) -> None:
         assert not self._future.done(), "a job is settled once"
@@ -283,13 +310,7 @@ class Job:
             self._future.set_exception(exc)
             # Mark retrieved: a job nobody awaits must not warn "exception never retrieved".
             self._future.exception()
-        self._finish()
-
-    def _finish(self) -> None:
-        for sub in self._subscribers or ():
-            sub.close()
-        self._subscribers = None
-        self._backlog = None
+        self._close_events()
 
 
 class Mailbox(Generic[T]):

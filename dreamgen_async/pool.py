@@ -26,12 +26,17 @@ import random
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
-from dreamgen_async.comfyui_api import ComfyUIClient, ImageSource, UploadedImage, collect_outputs
+from dreamgen_async.comfyui_api import (
+    ComfyUIClient,
+    ImageSource,
+    UploadedImage,
+    collect_outputs,
+    read_image_source,
+)
 from dreamgen_async.errors import (
     ClientClosedError,
     ConnectError,
@@ -45,7 +50,13 @@ from dreamgen_async.errors import (
     ServerError,
     TransportError,
 )
-from dreamgen_async.jobs import Job, Mailbox, OutputImage, ProgressCallback, PromptResult
+from dreamgen_async.jobs import (
+    EventSource,
+    Job,
+    OutputImage,
+    ProgressCallback,
+    PromptResult,
+)
 from dreamgen_async.lifecycle import JobState
 from dreamgen_async.placement import (
     Capabilities,
@@ -56,7 +67,7 @@ from dreamgen_async.placement import (
     describe_missing,
     requirements,
 )
-from dreamgen_async.protocol import Event, ImageRef, OutputData
+from dreamgen_async.protocol import ImageRef, OutputData
 
 __all__ = ["ComfyUIPool", "PoolImageRef", "PoolJob", "ServerStatus"]
 
@@ -148,7 +159,7 @@ class _Server:
     removed: asyncio.Event = field(default_factory=asyncio.Event)
 
 
-class PoolJob:
+class PoolJob(EventSource):
     """One prompt submitted through a :class:`ComfyUIPool` (the pool's :class:`Job`).
 
     Await :meth:`result`, iterate :meth:`events`, or :meth:`cancel` it. ``server`` is the URL
@@ -157,12 +168,10 @@ class PoolJob:
 
     __slots__ = (
         "_attempt",
-        "_backlog",
         "_future",
         "_inner",
         "_on_progress",
         "_pool",
-        "_subscribers",
         "_task",
         "attempts",
         "extra_data",
@@ -201,8 +210,8 @@ class PoolJob:
         self._inner: Job | None = None
         self._task: asyncio.Task[None] | None = None
         self._attempt = 0  # bumped whenever the job is (re)bound or taken back
-        self._subscribers: list[Mailbox[Event]] | None = None
-        self._backlog: list[Event] | None = None
+        self._subscribers = None
+        self._backlog = None
 
     def __repr__(self) -> str:
         where = f" on {self.server}" if self.server else ""
@@ -250,35 +259,6 @@ class PoolJob:
         """Cancel the job: out of the wait queue, or off the server that holds it."""
         await self._pool._cancel_job(self)
 
-    async def events(self) -> AsyncIterator[Event]:
-        """Progress events from whichever server runs the job; ends with the job."""
-        sub: Mailbox[Event] = Mailbox(self._backlog or ())
-        if self._future.done():
-            sub.close()
-        else:
-            if self._subscribers is None:
-                self._subscribers = []
-            self._subscribers.append(sub)
-        try:
-            while (event := await sub.get()) is not None:
-                yield event
-        finally:
-            if self._subscribers and sub in self._subscribers:
-                self._subscribers.remove(sub)
-
-    def _deliver(self, event: Event) -> None:
-        if self._backlog is None:
-            self._backlog = []
-        self._backlog.append(event)
-        del self._backlog[:-32]
-        for sub in self._subscribers or ():
-            sub.put(event)
-        if self._on_progress is not None:
-            try:
-                self._on_progress(event)
-            except Exception:
-                log.exception("progress callback for prompt %s raised", self.prompt_id)
-
     def _settle(self, outcome: PromptResult | BaseException) -> None:
         if self._future.done():
             return
@@ -289,10 +269,7 @@ class PoolJob:
             self._future.exception()  # retrieved: nobody may be waiting
         else:
             self._future.set_result(outcome)
-        for sub in self._subscribers or ():
-            sub.close()
-        self._subscribers = None
-        self._backlog = None
+        self._close_events()
 
 
 def _is_server_fault(exc: BaseException) -> bool:
@@ -1016,16 +993,7 @@ class ComfyUIPool:
         with :meth:`ComfyUIClient.upload_image`). Use content-hash names: a name given again
         with other bytes replaces the old ones for jobs placed from now on.
         """
-        if isinstance(image, str | Path):
-            path = Path(image)
-            data = await asyncio.to_thread(path.read_bytes)
-            name = name or path.name
-        elif isinstance(image, bytes | bytearray | memoryview):
-            data = bytes(image)
-        else:
-            data = await asyncio.to_thread(image.read)
-        if not name:
-            raise ValueError("upload_image needs a name when given bytes or a file object")
+        data, name = await read_image_source(image, name)
         uploaded = UploadedImage(name=name, subfolder=subfolder, type=type)
         ref = uploaded.reference
         old = self._inputs.get(ref)
