@@ -17,6 +17,7 @@ background task failed. Checked at the end, once the server has run what it hold
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
 import os
 import tempfile
@@ -229,18 +230,26 @@ class LifecycleModel(RuleBasedStateMachine):
         tasks = [c.task for c in self.callers]
 
         async def callers_done() -> None:
-            try:
-                async with asyncio.timeout(30):
-                    await asyncio.gather(*tasks, return_exceptions=True)
-            except TimeoutError:
+            done, pending = await asyncio.wait(tasks, timeout=30) if tasks else (set(), set())
+            for task in done:  # retrieved: outcomes are checked on the jobs below
+                if not task.cancelled():
+                    task.exception()
+            if pending:  # (asyncio.wait cancels nothing: what is stuck stays visible)
                 stuck = [
                     (j.prompt_id[:8], j.state.value, j._life.gap, j._waiters)
                     for j in self.owned.values()
                     if not j.done()
                 ]
-                callers = [repr(t.get_stack(limit=4)) for t in tasks if not t.done()]
-                msg = f"never settled: jobs {stuck}; callers {callers}; {self.client._mux!r}"
-                raise AssertionError(msg) from None
+                stacks = []
+                for task in pending:
+                    out = io.StringIO()
+                    task.print_stack(limit=12, file=out)
+                    stacks.append(out.getvalue())
+                    task.cancel()
+                msg = f"never settled: jobs {stuck}; {self.client._mux!r}; callers:\n" + "\n".join(
+                    stacks
+                )
+                raise AssertionError(msg)
 
         self.run(callers_done())
         if not self.closed:
