@@ -1213,6 +1213,12 @@ class ComfyUIClient:
         data = await self._get_json(f"/history/{prompt_id}")
         return parse_history(prompt_id, data)
 
+    async def _queue_remaining(self) -> int | None:
+        """``GET /prompt``: the server's queue length (pending + running), cheaply."""
+        info = (await self._get_json("/prompt")).get("exec_info")
+        value = info.get("queue_remaining") if isinstance(info, dict) else None
+        return value if isinstance(value, int) else None
+
     async def get_queue(self) -> QueueState:
         """``GET /queue``, with pending prompts in run order."""
         return parse_queue(await self._get_json("/queue"))

@@ -84,12 +84,19 @@ class ReconnectPolicy:
         max_delay: Longest wait between two attempts.
         stable_after: A connection counts as working (the budget and the backoff start over)
             once it has been open and resynchronised this long.
+        watchdog: Seconds between two checks, while jobs are on the server, that the socket
+            still hears it (0 disables). ComfyUI can leave an open socket deaf: when a
+            connection it dropped is cleaned up after the client reconnected under the same
+            clientId, the new socket is unregistered too (docs/PROTOCOL.md §5). The server
+            broadcasts ``status`` on every queue change; a socket that heard nothing for two
+            checks while ``GET /prompt`` shows the queue changed is reopened and resynced.
     """
 
     max_time: float = 120.0
     initial_delay: float = 0.05
     max_delay: float = 5.0
     stable_after: float = 1.0
+    watchdog: float = 5.0
 
 
 class SocketState(enum.StrEnum):
@@ -126,6 +133,9 @@ class Multiplexer:
         self._reader: asyncio.Task[None] | None = None
         self._running_prompt: str | None = None
         self._last_error: DreamgenError | None = None
+        self._watchdog: asyncio.Task[None] | None = None
+        #: Messages received on any socket (the watchdog compares it between two checks).
+        self.messages = 0
 
     def __repr__(self) -> str:
         return f"<Multiplexer {self.state.value} connections={self.connections}>"
@@ -152,6 +162,8 @@ class Multiplexer:
             self.connections += 1
         self._reader = asyncio.create_task(self._run(ws), name="dreamgen-ws-reader")
         self._reader.add_done_callback(self._reader_done)
+        if self._policy.watchdog > 0 and (self._watchdog is None or self._watchdog.done()):
+            self._watchdog = asyncio.create_task(self._watch(), name="dreamgen-ws-watchdog")
 
     def ensure_running(self) -> None:
         """Restart the reader after it failed (exhausted budget), for a new submission."""
@@ -162,9 +174,11 @@ class Multiplexer:
         """Stop reading and close the socket. Idempotent; jobs are the client's business."""
         self._set(SocketState.CLOSED)
         reader, self._reader = self._reader, None
-        if reader is not None and not reader.done():
-            reader.cancel()
-            await asyncio.gather(reader, return_exceptions=True)
+        watchdog, self._watchdog = self._watchdog, None
+        for task in (reader, watchdog):
+            if task is not None and not task.done():
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         ws, self._ws = self._ws, None
         if ws is not None:
             await ws.close()
@@ -290,6 +304,7 @@ class Multiplexer:
 
     async def _read(self, ws: aiohttp.ClientWebSocketResponse) -> None:
         async for message in ws:
+            self.messages += 1
             if message.type is aiohttp.WSMsgType.TEXT:
                 self._dispatch_frame(message.data, parse_text)
             elif message.type is aiohttp.WSMsgType.BINARY:
@@ -304,6 +319,37 @@ class Multiplexer:
             ws.close_code,
             ws.exception(),
         )
+
+    async def _watch(self) -> None:
+        """Reopen a socket that stopped hearing the server (see ``ReconnectPolicy.watchdog``).
+
+        It only observes and asks: the reader stays the one task that receives.
+        """
+        interval = self._policy.watchdog
+        heard = self.messages
+        silent_changes = 0
+        while self.state is not SocketState.CLOSED:
+            await asyncio.sleep(interval)
+            if self.state is not SocketState.OPEN or not self._client._live:
+                heard, silent_changes = self.messages, 0
+                continue
+            try:
+                async with asyncio.timeout(interval):
+                    remote = await self._client._queue_remaining()
+            except (DreamgenError, TimeoutError):
+                continue  # the server's trouble is for the reader and the requests to see
+            quiet = self.messages == heard
+            changed = remote != self.queue_remaining
+            silent_changes = silent_changes + 1 if quiet and changed else 0
+            heard = self.messages
+            if silent_changes >= 2:
+                log.warning(
+                    "the WebSocket to %s hears nothing while the server's queue changes "
+                    "(it unregistered our clientId); reopening it",
+                    self._client.safe_url,
+                )
+                silent_changes = 0
+                self.force_reconnect()
 
     def _dispatch_frame(self, data: Any, parse: Callable[[Any], Event]) -> None:
         try:

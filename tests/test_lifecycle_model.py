@@ -75,7 +75,9 @@ class LifecycleModel(RuleBasedStateMachine):
         self.client = ComfyUIClient(
             self.sim.url,
             retry=RetryPolicy(attempts=3, initial_delay=0.01, max_delay=0.05),
-            reconnect=ReconnectPolicy(max_time=30.0, initial_delay=0.01, max_delay=0.05),
+            reconnect=ReconnectPolicy(
+                max_time=30.0, initial_delay=0.01, max_delay=0.05, watchdog=0.2
+            ),
             max_in_flight=MAX_IN_FLIGHT,
         )
         self.run(self.client.open())

@@ -8,6 +8,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import aiohttp
 import pytest
 from _graphs import txt2img
 from aiohttp import web
@@ -478,3 +479,28 @@ async def test_a_mismatched_echo_takes_the_queued_prompt_back() -> None:
 def test_job_state_compares_to_its_name() -> None:
     state: object = JobState.QUEUED
     assert state == "queued"
+
+
+# found by the model test ----------------------------------------------------------------
+
+
+async def test_a_socket_the_server_made_deaf_is_detected_and_reopened(
+    comfyui_sim: ComfyUISimulator,
+) -> None:
+    """ComfyUI's clientId-reuse bug: a second socket under our clientId replaces ours, and
+    when it closes the server unregisters the id, leaving our socket open but deaf (the same
+    happens when the server cleans up a dropped socket after we reconnected)."""
+    sim = comfyui_sim
+    policy = ReconnectPolicy(max_time=10.0, initial_delay=0.01, max_delay=0.1, watchdog=0.1)
+    async with client_for(sim, reconnect=policy) as client:
+        sim.hold()
+        job = await client.submit(txt2img(seed=1))
+        async with aiohttp.ClientSession() as session:
+            ws_url = sim.url.replace("http", "ws", 1) + "/ws"
+            intruder = await session.ws_connect(ws_url, params={"clientId": client.client_id})
+            await intruder.close()
+        await sim.wait_until(lambda: sim.open_websockets == 1)  # ours: open, and deaf
+        sim.release()
+        result = await asyncio.wait_for(job.result(), 10)
+        assert result.prompt_id == job.prompt_id
+        assert client.ws_connections == 2  # the watchdog reopened it
