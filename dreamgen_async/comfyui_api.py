@@ -1213,6 +1213,19 @@ class ComfyUIClient:
         data = await self._get_json(f"/history/{prompt_id}")
         return parse_history(prompt_id, data)
 
+    async def _missed_by_a_silent_socket(self) -> bool:
+        """Whether a socket that heard nothing for a while missed something: the server's
+        queue length moved, or one of our jobs finished (then it is settled from history)."""
+        remote = await self._queue_remaining()
+        missed = remote is not None and remote != self._mux.queue_remaining
+        for job in [j for j in self._live.values() if j.state in lc.RECONCILABLE]:
+            epoch = job._life.epoch
+            record = await self.get_history(job.prompt_id)
+            if record is not None and job._life.epoch == epoch:
+                self._drive(job, history_input(job.prompt_id, record))
+                missed = True
+        return missed
+
     async def _queue_remaining(self) -> int | None:
         """``GET /prompt``: the server's queue length (pending + running), cheaply."""
         info = (await self._get_json("/prompt")).get("exec_info")

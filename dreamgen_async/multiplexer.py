@@ -87,9 +87,10 @@ class ReconnectPolicy:
         watchdog: Seconds between two checks, while jobs are on the server, that the socket
             still hears it (0 disables). ComfyUI can leave an open socket deaf: when a
             connection it dropped is cleaned up after the client reconnected under the same
-            clientId, the new socket is unregistered too (docs/PROTOCOL.md §5). The server
-            broadcasts ``status`` on every queue change; a socket that heard nothing for two
-            checks while ``GET /prompt`` shows the queue changed is reopened and resynced.
+            clientId, the new socket is unregistered too (docs/PROTOCOL.md §5). After two
+            silent intervals the client asks: ``GET /prompt`` (the server broadcasts
+            ``status`` on every queue change) and ``/history`` of each job it holds; a job the
+            server finished unheard is settled from history, and the socket is reopened.
     """
 
     max_time: float = 120.0
@@ -327,28 +328,30 @@ class Multiplexer:
         """
         interval = self._policy.watchdog
         heard = self.messages
-        silent_changes = 0
+        silent = 0
         while self.state is not SocketState.CLOSED:
             await asyncio.sleep(interval)
             if self.state is not SocketState.OPEN or not self._client._live:
-                heard, silent_changes = self.messages, 0
+                heard, silent = self.messages, 0
+                continue
+            if self.messages != heard:  # it hears the server
+                heard, silent = self.messages, 0
+                continue
+            silent += 1
+            if silent < 2:
                 continue
             try:
                 async with asyncio.timeout(interval):
-                    remote = await self._client._queue_remaining()
+                    deaf = await self._client._missed_by_a_silent_socket()
             except (DreamgenError, TimeoutError):
                 continue  # the server's trouble is for the reader and the requests to see
-            quiet = self.messages == heard
-            changed = remote != self.queue_remaining
-            silent_changes = silent_changes + 1 if quiet and changed else 0
-            heard = self.messages
-            if silent_changes >= 2:
+            if deaf:
                 log.warning(
-                    "the WebSocket to %s hears nothing while the server's queue changes "
+                    "the WebSocket to %s heard nothing while the server's queue moved "
                     "(it unregistered our clientId); reopening it",
                     self._client.safe_url,
                 )
-                silent_changes = 0
+                heard, silent = self.messages, 0
                 self.force_reconnect()
 
     def _dispatch_frame(self, data: Any, parse: Callable[[Any], Event]) -> None:

@@ -501,6 +501,10 @@ async def test_a_socket_the_server_made_deaf_is_detected_and_reopened(
             await intruder.close()
         await sim.wait_until(lambda: sim.open_websockets == 1)  # ours: open, and deaf
         sim.release()
-        result = await asyncio.wait_for(job.result(), 10)
+        result = await asyncio.wait_for(job.result(), 10)  # settled from /history
         assert result.prompt_id == job.prompt_id
-        assert client.ws_connections == 2  # the watchdog reopened it
+        await sim.wait_until(lambda: sim.ws_connections_total == 3)  # ours, theirs, reopened
+        events: list[Event] = []
+        await asyncio.wait_for(client.run(txt2img(seed=2), on_progress=events.append), 10)
+        assert events  # the reopened socket hears the server again
+        assert client.ws_connections == 2
