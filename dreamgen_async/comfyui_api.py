@@ -1084,7 +1084,8 @@ class ComfyUIClient:
                 if not unchanged(job):
                     continue
                 if job.prompt_id in queue:
-                    self._drive(job, lc.InQueue(running=queue.is_running(job.prompt_id)))
+                    running = queue.is_running(job.prompt_id)
+                    self._drive(job, lc.InQueue(running, listening=self._mux.connected))
                     continue
                 record = await self.get_history(job.prompt_id)
                 if not unchanged(job):
@@ -1092,7 +1093,8 @@ class ComfyUIClient:
                 if record is not None:
                     self._drive(job, history_input(job.prompt_id, record))
                 else:
-                    self._drive(job, lc.Absent(self._lost_error(job)))
+                    lost = self._lost_error(job)
+                    self._drive(job, lc.Absent(lost, listening=self._mux.connected))
         except DreamgenError:
             if raise_errors:
                 raise

@@ -185,9 +185,14 @@ class Gap:
 
 @dataclass(frozen=True, slots=True)
 class InQueue:
-    """Reconciliation found the prompt in the server's queue (``running`` or pending)."""
+    """Reconciliation found the prompt in the server's queue (``running`` or pending).
+
+    ``listening``: the socket is open, so every event from now on arrives. Only then does a
+    pending prompt's gap close; without a socket, the server may still lose it unnoticed.
+    """
 
     running: bool
+    listening: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,10 +212,12 @@ class Outcome:
 class Absent:
     """Reconciliation found the prompt neither queued nor in history: the server lost it.
 
-    ``error`` (a ``PromptLost``) is what the job fails with when it is not resubmitted.
+    ``error`` (a ``PromptLost``) is what the job fails with when it is not resubmitted;
+    ``listening`` as for :class:`InQueue` (the resubmitted prompt's events arrive).
     """
 
     error: BaseException
+    listening: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -418,15 +425,15 @@ class Lifecycle:
             if isinstance(event, Failed | Interrupted):
                 return _S.FAILED, (_fail(event.error),)
             if isinstance(event, InQueue):
-                if not event.running:
-                    self.gap = False  # not started yet: every event is still to come
+                if not event.running and event.listening:
+                    self.gap = False  # not started, and heard from now on: nothing missed
                 return (_S.RUNNING if event.running else _S.QUEUED), ()
             if isinstance(event, Outcome):
                 return _settle(event)
             if isinstance(event, Absent):
                 if self.resubmit_lost and not self.resubmitted:
                     self.resubmitted = True
-                    self.gap = False
+                    self.gap = not event.listening
                     return _S.POSTING, (POST,)
                 return _S.FAILED, (_fail(event.error),)
             if isinstance(event, ReconcileFailed):

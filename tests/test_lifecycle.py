@@ -114,6 +114,17 @@ def test_a_pending_prompt_seen_in_the_queue_needs_no_history() -> None:
     assert kinds(life.handle(lc.Finished(complete=True))) == ["resolve", "release"]
 
 
+def test_a_pending_prompt_seen_without_a_socket_keeps_its_gap() -> None:
+    """Seen queued while no socket listens, it may still be lost unheard (a restart with the
+    client disconnected): only a check made while listening closes the gap."""
+    life = Lifecycle()
+    run(life, lc.SlotGranted(connected=False), lc.PostAccepted())
+    run(life, lc.InQueue(running=False, listening=False))
+    assert life.gap
+    run(life, lc.InQueue(running=False, listening=True))
+    assert not life.gap
+
+
 def test_a_lost_prompt_is_resubmitted_once_then_fails() -> None:
     life = Lifecycle()
     run(life, lc.SlotGranted(), lc.PostAccepted(), lc.Gap())
@@ -164,6 +175,7 @@ INPUTS = st.sampled_from(
         lc.Gap(),
         lc.InQueue(running=True),
         lc.InQueue(running=False),
+        lc.InQueue(running=False, listening=False),
         lc.Outcome(None, {}),
         lc.Outcome(BOOM, interrupted=True),
         lc.Absent(LOST),

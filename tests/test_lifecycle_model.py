@@ -248,8 +248,21 @@ class LifecycleModel(RuleBasedStateMachine):
                     task.print_stack(limit=12, file=out)
                     stacks.append(out.getvalue())
                     task.cancel()
-                msg = f"never settled: jobs {stuck}; {self.client._mux!r}; callers:\n" + "\n".join(
-                    stacks
+                sim = self.sim
+                on_server = {
+                    j.prompt_id[:8]: sim.prompts[j.prompt_id].status
+                    for j in self.owned.values()
+                    if not j.done() and j.prompt_id in sim.prompts
+                }
+                ws = self.client._mux._ws
+                sockets = (
+                    f"server sockets {sim.open_websockets}, registered "
+                    f"{self.client.client_id in sim.hub.registered}, ours closed "
+                    f"{None if ws is None else ws.closed}, heard {self.client._mux.messages}"
+                )
+                msg = (
+                    f"never settled: jobs {stuck}; on the server {on_server}; {sockets}; "
+                    f"{self.client._mux!r}; callers:\n" + "\n".join(stacks)
                 )
                 raise AssertionError(msg)
 

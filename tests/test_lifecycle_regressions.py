@@ -508,3 +508,24 @@ async def test_a_socket_the_server_made_deaf_is_detected_and_reopened(
         await asyncio.wait_for(client.run(txt2img(seed=2), on_progress=events.append), 10)
         assert events  # the reopened socket hears the server again
         assert client.ws_connections == 2
+
+
+async def test_a_prompt_seen_queued_without_a_socket_is_still_checked_after_a_restart(
+    comfyui_sim: ComfyUISimulator,
+) -> None:
+    """Posted and found queued while the socket is down, then lost in a restart that no open
+    socket saw: the resync after the reconnect must still check it (it had a gap)."""
+    sim = comfyui_sim
+    async with client_for(sim) as client:
+        sim.hold()
+        sim.fail_next("/ws", n=10_000, status=503)
+        await sim.drop_websockets()
+        job = await client.submit(txt2img(seed=1))
+        # Its check against /queue (it was posted while no socket listened) ran:
+        await sim.wait_until(lambda: len(sim.requests_to("/queue", "GET")) >= 1)
+        await sim.restart()  # lost, and no open socket of ours to notice it
+        sim.clear_faults()
+        sim.release()
+        result = await asyncio.wait_for(job.result(), 10)
+        assert result.resubmitted
+        assert sim.accepted_prompt_ids.count(job.prompt_id) == 2
