@@ -9,7 +9,7 @@ background task failed. Checked at the end, once the server has run what it hold
     caller detached it); a job settled as done did;
 (c) each prompt was accepted at most once, twice only when it was resubmitted;
 (d) every slot is free when idle; (e) no socket and no reader after aclose();
-(f) no task left behind; (g) reconnects per second bounded.
+(f) no task and no file descriptor left behind; (g) reconnects per second bounded.
 
 ``DREAMGEN_MODEL_EXAMPLES=200 pytest tests/test_lifecycle_model.py`` explores further.
 """
@@ -66,6 +66,7 @@ class Caller:
 class LifecycleModel(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
+        self.fds = _open_fds()
         self.loop = asyncio.new_event_loop()
         self.errors = _Errors()
         logging.getLogger("dreamgen_async").addHandler(self.errors)
@@ -223,6 +224,7 @@ class LifecycleModel(RuleBasedStateMachine):
             self.run(self.sim.stop())
             self.loop.close()
             self.tmp.cleanup()
+        assert _open_fds() <= self.fds, "file descriptors leaked"  # (f)
 
     def _settle_and_check(self) -> None:
         sim = self.sim
@@ -304,6 +306,11 @@ class LifecycleModel(RuleBasedStateMachine):
         assert leftovers == []  # (f)
         assert sim.ws_connections_total <= 5 + 40 * elapsed  # (g)
         self.nothing_failed_in_the_background()
+
+
+def _open_fds() -> int:
+    """This process's open file descriptors (sockets included)."""
+    return len(os.listdir("/proc/self/fd")) if os.path.isdir("/proc/self/fd") else 0
 
 
 def _closed(job: Job) -> bool:
