@@ -451,7 +451,7 @@ class Lifecycle:
                 if event.running:
                     return _S.INTERRUPTING, ()
                 return self._cancelled()
-            if isinstance(event, Cancel | Started | Gap):
+            if isinstance(event, Cancel | Started):
                 return state, ()
             if isinstance(event, Finished):
                 if event.complete and not self.gap:
