@@ -449,7 +449,9 @@ class Lifecycle:
                 if state is _S.INTERRUPTING:
                     return state, ()
                 if event.running:
-                    return _S.INTERRUPTING, ()
+                    # With a gap, the prompt it saw running may be gone (a restart during the
+                    # removal, whose resync came too early to see this job): ask again.
+                    return _S.INTERRUPTING, (RECONCILE,) if self.gap else ()
                 return self._cancelled()
             if isinstance(event, Cancel | Started):
                 return state, ()

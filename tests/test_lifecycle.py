@@ -69,6 +69,14 @@ def test_a_running_job_is_cancelled_only_once_the_server_interrupted_it() -> Non
     assert state(life) is S.CANCELLED
 
 
+def test_an_interrupt_sent_across_a_gap_is_checked_again() -> None:
+    life = Lifecycle()
+    run(life, lc.SlotGranted(), lc.PostAccepted(), lc.Started(), CANCEL, lc.Gap())
+    assert kinds(life.handle(lc.Removed(running=True))) == ["reconcile"]
+    assert kinds(life.handle(lc.Absent(LOST))) == ["fail", "release"]
+    assert state(life) is S.CANCELLED
+
+
 def test_a_job_that_finishes_before_its_removal_is_done_not_cancelled() -> None:
     life = Lifecycle()
     run(life, lc.SlotGranted(), lc.PostAccepted(), lc.Started(), CANCEL)

@@ -529,3 +529,25 @@ async def test_a_prompt_seen_queued_without_a_socket_is_still_checked_after_a_re
         result = await asyncio.wait_for(job.result(), 10)
         assert result.resubmitted
         assert sim.accepted_prompt_ids.count(job.prompt_id) == 2
+
+
+async def test_a_removal_that_spans_a_restart_still_settles(
+    comfyui_sim: ComfyUISimulator,
+) -> None:
+    """The removal saw the prompt running, then its interrupt was retried across a restart
+    (which lost the prompt, and whose resync ran while the job was still being removed): the
+    job must not wait forever for an interrupt the new server will never report."""
+    sim = comfyui_sim
+    async with client_for(sim) as client:
+        sim.stall_next()
+        job = await client.submit(txt2img(seed=1))
+        await sim.wait_for_status(job.prompt_id, "running")
+        sim.fail_next("/interrupt", n=4, status=503)
+        cancelling = asyncio.create_task(job.cancel())
+        await sim.wait_until(lambda: len(sim.requests_to("/interrupt")) >= 1)
+        await sim.restart()
+        await asyncio.wait_for(cancelling, 10)
+        await asyncio.wait_for(client.wait_idle(), 10)
+        assert job.state == "cancelled"
+        with pytest.raises(asyncio.CancelledError):
+            await job.result()
