@@ -5,6 +5,9 @@ server the traces were recorded on (checkpoint ``tiny-sd15.safetensors``, latent
 from __future__ import annotations
 
 import json
+import shutil
+import ssl
+import subprocess
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -58,3 +61,31 @@ def pytest_terminal_summary(terminalreporter: TerminalReporter) -> None:
         terminalreporter.section("reliability summary")
         for line in _REPORT_LINES:
             terminalreporter.write_line(line)
+
+
+@pytest.fixture
+def certificate(tmp_path: Path) -> Path:
+    """A self-signed certificate for 127.0.0.1 (``cert.pem``, ``key.pem`` in the folder)."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is needed to make a self-signed certificate")
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-keyout", str(tmp_path / "key.pem"), "-out", str(tmp_path / "cert.pem"),
+         "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    return tmp_path
+
+
+@pytest_asyncio.fixture
+async def tls_sim(certificate: Path) -> AsyncIterator[ComfyUISimulator]:
+    """A simulator serving HTTPS and WSS with :func:`certificate`."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(certificate / "cert.pem", certificate / "key.pem")
+    sim = ComfyUISimulator(root=certificate / "sim")
+    await sim.start(ssl_context=context)
+    try:
+        yield sim
+    finally:
+        await sim.stop()

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import shutil
 import ssl
-import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -64,32 +62,6 @@ async def test_basic_auth_from_the_url_is_never_shown(comfyui_sim: ComfyUISimula
 def test_an_origin_header_is_refused() -> None:
     with pytest.raises(ValueError, match="Origin"):
         ComfyUIClient("http://127.0.0.1:8188", headers={"Origin": "http://evil"})
-
-
-@pytest.fixture
-def certificate(tmp_path: Path) -> Path:
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl is needed to make a self-signed certificate")
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-         "-keyout", str(tmp_path / "key.pem"), "-out", str(tmp_path / "cert.pem"),
-         "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1"],
-        check=True,
-        capture_output=True,
-    )  # fmt: skip
-    return tmp_path
-
-
-@pytest.fixture
-async def tls_sim(certificate: Path) -> AsyncIterator[ComfyUISimulator]:
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(certificate / "cert.pem", certificate / "key.pem")
-    sim = ComfyUISimulator(root=certificate / "sim")
-    await sim.start(ssl_context=context)
-    try:
-        yield sim
-    finally:
-        await sim.stop()
 
 
 async def test_tls_is_verified_by_default(tls_sim: ComfyUISimulator, certificate: Path) -> None:

@@ -11,11 +11,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
-import shutil
 import socket
 import ssl
 import struct
-import subprocess
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -247,32 +245,6 @@ async def redirect_loop(head: bytes, r: asyncio.StreamReader, w: asyncio.StreamW
 
 
 # -- TLS
-
-
-@pytest.fixture
-def certificate(tmp_path: Path) -> Path:
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl is needed to make a self-signed certificate")
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-         "-keyout", str(tmp_path / "key.pem"), "-out", str(tmp_path / "cert.pem"),
-         "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1"],
-        check=True,
-        capture_output=True,
-    )  # fmt: skip
-    return tmp_path
-
-
-@pytest.fixture
-async def tls_sim(certificate: Path) -> AsyncIterator[ComfyUISimulator]:
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(certificate / "cert.pem", certificate / "key.pem")
-    sim = ComfyUISimulator(root=certificate / "sim")
-    await sim.start(ssl_context=context)
-    try:
-        yield sim
-    finally:
-        await sim.stop()
 
 
 async def test_an_untrusted_certificate_is_a_tls_error_at_once(tls_sim: ComfyUISimulator) -> None:
