@@ -224,7 +224,6 @@ class Multiplexer:
         # A fresh budget for a new reader: it starts with a working connection, or connecting.
         deadline = time.monotonic() + policy.max_time
         delay = policy.initial_delay
-        stable = ws is not None
         while True:
             if ws is None:
                 ws = await self._connect(deadline)
@@ -240,14 +239,13 @@ class Multiplexer:
             self._ws = ws = None
             self._client._gap()
             now = time.monotonic()
-            stable = resynced and now - opened >= policy.stable_after
-            if stable:  # it worked for a while: a new budget, and reconnect at once
+            if resynced and now - opened >= policy.stable_after:
+                # It worked for a while: a new budget, and reconnect at once.
                 deadline = now + policy.max_time
                 delay = policy.initial_delay
             else:  # it died at once: the budget keeps running, and back off first
                 await self._backoff(delay)
                 delay = min(delay * 2, policy.max_delay)
-            self._set(SocketState.CONNECTING)
 
     async def _connect(self, deadline: float) -> aiohttp.ClientWebSocketResponse | None:
         """One attempt bounded by the budget: the socket, or None to back off.
