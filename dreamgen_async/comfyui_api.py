@@ -309,6 +309,22 @@ async def collect_outputs(
     return outputs
 
 
+async def collect_output_images(
+    result: PromptResult, download: Callable[[ImageRef], Awaitable[bytes]]
+) -> list[OutputImage]:
+    """Every output image of ``result``, downloaded (saved images first); a file named as an
+    image is checked by its magic bytes (:class:`OutputContentError` otherwise)."""
+    images = []
+    for node_id, refs in result.outputs.items():
+        for ref in refs:
+            data = await download(ref)
+            if Path(ref.filename).suffix.lower() in IMAGE_SUFFIX_FORMATS:
+                verify_output(OutputFile(node_id, "image", ref), data)
+            images.append(OutputImage(node_id, ref, data))
+    images.sort(key=lambda img: img.ref.type != "output")
+    return images
+
+
 def _terminal(state: JobState) -> bool:
     return state.terminal
 
@@ -1124,15 +1140,7 @@ class ComfyUIClient:
         """
         if isinstance(result, str):
             result = await self.wait_for_completion(result)
-        images = []
-        for node_id, refs in result.outputs.items():
-            for ref in refs:
-                data = await self.download(ref)
-                if Path(ref.filename).suffix.lower() in IMAGE_SUFFIX_FORMATS:
-                    verify_output(OutputFile(node_id, "image", ref), data)
-                images.append(OutputImage(node_id, ref, data))
-        images.sort(key=lambda img: img.ref.type != "output")
-        return images
+        return await collect_output_images(result, self.download)
 
     async def get_outputs(
         self, result: PromptResult | str, *, previews: bool = True

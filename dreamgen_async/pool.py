@@ -34,6 +34,7 @@ from dreamgen_async.comfyui_api import (
     ComfyUIClient,
     ImageSource,
     UploadedImage,
+    collect_output_images,
     collect_outputs,
     read_image_source,
 )
@@ -1088,15 +1089,11 @@ class ComfyUIPool:
         return await collect_outputs(result, self.download, previews=previews)
 
     async def get_output_images(self, result: PromptResult | str) -> list[OutputImage]:
-        """Download every output image of a finished prompt (saved images first)."""
+        """Download every output image of a finished prompt (saved images first), each
+        checked by its magic bytes; see :meth:`ComfyUIClient.get_output_images`."""
         if isinstance(result, str):
             result = await self.wait_for_completion(result)
-        images = []
-        for node_id, refs in result.outputs.items():
-            for ref in refs:
-                images.append(OutputImage(node_id, ref, await self.download(ref)))
-        images.sort(key=lambda img: img.ref.type != "output")
-        return images
+        return await collect_output_images(result, self.download)
 
 
 def _retrieve(fut: asyncio.Future[Any]) -> None:
