@@ -12,14 +12,25 @@ A job goes, in this order of concern, to a server that
    (:func:`requirements` against :class:`Capabilities` read from ``/object_info``);
 2. **has its model loaded** — the checkpoint/UNet of the last job placed there (its *tail*),
    looking ``lookahead`` jobs into the wait queue, so that an interleaved A,B,A,B stream keeps
-   A on one server and B on another instead of swapping on every job; an idle server switches
-   model only when the model's backlog would outlast the switch (a cost learned from job times);
+   A on one server and B on another instead of swapping on every job;
 3. **will be free soonest** — the server's own queue (other clients' prompts count) and ours,
    times its mean job time (a moving average).
 
-Priorities: higher first, FIFO within a priority; a job skipped ``max_bypass`` times is placed
-next whatever its model (no starvation). A job of higher priority than everything of ours on
-a server may take one slot beyond its capacity and is posted with ``front`` (it starts next).
+When a server should change model is decided by playing the options out in a fluid model of
+the backlog (:func:`fluid_end`: each server drains its model's jobs at its learned rate and
+moves when its model runs out): an idle server whose model has no work left loads the model
+that ends the whole backlog soonest, and a working server moves early when that ends the
+backlog sooner by more than the estimate's noise (a slow server leaving a model the fast one
+can finish alone, rather than the fast one switching twice later). And a server takes a job
+only if it would finish it before the servers already on that model would have run the whole
+backlog of it (:meth:`Scheduler._useful`): the last jobs of a run go to fast servers, not to
+a slow one that would finish last, and no server loads a model for a handful of jobs.
+
+Priorities: higher first, FIFO within a priority; a server goes on to a lower priority only
+when it can run none of the higher one's jobs (a job only another server can run holds up
+nothing). A job skipped ``max_bypass`` times is placed next whatever its model (no
+starvation). A job of higher priority than everything of ours on a server may take one slot
+beyond its capacity and is posted with ``front`` (it starts next).
 """
 
 from __future__ import annotations
@@ -28,7 +39,7 @@ import bisect
 import enum
 import math
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -39,6 +50,7 @@ __all__ = [
     "TRANSITIONS",
     "Capabilities",
     "IllegalTransition",
+    "Lane",
     "Placement",
     "Requirements",
     "Scheduler",
@@ -47,6 +59,7 @@ __all__ = [
     "ServerState",
     "Ticket",
     "describe_missing",
+    "fluid_end",
     "next_state",
     "requirements",
 ]
@@ -220,6 +233,100 @@ def next_state(state: ServerState, event: ServerEvent) -> ServerState:
         raise IllegalTransition(f"{event.value} is not possible in state {state.value}") from None
 
 
+# ---------------------------------------------------------------------------- the fluid model
+
+#: A server with work of its own re-decides whether to switch model after this many placements
+#: (or at once when any server's model or state changed).
+REBALANCE_EVERY = 8
+
+
+@dataclass(frozen=True, slots=True)
+class Lane:
+    """A server as the fluid model sees it: ``rate`` jobs per second of ``model`` once
+    ``busy`` seconds (its queue, or a model load) have passed; ``switch`` seconds per load."""
+
+    rate: float
+    model: str | None
+    busy: float
+    switch: float
+
+    def moved_to(self, model: str) -> Lane:
+        """This lane, loading ``model`` once its queue is done."""
+        return Lane(self.rate, model, self.busy + self.switch, self.switch)
+
+
+def fluid_end(lanes: Iterable[Lane], backlog: Mapping[str, float]) -> float:
+    """Seconds until ``backlog`` (jobs waiting, per model) is done, jobs flowing like a fluid.
+
+    Each lane drains its model's backlog at its rate; a lane whose model runs out moves to the
+    model that would otherwise take longest, when moving (one load, then at least one job)
+    ends that model sooner, and else stops. ``inf`` when some backlog has no lane left.
+    A few lanes and models make a few events: cheap enough to play out every option.
+    """
+    left = {m: n for m, n in backlog.items() if n > 0}
+    pending = sorted(
+        ((lane.busy, i, lane.rate, lane.model, lane.switch) for i, lane in enumerate(lanes)),
+        key=lambda p: p[:2],
+    )
+    now = 0.0
+    active: dict[int, tuple[float, str | None, float]] = {}  # lane -> (rate, model, switch)
+    while left:
+        while pending and pending[0][0] <= now + 1e-9:
+            _, i, rate, model, switch = pending.pop(0)
+            if model in left:
+                active[i] = (rate, model, switch)
+            else:
+                _retarget(i, rate, switch, now, left, active, pending)
+        rates = dict.fromkeys(left, 0.0)
+        for rate, model, _ in active.values():
+            if model in rates:
+                rates[model] += rate
+        step = pending[0][0] - now if pending else math.inf
+        for model, n in left.items():
+            if rates[model] > 0:
+                step = min(step, n / rates[model])
+        if step == math.inf:
+            return math.inf
+        now += step
+        for model in list(left):
+            left[model] -= rates[model] * step
+            if left[model] <= 1e-9:
+                del left[model]
+        for i in sorted(active, key=lambda i: -active[i][0]):
+            rate, model, switch = active[i]
+            if model not in left:
+                del active[i]
+                _retarget(i, rate, switch, now, left, active, pending)
+    return now
+
+
+def _retarget(
+    i: int,
+    rate: float,
+    switch: float,
+    now: float,
+    left: Mapping[str, float],
+    active: Mapping[int, tuple[float, str | None, float]],
+    pending: list[tuple[float, int, float, str | None, float]],
+) -> None:
+    """Move idle lane ``i`` to the model whose backlog would take longest, if that helps."""
+    serving: dict[str, float] = dict.fromkeys(left, 0.0)
+    for r, model, _ in active.values():
+        if model in serving:
+            serving[model] += r
+    for _, _, r, model, _ in pending:
+        if model in serving:
+            serving[model] += r
+    best: tuple[float, str] | None = None
+    for model, n in left.items():
+        alone = n / serving[model] if serving[model] > 0 else math.inf
+        helped = switch + max(1.0 / rate, n / (serving[model] + rate))
+        if helped < alone and (best is None or alone > best[0]):
+            best = (alone, model)
+    if best is not None:
+        bisect.insort(pending, (now + switch, i, rate, best[1], switch))
+
+
 # ---------------------------------------------------------------------------- scheduling
 
 
@@ -261,6 +368,9 @@ class ServerRecord:
     done: int = 0
     failed: int = 0
     switches: int = 0
+    placed: int = 0  # jobs ever placed here
+    decided: tuple[int, int] | None = field(default=None, repr=False)  # when _rebalance ran
+    decision: tuple[float, str] | None = field(default=None, repr=False)  # and what it said
     _can: dict[Requirements, bool] = field(default_factory=dict, repr=False)
     _can_caps: Capabilities | None = field(default=None, repr=False)
 
@@ -308,8 +418,13 @@ class Placement:
     front: bool
 
 
-def _of_model(model: str | None, runnable: Callable[[Ticket], bool], t: Ticket) -> bool:
-    return (model is None or t.model == model) and runnable(t)
+def _of_model(
+    model: str | None, runnable: Callable[[Ticket], bool], t: Ticket, *, tail: bool
+) -> bool:
+    """Whether ``t`` is a runnable job of ``model``. For a server's ``tail`` model, jobs naming
+    no model count too; ``model`` ``None`` as a switch target means any job."""
+    matches = (t.model is None or t.model == model) if tail else (model is None or t.model == model)
+    return matches and runnable(t)
 
 
 def _ewma(old: float | None, sample: float, alpha: float = 0.3) -> float:
@@ -336,7 +451,9 @@ class Scheduler:
         self.placed: dict[str, str] = {}  # job -> server
         self._waiting: list[tuple[int, int, str]] = []  # (-priority, seq, job), sorted
         self._waiting_models: Counter[str | None] = Counter()
+        self._model_req: dict[str, Requirements] = {}  # a model's latest job's requirements
         self._seq = 0
+        self._version = 0  # bumped when a server's model or state changes
 
     def __repr__(self) -> str:
         return (
@@ -360,6 +477,7 @@ class Scheduler:
         record = self.servers[key]
         old = record.state
         record.state = next_state(old, event)
+        self._version += 1
         return old, record.state
 
     def take_back(self, server: str) -> list[str]:
@@ -387,6 +505,8 @@ class Scheduler:
             raise ValueError(f"job {key} is already known")
         self._seq += 1
         ticket = Ticket(key, priority, -self._seq if front else self._seq, req)
+        if req.model is not None:
+            self._model_req[req.model] = req
         self.tickets[key] = ticket
         self._wait(ticket)
         return ticket
@@ -490,44 +610,115 @@ class Scheduler:
         known = [c for r in self.servers.values() if (c := r.switch_cost) is not None]
         return sum(known) / len(known) if known else 0.0
 
-    def _rates(self) -> dict[str | None, float]:
-        rates: dict[str | None, float] = {}
-        for r in self.servers.values():
-            if r.state is ServerState.UP and r.tail is not None:
-                rates[r.tail] = rates.get(r.tail, 0.0) + self._rate(r)
-        return rates
+    def _lane(self, record: ServerRecord) -> Lane:
+        rate = self._rate(record)
+        busy = (len(record.assigned) + record.others) / rate
+        return Lane(rate, record.tail, busy, self._switch_cost(record))
 
-    def _drain(self, model: str | None, rate: float) -> float:
-        """Seconds until ``model``'s backlog is done at ``rate`` jobs per second."""
+    def _timed(self) -> bool:
+        """Whether rates are known: every server at work has run a job without a load."""
+        return all(
+            r.plain_time is not None
+            for r in self.servers.values()
+            if r.state is ServerState.UP and r.tail is not None
+        )
+
+    def _move(
+        self, record: ServerRecord, staying: bool, models: Callable[[], set[str | None]]
+    ) -> tuple[float, str] | None:
+        """The model ``record`` should switch to now (one of ``models()``), with the estimated
+        end of the backlog, or ``None`` to keep its model (``staying``) or stay idle.
+
+        Each option is played out in the fluid model (:func:`fluid_end`); a switch must beat
+        the alternative by more than the noise of the estimate. Ties go to the model least
+        served now; so does every choice made before job times are known (an estimate would
+        be a guess then, so a server with work keeps its model).
+        """
+        timed = self._timed()
+        if staying and not timed:
+            return None
+        backlog = {m: float(n) for m, n in self._waiting_models.items() if n > 0 and m is not None}
+        candidates = sorted(m for m in models() if m in backlog and m != record.tail)
+        if not candidates:
+            return None
+        # Other idle servers are deciding too: counting on them to move would leave every
+        # one of them waiting for another (and a lone job unplaced).
+        others = [
+            self._lane(r)
+            for r in self.servers.values()
+            if r is not record
+            and r.state is ServerState.UP
+            and (r.assigned or self._waiting_models[r.tail] > 0)
+        ]
+        serving = dict.fromkeys(backlog, 0.0)
+        for lane in others:
+            if lane.model in serving:
+                serving[lane.model] += lane.rate
+
+        def unserved(model: str) -> float:
+            return -backlog[model] / serving[model] if serving[model] else -math.inf
+
+        if not timed:
+            return math.inf, min(candidates, key=unserved)
+        mine = self._lane(record)
+        baseline = fluid_end([*others, mine] if staying else others, backlog)
+        end, _, model = min(
+            (
+                round(fluid_end([*others, mine.moved_to(model)], backlog), 6),
+                unserved(model),
+                model,
+            )
+            for model in candidates
+        )
+        if staying:
+            margin = 1.0 / mine.rate + 0.02 * baseline
+            return (end, model) if end < baseline - margin else None
+        # An idle server: a model no one serves (no end without it) is always worth it.
+        return (end, model) if end < baseline or baseline == math.inf else None
+
+    def _rebalance(
+        self, record: ServerRecord, models: Callable[[], set[str | None]]
+    ) -> tuple[float, str] | None:
+        """:meth:`_move` for a server that has work of its own model, re-decided only when the
+        pool changed or after a few placements (each decision plays out several futures)."""
+        stamp = (self._version, record.placed // REBALANCE_EVERY)
+        if record.decided != stamp:
+            record.decision = self._move(record, True, models)
+            if self._timed():
+                record.decided = stamp
+        return record.decision
+
+    def _useful(self, record: ServerRecord, ticket: Ticket, switch: bool) -> bool:
+        """Whether ``record`` taking ``ticket`` now ends its model's backlog sooner.
+
+        Late binding's tail: the servers already on the model would run every waiting job of
+        it before this one could finish its first (a slow server's last job, or a switch for a
+        handful of jobs), so leaving the job to them ends sooner. List scheduling by earliest
+        completion: ``record`` is useful iff fewer than the backlog complete elsewhere before
+        its own first would. The soonest-finishing server always is (no job is stranded).
+        """
+        model = ticket.model
+        if model is None:
+            return True
+        first = (len(record.assigned) + record.others + 1) / self._rate(record)
+        if switch:
+            first += self._switch_cost(record)
         backlog = self._waiting_models[model]
-        if backlog == 0:
-            return 0.0
-        return math.inf if rate <= 1e-9 else backlog / rate
-
-    def _target(self, record: ServerRecord, rates: dict[str | None, float]) -> str | None:
-        """The model an idle or cold server should load: the longest backlog per capacity."""
-        best: tuple[float, str] | None = None
-        for model, n in self._waiting_models.items():
-            if n <= 0 or model is None or model == record.tail:
+        sooner = 0
+        for other in self.servers.values():
+            if (
+                other is record
+                or other.tail != model
+                or other.state is not ServerState.UP
+                or other.key in ticket.avoid
+                or not other.can_run(ticket.req)
+            ):
                 continue
-            drain = self._drain(model, rates.get(model, 0.0))
-            if best is None or drain > best[0]:
-                best = (drain, model)
-        return None if best is None else best[1]
-
-    def _worth_switching(
-        self, record: ServerRecord, target: str, rates: dict[str | None, float]
-    ) -> bool:
-        """Whether moving ``record`` from its model to ``target`` ends both backlogs sooner."""
-        own, mine = record.tail, self._rate(record)
-        before = max(
-            self._drain(own, rates.get(own, 0.0)), self._drain(target, rates.get(target, 0.0))
-        )
-        after = max(
-            self._drain(own, rates.get(own, 0.0) - mine),
-            self._switch_cost(record) + self._drain(target, rates.get(target, 0.0) + mine),
-        )
-        return after < before
+            ahead = len(other.assigned) + other.others
+            sooner += max(0, math.ceil(first * self._rate(other) - ahead - 1e-9) - 1)
+            if sooner >= backlog:
+                return False
+        return True
 
     def _elsewhere(self, ticket: Ticket, record: ServerRecord) -> bool:
         """Whether a live server other than ``record`` and not avoided could run ``ticket``."""
@@ -540,30 +731,108 @@ class Scheduler:
         )
 
     def _earliest(
-        self, accept: Callable[[Ticket], bool], window: list[Ticket], priority: int
+        self, accept: Callable[[Ticket], bool], window: list[Ticket], last: int | None
     ) -> tuple[int, Ticket] | None:
-        """The first waiting job (of ``priority``) that ``accept`` takes, window first."""
+        """The first waiting job that ``accept`` takes: in ``window``, then (given ``last``,
+        the end index of the window's priority) further back among the jobs of that priority.
+        """
         for index, ticket in enumerate(window):
             if accept(ticket):
                 return index, ticket
-        for index, (neg_priority, _, key) in enumerate(self._waiting):
-            if -neg_priority != priority:
-                break
-            if index >= len(window) and accept(ticket := self.tickets[key]):
-                return index, ticket
+        if last is None or not window:
+            return None
+        start = self._position(window[0])
+        for index in range(start + len(window), last):
+            if accept(ticket := self.tickets[self._waiting[index][2]]):
+                return index - start, ticket
         return None
 
-    def _pick(self) -> Placement | None:
-        if not self._waiting:
+    def _position(self, ticket: Ticket) -> int:
+        return bisect.bisect_left(self._waiting, (-ticket.priority, ticket.seq, ticket.key))
+
+    def _runnable(self, record: ServerRecord, ticket: Ticket) -> bool:
+        return record.can_run(ticket.req) and (
+            record.key not in ticket.avoid or not self._elsewhere(ticket, record)
+        )
+
+    def _choose(
+        self, record: ServerRecord, window: list[Ticket], head: Ticket, forced: bool, last: int
+    ) -> tuple[tuple[float, ...], Ticket] | None:
+        """The job ``record`` should take now, ranked against other servers' choices:
+        ``(tier, position or estimated end, load)``, lowest first. ``None``: nothing now."""
+        load = (len(record.assigned) + record.others + 1) / self._rate(record)
+        runnable = partial(self._runnable, record)
+        same_model = partial(_of_model, record.tail, runnable, tail=True)
+
+        def models() -> set[str | None]:
+            """What a switch could be to: the models of this priority it can run."""
+            if last == len(self._waiting):  # one priority: every model waiting
+                return {
+                    m
+                    for m, n in self._waiting_models.items()
+                    if n > 0 and m is not None and record.can_run(self._model_req[m])
+                }
+            start = self._position(window[0])
+            return {
+                t.model
+                for _, _, key in self._waiting[start:last]
+                if (t := self.tickets[key]).model is not None and record.can_run(t.req)
+            }
+
+        if forced:
+            if not runnable(head):
+                return None
+            return (0.0 if same_model(head) else 3.0, 0.0, load), head
+        if record.tail is None:  # a first load: unavoidable; where the backlog needs it most
+            return self._switch(record, self._move(record, False, models), 1.0, window, last)
+        # Its model: within the lookahead first, else further back (behind other servers'
+        # picks within theirs).
+        tier = 0.0
+        own = self._earliest(same_model, window, None)
+        if own is None:
+            tier, own = 2.0, self._earliest(same_model, window, last)
+        if own is not None and self._useful(record, own[1], switch=False):
+            move = self._rebalance(record, models)
+            if move is not None and (moved := self._switch(record, move, 3.0, window, last)):
+                return moved
+            return (tier, own[0], load), own[1]
+        if record.assigned:
+            return None  # decide a switch at the last moment, with the most to go on
+        move = self._move(record, False, models)
+        return None if move is None else self._switch(record, move, 3.0, window, last)
+
+    def _switch(
+        self,
+        record: ServerRecord,
+        move: tuple[float, str] | None,
+        tier: float,
+        window: list[Ticket],
+        last: int,
+    ) -> tuple[tuple[float, ...], Ticket] | None:
+        """The first job of the model ``move`` names (any model without one) for ``record``,
+        if it is of use there."""
+        estimate, target = move if move is not None else (math.inf, None)
+        accept = partial(_of_model, target, partial(self._runnable, record), tail=False)
+        found = self._earliest(accept, window, last)
+        if found is None or not self._useful(record, found[1], switch=True):
             return None
-        head = self.tickets[self._waiting[0][2]]
-        free = [
-            r for r in self.servers.values() if r.state is ServerState.UP and r.room(head.priority)
-        ]
-        if not free:
-            return None
-        # Aging: a head job skipped too often, that no server is working towards, goes next.
-        forced = (
+        load = (len(record.assigned) + record.others + 1) / self._rate(record)
+        return (tier, estimate, load), found[1]
+
+    def _levels(self) -> Iterator[tuple[Ticket, list[Ticket], int]]:
+        """Each priority's head, window (its first ``lookahead`` jobs) and end index."""
+        start = 0
+        while start < len(self._waiting):
+            neg_priority = self._waiting[start][0]
+            end = bisect.bisect_left(self._waiting, (neg_priority + 1,))
+            window = [self.tickets[k] for _, _, k in self._waiting[start : start + self.lookahead]]
+            yield window[0], window[: end - start], end
+            start = end
+
+    def _forced(self, head: Ticket, free: Iterable[ServerRecord]) -> bool:
+        """Aging: a head job skipped too often, that no server is working towards, goes
+        next."""
+        return (
             head.bypassed >= self.max_bypass
             and any(r.can_run(head.req) for r in free)
             and not any(
@@ -571,75 +840,49 @@ class Scheduler:
                 for r in self.servers.values()
             )
         )
-        window = (
-            [head]
-            if forced
-            else [
-                self.tickets[key]
-                for neg_priority, _, key in self._waiting[: self.lookahead]
-                if -neg_priority == head.priority
-            ]
-        )
-        rates = self._rates()
-        best: tuple[tuple[float, ...], Ticket, ServerRecord] | None = None
-        for record in free:
-            load = (len(record.assigned) + record.others + 1) / self._rate(record)
 
-            def runnable(t: Ticket, record: ServerRecord = record) -> bool:
-                return record.can_run(t.req) and (
-                    record.key not in t.avoid or not self._elsewhere(t, record)
+    def _pick(self) -> Placement | None:
+        """One placement: each free server takes from the highest priority that has a job
+        it can run (a job only other servers can run does not hold up the jobs behind it),
+        and the best-ranked choice wins."""
+        up = [r for r in self.servers.values() if r.state is ServerState.UP]
+        if not self._waiting or not up:
+            return None
+        best: tuple[tuple[float, ...], Ticket, ServerRecord, Ticket] | None = None
+        forced: dict[str, bool] = {}
+        for head, window, end in self._levels():
+            free = [r for r in up if r.room(head.priority)]
+            if head.key not in forced:
+                forced[head.key] = self._forced(head, free)
+            for record in free:
+                choice = self._choose(
+                    record,
+                    [head] if forced[head.key] else window,
+                    head,
+                    forced[head.key],
+                    end,
                 )
-
-            def same_model(t: Ticket, record: ServerRecord = record) -> bool:
-                return (t.model is None or t.model == record.tail) and runnable(t)
-
-            choice: tuple[float, tuple[int, Ticket] | None]
-            if forced:
-                tier = 0 if same_model(head) else 3
-                choice = (tier, (0, head) if runnable(head) else None)
-            elif (match := self._earliest(same_model, window, -1)) is not None:
-                choice = (0, match)  # its model, within the lookahead
-            else:
-                target = self._target(record, rates)
-                if record.tail is None:  # a first load: unavoidable
-                    tier = 1
-                elif (
-                    not record.assigned  # decide at the last moment, with the most to go on
-                    and target is not None
-                    and self._worth_switching(record, target, rates)
-                ):
-                    tier = 3
-                else:
-                    # Keep the model: its next job further back, if there is one.
-                    choice = (2, self._earliest(same_model, window, head.priority))
-                    target = None
-                    tier = -1
-                if tier in (1, 3):
-                    choice = (
-                        tier,
-                        self._earliest(
-                            partial(_of_model, target, runnable),
-                            window,
-                            head.priority,
-                        ),
-                    )
-            tier_rank, found = choice
-            if found is None:
-                continue
-            index, ticket = found
-            rank: tuple[float, ...] = (tier_rank, index, load)
-            if best is None or rank < best[0]:
-                best = (rank, ticket, record)
+                if choice is not None:
+                    rank = (-head.priority, *choice[0])
+                    if best is None or rank < best[0]:
+                        best = (rank, choice[1], record, head)
+            # A server goes on to lower priorities only if it can run nothing of this one.
+            if end == len(self._waiting) or not (
+                up := [r for r in up if not any(r.can_run(t.req) for t in window)]
+            ):
+                break
         if best is None:
             return None
-        _, ticket, record = best
+        _, ticket, record, head = best
         self._unwait(ticket)
         if ticket is not head:
             head.bypassed += 1
         front = bool(record.assigned) and ticket.priority > min(record.assigned.values())
         record.assigned[ticket.key] = ticket.priority
-        if ticket.model is not None:
+        record.placed += 1
+        if ticket.model is not None and ticket.model != record.tail:
             record.tail = ticket.model
+            self._version += 1
         self.placed[ticket.key] = record.key
         return Placement(ticket.key, record.key, front or ticket.seq < 0)
 

@@ -18,11 +18,13 @@ from dreamgen_async.placement import (
     TRANSITIONS,
     Capabilities,
     IllegalTransition,
+    Lane,
     Requirements,
     Scheduler,
     ServerEvent,
     ServerState,
     describe_missing,
+    fluid_end,
     next_state,
     requirements,
 )
@@ -171,6 +173,31 @@ def test_priority_first_and_boost_slot_posted_in_front() -> None:
     assert s.assign() == []  # never more than capacity + 1
 
 
+def test_a_job_only_another_server_can_run_holds_up_nothing_behind_it() -> None:
+    s = Scheduler()
+    up(s, "a", 1, "A")
+    s.add_server("b", 1)  # can run B, but is still joining (or down)
+    s.servers["b"].caps = caps("B")
+    s.enqueue("urgent-b", req("B"), priority=5)
+    s.enqueue("batch-a", req("A"))
+    assert [(p.job, p.server) for p in s.assign()] == [("batch-a", "a")]
+    s.apply("b", ServerEvent.READY)
+    assert [(p.job, p.server) for p in s.assign()] == [("urgent-b", "b")]
+
+
+def test_a_job_no_server_takes_yet_still_holds_back_lower_priorities() -> None:
+    # The server can run the urgent job but is busy: the batch job behind it waits.
+    s = Scheduler()
+    up(s, "a", 1)
+    s.enqueue("first", req("A"))
+    s.assign()
+    s.enqueue("urgent", req("B"), priority=5)
+    s.enqueue("batch", req("A"))
+    assert s.assign() == []
+    s.finish("first", 1.0)
+    assert [p.job for p in s.assign()] == ["urgent"]
+
+
 def test_take_back_restores_the_old_order() -> None:
     s = Scheduler()
     up(s, "a", 2)
@@ -217,6 +244,93 @@ def test_a_job_skipped_too_often_is_placed_next() -> None:
         order.append(p.job)
         s.finish(p.job, 1.0)
     assert order.index("lonely") == 3
+
+
+def run_for_a_while(s: Scheduler, seconds: dict[str, float], loads: dict[str, float]) -> None:
+    """Run every placed job to the end, each server at its own speed (the first job of a
+    model on a server costs a load too), until nothing is placed."""
+    while s.placed:
+        for key, server in list(s.placed.items()):
+            record = s.servers[server]
+            switched = s.tickets[key].model != record.loaded
+            s.finish(key, seconds[server] + (loads[server] if switched else 0.0))
+        s.assign()
+
+
+def test_a_lone_job_is_placed_when_every_server_is_idle() -> None:
+    # Two idle servers, neither's model wanted: each must not wait for the other to switch.
+    s = Scheduler()
+    up(s, "a", 2)
+    up(s, "b", 2)
+    for i in range(6):
+        s.enqueue(f"a{i}", req("A"))
+    s.assign()
+    run_for_a_while(s, {"a": 0.5, "b": 0.5}, {"a": 1.0, "b": 1.0})
+    s.enqueue("b0", req("B"))
+    (p,) = s.assign()
+    assert p.job == "b0"
+
+
+def test_a_slow_server_leaves_the_last_jobs_to_a_faster_one() -> None:
+    s = Scheduler()
+    up(s, "fast", 2)
+    up(s, "slow", 2)
+    for i in range(8):
+        s.enqueue(f"a{i}", req("A"))
+    s.assign()
+    run_for_a_while(s, {"fast": 0.1, "slow": 1.0}, {"fast": 0.0, "slow": 0.0})
+    # Both know their speed now (0.1 s and 1 s a job). Three jobs: the fast server runs all
+    # three (0.3 s) before the slow one would finish one, so the third waits for the fast one.
+    for i in (8, 9, 10):
+        s.enqueue(f"a{i}", req("A"))
+    assert [p.server for p in s.assign()] == ["fast", "fast"]
+    assert s.servers["slow"].assigned == {}
+    s.finish("a8", 0.1)
+    assert [(p.job, p.server) for p in s.assign()] == [("a10", "fast")]
+    # With a long backlog the slow server helps again.
+    for i in range(11, 40):
+        s.enqueue(f"a{i}", req("A"))
+    assert "slow" in {p.server for p in s.assign()}
+
+
+def test_a_server_moves_off_a_model_that_has_help_enough() -> None:
+    # Four servers, three models: the slowest server joins the fastest on A at first (nothing
+    # is known), and moves once the speeds show A will be done long before B and C.
+    speeds = {"x2": 0.05, "x1a": 0.1, "x1b": 0.1, "x05": 0.2}
+    s = Scheduler()
+    for key in speeds:
+        up(s, key, 2)
+    for i in range(300):
+        s.enqueue(f"j{i}", req("ABC"[i % 3]))
+    first = {p.server: s.tickets[p.job].model for p in s.assign()}
+    assert first["x2"] == first["x05"] == "A"  # the spread of first loads: A, B, C, then A
+    for _ in range(12):
+        for key, server in list(s.placed.items())[:4]:
+            switched = s.tickets[key].model != s.servers[server].loaded
+            s.finish(key, speeds[server] + (1.0 if switched else 0.0))
+            s.assign()
+    assert s.servers["x05"].tail in ("B", "C")
+    assert s.servers["x2"].tail == "A"
+
+
+# ------------------------------------------------------------------ the fluid model
+
+
+def test_fluid_end_of_one_lane_and_of_two() -> None:
+    assert fluid_end([Lane(10.0, "A", 0.5, 1.0)], {"A": 20}) == pytest.approx(2.5)
+    both = [Lane(10.0, "A", 0.0, 1.0), Lane(10.0, "A", 1.0, 1.0)]
+    assert fluid_end(both, {"A": 30}) == pytest.approx(2.0)  # 10 alone, then 20 at 20/s
+    assert fluid_end([Lane(10.0, "A", 0.0, 1.0)], {"B": 1}) == pytest.approx(1.1)  # a load
+    assert fluid_end([], {"A": 1}) == float("inf")
+    assert fluid_end([Lane(10.0, "A", 0.0, 1.0)], {}) == 0.0
+
+
+def test_fluid_end_moves_a_lane_only_when_that_ends_sooner() -> None:
+    # A runs out at 1 s; moving to B (1 s load) ends B at 2 + 20/20 = 3 s instead of 4 s.
+    lanes = [Lane(10.0, "A", 0.0, 1.0), Lane(10.0, "B", 0.0, 1.0)]
+    assert fluid_end(lanes, {"A": 10, "B": 40}) == pytest.approx(3.0)
+    # Only 12 of B: B alone ends at 1.2 s, sooner than any load; the A lane stops.
+    assert fluid_end(lanes, {"A": 10, "B": 12}) == pytest.approx(1.2)
 
 
 # ------------------------------------------------------------------ a model of the benchmark
@@ -271,10 +385,12 @@ def test_model_of_the_benchmark_meets_its_targets() -> None:
     jobs = ["ABC"[i % 3] for i in range(400)]
     makespan, loads = simulate(s, speeds, jobs, work=0.1, load=1.0)
     lower_bound = 400 * 0.1 / sum(speeds.values()) + 1.0
-    # Within 20 % of a bound no schedule reaches (the speeds force at least one switch),
-    # with at most twice the unavoidable first loads.
-    assert makespan <= 1.2 * lower_bound, (makespan, lower_bound)
-    assert loads <= 2 * len(speeds)
+    # Within 8 % of a bound no schedule reaches: three models on four servers of these
+    # speeds force at least one switch (the best plan, the 2x server moving once, needs
+    # about 4 % more). The first loads plus two switches, one of them on the slowest server.
+    assert makespan <= 1.08 * lower_bound, (makespan, lower_bound)
+    assert loads <= len(speeds) + 2
+    assert s.servers["x2"].switches <= 2
     # Round-robin in the same model: a load on nearly every job.
     rr_loads = sum(1 for i in range(4, 400) if jobs[i] != jobs[i - 4])
     assert rr_loads > 300
@@ -334,12 +450,18 @@ class SchedulerMachine(RuleBasedStateMachine):
         for p in self.s.assign():
             assert before[p.server] is ServerState.UP
             assert self.s.servers[p.server].can_run(self.s.tickets[p.job].req)
+        # Progress: a job some server could run never waits while every server is idle (a
+        # server that declined a job counts on one that is working, whose finish re-assigns).
+        up = [r for r in self.s.servers.values() if r.state is ServerState.UP]
+        if not any(r.assigned for r in up):
+            for key in self.s.waiting:
+                assert not any(r.can_run(self.s.tickets[key].req) for r in up), key
 
     @precondition(lambda self: self.s.placed)
-    @rule(data=st.data(), ok=st.booleans())
-    def finish_placed(self, data: st.DataObject, ok: bool) -> None:
+    @rule(data=st.data(), ok=st.booleans(), seconds=st.sampled_from([0.1, 0.5, 1.5]))
+    def finish_placed(self, data: st.DataObject, ok: bool, seconds: float) -> None:
         key = data.draw(st.sampled_from(sorted(self.s.placed)))
-        self.s.finish(key, 0.5, ok)
+        self.s.finish(key, seconds, ok)
         assert key not in self.settled
         self.settled.add(key)
 
