@@ -26,6 +26,7 @@ import asyncio
 import itertools
 import json
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -37,7 +38,14 @@ from typing import Any
 
 import aiohttp
 
-from dreamgen_async import ComfyUIClient, ComfyUIPool, PromptResult, RetryPolicy
+from dreamgen_async import (
+    ComfyUIClient,
+    ComfyUIPool,
+    FluxWorkflowBuilder,
+    PromptResult,
+    RetryPolicy,
+)
+from dreamgen_async.workflows import PresetName
 
 HERE = Path(__file__).parent
 MODELS = ("flux1-schnell.safetensors", "flux1-dev.safetensors", "sd_xl_base_1.0.safetensors")
@@ -45,34 +53,17 @@ SPEEDS = (2.0, 1.0, 1.0, 0.5)
 seeds = itertools.count(1)
 
 
+PRESETS: dict[str, PresetName] = {
+    MODELS[0]: "flux-schnell",
+    MODELS[1]: "flux-dev",
+    MODELS[2]: "sdxl",
+}
+
+
 def graph(ckpt: str, steps: int) -> dict[str, Any]:
     """A small txt2img graph (64 px) for ``ckpt``; a new seed each time (no cache hits)."""
-    return {
-        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt}},
-        "2": {"class_type": "CLIPTextEncode", "inputs": {"text": "a fox", "clip": ["1", 1]}},
-        "3": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["1", 1]}},
-        "4": {
-            "class_type": "EmptyLatentImage",
-            "inputs": {"width": 64, "height": 64, "batch_size": 1},
-        },
-        "5": {
-            "class_type": "KSampler",
-            "inputs": {
-                "model": ["1", 0],
-                "seed": next(seeds),
-                "steps": steps,
-                "cfg": 1.0,
-                "sampler_name": "euler",
-                "scheduler": "simple",
-                "positive": ["2", 0],
-                "negative": ["3", 0],
-                "latent_image": ["4", 0],
-                "denoise": 1.0,
-            },
-        },
-        "6": {"class_type": "VAEDecode", "inputs": {"samples": ["5", 0], "vae": ["1", 2]}},
-        "7": {"class_type": "SaveImage", "inputs": {"images": ["6", 0], "filename_prefix": "b"}},
-    }
+    builder = FluxWorkflowBuilder(ckpt, preset=PRESETS[ckpt], steps=steps)
+    return builder.build_txt2img("a fox", width=64, height=64, seed=next(seeds)).workflow
 
 
 @contextmanager
@@ -206,11 +197,15 @@ async def measure(
     }
 
 
-async def overhead(jobs: int) -> dict[str, Any]:
-    """Client CPU per job: the pool over 4 zero-time servers vs one client on one."""
-    out: dict[str, Any] = {}
+async def overhead(jobs: int, rounds: int = 5) -> dict[str, Any]:
+    """Client CPU per job: the pool over 4 zero-time servers vs one client on one.
+
+    ``rounds`` interleaved rounds of each (client, pool, client, pool, ...); the medians are
+    compared, since on a shared machine one round can be off by 20 % either way.
+    """
+    samples: dict[str, list[float]] = {"client": [], "pool": []}
     with farm((1.0,) * 4, 0.0, 0.0) as urls:
-        for name in ("client", "pool", "client", "pool"):  # interleaved, best of two
+        for name in ("client", "pool") * rounds:
             work = [graph(MODELS[0], 1) for _ in range(jobs)]
             cpu = time.process_time()
             if name == "pool":
@@ -219,13 +214,15 @@ async def overhead(jobs: int) -> dict[str, Any]:
             else:
                 async with ComfyUIClient(urls[0], max_in_flight=8) as client:
                     await asyncio.gather(*(client.run(job) for job in work))
-            per_job = (time.process_time() - cpu) / jobs * 1000
-            out[name] = min(out.get(name, per_job), per_job)
+            samples[name].append((time.process_time() - cpu) / jobs * 1000)
+    client_ms, pool_ms = (statistics.median(samples[k]) for k in ("client", "pool"))
     return {
         "jobs": jobs,
-        "client_cpu_ms_per_job": round(out["client"], 3),
-        "pool_cpu_ms_per_job": round(out["pool"], 3),
-        "ratio": round(out["pool"] / out["client"], 2),
+        "rounds": rounds,
+        "client_cpu_ms_per_job": round(client_ms, 3),
+        "pool_cpu_ms_per_job": round(pool_ms, 3),
+        "ratio": round(pool_ms / client_ms, 2),
+        "samples_ms": {k: [round(v, 3) for v in vs] for k, vs in samples.items()},
     }
 
 
@@ -255,7 +252,8 @@ def markdown(report: dict[str, Any]) -> str:
     if o:
         lines += [
             "",
-            f"Client CPU per job on zero-time servers ({o['jobs']} jobs): one ComfyUIClient "
+            f"Client CPU per job on zero-time servers ({o['jobs']} jobs, median of "
+            f"{o['rounds']} interleaved rounds): one ComfyUIClient "
             f"{o['client_cpu_ms_per_job']} ms, the pool over 4 servers "
             f"{o['pool_cpu_ms_per_job']} ms (ratio {o['ratio']}).",
         ]
