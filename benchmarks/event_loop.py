@@ -2,9 +2,10 @@
 
 For a ~10 MB ``/queue``-like body (200 prompts of 500 nodes: 100,000 small objects), it
 compares ``json.loads`` on the loop, ``json.loads`` in a worker thread (``asyncio.to_thread``)
-and the stepped decoder the client uses (``dreamgen_async.protocol.json_steps``), each with the
-cyclic GC on and off. "longest stall" is the longest gap a 0-sleep ticker task saw: how long
-the event loop could not run anything else.
+and the stepped decoder the client uses (``comfyui_api._decode_json``, which runs
+``dreamgen_async.protocol.json_steps``), each with the cyclic GC on and off. "longest stall"
+is the longest gap a 0-sleep ticker task saw: how long the event loop could not run anything
+else.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from dreamgen_async.protocol import json_steps
+from dreamgen_async.comfyui_api import _decode_json
 
 
 def body() -> bytes:
@@ -44,13 +45,11 @@ async def in_thread(data: bytes) -> Any:
 
 
 async def stepped(data: bytes) -> Any:
-    steps = json_steps(data.decode())
-    while True:
-        try:
-            next(steps)
-        except StopIteration as done:
-            return done.value
-        await asyncio.sleep(0)
+    """What the client does with a large JSON answer (bytes in, Python objects out)."""
+    result = await _decode_json(data)
+    if isinstance(result, BaseException):
+        raise result
+    return result
 
 
 async def measure(decode: Callable[[bytes], Awaitable[Any]], data: bytes) -> tuple[float, float]:
