@@ -433,7 +433,7 @@ class ComfyUIClient:
         self._state: Literal["unopened", "opening", "opened", "closing", "closed"] = "unopened"
         self._mux = Multiplexer(self, reconnect or ReconnectPolicy())
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._closed: asyncio.Future[None] | None = None
+        self._closed: asyncio.Task[None] | None = None  # the close, once begun
         # The jobs, by where they are. A job is in exactly one of: the waiting heap
         # (client-side, by priority), _live (the server may hold it), or neither (settled).
         self._waiting: list[tuple[int, int, Job]] = []
@@ -508,13 +508,18 @@ class ComfyUIClient:
         job reported failed does not run. With ``detach=True`` the prompts stay queued on the
         server, for a later process to collect (e.g. a batch journal).
         """
-        if self._state in ("closing", "closed"):
-            if self._closed is not None:
-                await asyncio.shield(self._closed)
-            return
-        opened = self._state == "opened"
-        self._state = "closing"
-        self._closed = asyncio.get_running_loop().create_future()
+        if self._state not in ("closing", "closed"):
+            # The client owns its close, not the caller: a caller cancelled mid-way stops
+            # waiting, the close goes on, and every later aclose() waits for the same one.
+            opened = self._state == "opened"
+            self._state = "closing"
+            self._closed = asyncio.get_running_loop().create_task(
+                self._close(opened, detach, timeout), name="dreamgen-close"
+            )
+        if self._closed is not None:
+            await asyncio.shield(self._closed)
+
+    async def _close(self, opened: bool, detach: bool, timeout: float) -> None:
         try:
             if opened:
                 await self._settle_all_for_close(detach, timeout)
@@ -523,7 +528,6 @@ class ComfyUIClient:
             await self._cancel_tasks()
             self._state = "closed"
             await self._close_session()
-            self._closed.set_result(None)
 
     async def _settle_all_for_close(self, detach: bool, timeout: float) -> None:
         reason = ClientClosedError("the client was closed while the job waited")

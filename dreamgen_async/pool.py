@@ -353,6 +353,7 @@ class ComfyUIPool:
         self._retiring: set[ComfyUIClient] = set()
         self._monitor: asyncio.Task[None] | None = None
         self._state: Literal["unopened", "opened", "closed"] = "unopened"
+        self._closing: asyncio.Task[None] | None = None  # the close, once begun
         self._change: asyncio.Event | None = None
         self.done = 0
         self.failed = 0
@@ -408,9 +409,16 @@ class ComfyUIPool:
         unless ``detach=True``: then their prompts stay queued on their servers, as
         :meth:`ComfyUIClient.aclose` does.
         """
-        if self._state == "closed":
-            return
-        self._state = "closed"
+        if self._closing is None:
+            # The pool owns its close, not the caller: a caller cancelled mid-way stops
+            # waiting, the close goes on, and every later aclose() waits for the same one.
+            self._state = "closed"
+            self._closing = asyncio.get_running_loop().create_task(
+                self._close(detach), name="dreamgen-pool-close"
+            )
+        await asyncio.shield(self._closing)
+
+    async def _close(self, detach: bool) -> None:
         if detach:  # settle the placed jobs first, leaving their prompts where they are
             for srv in self._servers.values():
                 if srv.owned and srv.client is not None:
@@ -431,6 +439,8 @@ class ComfyUIPool:
                 job._task.cancel()
                 launches.append(job._task)
             job._attempt += 1
+            if job.prompt_id in self._sched.tickets:
+                self._sched.finish(job.prompt_id)
             job._settle(closed)
         self._jobs.clear()
         if launches:

@@ -386,6 +386,30 @@ async def test_aclose_takes_back_the_prompts_it_fails_unless_detached(
     assert statuses == ({"success"} if detach else {"deleted"})
 
 
+async def test_an_aclose_cancelled_mid_way_still_closes_and_the_next_one_returns(
+    comfyui_sim: ComfyUISimulator,
+) -> None:
+    # Found by the pool's model test: a pool closing while a drained server's client was
+    # being retired cancelled that client's aclose() in its clean-up, and every later
+    # aclose() waited forever for a close nobody was finishing.
+    sim = comfyui_sim
+    sim.hold()
+    client = client_for(sim)
+    await client.open()
+    jobs = [await client.submit(txt2img(seed=i)) for i in range(3)]
+    closing = asyncio.create_task(client.aclose())
+    for _ in range(3):  # cancelled in the take-back, then in the clean-up
+        await asyncio.sleep(0)
+        closing.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await closing
+    await asyncio.wait_for(client.aclose(), 10)  # the close went on, and this one waits for it
+    assert all(job.done() for job in jobs)
+    await sim.wait_until(lambda: sim.open_websockets == 0)
+    await quiesce(sim)
+    assert {sim.prompts[job.prompt_id].status for job in jobs} == {"deleted"}
+
+
 # smaller ---------------------------------------------------------------------------------
 
 
