@@ -49,7 +49,8 @@ class PromptResult:
         queued_at: ``time.time()`` when the server accepted the prompt.
         started_at: When execution started (``None`` if that event was missed in a reconnect).
         finished_at: When the result was known to the client.
-        resubmitted: Whether the prompt was submitted again after the server lost it.
+        resubmitted: Whether the prompt was submitted again after the server lost it (in a
+            pool: or placed on another server while the first may still have run it).
         files: Every output of every kind (images, animated images, videos, audio, text,
             other files), in node order; download them with ``ComfyUIClient.get_outputs``.
     """

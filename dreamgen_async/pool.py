@@ -169,6 +169,7 @@ class PoolJob(EventSource):
 
     __slots__ = (
         "_attempt",
+        "_cancelling",
         "_future",
         "_inner",
         "_on_progress",
@@ -211,6 +212,7 @@ class PoolJob(EventSource):
         self._inner: Job | None = None
         self._task: asyncio.Task[None] | None = None
         self._attempt = 0  # bumped whenever the job is (re)bound or taken back
+        self._cancelling = False  # cancel() asked while placed: its outcome decides
         self._subscribers = None
         self._backlog = None
 
@@ -257,7 +259,12 @@ class PoolJob(EventSource):
             raise
 
     async def cancel(self) -> None:
-        """Cancel the job: out of the wait queue, or off the server that holds it."""
+        """Cancel the job: out of the wait queue, or off the server that holds it.
+
+        Idempotent. A job on a server ends as the client's jobs do: cancelled once the server
+        no longer has it, or done if it finished first (then ``result()`` returns it). This
+        returns once the job's outcome is known.
+        """
         await self._pool._cancel_job(self)
 
     def _settle(self, outcome: PromptResult | BaseException) -> None:
@@ -419,16 +426,17 @@ class ComfyUIPool:
         await asyncio.shield(self._closing)
 
     async def _close(self, detach: bool) -> None:
+        # Servers change while this awaits (a drained one is removed and its client retired
+        # in the background): work on the servers of the moment, then on what was spawned.
+        servers = list(self._servers.values())
         if detach:  # settle the placed jobs first, leaving their prompts where they are
-            for srv in self._servers.values():
+            for srv in servers:
                 if srv.owned and srv.client is not None:
                     await srv.client.aclose(detach=True)
         tasks: list[asyncio.Task[Any]] = [t for t in self._background if not t.done()]
         if self._monitor is not None:
             tasks.append(self._monitor)
-        for srv in self._servers.values():
-            if srv.probe is not None:
-                tasks.append(srv.probe)
+        tasks += [srv.probe for srv in servers if srv.probe is not None]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -445,7 +453,7 @@ class ComfyUIPool:
         self._jobs.clear()
         if launches:
             await asyncio.wait(launches, timeout=self._probe_timeout)
-        for srv in self._servers.values():
+        for srv in servers:
             for fut in srv.uploads.values():
                 fut.cancel()
             if srv.owned and srv.client is not None:
@@ -454,6 +462,10 @@ class ComfyUIPool:
             await client.aclose()
         if launches:
             await asyncio.gather(*launches, return_exceptions=True)
+        while left := [t for t in self._background if not t.done()]:  # retired meanwhile
+            await asyncio.gather(*left, return_exceptions=True)
+        for srv in servers:
+            srv.removed.set()  # wakes remove_server() callers: see there
         self._changed()
 
     def _check_open(self) -> None:
@@ -623,6 +635,10 @@ class ComfyUIPool:
         With ``drain`` (the default) it takes no new job and this waits until its jobs are
         finished; otherwise its jobs are taken back at once and placed elsewhere.
         Cancelling the wait leaves the server draining.
+
+        Raises:
+            KeyError: ``url`` is not in the pool.
+            ClientClosedError: the pool was closed before the server had drained.
         """
         self._check_open()
         srv = self._servers.get(self._key(url))
@@ -630,6 +646,8 @@ class ComfyUIPool:
             raise KeyError(f"{url} is not in the pool")
         self._event(srv, ServerEvent.DRAIN if drain else ServerEvent.REMOVE)
         await srv.removed.wait()
+        if self._servers.get(srv.url) is srv:  # still ours: the pool closed first
+            raise ClientClosedError(f"the pool was closed while {url} drained")
 
     def _event(self, srv: _Server, event: ServerEvent) -> None:
         """The one place a server's health changes, and what entering a state does."""
@@ -644,8 +662,10 @@ class ComfyUIPool:
             self._take_back(srv)
         if new is ServerState.DOWN:
             srv.downs += 1
-        if new in (ServerState.SUSPECT, ServerState.DOWN) and (
-            srv.probe is None or srv.probe.done()
+        if (
+            new in (ServerState.SUSPECT, ServerState.DOWN)
+            and self._state == "opened"
+            and (srv.probe is None or srv.probe.done())
         ):
             srv.probe = asyncio.create_task(self._probe(srv), name="dreamgen-pool-probe")
         if new is ServerState.DRAINING and not srv.record.assigned:
@@ -674,6 +694,9 @@ class ComfyUIPool:
             if job._task is not None:
                 job._task.cancel()  # takes the prompt back if the server still answers
             job._inner = None
+            if job._cancelling:  # it was being taken back anyway: placed nowhere else
+                self._settle(job, asyncio.CancelledError())
+                continue
             if running:
                 if self._on_lost == "fail":
                     self._settle(
@@ -886,11 +909,23 @@ class ComfyUIPool:
             )
             if job._attempt == attempt:
                 job._inner = inner
+                if job._cancelling:
+                    await inner.cancel()
             result = await inner.result()
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():  # this launch was called off
+                raise
+            if job._attempt == attempt:  # the client job was cancelled, as cancel() asked
+                self._settle(job, asyncio.CancelledError())
+            return
         except DreamgenError as exc:
             if job._attempt != attempt or job.done():
                 return
-            self._failed(job, srv, exc, inner is not None and inner.started_at is not None)
+            if job._cancelling:  # what became of the prompt is this failure: no retry
+                self._settle(job, exc)
+                return
+            self._failed(job, srv, exc, inner)
             return
         if job._attempt != attempt or job.done():
             return
@@ -920,11 +955,17 @@ class ComfyUIPool:
             seconds = max(0.0, result.finished_at - result.started_at)
         self._settle(job, result, seconds)
 
-    def _failed(self, job: PoolJob, srv: _Server, exc: DreamgenError, running: bool) -> None:
+    def _failed(self, job: PoolJob, srv: _Server, exc: DreamgenError, inner: Job | None) -> None:
         """A job's attempt failed: the job's fault (settle) or the server's (try elsewhere).
 
         Once the pool is closing, nothing is tried elsewhere: the job settles as it failed.
+        A job the server had accepted, whose fate there is unknown (it did not say it lost
+        it), is marked ``resubmitted`` when placed again: that server may still run it.
         """
+        running = inner is not None and inner.started_at is not None
+        unknown = (
+            inner is not None and inner.queued_at is not None and not isinstance(exc, PromptLost)
+        )
         if self._state == "closed" or not _is_server_fault(exc):
             self._settle(job, exc, 0.0)
             return
@@ -937,7 +978,7 @@ class ComfyUIPool:
             job._attempt += 1
             job.server = None
             job._inner = None
-            job.resubmitted = job.resubmitted or running
+            job.resubmitted = job.resubmitted or running or unknown
         srv.failures += 1
         lost = isinstance(exc, ConnectError | ConnectionLostError | NotComfyUIError)
         if lost or srv.failures >= self._max_failures:
@@ -981,11 +1022,17 @@ class ComfyUIPool:
         if job.done():
             return
         task = job._task
-        job._attempt += 1
-        self._settle(job, asyncio.CancelledError())
-        if task is not None and not task.done():
-            task.cancel()
-            await asyncio.wait([task])
+        if job.server is None or task is None or task.done():  # waiting: nothing to take back
+            job._attempt += 1
+            self._settle(job, asyncio.CancelledError())
+            return
+        # On a server: the client takes it back, and the outcome is the client job's (a
+        # prompt that finished first is done, not cancelled). A launch still posting cancels
+        # its client job as soon as it has it.
+        job._cancelling = True
+        if job._inner is not None:
+            await job._inner.cancel()
+        await asyncio.wait([task])
 
     # ------------------------------------------------------------------ inputs
 

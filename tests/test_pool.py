@@ -281,6 +281,33 @@ async def test_cancel_removes_the_prompt_from_whichever_server_holds_it(
 # ---------------------------------------------------------------------------- generator
 
 
+async def test_a_cancel_that_loses_the_race_reports_the_result(farm: SimulatorFarm) -> None:
+    # Found by the pool's model test: the pool reported a job cancelled at once, and the
+    # prompt then ran to success. Now it ends as the client's job does.
+    (sim,) = await farm.start(cfg(step_time=0.05))
+    async with ComfyUIPool(farm.urls, **FAST) as pool:
+        running = await pool.submit(job(steps=4))
+        await sim.wait_for_status(running.prompt_id, "running")
+        sim.fail_next("/interrupt", n=50, status=503)  # the interrupt never lands
+        await running.cancel()
+        assert running.done()
+        result = await running.result()  # it finished before the server let go of it
+        assert result.prompt_id == running.prompt_id
+        assert sim.prompts[running.prompt_id].status == "success"
+        # A job still waiting client-side is cancelled at once, and never posted.
+        sim.hold()
+        first = await pool.submit(job())
+        waiting = [await pool.submit(job()) for _ in range(3)]
+        await pool.wait_until(lambda: pool.waiting >= 1)
+        late = next(j for j in waiting if j.server is None)
+        await late.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await late.result()
+        assert late.prompt_id not in sim.prompts
+        sim.release()
+        await first.result()
+
+
 async def test_dream_generator_on_a_pool_uploads_lazily(
     farm: SimulatorFarm, tmp_path: Path
 ) -> None:
@@ -377,6 +404,23 @@ async def test_closing_the_pool_detached_leaves_placed_prompts_queued(
             await j.result()
     statuses = {pid: p.status for sim in sims for pid, p in sim.prompts.items()}
     assert statuses == {j.prompt_id: "pending" for j in jobs}
+
+
+async def test_closing_the_pool_ends_a_drain_that_waits(farm: SimulatorFarm) -> None:
+    # Found by the pool's model test: remove_server() waited forever once the pool closed.
+    sims = await farm.start(cfg(), cfg())
+    pool = ComfyUIPool(farm.urls, **FAST)
+    await pool.open()
+    sims[1].hold()
+    jobs = [await pool.submit(job()) for _ in range(4)]
+    await pool.wait_until(lambda: pool.server(sims[1].url).in_flight > 0)
+    removal = asyncio.create_task(pool.remove_server(sims[1].url))
+    await pool.wait_until(lambda: pool.server(sims[1].url).state == "draining")
+    await pool.aclose()
+    with pytest.raises(ClientClosedError, match=r"closed while .* drained"):
+        await asyncio.wait_for(removal, 10)
+    for j in jobs:
+        assert j.done()
 
 
 async def test_a_batch_journal_needs_one_client_not_a_pool(
