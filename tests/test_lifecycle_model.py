@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from _graphs import txt2img
+from _models import ErrorLog, open_fds
 from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
@@ -43,17 +44,6 @@ EXAMPLES = int(os.environ.get("DREAMGEN_MODEL_EXAMPLES", "25"))
 MAX_IN_FLIGHT = 3
 
 
-class _Errors(logging.Handler):
-    """Collects the library's error logs: a failed background task is a failed test."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.ERROR)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-
 @dataclass
 class Caller:
     """One await on a job: the submitting caller, or a twin waiting on the same job."""
@@ -66,9 +56,9 @@ class Caller:
 class LifecycleModel(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
-        self.fds = _open_fds()
+        self.fds = open_fds()
         self.loop = asyncio.new_event_loop()
-        self.errors = _Errors()
+        self.errors = ErrorLog()
         logging.getLogger("dreamgen_async").addHandler(self.errors)
         self.tmp = tempfile.TemporaryDirectory(prefix="dreamgen-model-")
         self.sim = ComfyUISimulator(SimulatorConfig(step_time=0.01), root=self.tmp.name)
@@ -224,7 +214,7 @@ class LifecycleModel(RuleBasedStateMachine):
             self.run(self.sim.stop())
             self.loop.close()
             self.tmp.cleanup()
-        assert _open_fds() <= self.fds, "file descriptors leaked"  # (f)
+        assert open_fds() <= self.fds, "file descriptors leaked"  # (f)
 
     def _settle_and_check(self) -> None:
         sim = self.sim
@@ -306,11 +296,6 @@ class LifecycleModel(RuleBasedStateMachine):
         assert leftovers == []  # (f)
         assert sim.ws_connections_total <= 5 + 40 * elapsed  # (g)
         self.nothing_failed_in_the_background()
-
-
-def _open_fds() -> int:
-    """This process's open file descriptors (sockets included)."""
-    return len(os.listdir("/proc/self/fd")) if os.path.isdir("/proc/self/fd") else 0
 
 
 def _closed(job: Job) -> bool:

@@ -31,6 +31,7 @@ from functools import partial
 from typing import Any, TypeVar
 
 from _graphs import txt2img
+from _models import ErrorLog, open_fds
 from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
@@ -49,22 +50,6 @@ SPEEDS = (1.0, 2.0, 0.5)
 seeds = itertools.count(1)
 
 
-class _Errors(logging.Handler):
-    """Collects the library's error logs: a failed background task is a failed test.
-
-    A client whose server stays dead past its reconnect budget logs that its reader stopped:
-    expected here (the pool marks the server down and places its jobs elsewhere).
-    """
-
-    def __init__(self) -> None:
-        super().__init__(logging.ERROR)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if not record.getMessage().startswith("WebSocket reader stopped: could not reconnect"):
-            self.records.append(record)
-
-
 @dataclass
 class Caller:
     job: PoolJob
@@ -74,9 +59,11 @@ class Caller:
 class PoolModel(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
-        self.fds = _open_fds()
+        self.fds = open_fds()
         self.loop = asyncio.new_event_loop()
-        self.errors = _Errors()
+        # A client whose server stays dead past its reconnect budget logs that its reader
+        # stopped: expected here (the pool marks the server down, its jobs go elsewhere).
+        self.errors = ErrorLog("WebSocket reader stopped: could not reconnect")
         logging.getLogger("dreamgen_async").addHandler(self.errors)
         self.tmp = tempfile.TemporaryDirectory(prefix="dreamgen-pool-model-")
         self.farm = SimulatorFarm(self.tmp.name)
@@ -262,7 +249,7 @@ class PoolModel(RuleBasedStateMachine):
             self.run(self.farm.stop())
             self.loop.close()
             self.tmp.cleanup()
-        assert _open_fds() <= self.fds, "file descriptors leaked"  # (d)
+        assert open_fds() <= self.fds, "file descriptors leaked"  # (d)
 
     def _settle_and_check(self) -> None:
         for i, sim in enumerate(self.sims):
@@ -333,11 +320,6 @@ def _idle(sim: ComfyUISimulator) -> bool:
 def _succeeded(sim: ComfyUISimulator, prompt_id: str) -> bool:
     prompt = sim.prompts.get(prompt_id)
     return prompt is not None and prompt.status == "success"
-
-
-def _open_fds() -> int:
-    """This process's open file descriptors (sockets included)."""
-    return len(os.listdir("/proc/self/fd")) if os.path.isdir("/proc/self/fd") else 0
 
 
 PoolModel.TestCase.settings = settings(
