@@ -10,6 +10,7 @@ import signal
 import sys
 from pathlib import Path
 
+from _cli import DREAMGEN
 from _graphs import png_bytes, txt2img
 from click.testing import CliRunner
 
@@ -20,9 +21,7 @@ from dreamgen_async.testing import ComfyUISimulator
 async def dreamgen(*args: str, stdout: int = asyncio.subprocess.PIPE) -> asyncio.subprocess.Process:
     env = {**os.environ, "COLUMNS": "120", "DREAMGEN_TOKEN": ""}
     return await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "dreamgen_async",
+        *DREAMGEN,
         *args,
         stdout=stdout,
         stderr=asyncio.subprocess.PIPE if stdout == asyncio.subprocess.PIPE else stdout,

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from _cli import DREAMGEN
 from _graphs import png_bytes
 
 from dreamgen_async.testing import ComfyUISimulator
@@ -220,7 +221,7 @@ async def test_ctrl_c_in_the_cli_then_the_same_command_finishes(
     out = tmp_path / "out"
     jobs = min(JOBS, 100)
     command = (
-        sys.executable, "-m", "dreamgen_async", "txt2img", "frame", "-n", str(jobs), "--seed", "0",
+        *DREAMGEN, "txt2img", "frame", "-n", str(jobs), "--seed", "0",
         "--size", "64x64", "-o", str(out), "--server", sim.url, "-j", "4", "-q",
     )  # fmt: skip
     interrupted = 0

@@ -9,6 +9,8 @@ import signal
 import sys
 from pathlib import Path
 
+from _cli import DREAMGEN
+
 from dreamgen_async.testing import SimulatorConfig, SimulatorFarm
 
 
@@ -58,9 +60,7 @@ async def test_status_one_row_per_server(comfyui_farm: SimulatorFarm) -> None:
 
 async def test_sim_servers_starts_a_farm() -> None:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "dreamgen_async",
+        *DREAMGEN,
         "sim",
         "--port",
         "0",
