@@ -262,8 +262,9 @@ class PoolJob(EventSource):
         """Cancel the job: out of the wait queue, or off the server that holds it.
 
         Idempotent. A job on a server ends as the client's jobs do: cancelled once the server
-        no longer has it, or done if it finished first (then ``result()`` returns it). This
-        returns once the job's outcome is known.
+        no longer has it, done if it finished first (then ``result()`` returns it), or
+        :class:`ConnectionLostError` if the server went down meanwhile (it may still run
+        there). This returns once the job's outcome is known.
         """
         await self._pool._cancel_job(self)
 
@@ -694,8 +695,14 @@ class ComfyUIPool:
             if job._task is not None:
                 job._task.cancel()  # takes the prompt back if the server still answers
             job._inner = None
-            if job._cancelling:  # it was being taken back anyway: placed nowhere else
-                self._settle(job, asyncio.CancelledError())
+            if job._cancelling:  # placed nowhere else; whether it left this server is unknown
+                self._settle(
+                    job,
+                    ConnectionLostError(
+                        f"server {srv.url} went down while prompt {job.prompt_id} was being "
+                        "cancelled there; it may still run"
+                    ),
+                )
                 continue
             if running:
                 if self._on_lost == "fail":
