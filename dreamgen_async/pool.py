@@ -686,10 +686,15 @@ class ComfyUIPool:
         srv.removed.set()
 
     def _take_back(self, srv: _Server) -> None:
-        """Unbind every job on a server that went down; cancel them there (best effort)."""
+        """Unbind every job on a server that went down; cancel them there (best effort).
+
+        A job the server had accepted is marked ``resubmitted``: it may run there too (a
+        server that is only unreachable keeps its queue; :meth:`_forget_stale` takes such
+        prompts off when it comes back, if it has not run them by then)."""
         for key in self._sched.take_back(srv.url):
             job = self._jobs[key]
             running = job._inner is not None and job._inner.state == "running"
+            accepted = job._inner is not None and job._inner.queued_at is not None
             job._attempt += 1
             job.server = None
             if job._task is not None:
@@ -714,6 +719,8 @@ class ComfyUIPool:
                     )
                     continue
                 job.resubmitted = True
+            elif accepted:  # queued there: unless the delete lands, it may run there too
+                job.resubmitted = True
             log.info("prompt %s taken back from %s", key, srv.url)
 
     async def _probe(self, srv: _Server) -> None:
@@ -733,6 +740,7 @@ class ComfyUIPool:
                 try:
                     async with asyncio.timeout(self._probe_timeout):
                         await self._connect(srv)
+                        await self._forget_stale(srv)
                 except (DreamgenError, TimeoutError) as exc:
                     log.info("server %s still down: %s", srv.url, exc)
                 else:
@@ -742,6 +750,30 @@ class ComfyUIPool:
                 continue
             await asyncio.sleep(random.uniform(delay / 2, delay))
             delay = min(delay * 2, self._max_probe_delay)
+
+    async def _forget_stale(self, srv: _Server) -> None:
+        """Before a down server takes jobs again: take off it the prompts of ours that it
+        still holds (its client could not reach it to take them back) and that were placed
+        elsewhere meanwhile or have ended, so that they do not run twice."""
+        client = srv.client
+        assert client is not None
+        queue = await client.get_queue()
+
+        def stale(prompt_id: str) -> bool:
+            if prompt_id in self._recent:
+                return True
+            return prompt_id in self._jobs and self._sched.server_of(prompt_id) != srv.url
+
+        pending = [item.prompt_id for item in queue.pending if stale(item.prompt_id)]
+        running = [item.prompt_id for item in queue.running if stale(item.prompt_id)]
+        if pending or running:
+            log.info(
+                "server %s is back: taking off %d stale prompts", srv.url, len(pending + running)
+            )
+        if pending:
+            await client.delete_from_queue(*pending)
+        for prompt_id in running:
+            await client.interrupt(prompt_id)
 
     async def _check(self, srv: _Server) -> bool:
         client = srv.client

@@ -170,6 +170,33 @@ async def test_failover_one_of_four_killed_mid_batch(farm: SimulatorFarm) -> Non
         )
 
 
+async def test_a_server_back_from_a_partition_forgets_prompts_run_elsewhere(
+    farm: SimulatorFarm,
+) -> None:
+    # Unreachable, not restarted: a server comes back with its old queue, in which a prompt
+    # of ours that ran elsewhere meanwhile still waits (its client could not take it back).
+    # On rejoin the pool takes it off, so it does not run twice.
+    a, b = await farm.start(cfg(), cfg())
+    async with ComfyUIPool(farm.urls, **FAST) as pool:
+        prompt_id = "5e1f-partitioned"
+        graph = job()
+        a.hold()
+        other = ComfyUIClient(a.url)  # the copy the lost client left on a
+        await other.open()
+        await other.submit(graph, prompt_id=prompt_id)
+        await other.aclose(detach=True)
+        port = a.port
+        await a.stop()  # a partition: its queue stays
+        await pool.wait_until(lambda: pool.server(a.url).state == "down")
+        result = await (await pool.submit(graph, prompt_id=prompt_id)).result(timeout=30)
+        assert b.prompts[result.prompt_id].status == "success"
+        await a.start(port=port)
+        await pool.wait_until(lambda: pool.server(a.url).state == "up")
+        a.release()
+        await a.wait_until(lambda: a.queue_remaining == 0)
+        assert a.prompts[prompt_id].status == "deleted"
+
+
 async def test_down_server_rejoins_by_itself(farm: SimulatorFarm) -> None:
     sims = await farm.start(cfg(), cfg())
     gone = sims[1]
