@@ -374,6 +374,11 @@ class ServerRecord:
     _can: dict[Requirements, bool] = field(default_factory=dict, repr=False)
     _can_caps: Capabilities | None = field(default=None, repr=False)
 
+    @property
+    def queued(self) -> int:
+        """Prompts ahead of a job placed here now: ours and other clients'."""
+        return len(self.assigned) + self.others
+
     def room(self, priority: int) -> bool:
         """Whether a job of ``priority`` may be placed here now (never over capacity + 1)."""
         ours = len(self.assigned)
@@ -612,8 +617,11 @@ class Scheduler:
 
     def _lane(self, record: ServerRecord) -> Lane:
         rate = self._rate(record)
-        busy = (len(record.assigned) + record.others) / rate
-        return Lane(rate, record.tail, busy, self._switch_cost(record))
+        return Lane(rate, record.tail, record.queued / rate, self._switch_cost(record))
+
+    def _next_done(self, record: ServerRecord) -> float:
+        """Seconds until a job placed on ``record`` now would be done (no model load)."""
+        return (record.queued + 1) / self._rate(record)
 
     def _timed(self) -> bool:
         """Whether rates are known: every server at work has run a job without a load."""
@@ -700,7 +708,7 @@ class Scheduler:
         model = ticket.model
         if model is None:
             return True
-        first = (len(record.assigned) + record.others + 1) / self._rate(record)
+        first = self._next_done(record)
         if switch:
             first += self._switch_cost(record)
         backlog = self._waiting_models[model]
@@ -714,8 +722,7 @@ class Scheduler:
                 or not other.can_run(ticket.req)
             ):
                 continue
-            ahead = len(other.assigned) + other.others
-            sooner += max(0, math.ceil(first * self._rate(other) - ahead - 1e-9) - 1)
+            sooner += max(0, math.ceil(first * self._rate(other) - other.queued - 1e-9) - 1)
             if sooner >= backlog:
                 return False
         return True
@@ -760,7 +767,7 @@ class Scheduler:
     ) -> tuple[tuple[float, ...], Ticket] | None:
         """The job ``record`` should take now, ranked against other servers' choices:
         ``(tier, position or estimated end, load)``, lowest first. ``None``: nothing now."""
-        load = (len(record.assigned) + record.others + 1) / self._rate(record)
+        load = self._next_done(record)
         runnable = partial(self._runnable, record)
         same_model = partial(_of_model, record.tail, runnable, tail=True)
 
@@ -816,7 +823,7 @@ class Scheduler:
         found = self._earliest(accept, window, last)
         if found is None or not self._useful(record, found[1], switch=True):
             return None
-        load = (len(record.assigned) + record.others + 1) / self._rate(record)
+        load = self._next_done(record)
         return (tier, estimate, load), found[1]
 
     def _levels(self) -> Iterator[tuple[Ticket, list[Ticket], int]]:
