@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
-import os
 import tempfile
 import uuid
 from collections.abc import Coroutine
@@ -27,8 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from _graphs import txt2img
-from _models import ErrorLog, open_fds
-from hypothesis import HealthCheck, Phase, settings
+from _models import ErrorLog, model_settings, open_fds, our_tasks
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
@@ -40,7 +38,6 @@ from dreamgen_async.multiplexer import ReconnectPolicy
 from dreamgen_async.testing import ComfyUISimulator, SimulatorConfig
 
 T = TypeVar("T")
-EXAMPLES = int(os.environ.get("DREAMGEN_MODEL_EXAMPLES", "25"))
 MAX_IN_FLIGHT = 3
 
 
@@ -288,11 +285,7 @@ class LifecycleModel(RuleBasedStateMachine):
             self.run(self.client.aclose())
             self.closed = True
         assert sim.open_websockets == 0  # (e)
-        leftovers = [
-            t
-            for t in asyncio.all_tasks(self.loop)
-            if t.get_name().startswith("dreamgen-") and not t.done()
-        ]
+        leftovers = our_tasks(self.loop)
         assert leftovers == []  # (f)
         assert sim.ws_connections_total <= 5 + 40 * elapsed  # (g)
         self.nothing_failed_in_the_background()
@@ -308,15 +301,5 @@ def _closed(job: Job) -> bool:
     return False
 
 
-LifecycleModel.TestCase.settings = settings(
-    max_examples=EXAMPLES,
-    stateful_step_count=25,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow],
-    # Shrinking a failure re-runs real servers for minutes: in CI, report the first one found
-    # (with its seed); set DREAMGEN_MODEL_SHRINK=1 to minimise it.
-    phases=[Phase.explicit, Phase.reuse, Phase.generate]
-    + ([Phase.shrink] if os.environ.get("DREAMGEN_MODEL_SHRINK") else []),
-    print_blob=True,
-)
+LifecycleModel.TestCase.settings = model_settings(25)
 TestLifecycleModel = LifecycleModel.TestCase

@@ -23,7 +23,6 @@ import asyncio
 import io
 import itertools
 import logging
-import os
 import tempfile
 from collections.abc import Coroutine
 from dataclasses import dataclass
@@ -31,8 +30,7 @@ from functools import partial
 from typing import Any, TypeVar
 
 from _graphs import txt2img
-from _models import ErrorLog, open_fds
-from hypothesis import HealthCheck, Phase, settings
+from _models import ErrorLog, model_settings, open_fds, our_tasks
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
@@ -44,7 +42,6 @@ from dreamgen_async.pool import ComfyUIPool, PoolJob
 from dreamgen_async.testing import ComfyUISimulator, SimulatorConfig, SimulatorFarm
 
 T = TypeVar("T")
-EXAMPLES = int(os.environ.get("DREAMGEN_MODEL_EXAMPLES", "15"))
 CKPTS = ("a.safetensors", "b.safetensors")
 SPEEDS = (1.0, 2.0, 0.5)
 seeds = itertools.count(1)
@@ -299,11 +296,7 @@ class PoolModel(RuleBasedStateMachine):
             self.closed = True
         for sim in self.sims:
             assert sim.open_websockets == 0  # (d)
-        leftovers = [
-            t
-            for t in asyncio.all_tasks(self.loop)
-            if t.get_name().startswith("dreamgen-") and not t.done()
-        ]
+        leftovers = our_tasks(self.loop)
         assert leftovers == []  # (d)
         self.nothing_failed_in_the_background()
 
@@ -338,15 +331,5 @@ def _succeeded(sim: ComfyUISimulator, prompt_id: str) -> bool:
     return prompt is not None and prompt.status == "success"
 
 
-PoolModel.TestCase.settings = settings(
-    max_examples=EXAMPLES,
-    stateful_step_count=25,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow],
-    # Shrinking a failure re-runs real servers for minutes: in CI, report the first one found
-    # (with its seed); set DREAMGEN_MODEL_SHRINK=1 to minimise it.
-    phases=[Phase.explicit, Phase.reuse, Phase.generate]
-    + ([Phase.shrink] if os.environ.get("DREAMGEN_MODEL_SHRINK") else []),
-    print_blob=True,
-)
+PoolModel.TestCase.settings = model_settings(15)
 TestPoolModel = PoolModel.TestCase
