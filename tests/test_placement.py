@@ -246,14 +246,19 @@ def test_a_job_skipped_too_often_is_placed_next() -> None:
     assert order.index("lonely") == 3
 
 
+def finish_at_speed(s: Scheduler, key: str, seconds: float, load: float) -> None:
+    """Finish placed job ``key`` after ``seconds``, plus ``load`` if its server had to load
+    the job's model first."""
+    record = s.servers[s.placed[key]]
+    s.finish(key, seconds + (load if s.tickets[key].model != record.loaded else 0.0))
+
+
 def run_for_a_while(s: Scheduler, seconds: dict[str, float], loads: dict[str, float]) -> None:
     """Run every placed job to the end, each server at its own speed (the first job of a
     model on a server costs a load too), until nothing is placed."""
     while s.placed:
         for key, server in list(s.placed.items()):
-            record = s.servers[server]
-            switched = s.tickets[key].model != record.loaded
-            s.finish(key, seconds[server] + (loads[server] if switched else 0.0))
+            finish_at_speed(s, key, seconds[server], loads[server])
         s.assign()
 
 
@@ -306,8 +311,7 @@ def test_a_server_moves_off_a_model_that_has_help_enough() -> None:
     assert first["x2"] == first["x05"] == "A"  # the spread of first loads: A, B, C, then A
     for _ in range(12):
         for key, server in list(s.placed.items())[:4]:
-            switched = s.tickets[key].model != s.servers[server].loaded
-            s.finish(key, speeds[server] + (1.0 if switched else 0.0))
+            finish_at_speed(s, key, speeds[server], 1.0)
             s.assign()
     assert s.servers["x05"].tail in ("B", "C")
     assert s.servers["x2"].tail == "A"
