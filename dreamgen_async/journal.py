@@ -174,14 +174,7 @@ def read_journal_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
     file = Path(path)
     if not file.exists():
         return {}
-    try:
-        db = sqlite3.connect(f"{file.resolve().as_uri()}?mode=ro", uri=True, timeout=60.0)
-        try:
-            rows = db.execute("SELECT name, value FROM meta").fetchall()
-        finally:
-            db.close()
-    except sqlite3.DatabaseError as exc:
-        raise JournalError(f"{file} is not a batch journal ({exc})", path=str(file)) from exc
+    rows = _read_only(file, "SELECT name, value FROM meta")
     return {name: json.loads(value) for name, value in rows}
 
 
@@ -194,15 +187,24 @@ def read_journal_requests(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     file = Path(path)
     if not file.is_file():
         raise JournalError(f"no batch journal at {file}", path=str(file))
+    rows = _read_only(file, "SELECT spec FROM requests ORDER BY idx")
+    return [json.loads(spec) for (spec,) in rows]
+
+
+def _read_only(file: Path, query: str) -> list[Any]:
+    """``query``'s rows from the journal ``file``, opened read-only (no lock taken).
+
+    Raises:
+        JournalError: the file is not a journal.
+    """
     try:
         db = sqlite3.connect(f"{file.resolve().as_uri()}?mode=ro", uri=True, timeout=60.0)
         try:
-            rows = db.execute("SELECT spec FROM requests ORDER BY idx").fetchall()
+            return db.execute(query).fetchall()
         finally:
             db.close()
     except sqlite3.DatabaseError as exc:
         raise JournalError(f"{file} is not a batch journal ({exc})", path=str(file)) from exc
-    return [json.loads(spec) for (spec,) in rows]
 
 
 class BatchJournal:
