@@ -50,16 +50,23 @@ async def measure(sizes: list[int], samples: int, directory: Path) -> list[dict[
     rows = []
     filled = 0
     rng = random.Random(1)
-    for size in sizes:
-        while filled < size:
-            await cache.put(key(filled), [(".png", data)])
-            filled += 1
+
+    async def timed_puts() -> list[float]:
+        """``samples`` puts of new entries, each timed."""
+        nonlocal filled
         puts = []
         for _ in range(samples):
             started = time.perf_counter()
             await cache.put(key(filled), [(".png", data)])
             puts.append(time.perf_counter() - started)
             filled += 1
+        return puts
+
+    for size in sizes:
+        while filled < size:
+            await cache.put(key(filled), [(".png", data)])
+            filled += 1
+        puts = await timed_puts()
         gets = []
         for _ in range(samples):
             wanted = key(rng.randrange(filled))
@@ -70,12 +77,7 @@ async def measure(sizes: list[int], samples: int, directory: Path) -> list[dict[
         print(f"{size:>6} entries  put {rows[-1]['put']}  get {rows[-1]['get']}", flush=True)
     # At the limit: every put evicts the least recently used entry.
     cache.max_bytes = cache.size()
-    puts = []
-    for _ in range(samples):
-        started = time.perf_counter()
-        await cache.put(key(filled), [(".png", data)])
-        puts.append(time.perf_counter() - started)
-        filled += 1
+    puts = await timed_puts()
     rows.append({"entries": cache.count(), "put_evicting": summary(puts)})
     print(f"{rows[-1]['entries']:>6} entries  put+evict {rows[-1]['put_evicting']}")
     return rows
