@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import pytest
+from _examples import load_example
 from click.testing import CliRunner
 
 from dreamgen_async.cli import cli
@@ -149,20 +149,6 @@ async def test_run_takes_a_ui_format_file(comfyui_sim: ComfyUISimulator, tmp_pat
     assert prompt.graph == expected
 
 
-def _example(name: str) -> Any:
-    import importlib.util
-    import sys
-
-    path = Path(__file__).parent.parent / "examples" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"example_models_{name}", path)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 async def test_batch_example_takes_model_and_preset(
     sd15_sim: ComfyUISimulator, tmp_path: Path
 ) -> None:
@@ -171,7 +157,7 @@ async def test_batch_example_takes_model_and_preset(
     folder = tmp_path / "frames"
     folder.mkdir()
     (folder / "a.png").write_bytes(png_bytes(1))
-    batch = _example("batch_folder")
+    batch = load_example("batch_folder")
     async with sd15_sim:
         failures = await batch.main(
             folder, "ink", out=tmp_path / "out", server=sd15_sim.url,
@@ -191,7 +177,7 @@ async def test_web_service_example_takes_model_from_arguments(
 ) -> None:
     from aiohttp.test_utils import TestClient, TestServer
 
-    service = _example("web_service")
+    service = load_example("web_service")
     async with sd15_sim:
         app = service.make_app(sd15_sim.url, tmp_path, "dreamshaper_8.safetensors", "sd15")
         async with TestClient(TestServer(app)):

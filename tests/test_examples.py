@@ -3,30 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import json
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import aiohttp
+from _examples import load_example
 from _graphs import png_bytes
 from aiohttp.test_utils import TestClient, TestServer
 
 from dreamgen_async import DreamGenerator
 from dreamgen_async.testing import ComfyUISimulator
-
-EXAMPLES = Path(__file__).parent.parent / "examples"
-
-
-def load(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 async def test_batch_folder(comfyui_sim: ComfyUISimulator, tmp_path: Path, capsys: object) -> None:
@@ -35,7 +21,7 @@ async def test_batch_folder(comfyui_sim: ComfyUISimulator, tmp_path: Path, capsy
     for i in range(6):
         (folder / f"f{i}.png").write_bytes(png_bytes(i))
     (folder / "broken.png").write_bytes(b"nope")
-    batch = load("batch_folder")
+    batch = load_example("batch_folder")
     failures = await batch.main(
         folder, "a watercolour", out=tmp_path / "out", server=comfyui_sim.url, concurrency=3
     )
@@ -45,7 +31,7 @@ async def test_batch_folder(comfyui_sim: ComfyUISimulator, tmp_path: Path, capsy
 
 async def test_web_service_streams_progress(comfyui_sim: ComfyUISimulator, tmp_path: Path) -> None:
     comfyui_sim.step_time = 0.005
-    service = load("web_service")
+    service = load_example("web_service")
     app = service.make_app(comfyui_sim.url, tmp_path)
     async with TestClient(TestServer(app)) as http:
         form = aiohttp.FormData()
@@ -79,7 +65,7 @@ class FakeMessage:
 async def test_chat_bot_reports_progress_and_cancels(
     comfyui_sim: ComfyUISimulator, tmp_path: Path
 ) -> None:
-    bot_module = load("chat_bot")
+    bot_module = load_example("chat_bot")
     async with DreamGenerator(comfyui_sim.url, output_dir=tmp_path) as gen:
         bot = bot_module.ImageBot(gen)
         reply = FakeMessage()
