@@ -17,26 +17,127 @@ waiter count and the timeout message, so the rule cannot drift between handles.
 from __future__ import annotations
 
 import asyncio
+import logging
 from abc import ABC, abstractmethod
-from typing import Generic, TypeVar
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterable
+from typing import Any, Generic, TypeVar
 
 from dreamgen_async.errors import PromptTimeout
+from dreamgen_async.protocol import Event
 
-__all__ = ["JobHandle"]
+__all__ = ["EVENT_BUFFER", "EventSource", "JobHandle", "Mailbox"]
 
 R = TypeVar("R")
+T = TypeVar("T")
+
+log = logging.getLogger("dreamgen_async")
+
+ProgressCallback = Callable[[Event], object]
+
+#: Events kept for an ``events()`` subscriber that has not caught up; older ones are dropped
+#: (never terminal outcomes, which are delivered through the result, not the stream).
+EVENT_BUFFER = 256
 
 
-class JobHandle(ABC, Generic[R]):
-    """The base of every job handle: the one waiter rule.
+class Mailbox(Generic[T]):
+    """A bounded mailbox between a producer that never waits (``put``) and one consumer.
 
-    Subclasses set ``_future`` (the job's outcome; an ``asyncio.Task`` is one too) and
-    ``_waiters = 0`` in their ``__init__``, and implement :meth:`abandon` and :meth:`cancel`.
+    When the consumer falls ``EVENT_BUFFER`` items behind, the oldest are dropped.
     """
 
-    __slots__ = ()
+    def __init__(self, backlog: Iterable[T] = ()) -> None:
+        self._items: deque[T] = deque(backlog, maxlen=EVENT_BUFFER)
+        self._wakeup = asyncio.Event()
+        if self._items:
+            self._wakeup.set()
+        self._closed = False
+
+    def put(self, item: T) -> None:
+        self._items.append(item)
+        self._wakeup.set()
+
+    def close(self) -> None:
+        self._closed = True
+        self._wakeup.set()
+
+    async def get(self) -> T | None:
+        """The next item, or ``None`` once closed and drained."""
+        while not self._items:
+            if self._closed:
+                return None
+            self._wakeup.clear()
+            await self._wakeup.wait()
+        return self._items.popleft()
+
+
+class EventSource:
+    """The progress events of one job, for its callback and its ``events()`` subscribers.
+
+    Shared by :class:`Job` and the pool's job; the subclass owns the attributes.
+    """
+
+    __slots__ = ("_backlog", "_subscribers")
+    _backlog: deque[Event] | None
+    _subscribers: list[Mailbox[Event]] | None
+    prompt_id: str
+    _future: asyncio.Future[Any]
+    _on_progress: ProgressCallback | None
+
+    async def events(self) -> AsyncIterator[Event]:
+        """Progress events routed to this prompt, starting with the recent backlog.
+
+        The iterator ends when the prompt reaches an outcome. A consumer that falls far
+        behind loses the oldest events (never the outcome); the reader never waits for it.
+        """
+        sub: Mailbox[Event] = Mailbox(self._backlog or ())
+        if self._future.done():
+            sub.close()
+        else:
+            if self._subscribers is None:
+                self._subscribers = []
+            self._subscribers.append(sub)
+        try:
+            while (event := await sub.get()) is not None:
+                yield event
+        finally:
+            if self._subscribers and sub in self._subscribers:
+                self._subscribers.remove(sub)
+
+    def _deliver(self, event: Event) -> None:
+        """Hand an event to the callback and subscribers. Never raises, never blocks."""
+        if self._backlog is None:
+            self._backlog = deque(maxlen=32)
+        self._backlog.append(event)
+        for sub in self._subscribers or ():
+            sub.put(event)
+        if self._on_progress is not None:
+            try:
+                self._on_progress(event)
+            except Exception:
+                log.exception("progress callback for prompt %s raised", self.prompt_id)
+
+    def _close_events(self) -> None:
+        """The job settled: end every subscriber's iteration, drop the backlog."""
+        for sub in self._subscribers or ():
+            sub.close()
+        self._subscribers = None
+        self._backlog = None
+
+
+class JobHandle(EventSource, ABC, Generic[R]):
+    """The base of every job handle: the one waiter rule.
+
+    Subclasses set ``_future`` (the job's outcome; an ``asyncio.Task`` is one too) in their
+    ``__init__`` and call ``super().__init__()``; they implement :meth:`abandon`, :meth:`cancel`
+    and :attr:`label`.
+    """
+
+    __slots__ = ("_waiters",)
     _future: asyncio.Future[R]
-    _waiters: int
+
+    def __init__(self) -> None:
+        self._waiters = 0
 
     @property
     @abstractmethod

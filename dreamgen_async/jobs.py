@@ -5,12 +5,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from dreamgen_async.errors import NodeError
+from dreamgen_async.handles import EventSource, JobHandle, Mailbox
 from dreamgen_async.lifecycle import JobState, Lifecycle
 from dreamgen_async.protocol import Event, ImageRef, OutputFile
 
@@ -31,10 +31,6 @@ log = logging.getLogger("dreamgen_async")
 
 ProgressCallback = Callable[[Event], object]
 T = TypeVar("T")
-
-#: Events kept for an ``events()`` subscriber that has not caught up; older ones are dropped
-#: (never terminal outcomes, which are delivered through the result, not the stream).
-EVENT_BUFFER = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,61 +77,7 @@ class OutputImage:
     data: bytes = field(repr=False)
 
 
-class EventSource:
-    """The progress events of one job, for its callback and its ``events()`` subscribers.
-
-    Shared by :class:`Job` and the pool's job; the subclass owns the attributes.
-    """
-
-    __slots__ = ("_backlog", "_subscribers")
-    _backlog: deque[Event] | None
-    _subscribers: list[Mailbox[Event]] | None
-    prompt_id: str
-    _future: asyncio.Future[Any]
-    _on_progress: ProgressCallback | None
-
-    async def events(self) -> AsyncIterator[Event]:
-        """Progress events routed to this prompt, starting with the recent backlog.
-
-        The iterator ends when the prompt reaches an outcome. A consumer that falls far
-        behind loses the oldest events (never the outcome); the reader never waits for it.
-        """
-        sub: Mailbox[Event] = Mailbox(self._backlog or ())
-        if self._future.done():
-            sub.close()
-        else:
-            if self._subscribers is None:
-                self._subscribers = []
-            self._subscribers.append(sub)
-        try:
-            while (event := await sub.get()) is not None:
-                yield event
-        finally:
-            if self._subscribers and sub in self._subscribers:
-                self._subscribers.remove(sub)
-
-    def _deliver(self, event: Event) -> None:
-        """Hand an event to the callback and subscribers. Never raises, never blocks."""
-        if self._backlog is None:
-            self._backlog = deque(maxlen=32)
-        self._backlog.append(event)
-        for sub in self._subscribers or ():
-            sub.put(event)
-        if self._on_progress is not None:
-            try:
-                self._on_progress(event)
-            except Exception:
-                log.exception("progress callback for prompt %s raised", self.prompt_id)
-
-    def _close_events(self) -> None:
-        """The job settled: end every subscriber's iteration, drop the backlog."""
-        for sub in self._subscribers or ():
-            sub.close()
-        self._subscribers = None
-        self._backlog = None
-
-
-class Job(EventSource):
+class Job(JobHandle[PromptResult]):
     """One prompt submitted through a :class:`~dreamgen_async.ComfyUIClient`.
 
     Created by :meth:`ComfyUIClient.submit`; await :meth:`result` for the outcome, iterate
@@ -155,7 +97,6 @@ class Job(EventSource):
         "_outputs",
         "_post_task",
         "_succeeded",
-        "_waiters",
         "_watch",
         "extra_data",
         "front",
@@ -180,6 +121,7 @@ class Job(EventSource):
         resubmit_lost: bool = True,
         adopted: bool = False,
     ) -> None:
+        super().__init__()
         self.prompt_id = prompt_id
         self.workflow = workflow
         self.extra_data = dict(extra_data) if extra_data else None
@@ -197,8 +139,6 @@ class Job(EventSource):
         self._cached: tuple[str, ...] = ()
         self._succeeded = False
         self._post_task: asyncio.Task[None] | None = None
-        # Callers currently awaiting result(): the last one to give up cancels the job.
-        self._waiters = 0
         # Resolved (and replaced) on every state change; created only while someone watches.
         self._watch: asyncio.Future[None] | None = None
         # Created on first use: most jobs have no subscriber and few events.
@@ -220,9 +160,9 @@ class Job(EventSource):
 
     # ------------------------------------------------------------------ public
 
-    def done(self) -> bool:
-        """Whether the outcome is known (success, failure or cancellation)."""
-        return self._future.done()
+    @property
+    def label(self) -> str:
+        return f"prompt {self.prompt_id}"
 
     async def result(self, timeout: float | None = None) -> PromptResult:
         """Wait for the prompt to finish.
@@ -244,6 +184,9 @@ class Job(EventSource):
         Idempotent. Returns once the removal was sent; waiters get ``CancelledError``.
         Cancelling this call does not undo the request.
         """
+        await self._client._cancel_job(self)
+
+    async def abandon(self, reason: BaseException) -> None:
         await self._client._cancel_job(self)
 
     # ------------------------------------------------------------------ owner side
@@ -312,34 +255,3 @@ class Job(EventSource):
             # Mark retrieved: a job nobody awaits must not warn "exception never retrieved".
             self._future.exception()
         self._close_events()
-
-
-class Mailbox(Generic[T]):
-    """A bounded mailbox between a producer that never waits (``put``) and one consumer.
-
-    When the consumer falls ``EVENT_BUFFER`` items behind, the oldest are dropped.
-    """
-
-    def __init__(self, backlog: Iterable[T] = ()) -> None:
-        self._items: deque[T] = deque(backlog, maxlen=EVENT_BUFFER)
-        self._wakeup = asyncio.Event()
-        if self._items:
-            self._wakeup.set()
-        self._closed = False
-
-    def put(self, item: T) -> None:
-        self._items.append(item)
-        self._wakeup.set()
-
-    def close(self) -> None:
-        self._closed = True
-        self._wakeup.set()
-
-    async def get(self) -> T | None:
-        """The next item, or ``None`` once closed and drained."""
-        while not self._items:
-            if self._closed:
-                return None
-            self._wakeup.clear()
-            await self._wakeup.wait()
-        return self._items.popleft()
