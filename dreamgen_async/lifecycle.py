@@ -492,6 +492,10 @@ def _hold_early(life: Lifecycle, event: Finished | Failed | Interrupted) -> Step
 # QUEUED, RUNNING and SETTLING
 
 
+def _run(life: Lifecycle, event: Started) -> Step:
+    return _S.RUNNING, ()
+
+
 def _finished(life: Lifecycle, event: Finished) -> Step:
     if event.complete and not life.gap:
         return _S.DONE, (RESOLVE,)
@@ -545,10 +549,6 @@ def _outcome_during_removal(life: Lifecycle, event: Outcome) -> Step:
     if event.error is None:
         return _S.DONE, (_resolve(event),)
     return _cancelled(life, event) if event.interrupted else _settle(life, event)
-
-
-def _run(life: Lifecycle, event: Started) -> Step:
-    return _S.RUNNING, ()
 
 
 Rows = tuple[Iterable[JobState], Mapping[type[Input], Handler]]
