@@ -3,9 +3,10 @@
 Pure (no asyncio, no I/O), in the manner of h11's ``_state.py``: the client turns HTTP answers
 and WebSocket events into *inputs*, hands each to :meth:`Lifecycle.handle`, and performs the
 *effects* it returns (post, remove from the server, reconcile from ``/queue`` + ``/history``,
-settle, release the slot). Every state change of a job happens in :meth:`Lifecycle.handle` and
-nowhere else; an input with no legal transition raises :class:`LifecycleError` and changes
-nothing.
+settle, release the slot). :data:`TRANSITIONS` is the table: one row per (state, input type),
+each naming the small handler that decides the next state and the effects. Every state change
+of a job happens in :meth:`Lifecycle.handle` and nowhere else; an input with no row raises
+:class:`LifecycleError` and changes nothing.
 
 ::
 
@@ -40,11 +41,13 @@ Rules the table enforces:
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Literal
+from types import MappingProxyType
+from typing import Any, Literal
 
 __all__ = [
+    "TRANSITIONS",
     "Abandon",
     "Absent",
     "Cancel",
@@ -299,6 +302,7 @@ POST = Effect("post")
 REMOVE = Effect("remove")
 RECONCILE = Effect("reconcile")
 RESYNC = Effect("resync")
+RESOLVE = Effect("resolve")
 RELEASE = Effect("release")
 ABORT_POST = Effect("abort_post")
 
@@ -317,12 +321,17 @@ class Lifecycle:
             compares it to know whether what it read still applies.
         adopted: The prompt was posted before (by another process): a granted slot leads to
             reconciling it from ``/queue`` + ``/history`` instead of posting it.
+        early: An outcome event heard before the POST's answer (a cached prompt can finish
+            before it), replayed once the POST is known to be accepted. The table's own
+            bookkeeping: read it, never set it.
+        ends_as: Where a removal ends: CANCELLED when asked to cancel, FAILED when the POST
+            itself failed. The table's own bookkeeping, like ``early``.
     """
 
     __slots__ = (
-        "_early",
-        "_end",
         "adopted",
+        "early",
+        "ends_as",
         "epoch",
         "gap",
         "reason",
@@ -338,12 +347,9 @@ class Lifecycle:
         self.gap = False
         self.resubmitted = False
         self.reason: BaseException | None = None
-        # Where a removal ends: CANCELLED when asked to cancel, FAILED when the POST failed.
-        self._end = JobState.CANCELLED
+        self.ends_as = JobState.CANCELLED
         self.resubmit_lost = resubmit_lost
-        # An outcome event that arrived before the POST's answer (a cached prompt can finish
-        # before it): replayed once the POST is known to be accepted.
-        self._early: Input | None = None
+        self.early: Finished | Failed | Interrupted | None = None
 
     def __repr__(self) -> str:
         return f"<Lifecycle {self.state.value}{' gap' if self.gap else ''}>"
@@ -351,136 +357,35 @@ class Lifecycle:
     def handle(self, event: Input) -> tuple[Effect, ...]:
         """Apply one input; return the effects to carry out, in order.
 
+        The one place where a job's state changes: the row of :data:`TRANSITIONS` for
+        ``(state, type(event))`` decides the next state and the effects; the transition into a
+        terminal state adds the slot's release.
+
         Raises:
             LifecycleError: ``event`` is not legal in the current state (nothing changed).
         """
         old = self.state
         if old.terminal:
             return ()  # settled once: late events and repeated cancels change nothing
-        new, effects = self._transition(old, event)
+        handler = TRANSITIONS.get((old, type(event)))
+        if handler is None:
+            raise LifecycleError(f"{type(event).__name__} is not legal in state {old.value}")
+        new, effects = handler(self, event)
         self.epoch += 1
         self.state = new
         if new.terminal and old.holds_slot:
             effects = (*effects, RELEASE)
         return effects
 
-    # The table. Each branch names the state, then the inputs legal in it.
-    def _transition(self, state: JobState, event: Input) -> tuple[JobState, tuple[Effect, ...]]:
-        if isinstance(event, Abandon):
-            effects = (ABORT_POST,) if state in (_S.POSTING, _S.CANCEL_WHILE_POSTING) else ()
-            return _S.FAILED, (*effects, _fail(event.reason))
-        if isinstance(event, Gap):
-            if state in ON_SERVER:
-                self.gap = True
-            return state, ()
 
-        if state is _S.WAITING:
-            if isinstance(event, SlotGranted):
-                if self.adopted:  # its earlier events were missed: ask the server
-                    self.gap = True
-                    return _S.SETTLING, (RECONCILE,)
-                self.gap = not event.connected
-                return _S.POSTING, (POST,)
-            if isinstance(event, Cancel):
-                self.reason = event.reason
-                return _S.CANCELLED, (_fail(event.reason),)
+# ---------------------------------------------------------------------------- the table
+#
+# A handler gets the job (``life.state`` is still the state of its row) and the input. It may
+# update the job's facts (gap, reason...), never its state: it returns the next state and the
+# effects, and Lifecycle.handle() moves the job.
 
-        elif state in (_S.POSTING, _S.CANCEL_WHILE_POSTING):
-            cancelling = state is _S.CANCEL_WHILE_POSTING
-            if isinstance(event, PostAccepted):
-                if cancelling:
-                    return _S.REMOVING, (REMOVE,)
-                early, self._early = self._early, None
-                if early is not None:
-                    return self._transition(_S.QUEUED, early)
-                return _S.QUEUED, (RECONCILE,) if self.gap else ()
-            if isinstance(event, PostRejected):
-                if cancelling:
-                    assert self.reason is not None
-                    return _S.CANCELLED, (_fail(self.reason),)
-                return _S.FAILED, (_fail(event.error),)
-            if isinstance(event, PostFailed):
-                if not cancelling:
-                    self.reason, self._end = event.error, _S.FAILED
-                return _S.REMOVING, (REMOVE,)
-            if isinstance(event, Cancel):
-                if not cancelling:
-                    self.reason = event.reason
-                return _S.CANCEL_WHILE_POSTING, ()
-            if isinstance(event, Started):
-                return state, ()
-            if isinstance(event, Finished | Failed | Interrupted):
-                self._early = event
-                return state, ()
-
-        elif state in (_S.QUEUED, _S.RUNNING, _S.SETTLING):
-            if isinstance(event, Started):
-                return (_S.RUNNING if state is _S.QUEUED else state), ()
-            if isinstance(event, Finished):
-                if state is _S.SETTLING:  # (an adopted prompt that ends while we look)
-                    return state, (RECONCILE,)
-                if event.complete and not self.gap:
-                    return _S.DONE, (Effect("resolve"),)
-                return _S.SETTLING, (RECONCILE,)
-            if isinstance(event, Failed | Interrupted):
-                return _S.FAILED, (_fail(event.error),)
-            if isinstance(event, InQueue):
-                if not event.running and event.listening:
-                    self.gap = False  # not started, and heard from now on: nothing missed
-                return (_S.RUNNING if event.running else _S.QUEUED), ()
-            if isinstance(event, Outcome):
-                return _settle(event)
-            if isinstance(event, Absent):
-                if self.resubmit_lost and not self.resubmitted:
-                    self.resubmitted = True
-                    self.gap = not event.listening
-                    return _S.POSTING, (POST,)
-                return _S.FAILED, (_fail(event.error),)
-            if isinstance(event, ReconcileFailed):
-                self.gap = True  # the next resync checks it again
-                return state, (RESYNC,)
-            if isinstance(event, Cancel):
-                self.reason = event.reason
-                return _S.REMOVING, (REMOVE,)
-
-        elif state in (_S.REMOVING, _S.INTERRUPTING):
-            assert self.reason is not None
-            if isinstance(event, Removed):
-                if state is _S.INTERRUPTING:
-                    return state, ()
-                if event.running:
-                    # With a gap, the prompt it saw running may be gone (a restart during the
-                    # removal, whose resync came too early to see this job): ask again.
-                    return _S.INTERRUPTING, (RECONCILE,) if self.gap else ()
-                return self._cancelled()
-            if isinstance(event, Cancel | Started):
-                return state, ()
-            if isinstance(event, Finished):
-                if event.complete and not self.gap:
-                    return _S.DONE, (Effect("resolve"),)  # it finished before the removal
-                return state, (RECONCILE,) if state is _S.INTERRUPTING else ()
-            if isinstance(event, Interrupted):
-                return self._cancelled()
-            if isinstance(event, Failed):
-                return _S.FAILED, (_fail(event.error),)
-            if isinstance(event, Outcome):
-                if event.error is None:
-                    return _S.DONE, (_resolve(event),)
-                return self._cancelled() if event.interrupted else _settle(event)
-            if isinstance(event, InQueue):
-                return state, ()  # still running: the interrupt's outcome is still to come
-            if isinstance(event, Absent):
-                return self._cancelled()
-            if isinstance(event, ReconcileFailed):
-                self.gap = True
-                return state, (RESYNC,)
-
-        raise LifecycleError(f"{type(event).__name__} is not legal in state {state.value}")
-
-    def _cancelled(self) -> tuple[JobState, tuple[Effect, ...]]:
-        assert self.reason is not None
-        # A removal started because the POST itself failed ends FAILED, not CANCELLED.
-        return self._end, (_fail(self.reason),)
+Step = tuple[JobState, tuple[Effect, ...]]
+Handler = Callable[[Lifecycle, Any], Step]
 
 
 def _fail(error: BaseException) -> Effect:
@@ -491,7 +396,237 @@ def _resolve(event: Outcome) -> Effect:
     return Effect("resolve", outputs=event.outputs, files=event.files)
 
 
-def _settle(event: Outcome) -> tuple[JobState, tuple[Effect, ...]]:
+def _stay(life: Lifecycle, event: Input) -> Step:
+    """Nothing to do: the input is expected here and changes nothing."""
+    return life.state, ()
+
+
+def _abandon(life: Lifecycle, event: Abandon) -> Step:
+    """Settle at once, leaving the prompt to the server; stop waiting for a POST in flight."""
+    posting = life.state in (_S.POSTING, _S.CANCEL_WHILE_POSTING)
+    return _S.FAILED, (*((ABORT_POST,) if posting else ()), _fail(event.reason))
+
+
+def _gap(life: Lifecycle, event: Gap) -> Step:
+    """Events were missed: a job the server may hold gets its outcome from ``/history``."""
+    if life.state in ON_SERVER:
+        life.gap = True
+    return life.state, ()
+
+
+def _fail_with_error(life: Lifecycle, event: PostRejected | Failed | Interrupted) -> Step:
+    return _S.FAILED, (_fail(event.error),)
+
+
+def _settle(life: Lifecycle, event: Outcome) -> Step:
     if event.error is None:
         return _S.DONE, (_resolve(event),)
     return _S.FAILED, (_fail(event.error),)
+
+
+def _resync(life: Lifecycle, event: ReconcileFailed) -> Step:
+    """``/queue`` or ``/history`` unread: the next resync checks this job again."""
+    life.gap = True
+    return life.state, (RESYNC,)
+
+
+def _check_again(life: Lifecycle, event: Input) -> Step:
+    return life.state, (RECONCILE,)
+
+
+# WAITING
+
+
+def _granted(life: Lifecycle, event: SlotGranted) -> Step:
+    if life.adopted:  # its earlier events were missed: ask the server
+        life.gap = True
+        return _S.SETTLING, (RECONCILE,)
+    life.gap = not event.connected
+    return _S.POSTING, (POST,)
+
+
+def _cancel_waiting(life: Lifecycle, event: Cancel) -> Step:
+    """Nothing was sent: cancelling costs nothing."""
+    life.reason = event.reason
+    return _S.CANCELLED, (_fail(event.reason),)
+
+
+# POSTING and CANCEL_WHILE_POSTING
+
+
+def _accepted(life: Lifecycle, event: PostAccepted) -> Step:
+    early, life.early = life.early, None
+    if early is not None:  # it already ended: replay its outcome as heard in QUEUED
+        return TRANSITIONS[(_S.QUEUED, type(early))](life, early)
+    return _S.QUEUED, (RECONCILE,) if life.gap else ()
+
+
+def _post_failed(life: Lifecycle, event: PostFailed) -> Step:
+    """The server may hold the prompt: take it back, then fail with the POST's error."""
+    life.reason, life.ends_as = event.error, _S.FAILED
+    return _S.REMOVING, (REMOVE,)
+
+
+def _cancel_posting(life: Lifecycle, event: Cancel) -> Step:
+    """Recorded only: the removal waits for the POST's outcome."""
+    life.reason = event.reason
+    return _S.CANCEL_WHILE_POSTING, ()
+
+
+def _remove(life: Lifecycle, event: Input) -> Step:
+    return _S.REMOVING, (REMOVE,)
+
+
+def _rejected_anyway(life: Lifecycle, event: PostRejected) -> Step:
+    """Cancelled during a POST the server refused: nothing to take back."""
+    assert life.reason is not None
+    return _S.CANCELLED, (_fail(life.reason),)
+
+
+def _hold_early(life: Lifecycle, event: Finished | Failed | Interrupted) -> Step:
+    """An outcome before the POST's answer (a cached prompt): kept until it is known."""
+    life.early = event
+    return life.state, ()
+
+
+# QUEUED, RUNNING and SETTLING
+
+
+def _run(life: Lifecycle, event: Started) -> Step:
+    return _S.RUNNING, ()
+
+
+def _finished(life: Lifecycle, event: Finished) -> Step:
+    if event.complete and not life.gap:
+        return _S.DONE, (RESOLVE,)
+    return _S.SETTLING, (RECONCILE,)
+
+
+def _in_queue(life: Lifecycle, event: InQueue) -> Step:
+    if not event.running and event.listening:
+        life.gap = False  # not started, and heard from now on: nothing missed
+    return (_S.RUNNING if event.running else _S.QUEUED), ()
+
+
+def _absent(life: Lifecycle, event: Absent) -> Step:
+    """The server lost the prompt: post it again once (``on_lost``), else fail."""
+    if life.resubmit_lost and not life.resubmitted:
+        life.resubmitted = True
+        life.gap = not event.listening
+        return _S.POSTING, (POST,)
+    return _S.FAILED, (_fail(event.error),)
+
+
+def _cancel_on_server(life: Lifecycle, event: Cancel) -> Step:
+    life.reason = event.reason
+    return _S.REMOVING, (REMOVE,)
+
+
+# REMOVING and INTERRUPTING
+
+
+def _cancelled(life: Lifecycle, event: Input) -> Step:
+    """The server no longer has it. A removal of a failed POST ends FAILED, not CANCELLED."""
+    assert life.reason is not None
+    return life.ends_as, (_fail(life.reason),)
+
+
+def _removed(life: Lifecycle, event: Removed) -> Step:
+    if not event.running:
+        return _cancelled(life, event)
+    # With a gap, the prompt it saw running may be gone (a restart during the removal, whose
+    # resync came too early to see this job): ask again.
+    return _S.INTERRUPTING, (RECONCILE,) if life.gap else ()
+
+
+def _finished_during_removal(life: Lifecycle, event: Finished) -> Step:
+    if event.complete and not life.gap:
+        return _S.DONE, (RESOLVE,)  # it finished before the removal
+    return life.state, (RECONCILE,) if life.state is _S.INTERRUPTING else ()
+
+
+def _outcome_during_removal(life: Lifecycle, event: Outcome) -> Step:
+    if event.error is None:
+        return _S.DONE, (_resolve(event),)
+    return _cancelled(life, event) if event.interrupted else _settle(life, event)
+
+
+Rows = tuple[Iterable[JobState], Mapping[type[Input], Handler]]
+
+
+def _table(*groups: Rows) -> Mapping[tuple[JobState, type[Input]], Handler]:
+    """One row per (state, input type) of each group; a pair given twice is a bug."""
+    table: dict[tuple[JobState, type[Input]], Handler] = {}
+    for states, handlers in groups:
+        for state in states:
+            for kind, handler in handlers.items():
+                if (state, kind) in table:
+                    raise LifecycleError(f"two rows for {kind.__name__} in {state.value}")
+                table[state, kind] = handler
+    return MappingProxyType(table)
+
+
+_POSTING = (_S.POSTING, _S.CANCEL_WHILE_POSTING)
+_WATCHED = (_S.QUEUED, _S.RUNNING, _S.SETTLING)
+_REMOVAL = (_S.REMOVING, _S.INTERRUPTING)
+
+#: The whole table: (state, input type) -> handler. A pair absent from it is illegal
+#: (:class:`LifecycleError`). A terminal state has no rows: it ignores every input.
+TRANSITIONS = _table(
+    ([s for s in JobState if not s.terminal], {Abandon: _abandon, Gap: _gap}),
+    ([_S.WAITING], {SlotGranted: _granted, Cancel: _cancel_waiting}),
+    (
+        [_S.POSTING],
+        {
+            PostAccepted: _accepted,
+            PostRejected: _fail_with_error,
+            PostFailed: _post_failed,
+            Cancel: _cancel_posting,
+        },
+    ),
+    (
+        [_S.CANCEL_WHILE_POSTING],
+        {
+            PostAccepted: _remove,
+            PostRejected: _rejected_anyway,
+            PostFailed: _remove,
+            Cancel: _stay,
+        },
+    ),
+    (
+        _POSTING,
+        {Started: _stay, Finished: _hold_early, Failed: _hold_early, Interrupted: _hold_early},
+    ),
+    ([_S.QUEUED], {Started: _run, Finished: _finished}),
+    ([_S.RUNNING], {Started: _stay, Finished: _finished}),
+    # An adopted prompt that ends while we look: look again.
+    ([_S.SETTLING], {Started: _stay, Finished: _check_again}),
+    (
+        _WATCHED,
+        {
+            Failed: _fail_with_error,
+            Interrupted: _fail_with_error,
+            InQueue: _in_queue,
+            Outcome: _settle,
+            Absent: _absent,
+            ReconcileFailed: _resync,
+            Cancel: _cancel_on_server,
+        },
+    ),
+    ([_S.REMOVING], {Removed: _removed}),
+    ([_S.INTERRUPTING], {Removed: _stay}),
+    (
+        _REMOVAL,
+        {
+            Cancel: _stay,
+            Started: _stay,
+            Finished: _finished_during_removal,
+            Interrupted: _cancelled,
+            Failed: _fail_with_error,
+            Outcome: _outcome_during_removal,
+            InQueue: _stay,  # still running: the interrupt's outcome is still to come
+            Absent: _cancelled,
+            ReconcileFailed: _resync,
+        },
+    ),
+)

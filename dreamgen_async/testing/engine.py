@@ -119,6 +119,221 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
+class _Run:
+    """One prompt's execution: what it produced so far and the messages it sent.
+
+    The engine decides what runs; this object turns each step into the messages ComfyUI sends
+    (to the prompt's client, or to everyone) and keeps what the history entry will hold.
+    """
+
+    def __init__(self, item: QueueItem, hub: Hub, record: SimPrompt | None) -> None:
+        self.item = item
+        self.prompt_id = item.prompt_id
+        self.graph = item.graph
+        sid = item.extra_data.get("client_id")
+        self.sid = str(sid) if sid is not None else None
+        self.hub = hub
+        self.record = record
+        self.messages: list[list[Any]] = []
+        self.started_at = time.time()
+        self.model_load = 0.0
+        self.signatures: dict[str, str] = {}
+        self.progress: dict[str, dict[str, Any]] = {}
+        self.results: dict[str, NodeResult] = {}
+        self.outputs_ui: dict[str, Any] = {}
+        self.meta: dict[str, Any] = {}
+        self.executed: list[str] = []
+        self.final: PromptStatus = "success"
+        if record is not None:
+            record.started_at = self.started_at
+
+    def add_message(self, event: str, data: dict[str, Any], broadcast: bool) -> None:
+        """A message the history entry keeps, sent to the client (or to all: ``broadcast``)."""
+        self.messages.append([event, data])
+        if self.sid is not None or broadcast:
+            self.hub.send_json(event, data, self.sid)
+
+    def send(self, event: str, data: dict[str, Any]) -> None:
+        """A message for the prompt's client only (none without one)."""
+        if self.sid is not None:
+            self.hub.send_json(event, data, self.sid)
+
+    def set_progress(self, node_id: str, value: float, maximum: float, state: str) -> None:
+        self.progress[node_id] = {
+            "value": value,
+            "max": maximum,
+            "state": state,
+            "node_id": node_id,
+            "prompt_id": self.prompt_id,
+            "display_node_id": node_id,
+            "parent_node_id": None,
+            "real_node_id": node_id,
+        }
+        self.hub.send_json(
+            "progress_state",
+            {"prompt_id": self.prompt_id, "nodes": {k: dict(v) for k, v in self.progress.items()}},
+            self.sid,
+        )
+
+    def remember_output(self, node_id: str, ui: dict[str, Any], files: list[bytes]) -> None:
+        self.outputs_ui[node_id] = ui
+        self.meta[node_id] = {
+            "node_id": node_id,
+            "display_node": node_id,
+            "parent_node": None,
+            "real_node_id": node_id,
+        }
+        self.send(
+            "executed",
+            {"node": node_id, "display_node": node_id, "output": ui, "prompt_id": self.prompt_id},
+        )
+        if self.record is not None:
+            self.record.outputs.extend(ui.get("images", []))
+            self.record.output_bytes.extend(files)
+
+    def reused(self, node_id: str, entry: _CacheEntry) -> None:
+        """A node whose outputs came from the cache (run by an earlier prompt)."""
+        self.results[node_id] = entry.result
+        if entry.result.ui is not None:
+            self.remember_output(node_id, entry.result.ui, entry.data)
+        self.set_progress(node_id, 1.0, 1.0, "finished")
+
+    def ran(self, node_id: str, result: NodeResult, files: list[bytes], maximum: float) -> None:
+        self.results[node_id] = result
+        self.executed.append(node_id)
+        if self.record is not None:
+            self.record.executed_nodes.append(node_id)
+        if result.ui is not None:
+            self.remember_output(node_id, result.ui, files)
+        self.set_progress(node_id, maximum, maximum, "finished")
+
+    def failed(self, node_id: str, exc: Exception) -> None:
+        """``execution_error`` for a node that raised."""
+        if not isinstance(exc, NodeRuntimeError):
+            exc = NodeRuntimeError(str(exc), type(exc).__name__)
+        node = self.graph[node_id]
+        self.add_message(
+            "execution_error",
+            {
+                "prompt_id": self.prompt_id,
+                "node_id": node_id,
+                "node_type": node["class_type"],
+                "executed": list(self.executed),
+                "exception_message": str(exc),
+                "exception_type": exc.exception_type,
+                "traceback": [f'  File "simulator/nodes.py", in {node["class_type"]}\n'],
+                "current_inputs": {
+                    k: [v] for k, v in node.get("inputs", {}).items() if not isinstance(v, list)
+                },
+                "current_outputs": list(self.graph),
+                "timestamp": _now_ms(),
+            },
+            False,
+        )
+        self.final = "error"
+
+    def interrupted(self, node_id: str) -> None:
+        """``execution_interrupted`` (sent to every client, as ComfyUI does)."""
+        self.add_message(
+            "execution_interrupted",
+            {
+                "prompt_id": self.prompt_id,
+                "node_id": node_id,
+                "node_type": self.graph[node_id]["class_type"] if node_id in self.graph else "",
+                "executed": list(self.executed),
+                "timestamp": _now_ms(),
+            },
+            True,
+        )
+        self.final = "interrupted"
+
+    def history_entry(self) -> dict[str, Any]:
+        status_str = "success" if self.final == "success" else "error"
+        return {
+            "prompt": self.item.as_list(),
+            "outputs": self.outputs_ui,
+            "status": {
+                "status_str": status_str,
+                "completed": status_str == "success",
+                "messages": self.messages,
+            },
+            "meta": self.meta,
+        }
+
+
+class _ExecutionList:
+    """The order ComfyUI's execution list runs nodes in: dependency order, with its UX
+    tie-breaks (an output node first, then a node an output waits on, then one two steps
+    from an output)."""
+
+    def __init__(
+        self, graph: dict[str, Any], cached: set[str], is_output: Callable[[str], bool]
+    ) -> None:
+        self.graph = graph
+        self.cached = cached
+        self.is_output = is_output
+        self.pending: dict[str, None] = {}
+        self.blockers: dict[str, set[str]] = {}
+        self.blocking: dict[str, set[str]] = {}
+
+    def links(self, node_id: str) -> list[str]:
+        found = []
+        for value in self.graph[node_id].get("inputs", {}).values():
+            if isinstance(value, list) and len(value) == 2:
+                found.append(str(value[0]))
+        return found
+
+    def add(self, start: str) -> None:
+        """Add ``start`` and every uncached node it needs."""
+        stack = [start]
+        edges: list[tuple[str, str]] = []
+        while stack:
+            node_id = stack.pop()
+            if node_id in self.pending:
+                continue
+            self.pending[node_id] = None
+            self.blockers[node_id] = set()
+            self.blocking[node_id] = set()
+            for source in self.links(node_id):
+                if source not in self.cached:
+                    stack.append(source)
+                edges.append((source, node_id))
+        for source, target in edges:
+            if source not in self.cached or source in self.pending:
+                self.add(source)
+                self.blocking[source].add(target)
+                self.blockers[target].add(source)
+
+    def pick(self, ready: list[str]) -> str:
+        blocking = self.blocking
+        for node_id in ready:
+            if self.is_output(node_id):
+                return node_id
+        for node_id in ready:
+            if any(self.is_output(b) for b in blocking[node_id]):
+                return node_id
+        for node_id in ready:
+            if any(self.is_output(c) for b in blocking[node_id] for c in blocking[b]):
+                return node_id
+        return ready[0]
+
+    def order(self) -> list[str]:
+        """Take every node out, in the order they run."""
+        order: list[str] = []
+        while self.pending:
+            ready = [n for n in self.pending if not self.blockers[n]]
+            if not ready:  # a cycle: the real server errors; run what is left in id order
+                ready = list(self.pending)
+            node_id = self.pick(ready)
+            order.append(node_id)
+            del self.pending[node_id]
+            for target in self.blocking.pop(node_id, set()):
+                if target in self.blockers:
+                    self.blockers[target].discard(node_id)
+            self.blockers.pop(node_id, None)
+        return order
+
+
 class Engine:
     """Queue, history, cache and the worker task.
 
@@ -295,219 +510,121 @@ class Engine:
                 self.last_node_id = None
 
     async def _execute(self, item: QueueItem) -> None:
-        prompt_id = item.prompt_id
-        graph = item.graph
-        sid = item.extra_data.get("client_id")
-        sid = str(sid) if sid is not None else None
-        self.current_client = sid
-        record = self.prompts.get(prompt_id)
-        messages: list[list[Any]] = []
-        started_at = time.time()
-        model_load = 0.0
-        if record is not None:
-            record.started_at = started_at
-
-        def add_message(event: str, data: dict[str, Any], broadcast: bool) -> None:
-            messages.append([event, data])
-            if sid is not None or broadcast:
-                self.hub.send_json(event, data, sid)
-
-        add_message("execution_start", {"prompt_id": prompt_id, "timestamp": _now_ms()}, False)
-        signatures: dict[str, str] = {}
-        for node_id in graph:
-            self._signature(graph, node_id, signatures)
-        used = set(signatures.values())
-        self.cache = {key: entry for key, entry in self.cache.items() if key in used}
-        cached = [node_id for node_id in graph if signatures[node_id] in self.cache]
-        add_message(
-            "execution_cached",
-            {"nodes": cached, "prompt_id": prompt_id, "timestamp": _now_ms()},
-            False,
+        run = _Run(item, self.hub, self.prompts.get(item.prompt_id))
+        self.current_client = run.sid
+        run.add_message(
+            "execution_start", {"prompt_id": run.prompt_id, "timestamp": _now_ms()}, False
         )
-        if record is not None:
-            record.cached_nodes = list(cached)
-        order = self._execution_order(graph, item.outputs, set(cached))
-        stall = prompt_id in self.stalled or self.stall_next_prompt
+        order = self._plan(run)
+        stall = run.prompt_id in self.stalled or self.stall_next_prompt
         self.stall_next_prompt = False
-
-        progress: dict[str, dict[str, Any]] = {}
-        results: dict[str, NodeResult] = {}
-        outputs_ui: dict[str, Any] = {}
-        meta: dict[str, Any] = {}
-        executed: list[str] = []
-        status_str = "success"
-        final: PromptStatus = "success"
-
-        def send_progress_state() -> None:
-            self.hub.send_json(
-                "progress_state",
-                {"prompt_id": prompt_id, "nodes": {k: dict(v) for k, v in progress.items()}},
-                sid,
-            )
-
-        def set_progress(node_id: str, value: float, maximum: float, state: str) -> None:
-            progress[node_id] = {
-                "value": value,
-                "max": maximum,
-                "state": state,
-                "node_id": node_id,
-                "prompt_id": prompt_id,
-                "display_node_id": node_id,
-                "parent_node_id": None,
-                "real_node_id": node_id,
-            }
-            send_progress_state()
-
-        def remember_output(node_id: str, ui: dict[str, Any], files: list[bytes]) -> None:
-            outputs_ui[node_id] = ui
-            meta[node_id] = {
-                "node_id": node_id,
-                "display_node": node_id,
-                "parent_node": None,
-                "real_node_id": node_id,
-            }
-            if sid is not None:
-                self.hub.send_json(
-                    "executed",
-                    {
-                        "node": node_id,
-                        "display_node": node_id,
-                        "output": ui,
-                        "prompt_id": prompt_id,
-                    },
-                    sid,
-                )
-            if record is not None:
-                record.outputs.extend(ui.get("images", []))
-                record.output_bytes.extend(files)
-
         try:
-            for node_id in order:
-                node = graph[node_id]
-                entry = self.cache.get(signatures[node_id])
-                if entry is not None:
-                    results[node_id] = entry.result
-                    if entry.result.ui is not None:
-                        remember_output(node_id, entry.result.ui, entry.data)
-                    set_progress(node_id, 1.0, 1.0, "finished")
-                    continue
-                set_progress(node_id, 0.0, 1.0, "running")
-                self.last_node_id = node_id
-                if sid is not None:
-                    self.hub.send_json(
-                        "executing",
-                        {"node": node_id, "display_node": node_id, "prompt_id": prompt_id},
-                        sid,
-                    )
-                self._changed()
-                model_load += await self._load_model(node)
-                await self._pause(self.config.node_time, node_id)
-                if stall:
-                    stall = False
-                    await self._interrupt.wait()
-                    self._check(node_id)
-                node_def = self.registry.get(node["class_type"])
-                assert node_def is not None  # validated on POST
-                inputs = self._gather(node.get("inputs", {}), results, signatures)
-                maximum: float = 1.0
-                if node_def.steps_input is not None:
-                    steps = int(inputs[node_def.steps_input])
-                    maximum = steps
-                    await self._sample_steps(node_id, inputs, steps, item, sid, set_progress)
-                ctx = RunContext(*self.dirs, prompt_id=prompt_id, node_id=node_id)
-                try:
-                    result = node_def.run(ctx, inputs)
-                except Exception as exc:
-                    if not isinstance(exc, NodeRuntimeError):
-                        exc = NodeRuntimeError(str(exc), type(exc).__name__)
-                    add_message(
-                        "execution_error",
-                        {
-                            "prompt_id": prompt_id,
-                            "node_id": node_id,
-                            "node_type": node["class_type"],
-                            "executed": list(executed),
-                            "exception_message": str(exc),
-                            "exception_type": exc.exception_type,
-                            "traceback": [
-                                f'  File "simulator/nodes.py", in {node["class_type"]}\n'
-                            ],
-                            "current_inputs": {
-                                k: [v] for k, v in node.get("inputs", {}).items()
-                                if not isinstance(v, list)
-                            },
-                            "current_outputs": list(graph),
-                            "timestamp": _now_ms(),
-                        },
-                        False,
-                    )  # fmt: skip
-                    status_str, final = "error", "error"
-                    break
-                results[node_id] = result
-                self.cache[signatures[node_id]] = _CacheEntry(result, ctx.saved, ctx.written)
-                executed.append(node_id)
-                if record is not None:
-                    record.executed_nodes.append(node_id)
-                if result.ui is not None:
-                    remember_output(node_id, result.ui, ctx.written)
-                set_progress(node_id, maximum, maximum, "finished")
-            else:
-                if stall:  # everything was cached: still honour the stall
-                    await self._interrupt.wait()
-                    self._check(order[-1] if order else "")
-                success = {"prompt_id": prompt_id, "timestamp": _now_ms()}
-                add_message("execution_success", success, False)
+            await self._run_nodes(run, order, stall)
         except _Interrupted as exc:
-            add_message(
-                "execution_interrupted",
-                {
-                    "prompt_id": prompt_id,
-                    "node_id": exc.node_id,
-                    "node_type": graph[exc.node_id]["class_type"] if exc.node_id in graph else "",
-                    "executed": list(executed),
-                    "timestamp": _now_ms(),
-                },
-                True,
-            )
-            status_str, final = "error", "interrupted"
-
+            run.interrupted(exc.node_id)
         # The real server writes history from another thread: a client that asks on
         # execution_success may still get {} (the history race).
         if self.config.history_delay > 0:
             await asyncio.sleep(self.config.history_delay)
         else:
             await asyncio.sleep(0)
-        self.history[prompt_id] = {
-            "prompt": item.as_list(),
-            "outputs": outputs_ui,
-            "status": {
-                "status_str": status_str,
-                "completed": status_str == "success",
-                "messages": messages,
-            },
-            "meta": meta,
-        }
+        self._write_history(run)
+        self.running = None
+        self._mark(run.prompt_id, run.final)
+        self.send_status()
+        run.send("executing", {"node": None, "prompt_id": run.prompt_id})
+        self._changed()
+
+    def _plan(self, run: _Run) -> list[str]:
+        """Sign every node, drop cache entries this prompt does not use, say which nodes are
+        cached (``execution_cached``); return the order the others run in."""
+        graph = run.graph
+        for node_id in graph:
+            self._signature(graph, node_id, run.signatures)
+        used = set(run.signatures.values())
+        self.cache = {key: entry for key, entry in self.cache.items() if key in used}
+        cached = [node_id for node_id in graph if run.signatures[node_id] in self.cache]
+        run.add_message(
+            "execution_cached",
+            {"nodes": cached, "prompt_id": run.prompt_id, "timestamp": _now_ms()},
+            False,
+        )
+        if run.record is not None:
+            run.record.cached_nodes = list(cached)
+        return self._execution_order(graph, run.item.outputs, set(cached))
+
+    async def _run_nodes(self, run: _Run, order: list[str], stall: bool) -> None:
+        """Run (or reuse from the cache) each node in order; ``stall``: hang at the first node
+        that runs until interrupted. Raises _Interrupted."""
+        for node_id in order:
+            entry = self.cache.get(run.signatures[node_id])
+            if entry is not None:
+                run.reused(node_id, entry)
+                continue
+            await self._enter(run, node_id)
+            if stall:
+                stall = False
+                await self._interrupt.wait()
+                self._check(node_id)
+            if not await self._run_node(run, node_id):
+                return
+        if stall:  # everything was cached: still honour the stall
+            await self._interrupt.wait()
+            self._check(order[-1] if order else "")
+        run.add_message(
+            "execution_success", {"prompt_id": run.prompt_id, "timestamp": _now_ms()}, False
+        )
+
+    async def _enter(self, run: _Run, node_id: str) -> None:
+        """A node starts: ``executing``, its model loaded, its simulated time spent."""
+        run.set_progress(node_id, 0.0, 1.0, "running")
+        self.last_node_id = node_id
+        run.send(
+            "executing", {"node": node_id, "display_node": node_id, "prompt_id": run.prompt_id}
+        )
+        self._changed()
+        run.model_load += await self._load_model(run.graph[node_id])
+        await self._pause(self.config.node_time, node_id)
+
+    async def _run_node(self, run: _Run, node_id: str) -> bool:
+        """Sample (with progress), then run one node; False when it failed (error sent)."""
+        node = run.graph[node_id]
+        node_def = self.registry.get(node["class_type"])
+        assert node_def is not None  # validated on POST
+        inputs = self._gather(node.get("inputs", {}), run.results, run.signatures)
+        maximum: float = 1.0
+        if node_def.steps_input is not None:
+            steps = int(inputs[node_def.steps_input])
+            maximum = steps
+            await self._sample_steps(node_id, inputs, steps, run.item, run.sid, run.set_progress)
+        ctx = RunContext(*self.dirs, prompt_id=run.prompt_id, node_id=node_id)
+        try:
+            result = node_def.run(ctx, inputs)
+        except Exception as exc:
+            run.failed(node_id, exc)
+            return False
+        self.cache[run.signatures[node_id]] = _CacheEntry(result, ctx.saved, ctx.written)
+        run.ran(node_id, result, ctx.written, maximum)
+        return True
+
+    def _write_history(self, run: _Run) -> None:
+        prompt_id = run.prompt_id
+        self.history[prompt_id] = run.history_entry()
         if self.config.speed != 1.0 or self.config.model_load_time > 0:
             # Not in ComfyUI (so only with the pool knobs on): the simulator's own timings.
             self.history[prompt_id]["sim_timings"] = {
-                "started": started_at,
+                "started": run.started_at,
                 "finished": time.time(),
-                "model_load": model_load,
+                "model_load": run.model_load,
                 "model": self.loaded_model,
                 "speed": self.config.speed,
             }
-        if record is not None:
-            record.finished_at = time.time()
-            record.model_load = model_load
+        if run.record is not None:
+            run.record.finished_at = time.time()
+            run.record.model_load = run.model_load
         self.history.move_to_end(prompt_id)
         while len(self.history) > self.config.history_capacity:
             self.history.popitem(last=False)
-        self.running = None
-        self._mark(prompt_id, final)
-        self.send_status()
-        if sid is not None:
-            self.hub.send_json("executing", {"node": None, "prompt_id": prompt_id}, sid)
-        self._changed()
 
     async def _sample_steps(
         self,
@@ -627,66 +744,12 @@ class Engine:
         self, graph: dict[str, Any], outputs: list[str], cached: set[str]
     ) -> list[str]:
         """The order ComfyUI's execution list runs nodes in (dependency order, UX tie-breaks)."""
-        pending: dict[str, None] = {}
-        blockers: dict[str, set[str]] = {}
-        blocking: dict[str, set[str]] = {}
-
-        def links(node_id: str) -> list[str]:
-            found = []
-            for value in graph[node_id].get("inputs", {}).values():
-                if isinstance(value, list) and len(value) == 2:
-                    found.append(str(value[0]))
-            return found
-
-        def add(start: str) -> None:
-            stack = [start]
-            edges: list[tuple[str, str]] = []
-            while stack:
-                node_id = stack.pop()
-                if node_id in pending:
-                    continue
-                pending[node_id] = None
-                blockers[node_id] = set()
-                blocking[node_id] = set()
-                for source in links(node_id):
-                    if source not in cached:
-                        stack.append(source)
-                    edges.append((source, node_id))
-            for source, target in edges:
-                if source not in cached or source in pending:
-                    add(source)
-                    blocking[source].add(target)
-                    blockers[target].add(source)
-
-        for out in outputs:
-            add(out)
 
         def is_output(node_id: str) -> bool:
             node_def = self.registry.get(graph[node_id]["class_type"])
             return node_def is not None and node_def.output_node
 
-        def pick(ready: list[str]) -> str:
-            for node_id in ready:
-                if is_output(node_id):
-                    return node_id
-            for node_id in ready:
-                if any(is_output(b) for b in blocking[node_id]):
-                    return node_id
-            for node_id in ready:
-                if any(is_output(c) for b in blocking[node_id] for c in blocking[b]):
-                    return node_id
-            return ready[0]
-
-        order: list[str] = []
-        while pending:
-            ready = [n for n in pending if not blockers[n]]
-            if not ready:  # a cycle: the real server errors; run what is left in id order
-                ready = list(pending)
-            node_id = pick(ready)
-            order.append(node_id)
-            del pending[node_id]
-            for target in blocking.pop(node_id, set()):
-                if target in blockers:
-                    blockers[target].discard(node_id)
-            blockers.pop(node_id, None)
-        return order
+        execution = _ExecutionList(graph, cached, is_output)
+        for out in outputs:
+            execution.add(out)
+        return execution.order()

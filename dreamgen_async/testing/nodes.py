@@ -963,6 +963,156 @@ def validate_prompt(
     )
 
 
+#: How ComfyUI converts a literal of a primitive input type before checking its range.
+_CONVERTERS: dict[str, Callable[[Any], Any]] = {
+    "INT": int,
+    "FLOAT": float,
+    "STRING": str,
+    "BOOLEAN": bool,
+}
+
+
+def _validate_link(
+    graph: dict[str, Any],
+    registry: NodeRegistry,
+    dirs: tuple[Path, Path, Path],
+    name: str,
+    info: list[Any],
+    value: list[Any],
+    validated: dict[str, tuple[bool, list[dict[str, Any]]]],
+) -> tuple[bool, dict[str, Any] | None]:
+    """A linked input: its shape, its type against the source's output, then the source itself.
+
+    Returns whether the source validated, and this input's own error (if any).
+    """
+    if len(value) != 2:
+        return True, _error(
+            "bad_linked_input",
+            "Bad linked input, must be a length-2 list of [node_id, slot_index]",
+            name,
+            {"input_name": name, "input_config": info, "received_value": value},
+        )
+    input_type = info[0]
+    source_id = str(value[0])
+    source_def = registry.get(graph[source_id]["class_type"])
+    if source_def is None:
+        raise KeyError(graph[source_id]["class_type"])
+    received = source_def.output[int(value[1])]
+    if received != input_type and input_type != "*":
+        return True, _error(
+            "return_type_mismatch",
+            "Return type mismatch between linked nodes",
+            f"{name}, received_type({received}) mismatch input_type({input_type})",
+            {
+                "input_name": name,
+                "input_config": info,
+                "received_type": received,
+                "linked_node": value,
+            },
+        )
+    try:
+        ok, _ = _validate_node(graph, registry, dirs, source_id, validated)
+    except Exception as exc:
+        validated[source_id] = (
+            False,
+            [
+                _error(
+                    "exception_during_inner_validation",
+                    "Exception when validating inner node",
+                    str(exc),
+                    {
+                        "input_name": name,
+                        "input_config": info,
+                        "exception_message": str(exc),
+                        "exception_type": type(exc).__name__,
+                        "traceback": traceback.format_tb(exc.__traceback__),
+                        "linked_node": value,
+                    },
+                )
+            ],
+        )
+        return False, None
+    return ok, None
+
+
+def _convert(name: str, info: list[Any], value: Any) -> tuple[Any, dict[str, Any] | None]:
+    """A literal converted to its primitive input type (INT, FLOAT...), or the error saying it
+    cannot be."""
+    input_type = info[0]
+    if not isinstance(input_type, str) or input_type not in _CONVERTERS:
+        return value, None
+    try:
+        return _CONVERTERS[input_type](value), None
+    except Exception as exc:
+        return value, _error(
+            "invalid_input_type",
+            f"Failed to convert an input value to a {input_type} value",
+            f"{name}, {value}, {exc}",
+            {
+                "input_name": name,
+                "input_config": info,
+                "received_value": value,
+                "exception_message": str(exc),
+            },
+        )
+
+
+def _check_value(name: str, info: list[Any], value: Any) -> dict[str, Any] | None:
+    """A literal input against its spec: convertible, within min/max, one of a combo's choices."""
+    value, error = _convert(name, info, value)
+    if error is not None:
+        return error
+    input_type = info[0]
+    options: dict[str, Any] = info[1] if len(info) > 1 else {}
+    if "min" in options and value < options["min"]:
+        return _error(
+            "value_smaller_than_min",
+            f"Value {value} smaller than min of {options['min']}",
+            name,
+            {"input_name": name, "input_config": info, "received_value": value},
+        )
+    if "max" in options and value > options["max"]:
+        return _error(
+            "value_bigger_than_max",
+            f"Value {value} bigger than max of {options['max']}",
+            name,
+            {"input_name": name, "input_config": info, "received_value": value},
+        )
+    if isinstance(input_type, list) and value not in input_type:
+        config: Any = info
+        listing = str(input_type)
+        if len(input_type) > 20:
+            listing = f"(list of length {len(input_type)})"
+            config = None
+        return _error(
+            "value_not_in_list",
+            "Value not in list",
+            f"{name}: '{value}' not in {listing}",
+            {"input_name": name, "input_config": config, "received_value": value},
+        )
+    return None
+
+
+def _custom_validation(
+    node_def: NodeDef, inputs: dict[str, Any], dirs: tuple[Path, Path, Path]
+) -> list[dict[str, Any]]:
+    """The node's own checks of its literal inputs (LoadImage: the file exists)."""
+    errors = []
+    for name in node_def.validate_inputs:
+        if name in inputs and not isinstance(inputs[name], list):
+            message = _load_image_check(inputs[name], dirs)
+            if message:
+                errors.append(
+                    _error(
+                        "custom_validation_failed",
+                        "Custom validation failed for node",
+                        f"{name} - {message}",
+                        {"input_name": name},
+                    )
+                )
+    return errors
+
+
 def _validate_node(
     graph: dict[str, Any],
     registry: NodeRegistry,
@@ -982,8 +1132,6 @@ def _validate_node(
     valid = True
     for category in ("required", "optional"):
         for name, info in specs.get(category, {}).items():
-            input_type = info[0]
-            options: dict[str, Any] = info[1] if len(info) > 1 else {}
             if name not in inputs:
                 if category == "required":
                     errors.append(
@@ -997,134 +1145,17 @@ def _validate_node(
                 continue
             value = inputs[name]
             if isinstance(value, list):
-                if len(value) != 2:
-                    errors.append(
-                        _error(
-                            "bad_linked_input",
-                            "Bad linked input, must be a length-2 list of [node_id, slot_index]",
-                            name,
-                            {"input_name": name, "input_config": info, "received_value": value},
-                        )
-                    )
-                    continue
-                source_id = str(value[0])
-                source_def = registry.get(graph[source_id]["class_type"])
-                if source_def is None:
-                    raise KeyError(graph[source_id]["class_type"])
-                received = source_def.output[int(value[1])]
-                if received != input_type and input_type != "*":
-                    errors.append(
-                        _error(
-                            "return_type_mismatch",
-                            "Return type mismatch between linked nodes",
-                            f"{name}, received_type({received}) mismatch input_type({input_type})",
-                            {
-                                "input_name": name,
-                                "input_config": info,
-                                "received_type": received,
-                                "linked_node": value,
-                            },
-                        )
-                    )
-                    continue
-                try:
-                    ok, _ = _validate_node(graph, registry, dirs, source_id, validated)
-                except Exception as exc:
-                    valid = False
-                    validated[source_id] = (
-                        False,
-                        [
-                            _error(
-                                "exception_during_inner_validation",
-                                "Exception when validating inner node",
-                                str(exc),
-                                {
-                                    "input_name": name,
-                                    "input_config": info,
-                                    "exception_message": str(exc),
-                                    "exception_type": type(exc).__name__,
-                                    "traceback": traceback.format_tb(exc.__traceback__),
-                                    "linked_node": value,
-                                },
-                            )
-                        ],
-                    )
-                    continue
-                if not ok:
-                    valid = False
-                continue
-            converters: dict[str, Callable[[Any], Any]] = {
-                "INT": int,
-                "FLOAT": float,
-                "STRING": str,
-                "BOOLEAN": bool,
-            }
-            if isinstance(input_type, str) and input_type in converters:
-                try:
-                    value = converters[input_type](value)
-                except Exception as exc:
-                    errors.append(
-                        _error(
-                            "invalid_input_type",
-                            f"Failed to convert an input value to a {input_type} value",
-                            f"{name}, {value}, {exc}",
-                            {
-                                "input_name": name,
-                                "input_config": info,
-                                "received_value": value,
-                                "exception_message": str(exc),
-                            },
-                        )
-                    )
-                    continue
-            if name in node_def.validate_inputs:
-                continue
-            if "min" in options and value < options["min"]:
-                errors.append(
-                    _error(
-                        "value_smaller_than_min",
-                        f"Value {value} smaller than min of {options['min']}",
-                        name,
-                        {"input_name": name, "input_config": info, "received_value": value},
-                    )
+                linked_ok, error = _validate_link(
+                    graph, registry, dirs, name, info, value, validated
                 )
-                continue
-            if "max" in options and value > options["max"]:
-                errors.append(
-                    _error(
-                        "value_bigger_than_max",
-                        f"Value {value} bigger than max of {options['max']}",
-                        name,
-                        {"input_name": name, "input_config": info, "received_value": value},
-                    )
-                )
-                continue
-            if isinstance(input_type, list) and value not in input_type:
-                config: Any = info
-                listing = str(input_type)
-                if len(input_type) > 20:
-                    listing = f"(list of length {len(input_type)})"
-                    config = None
-                errors.append(
-                    _error(
-                        "value_not_in_list",
-                        "Value not in list",
-                        f"{name}: '{value}' not in {listing}",
-                        {"input_name": name, "input_config": config, "received_value": value},
-                    )
-                )
-    for name in node_def.validate_inputs:
-        if name in inputs and not isinstance(inputs[name], list):
-            message = _load_image_check(inputs[name], dirs)
-            if message:
-                errors.append(
-                    _error(
-                        "custom_validation_failed",
-                        "Custom validation failed for node",
-                        f"{name} - {message}",
-                        {"input_name": name},
-                    )
-                )
+                valid = valid and linked_ok
+            elif name in node_def.validate_inputs:
+                error = _convert(name, info, value)[1]
+            else:
+                error = _check_value(name, info, value)
+            if error is not None:
+                errors.append(error)
+    errors.extend(_custom_validation(node_def, inputs, dirs))
     result = (valid and not errors, errors)
     validated[node_id] = result
     return result
