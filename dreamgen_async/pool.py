@@ -7,7 +7,14 @@ wait client-side, cheap and cancellable, in priority order, and the pure
 server only when that server has a free slot (``1 + over_queue`` of ours), choosing by
 capability, loaded model, load and speed. That step runs after every change (a job added or
 settled, a server up or down) and returns the posts to make; this module is the I/O shell
-that makes them.
+that makes them. A server's slots are the one limit: the pool's clients keep no queue.
+
+Each job's binding (waiting, posting, placed, cancelling, settled; with its attempt number)
+is a value that changes in one place, :meth:`ComfyUIPool._step`, through the pure table
+:func:`~dreamgen_async.placement.bind_step`; the pool performs the actions it returns
+(launch a post, call a launch off, cancel the client job, unbind, blame the server,
+settle). A launch reports with its attempt number, so the report of a launch that was
+called off or superseded is recognised by the table and ignored.
 
 Inputs given to :meth:`ComfyUIPool.upload_image` are remembered by name and uploaded lazily,
 once per server, to the server a job lands on. A server that refuses connections, loses its
