@@ -36,28 +36,51 @@ beyond its capacity and is posted with ``front`` (it starts next).
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import enum
 import math
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
+from typing import Any, Generic, TypeVar
+
+from dreamgen_async.errors import ConnectionLostError
 
 __all__ = [
+    "BINDING_TABLE",
+    "CANCELLED",
     "MODEL_INPUTS",
     "MODEL_SUFFIXES",
     "TRANSITIONS",
+    "Bind",
+    "Binding",
+    "BindingRules",
+    "BindingState",
+    "Blame",
+    "CallOff",
+    "Cancel",
+    "CancelClientJob",
     "Capabilities",
+    "ClientJobCancelled",
+    "Close",
+    "Failed",
     "IllegalTransition",
     "Lane",
+    "Launch",
     "Placement",
+    "Posted",
     "Requirements",
     "Scheduler",
     "ServerEvent",
     "ServerRecord",
     "ServerState",
+    "Settle",
+    "Succeeded",
+    "TakeBack",
     "Ticket",
+    "Unbind",
+    "bind_step",
     "describe_missing",
     "fluid_end",
     "next_state",
@@ -233,6 +256,356 @@ def next_state(state: ServerState, event: ServerEvent) -> ServerState:
         raise IllegalTransition(f"{event.value} is not possible in state {state.value}") from None
 
 
+# ---------------------------------------------------------------------------- a job's binding
+#
+# A pool job is bound to at most one server at a time. Its binding is a value (Binding) that
+# changes only through bind_step(): (state, input type) -> handler, listed in BINDING_TABLE
+# like the server table above. The step returns the actions for the pool to perform (launch
+# a post, call a launch off, cancel the client job, unbind, blame the server, settle). Each
+# placement is an attempt, numbered; a launch reports with its number, and a report of an
+# earlier launch is stale: the table ignores it (no scattered "is this still mine" checks).
+
+
+class BindingState(enum.Enum):
+    """Where a pool job is. Every change goes through :func:`bind_step`."""
+
+    WAITING = "waiting"  # client-side, in the scheduler's wait queue (also after a take-back)
+    POSTING = "posting"  # placed on a server: inputs uploading, POST in flight
+    PLACED = "placed"  # the server accepted it: its client job is held
+    CANCELLING = "cancelling"  # cancel asked while placed: the client job's outcome decides
+    SETTLED = "settled"  # the outcome is known: late reports are ignored
+
+
+H = TypeVar("H")
+
+
+@dataclass(frozen=True, slots=True)
+class Binding(Generic[H]):
+    """One pool job's binding (a value: :func:`bind_step` returns the next one).
+
+    Attributes:
+        key: The job.
+        state: Where it is.
+        attempt: Placements so far. The launch of a placement reports with its number; a
+            report from an earlier one is stale.
+        server: The server it is placed on (POSTING, PLACED, CANCELLING); once SETTLED, the
+            one it ended on (``None``: never placed, or taken back from a server that died).
+        handle: The client job, once the server accepted the POST (opaque to the table).
+        resubmitted: Placed again while a server that had accepted it may still run it.
+    """
+
+    key: str
+    state: BindingState = BindingState.WAITING
+    attempt: int = 0
+    server: str | None = None
+    handle: H | None = None
+    resubmitted: bool = False
+
+    @property
+    def bound(self) -> bool:
+        """Whether a server holds it (posting, placed or cancelling)."""
+        return self.state in _BOUND
+
+
+@dataclass(frozen=True, slots=True)
+class BindingRules:
+    """The pool's options the table needs: placements a job gets before a server-side
+    failure is final, and whether a job running on a server that died fails
+    (``on_lost="fail"``) rather than being placed again."""
+
+    max_attempts: int = 3
+    fail_running: bool = False
+
+
+class _Cancelled(enum.Enum):
+    CANCELLED = "cancelled"
+
+
+#: The outcome of a cancelled job, in :class:`Settle`.
+CANCELLED = _Cancelled.CANCELLED
+
+
+# Inputs: what the pool observed about one job.
+
+
+@dataclass(frozen=True, slots=True)
+class Bind:
+    """The scheduler placed the job on ``server`` (``front``: post it to start next)."""
+
+    server: str
+    front: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Posted(Generic[H]):
+    """Launch ``attempt``'s POST was accepted: ``handle`` is the client job."""
+
+    attempt: int
+    handle: H
+
+
+@dataclass(frozen=True, slots=True)
+class Succeeded:
+    """Launch ``attempt``'s prompt ran to success (``seconds`` of execution, if known)."""
+
+    attempt: int
+    result: object
+    seconds: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    """Launch ``attempt`` failed with ``error``.
+
+    ``retryable``: the server's fault (not the job's) and the pool still open, so another
+    server may do better; ``running``: it had started there; ``unknown``: the server had
+    accepted it and did not say it lost it (it may still run there).
+    """
+
+    attempt: int
+    error: BaseException
+    retryable: bool
+    running: bool = False
+    unknown: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ClientJobCancelled:
+    """Launch ``attempt``'s client job ended cancelled (the server no longer has it)."""
+
+    attempt: int
+
+
+@dataclass(frozen=True, slots=True)
+class Cancel:
+    """A caller cancelled the job. ``launch_over``: its launch ended without reporting an
+    outcome (it crashed), so nothing else will settle it."""
+
+    launch_over: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class TakeBack:
+    """Its server went down or was removed. ``running``: it ran there; ``accepted``: the
+    server had accepted it (it may run there still)."""
+
+    running: bool = False
+    accepted: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Close:
+    """The pool closes: the job ends with ``error``."""
+
+    error: BaseException
+
+
+# Actions: what the pool performs, in order.
+
+
+@dataclass(frozen=True, slots=True)
+class Launch:
+    """Upload the job's inputs to ``server`` and post it there, as launch ``attempt``."""
+
+    attempt: int
+    server: str
+    front: bool
+
+
+@dataclass(frozen=True, slots=True)
+class CallOff:
+    """Cancel the job's current launch (it takes the prompt off a server that answers)."""
+
+
+@dataclass(frozen=True, slots=True)
+class CancelClientJob(Generic[H]):
+    """Cancel the client job: what becomes of it there is the job's outcome."""
+
+    handle: H
+
+
+@dataclass(frozen=True, slots=True)
+class Unbind:
+    """The scheduler takes the job back to waiting (``avoid``: another server next)."""
+
+    avoid: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Blame:
+    """``error`` counts against ``server``'s health."""
+
+    server: str
+    error: BaseException
+
+
+@dataclass(frozen=True, slots=True)
+class Settle:
+    """The job ends with ``outcome``: a result, an exception or :data:`CANCELLED`.
+
+    ``seconds``: its execution time, for the scheduler to learn (``None``: not timed);
+    ``closing``: the pool is closing (no counters, no server events).
+    """
+
+    outcome: object
+    seconds: float | None = None
+    closing: bool = False
+
+
+BindingInput = (
+    Bind | Posted[Any] | Succeeded | Failed | ClientJobCancelled | Cancel | TakeBack | Close
+)
+BindingAction = Launch | CallOff | CancelClientJob[Any] | Unbind | Blame | Settle
+BindingStep = tuple[Binding[Any], tuple[BindingAction, ...]]
+
+_BS = BindingState
+_BOUND = frozenset({_BS.POSTING, _BS.PLACED, _BS.CANCELLING})
+_LIVE = (_BS.WAITING, *sorted(_BOUND, key=list(_BS).index))
+_LAUNCH_REPORTS = (Posted, Succeeded, Failed, ClientJobCancelled)
+
+
+def _settled(b: Binding[Any], **changes: Any) -> Binding[Any]:
+    return dataclasses.replace(b, state=_BS.SETTLED, handle=None, **changes)
+
+
+def _stale(b: Binding[Any], event: Posted[Any] | Succeeded | Failed | ClientJobCancelled) -> bool:
+    return event.attempt != b.attempt
+
+
+def _ignore(b: Binding[Any], event: BindingInput, rules: BindingRules) -> BindingStep:
+    """A report from an earlier launch, or anything but a bind after the outcome."""
+    return b, ()
+
+
+def _bind(b: Binding[Any], event: Bind, rules: BindingRules) -> BindingStep:
+    attempt = b.attempt + 1
+    bound = dataclasses.replace(b, state=_BS.POSTING, attempt=attempt, server=event.server)
+    return bound, (Launch(attempt, event.server, event.front),)
+
+
+def _posted(b: Binding[Any], event: Posted[Any], rules: BindingRules) -> BindingStep:
+    if _stale(b, event):
+        return b, ()
+    if b.handle is not None:
+        raise IllegalTransition(f"job {b.key}: attempt {b.attempt} was posted twice")
+    if b.state is _BS.CANCELLING:  # cancelled during the POST: now it can be
+        return dataclasses.replace(b, handle=event.handle), (CancelClientJob(event.handle),)
+    return dataclasses.replace(b, state=_BS.PLACED, handle=event.handle), ()
+
+
+def _succeeded(b: Binding[Any], event: Succeeded, rules: BindingRules) -> BindingStep:
+    if _stale(b, event):
+        return b, ()
+    return _settled(b), (Settle(event.result, event.seconds),)
+
+
+def _failed(b: Binding[Any], event: Failed, rules: BindingRules) -> BindingStep:
+    """The job's fault settles it; the server's is blamed and the job tried elsewhere,
+    until its attempts run out (or it ran there and ``fail_running``)."""
+    if _stale(b, event):
+        return b, ()
+    if b.state is _BS.CANCELLING:  # what became of the prompt is this failure: no retry
+        return _settled(b), (Settle(event.error),)
+    if not event.retryable:
+        return _settled(b), (Settle(event.error, 0.0),)
+    assert b.server is not None
+    blame = Blame(b.server, event.error)
+    if b.attempt >= rules.max_attempts or (event.running and rules.fail_running):
+        return _settled(b), (Settle(event.error), blame)
+    again = dataclasses.replace(
+        b,
+        state=_BS.WAITING,
+        server=None,
+        handle=None,
+        resubmitted=b.resubmitted or event.running or event.unknown,
+    )
+    return again, (Unbind(avoid=True), blame)
+
+
+def _client_job_cancelled(
+    b: Binding[Any], event: ClientJobCancelled, rules: BindingRules
+) -> BindingStep:
+    if _stale(b, event):
+        return b, ()
+    return _settled(b), (Settle(CANCELLED),)
+
+
+def _cancel(b: Binding[Any], event: Cancel, rules: BindingRules) -> BindingStep:
+    """Waiting: cancelled at once. Placed: the client job is cancelled, and its outcome is
+    the job's (done if it finished first). Idempotent."""
+    if b.state is _BS.WAITING or event.launch_over:
+        return _settled(b), (Settle(CANCELLED),)
+    if b.state is _BS.CANCELLING:
+        return b, ()
+    cancelling = dataclasses.replace(b, state=_BS.CANCELLING)
+    if b.handle is None:  # posting: the launch cancels the client job once it has it
+        return cancelling, ()
+    return cancelling, (CancelClientJob(b.handle),)
+
+
+def _take_back(b: Binding[Any], event: TakeBack, rules: BindingRules) -> BindingStep:
+    """Back to waiting, marked resubmitted if the dead server may still run it; a job being
+    cancelled there (or running, with ``fail_running``) fails instead."""
+    if b.state is _BS.CANCELLING:
+        lost = (
+            f"server {b.server} went down while prompt {b.key} was being cancelled there; "
+            "it may still run"
+        )
+    elif event.running and rules.fail_running:
+        lost = f"server {b.server} went down while prompt {b.key} ran"
+    else:
+        again = dataclasses.replace(
+            b,
+            state=_BS.WAITING,
+            server=None,
+            handle=None,
+            resubmitted=b.resubmitted or event.running or event.accepted,
+        )
+        return again, (Unbind(), CallOff())
+    return _settled(b, server=None), (Unbind(), CallOff(), Settle(ConnectionLostError(lost)))
+
+
+def _close(b: Binding[Any], event: Close, rules: BindingRules) -> BindingStep:
+    return _settled(b), (CallOff(), Settle(event.error, closing=True))
+
+
+BindingHandler = Callable[[Binding[Any], Any, BindingRules], BindingStep]
+
+#: The whole pool-job binding: (state, input type) -> handler. Anything absent is illegal.
+BINDING_TABLE: Mapping[tuple[BindingState, type], BindingHandler] = {
+    (_BS.WAITING, Bind): _bind,
+    **{(s, Cancel): _cancel for s in _LIVE},
+    **{(s, Close): _close for s in _LIVE},
+    # A waiting job's last launch is over (taken back, or failed and placed again later).
+    **{(_BS.WAITING, t): _ignore for t in _LAUNCH_REPORTS},
+    **{(s, Posted): _posted for s in _BOUND},
+    **{(s, Succeeded): _succeeded for s in _BOUND},
+    **{(s, Failed): _failed for s in _BOUND},
+    **{(s, ClientJobCancelled): _client_job_cancelled for s in _BOUND},
+    **{(s, TakeBack): _take_back for s in _BOUND},
+    **{(_BS.SETTLED, t): _ignore for t in (*_LAUNCH_REPORTS, Cancel, Close)},
+}
+
+_DEFAULT_RULES = BindingRules()
+
+
+def bind_step(
+    binding: Binding[H], event: BindingInput, rules: BindingRules = _DEFAULT_RULES
+) -> tuple[Binding[H], tuple[BindingAction, ...]]:
+    """The binding after ``event``, and the actions to perform, in order.
+
+    Raises :class:`IllegalTransition` (and changes nothing: bindings are values) when the
+    table has no row for ``(binding.state, type(event))``.
+    """
+    handler = BINDING_TABLE.get((binding.state, type(event)))
+    if handler is None:
+        raise IllegalTransition(
+            f"{type(event).__name__} is not possible for job {binding.key} in binding "
+            f"state {binding.state.value}"
+        )
+    return handler(binding, event, rules)
+
+
 # ---------------------------------------------------------------------------- the fluid model
 
 #: A server with work of its own re-decides whether to switch model after this many placements
@@ -352,10 +725,13 @@ class ServerRecord:
 
     ``assigned`` maps each job of ours placed there (posting, queued or running) to its
     priority; ``others`` is the server's queue beyond ours (other clients' prompts).
+    ``limit``, when set, is a hard bound on ``assigned`` (a client given to the pool keeps
+    its own ``max_in_flight``: a job beyond it would wait in that client, out of sight).
     """
 
     key: str
     capacity: int
+    limit: int | None = None
     state: ServerState = ServerState.JOINING
     caps: Capabilities | None = None
     assigned: dict[str, int] = field(default_factory=dict)
@@ -380,8 +756,11 @@ class ServerRecord:
         return len(self.assigned) + self.others
 
     def room(self, priority: int) -> bool:
-        """Whether a job of ``priority`` may be placed here now (never over capacity + 1)."""
+        """Whether a job of ``priority`` may be placed here now (never over capacity + 1,
+        nor over ``limit``)."""
         ours = len(self.assigned)
+        if self.limit is not None and ours >= self.limit:
+            return False
         if ours < self.capacity and (ours + self.others < self.capacity or ours == 0):
             return True
         # One slot beyond capacity for a job that outranks everything of ours there.
@@ -468,12 +847,12 @@ class Scheduler:
 
     # ------------------------------------------------------------------ servers
 
-    def add_server(self, key: str, capacity: int) -> ServerRecord:
+    def add_server(self, key: str, capacity: int, limit: int | None = None) -> ServerRecord:
         if key in self.servers:
             raise ValueError(f"server {key} is already in the pool")
-        if capacity < 1:
-            raise ValueError("capacity must be at least 1")
-        record = ServerRecord(key, capacity)
+        if capacity < 1 or (limit is not None and limit < 1):
+            raise ValueError("capacity and limit must be at least 1")
+        record = ServerRecord(key, capacity, limit)
         self.servers[key] = record
         return record
 

@@ -7,7 +7,14 @@ wait client-side, cheap and cancellable, in priority order, and the pure
 server only when that server has a free slot (``1 + over_queue`` of ours), choosing by
 capability, loaded model, load and speed. That step runs after every change (a job added or
 settled, a server up or down) and returns the posts to make; this module is the I/O shell
-that makes them.
+that makes them. A server's slots are the one limit: the pool's clients keep no queue.
+
+Each job's binding (waiting, posting, placed, cancelling, settled; with its attempt number)
+is a value that changes in one place, :meth:`ComfyUIPool._step`, through the pure table
+:func:`~dreamgen_async.placement.bind_step`; the pool performs the actions it returns
+(launch a post, call a launch off, cancel the client job, unbind, blame the server,
+settle). A launch reports with its attempt number, so the report of a launch that was
+called off or superseded is recognised by the table and ignored.
 
 Inputs given to :meth:`ComfyUIPool.upload_image` are remembered by name and uploaded lazily,
 once per server, to the server a job lands on. A server that refuses connections, loses its
@@ -23,10 +30,11 @@ import contextlib
 import dataclasses
 import logging
 import random
+import sys
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -46,25 +54,39 @@ from dreamgen_async.errors import (
     NoCapableServerError,
     NotComfyUIError,
     PromptLost,
-    PromptTimeout,
     ResponseTooLargeError,
     ServerError,
     TransportError,
 )
-from dreamgen_async.jobs import (
-    EventSource,
-    Job,
-    OutputImage,
-    ProgressCallback,
-    PromptResult,
-)
+from dreamgen_async.handles import JobHandle
+from dreamgen_async.jobs import Job, OutputImage, ProgressCallback, PromptResult
 from dreamgen_async.lifecycle import JobState
 from dreamgen_async.placement import (
+    CANCELLED,
+    Bind,
+    Binding,
+    BindingInput,
+    BindingRules,
+    BindingState,
+    Blame,
+    CallOff,
+    Cancel,
+    CancelClientJob,
     Capabilities,
+    ClientJobCancelled,
+    Close,
+    Failed,
+    Launch,
+    Posted,
     Scheduler,
     ServerEvent,
     ServerRecord,
     ServerState,
+    Settle,
+    Succeeded,
+    TakeBack,
+    Unbind,
+    bind_step,
     describe_missing,
     requirements,
 )
@@ -75,7 +97,7 @@ __all__ = ["ComfyUIPool", "PoolImageRef", "PoolJob", "ServerStatus"]
 log = logging.getLogger("dreamgen_async.pool")
 
 LostPolicy = Literal["resubmit", "fail"]
-PoolJobState = Literal["waiting", "posting", "queued", "running", "done"]
+PoolJobState = Literal["waiting", "posting", "queued", "running", "done", "cancelled"]
 
 #: A pool job's state from its placed job's (finer) lifecycle state.
 _POOL_STATE: Mapping[JobState, PoolJobState] = {
@@ -89,12 +111,13 @@ _POOL_STATE: Mapping[JobState, PoolJobState] = {
     JobState.INTERRUPTING: "running",
     JobState.DONE: "done",
     JobState.FAILED: "done",
-    JobState.CANCELLED: "done",
+    JobState.CANCELLED: "cancelled",
 }
 
 _RECENT = 1024  # finished jobs kept for wait_for_completion / get_output_images(prompt_id)
 _OUTPUTS = 65536  # output image -> server, for download()
 _INPUTS = 4096  # remembered input images
+_UNLIMITED = sys.maxsize  # the max_in_flight of the pool's own clients: see _new_client
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,36 +183,48 @@ class _Server:
     removed: asyncio.Event = field(default_factory=asyncio.Event)
 
 
-class PoolJob(EventSource):
+@dataclass(eq=False)
+class _Book:
+    """The pool's book on one job: its binding (the one place that says where the job is,
+    changed only by :func:`~dreamgen_async.placement.bind_step`) and the I/O carrying it out.
+    """
+
+    binding: Binding[Job]
+    future: asyncio.Future[PromptResult]
+    job: PoolJob = field(init=False)
+    launch: asyncio.Task[None] | None = None  # the latest launch (it may be called off)
+    deliver: ProgressCallback | None = None  # the handle's progress sink
+
+    def bound_to(self, server: str) -> bool:
+        """Whether ``server`` holds the job now (posting, placed or cancelling there)."""
+        return self.binding.bound and self.binding.server == server
+
+
+class PoolJob(JobHandle[PromptResult]):
     """One prompt submitted through a :class:`ComfyUIPool` (the pool's :class:`Job`).
 
     Await :meth:`result`, iterate :meth:`events`, or :meth:`cancel` it. ``server`` is the URL
-    of the server it was placed on (``None`` while it waits client-side).
+    of the server it is placed on (``None`` while it waits client-side), or the one it ended
+    on.
     """
 
     __slots__ = (
-        "_attempt",
-        "_cancelling",
+        "_book",
+        "_canceller",
         "_future",
-        "_inner",
         "_on_progress",
-        "_pool",
-        "_task",
-        "attempts",
         "extra_data",
         "front",
         "priority",
         "prompt_id",
-        "resubmitted",
-        "server",
         "submitted_at",
         "workflow",
     )
 
     def __init__(
         self,
-        pool: ComfyUIPool,
-        prompt_id: str,
+        book: _Book,
+        canceller: Callable[[_Book], Awaitable[None]],
         workflow: Mapping[str, Any],
         *,
         priority: int,
@@ -197,66 +232,56 @@ class PoolJob(EventSource):
         extra_data: Mapping[str, Any] | None,
         on_progress: ProgressCallback | None,
     ) -> None:
-        self.prompt_id = prompt_id
+        super().__init__()
+        self.prompt_id = book.binding.key
         self.workflow = workflow
         self.priority = priority
         self.front = front
         self.extra_data = dict(extra_data) if extra_data else None
-        self.server: str | None = None
-        self.attempts = 0
-        self.resubmitted = False
         self.submitted_at = time.time()
-        self._pool = pool
+        self._book = book
+        self._canceller = canceller
         self._on_progress = on_progress
-        self._future: asyncio.Future[PromptResult] = asyncio.get_running_loop().create_future()
-        self._inner: Job | None = None
-        self._task: asyncio.Task[None] | None = None
-        self._attempt = 0  # bumped whenever the job is (re)bound or taken back
-        self._cancelling = False  # cancel() asked while placed: its outcome decides
+        self._future = book.future
         self._subscribers = None
         self._backlog = None
+        book.job = self
+        book.deliver = self._deliver
+        # Runs before any waiter wakes (added first): subscribers end with the outcome.
+        self._future.add_done_callback(self._settled)
 
     def __repr__(self) -> str:
         where = f" on {self.server}" if self.server else ""
         return f"<PoolJob {self.prompt_id} {self.state}{where}>"
 
     @property
+    def label(self) -> str:
+        return f"prompt {self.prompt_id}"
+
+    @property
     def state(self) -> PoolJobState:
+        """``waiting``, ``posting``, ``queued``, ``running``, ``done`` or ``cancelled``."""
         if self._future.done():
-            return "done"
-        if self._inner is not None and self.server is not None:
-            return _POOL_STATE[self._inner.state]
-        return "posting" if self.server is not None else "waiting"
+            return "cancelled" if self._future.cancelled() else "done"
+        binding = self._book.binding
+        if binding.handle is not None:
+            return _POOL_STATE[binding.handle.state]
+        return "waiting" if binding.state is BindingState.WAITING else "posting"
 
-    def done(self) -> bool:
-        """Whether the outcome is known."""
-        return self._future.done()
+    @property
+    def server(self) -> str | None:
+        """The server it is placed on, or ended on (``None``: waiting, or never placed)."""
+        return self._book.binding.server
 
-    async def result(self, timeout: float | None = None) -> PromptResult:
-        """Wait for the outcome.
+    @property
+    def attempts(self) -> int:
+        """How many times it was placed on a server."""
+        return self._book.binding.attempt
 
-        Cancelling this call, or reaching ``timeout``, cancels the job: it leaves the
-        client-side queue, or the server that holds it.
-
-        Raises:
-            PromptTimeout: ``timeout`` seconds passed (also a builtin ``TimeoutError``).
-            ExecutionError, PromptRejected, ...: as :meth:`Job.result`.
-        """
-        try:
-            async with asyncio.timeout(timeout):
-                return await asyncio.shield(self._future)
-        except TimeoutError:
-            if self._future.done() and not self._future.cancelled():
-                return self._future.result()
-            await asyncio.shield(self.cancel())
-            raise PromptTimeout(
-                f"prompt {self.prompt_id} did not finish within {timeout} s; it was cancelled",
-                prompt_id=self.prompt_id,
-            ) from None
-        except asyncio.CancelledError:
-            if not self._future.done():
-                await asyncio.shield(self.cancel())
-            raise
+    @property
+    def resubmitted(self) -> bool:
+        """Whether it was placed again while a server that had accepted it may still run it."""
+        return self._book.binding.resubmitted
 
     async def cancel(self) -> None:
         """Cancel the job: out of the wait queue, or off the server that holds it.
@@ -266,18 +291,13 @@ class PoolJob(EventSource):
         :class:`ConnectionLostError` if the server went down meanwhile (it may still run
         there). This returns once the job's outcome is known.
         """
-        await self._pool._cancel_job(self)
+        await self._canceller(self._book)
 
-    def _settle(self, outcome: PromptResult | BaseException) -> None:
-        if self._future.done():
-            return
-        if isinstance(outcome, asyncio.CancelledError):
-            self._future.cancel()
-        elif isinstance(outcome, BaseException):
-            self._future.set_exception(outcome)
-            self._future.exception()  # retrieved: nobody may be waiting
-        else:
-            self._future.set_result(outcome)
+    async def abandon(self, reason: BaseException) -> None:
+        # The job's cancel, not the caller's: it goes on if the caller is cancelled again.
+        await asyncio.shield(self._canceller(self._book))
+
+    def _settled(self, future: asyncio.Future[PromptResult]) -> None:
         self._close_events()
 
 
@@ -316,7 +336,9 @@ class ComfyUIPool:
             to ``max_probe_delay``).
         max_probe_delay: Longest delay between two probes.
         **client_options: Passed to each :class:`ComfyUIClient` the pool creates (``token``,
-            ``retry``, ``reconnect``, ``timeout`` ...); ``max_in_flight`` is set by the pool.
+            ``retry``, ``reconnect``, ``timeout`` ...). Not ``max_in_flight``: a server's
+            slots are the pool's (``1 + over_queue``), and its client keeps no queue of its
+            own.
     """
 
     def __init__(
@@ -341,8 +363,7 @@ class ComfyUIPool:
         client_options.pop("max_in_flight", None)
         self._capacity = 1 + over_queue
         self._client_options = client_options
-        self._on_lost: LostPolicy = on_lost
-        self._max_attempts = max_attempts
+        self._rules = BindingRules(max_attempts, fail_running=on_lost == "fail")
         self._max_failures = max_failures
         self._health_interval = health_interval
         self._probe_timeout = probe_timeout
@@ -353,7 +374,7 @@ class ComfyUIPool:
         self._pending_servers = list(servers)
         if not self._pending_servers:
             raise ValueError("a pool needs at least one server")
-        self._jobs: dict[str, PoolJob] = {}
+        self._jobs: dict[str, _Book] = {}  # the jobs not settled yet
         self._recent: OrderedDict[str, PoolJob] = OrderedDict()
         self._inputs: OrderedDict[str, _Input] = OrderedDict()
         self._outputs: OrderedDict[tuple[str, str, str], str] = OrderedDict()
@@ -434,24 +455,8 @@ class ComfyUIPool:
             for srv in servers:
                 if srv.owned and srv.client is not None:
                     await srv.client.aclose(detach=True)
-        tasks: list[asyncio.Task[Any]] = [t for t in self._background if not t.done()]
-        if self._monitor is not None:
-            tasks.append(self._monitor)
-        tasks += [srv.probe for srv in servers if srv.probe is not None]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        closed = ClientClosedError("the pool was closed while the job waited")
-        launches: list[asyncio.Task[None]] = []
-        for job in list(self._jobs.values()):
-            if job._task is not None and not job._task.done():
-                job._task.cancel()
-                launches.append(job._task)
-            job._attempt += 1
-            if job.prompt_id in self._sched.tickets:
-                self._sched.finish(job.prompt_id)
-            job._settle(closed)
-        self._jobs.clear()
+        await self._stop_tasks(servers)
+        launches = self._close_jobs()
         if launches:
             await asyncio.wait(launches, timeout=self._probe_timeout)
         for srv in servers:
@@ -463,11 +468,42 @@ class ComfyUIPool:
             await client.aclose()
         if launches:
             await asyncio.gather(*launches, return_exceptions=True)
-        while left := [t for t in self._background if not t.done()]:  # retired meanwhile
-            await asyncio.gather(*left, return_exceptions=True)
+        await self._join_background()
         for srv in servers:
             srv.removed.set()  # wakes remove_server() callers: see there
         self._changed()
+
+    async def _stop_tasks(self, servers: list[_Server]) -> None:
+        """Cancel and await the monitor, the probes and the background tasks."""
+        tasks: list[asyncio.Task[Any]] = [t for t in self._background if not t.done()]
+        if self._monitor is not None:
+            tasks.append(self._monitor)
+        tasks += [srv.probe for srv in servers if srv.probe is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _close_jobs(self) -> list[asyncio.Task[None]]:
+        """Fail every job with ClientClosedError; returns the launches called off."""
+        closed = ClientClosedError("the pool was closed while the job waited")
+        launches = []
+        for book in list(self._jobs.values()):
+            if book.launch is not None and not book.launch.done():
+                launches.append(book.launch)
+            self._step(book, Close(closed))
+        return launches
+
+    async def _join_background(self) -> None:
+        """Await the background tasks, those spawned meanwhile too (a client retired).
+
+        Each round waits for a snapshot and drops it from the set here: a done-callback
+        is not what shrinks the set (``gather()`` over done tasks does not yield on 3.12+,
+        so a loop waiting for callbacks would spin).
+        """
+        while self._background:
+            tasks = list(self._background)
+            await asyncio.gather(*tasks, return_exceptions=True)
+            self._background.difference_update(tasks)
 
     def _check_open(self) -> None:
         if self._state != "opened":
@@ -568,13 +604,18 @@ class ComfyUIPool:
         key = client.safe_url
         if key in self._servers:
             raise ValueError(f"{key} is already in the pool")
-        record = self._sched.add_server(key, self._capacity)
+        # A client of ours queues nothing (see _new_client); one given to us keeps its own
+        # max_in_flight, which then bounds what the scheduler places there.
+        limit = None if owned else client.max_in_flight
+        record = self._sched.add_server(key, self._capacity, limit)
         srv = _Server(key, server if isinstance(server, str) else key, record, client, owned)
         self._servers[key] = srv
         return srv
 
     def _new_client(self, url: str) -> ComfyUIClient:
-        return ComfyUIClient(url, max_in_flight=self._capacity + 1, **self._client_options)
+        # The scheduler's slots are the one limit: the client never holds a job back in a
+        # queue of its own, which the pool could neither see nor reorder.
+        return ComfyUIClient(url, max_in_flight=_UNLIMITED, **self._client_options)
 
     async def _join(self, srv: _Server) -> BaseException | None:
         """Open the server's client and read /object_info; READY or FAILED."""
@@ -691,37 +732,18 @@ class ComfyUIPool:
         A job the server had accepted is marked ``resubmitted``: it may run there too (a
         server that is only unreachable keeps its queue; :meth:`_forget_stale` takes such
         prompts off when it comes back, if it has not run them by then)."""
-        for key in self._sched.take_back(srv.url):
-            job = self._jobs[key]
-            running = job._inner is not None and job._inner.state == "running"
-            accepted = job._inner is not None and job._inner.queued_at is not None
-            job._attempt += 1
-            job.server = None
-            if job._task is not None:
-                job._task.cancel()  # takes the prompt back if the server still answers
-            job._inner = None
-            if job._cancelling:  # placed nowhere else; whether it left this server is unknown
-                self._settle(
-                    job,
-                    ConnectionLostError(
-                        f"server {srv.url} went down while prompt {job.prompt_id} was being "
-                        "cancelled there; it may still run"
-                    ),
-                )
-                continue
-            if running:
-                if self._on_lost == "fail":
-                    self._settle(
-                        job,
-                        ConnectionLostError(
-                            f"server {srv.url} went down while prompt {job.prompt_id} ran"
-                        ),
-                    )
-                    continue
-                job.resubmitted = True
-            elif accepted:  # queued there: unless the delete lands, it may run there too
-                job.resubmitted = True
-            log.info("prompt %s taken back from %s", key, srv.url)
+        on_it = [b for b in self._jobs.values() if b.bound_to(srv.url)]
+        for book in on_it:
+            inner = book.binding.handle
+            self._step(
+                book,
+                TakeBack(
+                    running=inner is not None and inner.state == JobState.RUNNING,
+                    accepted=inner is not None and inner.queued_at is not None,
+                ),
+            )
+            if book.binding.state is BindingState.WAITING:
+                log.info("prompt %s taken back from %s", book.binding.key, srv.url)
 
     async def _probe(self, srv: _Server) -> None:
         """Probe a suspect server (a few times) or a down one (with backoff, until it rejoins)."""
@@ -762,7 +784,8 @@ class ComfyUIPool:
         def stale(prompt_id: str) -> bool:
             if prompt_id in self._recent:
                 return True
-            return prompt_id in self._jobs and self._sched.server_of(prompt_id) != srv.url
+            book = self._jobs.get(prompt_id)
+            return book is not None and not book.bound_to(srv.url)
 
         pending = [item.prompt_id for item in queue.pending if stale(item.prompt_id)]
         running = [item.prompt_id for item in queue.running if stale(item.prompt_id)]
@@ -853,16 +876,17 @@ class ComfyUIPool:
         prompt_id = prompt_id or str(uuid.uuid4())
         if prompt_id in self._jobs:
             raise ValueError(f"prompt_id {prompt_id} is already in use")
+        book = _Book(Binding(prompt_id), asyncio.get_running_loop().create_future())
         job = PoolJob(
-            self,
-            prompt_id,
+            book,
+            self._cancel_book,
             workflow,
             priority=priority,
             front=front,
             extra_data=extra_data,
             on_progress=on_progress,
         )
-        self._jobs[prompt_id] = job
+        self._jobs[prompt_id] = book
         self._sched.enqueue(prompt_id, req, priority, front)
         self._kick()
         return job
@@ -899,7 +923,8 @@ class ComfyUIPool:
         self, prompt_id: str, timeout: float | None = None
     ) -> PromptResult:
         """Wait for a prompt submitted through this pool (or recently finished)."""
-        job = self._jobs.get(prompt_id) or self._recent.get(prompt_id)
+        book = self._jobs.get(prompt_id)
+        job = book.job if book is not None else self._recent.get(prompt_id)
         if job is None:
             raise KeyError(f"prompt {prompt_id} is unknown to this pool")
         return await job.result(timeout)
@@ -909,33 +934,58 @@ class ComfyUIPool:
         if self._state != "opened":
             return
         for placement in self._sched.assign():
-            job = self._jobs[placement.job]
-            srv = self._servers[placement.server]
-            job.attempts += 1
-            job._attempt += 1
-            job.server = srv.url
-            task = asyncio.create_task(
-                self._launch(job, srv, placement.front or job.front, job._attempt),
-                name="dreamgen-pool-job",
-            )
-            job._task = task
-            srv.tasks.add(task)
-            task.add_done_callback(srv.tasks.discard)
-            task.add_done_callback(self._launch_done)
+            self._step(self._jobs[placement.job], Bind(placement.server, placement.front))
         self._changed()
+
+    def _step(self, book: _Book, event: BindingInput) -> list[Job]:
+        """The one place a job's binding changes: the table's step, then its actions.
+
+        Returns the client jobs to cancel, for the caller to await (only a cancel or a
+        launch's POST, both in a coroutine, can ask for that).
+        """
+        book.binding, actions = bind_step(book.binding, event, self._rules)
+        cancels: list[Job] = []
+        for action in actions:
+            if isinstance(action, Launch):
+                self._start_launch(book, action)
+            elif isinstance(action, CallOff):
+                if book.launch is not None:
+                    book.launch.cancel()  # takes the prompt back if the server still answers
+            elif isinstance(action, CancelClientJob):
+                cancels.append(action.handle)
+            elif isinstance(action, Unbind):
+                self._sched.unbind(book.binding.key, avoid=action.avoid)
+            elif isinstance(action, Blame):
+                self._blame(book.binding.key, action)
+            else:
+                self._settle(book, action)
+        return cancels
+
+    def _start_launch(self, book: _Book, action: Launch) -> None:
+        srv = self._servers[action.server]
+        front = action.front or book.job.front
+        task = asyncio.create_task(
+            self._launch(book, srv, front, action.attempt), name="dreamgen-pool-job"
+        )
+        book.launch = task
+        srv.tasks.add(task)
+        task.add_done_callback(srv.tasks.discard)
+        task.add_done_callback(self._launch_done)
 
     @staticmethod
     def _launch_done(task: asyncio.Task[None]) -> None:
         if not task.cancelled() and task.exception() is not None:
             log.error("pool job task failed", exc_info=task.exception())
 
-    async def _launch(self, job: PoolJob, srv: _Server, front: bool, attempt: int) -> None:
-        """Upload the job's inputs to its server, post it, and wait for its outcome.
+    async def _launch(self, book: _Book, srv: _Server, front: bool, attempt: int) -> None:
+        """Upload the job's inputs to its server, post it, wait for its outcome, and report
+        each to the table as launch ``attempt`` (the table ignores a launch called off).
 
         Cancelling it takes the prompt off the server (ComfyUIClient's guarantee).
         """
         client = srv.client
         assert client is not None
+        job = book.job
         inner: Job | None = None
         try:
             workflow = await self._with_inputs(job, srv)
@@ -944,134 +994,121 @@ class ComfyUIPool:
                 prompt_id=job.prompt_id,
                 front=front,
                 extra_data=job.extra_data,
-                on_progress=job._deliver,
+                on_progress=book.deliver,
             )
-            if job._attempt == attempt:
-                job._inner = inner
-                if job._cancelling:
-                    await inner.cancel()
+            for handle in self._step(book, Posted(attempt, inner)):
+                await handle.cancel()  # cancelled while posting
             result = await inner.result()
         except asyncio.CancelledError:
             task = asyncio.current_task()
             if task is not None and task.cancelling():  # this launch was called off
                 raise
-            if job._attempt == attempt:  # the client job was cancelled, as cancel() asked
-                self._settle(job, asyncio.CancelledError())
+            self._step(book, ClientJobCancelled(attempt))  # as cancel() asked
             return
         except DreamgenError as exc:
-            if job._attempt != attempt or job.done():
-                return
-            if job._cancelling:  # what became of the prompt is this failure: no retry
-                self._settle(job, exc)
-                return
-            self._failed(job, srv, exc, inner)
+            self._step(book, self._failure(attempt, exc, inner))
+            self._kick()
             return
-        if job._attempt != attempt or job.done():
+        seconds = None
+        if result.started_at is not None and result.finished_at is not None:
+            seconds = max(0.0, result.finished_at - result.started_at)
+        self._step(book, Succeeded(attempt, result, seconds))
+
+    def _failure(self, attempt: int, exc: DreamgenError, inner: Job | None) -> Failed:
+        """What the table needs to know about a failed launch.
+
+        The server's fault (not the job's) is worth another server, unless the pool is
+        closing. A job the server had accepted, whose fate there is unknown (it did not say
+        it lost it), is marked ``resubmitted`` when placed again: that server may still run it.
+        """
+        return Failed(
+            attempt,
+            exc,
+            retryable=self._state != "closed" and _is_server_fault(exc),
+            running=inner is not None and inner.started_at is not None,
+            unknown=inner is not None
+            and inner.queued_at is not None
+            and not isinstance(exc, PromptLost),
+        )
+
+    def _blame(self, key: str, blame: Blame) -> None:
+        """A job's failure that says more about its server: a strike against the server."""
+        log.warning("prompt %s failed on %s: %s", key, blame.server, blame.error)
+        srv = self._servers.get(blame.server)
+        if srv is None:
             return
-        srv.failures = srv.downs = 0
+        srv.failures += 1
+        lost = isinstance(blame.error, ConnectError | ConnectionLostError | NotComfyUIError)
+        if lost or srv.failures >= self._max_failures:
+            self._event(srv, ServerEvent.LOST)
+        else:
+            self._event(srv, ServerEvent.FAILED)
+
+    def _settle(self, book: _Book, settle: Settle) -> None:
+        """The one place a job ends (the table settles a job once)."""
+        binding = book.binding
+        outcome = settle.outcome
+        if isinstance(outcome, PromptResult):
+            outcome = self._located(outcome, binding)
+        ok = isinstance(outcome, PromptResult)
+        if binding.key in self._sched.tickets:
+            self._sched.finish(binding.key, settle.seconds, ok)
+        self._jobs.pop(binding.key, None)
+        if not settle.closing and outcome is not CANCELLED:
+            self._recent[binding.key] = book.job
+            while len(self._recent) > _RECENT:
+                self._recent.popitem(last=False)
+            if ok:
+                self.done += 1
+            else:
+                self.failed += 1
+        _resolve(book.future, outcome)
+        if settle.closing:
+            return
+        srv = self._servers.get(binding.server) if binding.server is not None else None
+        if srv is not None:
+            if ok:
+                srv.failures = srv.downs = 0
+            if srv.record.state is ServerState.DRAINING and not srv.record.assigned:
+                self._event(srv, ServerEvent.DRAINED)
+            elif ok and srv.record.state in (ServerState.SUSPECT, ServerState.UP):
+                self._event(srv, ServerEvent.OK)
+        self._kick()
+
+    def _located(self, result: PromptResult, binding: Binding[Job]) -> PromptResult:
+        """``result`` with its refs naming the server that made them (remembered for
+        :meth:`download`), and the binding's ``resubmitted``."""
+        server = binding.server or ""
         outputs = {
-            node: tuple(PoolImageRef(r.filename, r.subfolder, r.type, srv.url) for r in refs)
+            node: tuple(PoolImageRef(r.filename, r.subfolder, r.type, server) for r in refs)
             for node, refs in result.outputs.items()
         }
         files = tuple(
             dataclasses.replace(
-                f, ref=PoolImageRef(f.ref.filename, f.ref.subfolder, f.ref.type, srv.url)
+                f, ref=PoolImageRef(f.ref.filename, f.ref.subfolder, f.ref.type, server)
             )
             if f.ref is not None
             else f
             for f in result.files
         )
-        result = dataclasses.replace(
-            result, outputs=outputs, files=files, resubmitted=job.resubmitted
-        )
         for refs in outputs.values():
             for ref in refs:
-                self._outputs[(ref.filename, ref.subfolder, ref.type)] = srv.url
+                self._outputs[(ref.filename, ref.subfolder, ref.type)] = server
                 while len(self._outputs) > _OUTPUTS:
                     self._outputs.popitem(last=False)
-        seconds = None
-        if result.started_at is not None and result.finished_at is not None:
-            seconds = max(0.0, result.finished_at - result.started_at)
-        self._settle(job, result, seconds)
-
-    def _failed(self, job: PoolJob, srv: _Server, exc: DreamgenError, inner: Job | None) -> None:
-        """A job's attempt failed: the job's fault (settle) or the server's (try elsewhere).
-
-        Once the pool is closing, nothing is tried elsewhere: the job settles as it failed.
-        A job the server had accepted, whose fate there is unknown (it did not say it lost
-        it), is marked ``resubmitted`` when placed again: that server may still run it.
-        """
-        running = inner is not None and inner.started_at is not None
-        unknown = (
-            inner is not None and inner.queued_at is not None and not isinstance(exc, PromptLost)
+        return dataclasses.replace(
+            result, outputs=outputs, files=files, resubmitted=binding.resubmitted
         )
-        if self._state == "closed" or not _is_server_fault(exc):
-            self._settle(job, exc, 0.0)
-            return
-        log.warning("prompt %s failed on %s: %s", job.prompt_id, srv.url, exc)
-        final = job.attempts >= self._max_attempts or (running and self._on_lost == "fail")
-        if final:
-            self._settle(job, exc)
-        else:
-            self._sched.unbind(job.prompt_id, avoid=True)
-            job._attempt += 1
-            job.server = None
-            job._inner = None
-            job.resubmitted = job.resubmitted or running or unknown
-        srv.failures += 1
-        lost = isinstance(exc, ConnectError | ConnectionLostError | NotComfyUIError)
-        if lost or srv.failures >= self._max_failures:
-            self._event(srv, ServerEvent.LOST)
-        else:
-            self._event(srv, ServerEvent.FAILED)
-        self._kick()
 
-    def _settle(
-        self, job: PoolJob, outcome: PromptResult | BaseException, seconds: float | None = None
-    ) -> None:
-        """The one place a job ends (exactly once)."""
-        if job.done():
-            return
-        server = self._sched.server_of(job.prompt_id)
-        if job.prompt_id in self._sched.tickets:
-            ok = not isinstance(outcome, BaseException)
-            self._sched.finish(job.prompt_id, seconds, ok)
-        self._jobs.pop(job.prompt_id, None)
-        if not isinstance(outcome, asyncio.CancelledError):
-            self._recent[job.prompt_id] = job
-            while len(self._recent) > _RECENT:
-                self._recent.popitem(last=False)
-            if isinstance(outcome, BaseException):
-                self.failed += 1
-            else:
-                self.done += 1
-        job._settle(outcome)
-        srv = self._servers.get(server) if server is not None else None
-        if srv is not None:
-            if srv.record.state is ServerState.DRAINING and not srv.record.assigned:
-                self._event(srv, ServerEvent.DRAINED)
-            elif not isinstance(outcome, BaseException) and srv.record.state in (
-                ServerState.SUSPECT,
-                ServerState.UP,
-            ):
-                self._event(srv, ServerEvent.OK)
-        self._kick()
-
-    async def _cancel_job(self, job: PoolJob) -> None:
-        if job.done():
-            return
-        task = job._task
-        if job.server is None or task is None or task.done():  # waiting: nothing to take back
-            job._attempt += 1
-            self._settle(job, asyncio.CancelledError())
-            return
-        # On a server: the client takes it back, and the outcome is the client job's (a
-        # prompt that finished first is done, not cancelled). A launch still posting cancels
-        # its client job as soon as it has it.
-        job._cancelling = True
-        if job._inner is not None:
-            await job._inner.cancel()
-        await asyncio.wait([task])
+    async def _cancel_book(self, book: _Book) -> None:
+        """:meth:`PoolJob.cancel`: waiting, it ends at once; on a server, the client job is
+        cancelled and its outcome is the job's (a prompt that finished first is done, not
+        cancelled); a launch still posting cancels its client job as soon as it has it."""
+        launch = book.launch
+        for handle in self._step(book, Cancel(launch_over=launch is None or launch.done())):
+            await handle.cancel()
+        if book.binding.state is BindingState.CANCELLING and launch is not None:
+            await asyncio.wait([launch])
 
     # ------------------------------------------------------------------ inputs
 
@@ -1190,6 +1227,18 @@ class ComfyUIPool:
         if isinstance(result, str):
             result = await self.wait_for_completion(result)
         return await collect_output_images(result, self.download)
+
+
+def _resolve(future: asyncio.Future[PromptResult], outcome: object) -> None:
+    """Set a pool job's outcome: a result, an exception or :data:`CANCELLED`."""
+    if outcome is CANCELLED:
+        future.cancel()
+    elif isinstance(outcome, BaseException):
+        future.set_exception(outcome)
+        future.exception()  # retrieved: nobody may be waiting
+    else:
+        assert isinstance(outcome, PromptResult)
+        future.set_result(outcome)
 
 
 def _retrieve(fut: asyncio.Future[Any]) -> None:

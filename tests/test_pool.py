@@ -19,6 +19,7 @@ from dreamgen_async.errors import (
     ConfigError,
     ConnectionLostError,
     NoCapableServerError,
+    PromptTimeout,
 )
 from dreamgen_async.multiplexer import ReconnectPolicy
 from dreamgen_async.pool import ComfyUIPool
@@ -333,6 +334,57 @@ async def test_a_cancel_that_loses_the_race_reports_the_result(farm: SimulatorFa
         assert late.prompt_id not in sim.prompts
         sim.release()
         await first.result()
+
+
+async def test_a_waiter_that_gives_up_leaves_the_job_to_the_others(farm: SimulatorFarm) -> None:
+    # The handle rule every job handle shares: a caller's timeout or cancellation ends its
+    # own wait; the job is cancelled only when the last waiter leaves.
+    (sim,) = await farm.start(cfg())
+    async with ComfyUIPool(farm.urls, **FAST) as pool:
+        sim.hold()
+        shared = await pool.submit(job())
+        patient = asyncio.create_task(shared.result())
+        impatient = asyncio.create_task(shared.result())
+        # Both tasks enter result() while this caller waits for its timeout.
+        with pytest.raises(PromptTimeout, match="another caller still waits"):
+            await shared.result(timeout=0.05)
+        assert shared.waiters == 2
+        impatient.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await impatient
+        assert not shared.done()
+        sim.release()
+        result = await patient
+        assert result.prompt_id == shared.prompt_id
+        assert shared.state == "done"
+
+        sim.hold()
+        alone = await pool.submit(job())
+        with pytest.raises(PromptTimeout, match="it was removed from the server"):
+            await alone.result(timeout=0.05)
+        assert alone.state == "cancelled"
+        sim.release()
+        assert sim.prompts[alone.prompt_id].status != "success"
+
+
+async def test_a_client_given_to_the_pool_bounds_its_server(farm: SimulatorFarm) -> None:
+    # The pool's slots are the one limit: a job never waits inside a client, where the pool
+    # could not reorder or move it. A client given to the pool keeps its max_in_flight.
+    (sim,) = await farm.start(cfg())
+    sim.hold()
+    async with (
+        ComfyUIClient(sim.url, max_in_flight=1) as client,
+        ComfyUIPool([client], over_queue=2) as pool,
+    ):
+        jobs = [await pool.submit(job()) for _ in range(3)]
+        await pool.wait_until(lambda: pool.in_flight == 1 and pool.waiting == 2)
+        urgent = await pool.submit(job(), priority=5)
+        assert (pool.in_flight, pool.waiting, client.waiting) == (1, 3, 0)
+        assert pool.server(sim.url).capacity == 3
+        sim.release()
+        results = await asyncio.gather(*(j.result(timeout=30) for j in [*jobs, urgent]))
+        assert all(r.prompt_id for r in results)
+        assert urgent.attempts == 1
 
 
 async def test_dream_generator_on_a_pool_uploads_lazily(

@@ -37,7 +37,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from dreamgen_async import ClientClosedError, RetryPolicy
 from dreamgen_async.jobs import PromptResult
 from dreamgen_async.multiplexer import ReconnectPolicy
-from dreamgen_async.placement import ServerState
+from dreamgen_async.placement import BindingState, ServerState
 from dreamgen_async.pool import ComfyUIPool, PoolJob
 from dreamgen_async.testing import ComfyUISimulator, SimulatorConfig, SimulatorFarm
 
@@ -220,7 +220,23 @@ class PoolModel(RuleBasedStateMachine):
             record = sched.servers[server]
             assert key in record.assigned
             assert record.state is not ServerState.REMOVED
-        assert not any(job.done() for job in pool._jobs.values())
+        assert not any(book.job.done() for book in pool._jobs.values())
+
+    @invariant()
+    def bindings_and_scheduler_agree(self) -> None:
+        """Each live job's binding says where it is, and the scheduler says the same."""
+        sched = self.pool._sched
+        for key, book in self.pool._jobs.items():
+            binding = book.binding
+            assert binding.key == key
+            if binding.state is BindingState.WAITING:
+                assert sched.is_waiting(key), binding
+                assert binding.server is None, binding
+            else:
+                assert binding.bound, binding  # a settled job is no longer in the books
+                assert sched.server_of(key) == binding.server, (binding, sched.server_of(key))
+                assert book.job.server == binding.server
+                assert binding.attempt == book.job.attempts >= 1
 
     @invariant()
     def one_socket_per_server(self) -> None:
@@ -305,8 +321,9 @@ def _stacks(pool: ComfyUIPool) -> str:
     """The pool and the stack of every unsettled job's launch (what it waits for)."""
     out = io.StringIO()
     print(pool, pool.servers, file=out)
-    for job in pool._jobs.values():
-        print(job, job._inner, job._cancelling, file=out)
+    for book in pool._jobs.values():
+        job = book.job
+        print(job, book.binding, file=out)
         srv = pool._servers.get(job.server or "")
         client = srv.client if srv is not None else None
         if client is not None:
@@ -317,8 +334,8 @@ def _stacks(pool: ComfyUIPool) -> str:
                 print(j, j._post_task, j._life, file=out)
                 if j._post_task is not None:
                     j._post_task.print_stack(limit=12, file=out)
-        if job._task is not None:
-            job._task.print_stack(limit=10, file=out)
+        if book.launch is not None:
+            book.launch.print_stack(limit=10, file=out)
     return out.getvalue()
 
 
