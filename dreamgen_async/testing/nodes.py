@@ -1408,7 +1408,7 @@ def _feather_mask(ctx: RunContext, inputs: dict[str, Any]) -> NodeResult:
         width, height = mask.size
         xs = _edge_rates(width, int(inputs["left"]), int(inputs["right"]))
         ys = _edge_rates(height, int(inputs["top"]), int(inputs["bottom"]))
-        values = list(mask.convert("L").getdata())
+        values = list(mask.convert("L").tobytes())
         faded = Image.new("L", mask.size)
         faded.putdata([round(v * xs[i % width] * ys[i // width]) for i, v in enumerate(values)])
         out.append(faded)

@@ -33,6 +33,7 @@ from dreamgen_async.workflows.recipes import (
     InpaintInputs,
     InpaintLayout,
     Lora,
+    LoraSpec,
     add_composite,
     add_controlnets,
     add_inpaint_latent,
@@ -512,7 +513,7 @@ class FluxWorkflowBuilder:
         self.loras: tuple[Lora, ...] = ()
         self.controlnets: tuple[ControlNet, ...] = ()
 
-    def with_loras(self, loras: Iterable[Lora | tuple[str, float] | str]) -> FluxWorkflowBuilder:
+    def with_loras(self, loras: Iterable[LoraSpec]) -> FluxWorkflowBuilder:
         """A copy of this builder that chains these LoRAs into every recipe, in order.
 
         Checkpoint models get ``LoraLoader`` (model and CLIP); the Flux split layout gets

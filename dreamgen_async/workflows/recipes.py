@@ -27,6 +27,7 @@ __all__ = [
     "HiresFix",
     "InpaintLayout",
     "Lora",
+    "LoraSpec",
     "check_available",
     "choose_inpaint_layout",
     "is_inpaint_model",
@@ -34,6 +35,10 @@ __all__ = [
 
 #: How a checkpoint or diffusion model is asked to repaint (see :func:`choose_inpaint_layout`).
 InpaintLayout: TypeAlias = Literal["encode_for_inpaint", "noise_mask", "inpaint_conditioning"]
+
+#: A LoRA as the builder accepts it: a :class:`Lora`, a name (strength 1.0), or
+#: ``(name, strength)`` / ``(name, strength, clip_strength)``.
+LoraSpec: TypeAlias = "Lora | str | tuple[str, float] | tuple[str, float, float]"
 
 #: ``ImageBlur``'s largest radius, hence the widest feather.
 MAX_FEATHER = 31
