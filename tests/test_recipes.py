@@ -223,6 +223,8 @@ async def test_outpaint_keeps_the_original_away_from_the_seam(
     assert result.size == (64 + 24, 48 + 8)
     inner = result.crop((16 + 4, 8 + 4, 16 + 64 - 4, 8 + 48))
     assert inner.tobytes() == _photo().crop((4, 4, 60, 48)).tobytes()
+    seam = result.crop((16, 8 + 4, 17, 8 + 48))  # the original's first column: feathered
+    assert seam.tobytes() != _photo().crop((0, 4, 1, 48)).tobytes()
     border = result.crop((0, 0, 16, 56))
     assert len(border.getcolors(maxcolors=4096) or ()) != 1  # painted, not the flat grey
 

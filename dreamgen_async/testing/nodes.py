@@ -1323,17 +1323,40 @@ def _canny(ctx: RunContext, inputs: dict[str, Any]) -> NodeResult:
     return NodeResult((Images(edges),))
 
 
+def _outpaint_feather(
+    size: tuple[int, int], pad: tuple[int, int, int, int], feathering: int
+) -> Image.Image:
+    """ImagePadForOutpaint's mask over the original: ``((f - d) / f)**2`` within ``f``
+    pixels of a padded side (``d`` the distance to it), 0 beyond; none when the image is
+    not wider and taller than twice ``f``."""
+    width, height = size
+    left, top, right, bottom = pad
+    mask = Image.new("L", size, 0)
+    if not (feathering > 0 and feathering * 2 < height and feathering * 2 < width):
+        return mask
+    rows = [min(i if top else height, height - i if bottom else height) for i in range(height)]
+    cols = [min(j if left else width, width - j if right else width) for j in range(width)]
+
+    def level(d: int) -> int:
+        return 0 if d >= feathering else round(255 * ((feathering - d) / feathering) ** 2)
+
+    mask.putdata([level(min(r, c)) for r in rows for c in cols])
+    return mask
+
+
 def _pad_for_outpaint(ctx: RunContext, inputs: dict[str, Any]) -> NodeResult:
     images: Images = inputs["image"]
     left, top = int(inputs["left"]), int(inputs["top"])
     right, bottom = int(inputs["right"]), int(inputs["bottom"])
+    feathering = int(inputs["feathering"])
     padded, masks = [], []
     for image in images.images:
         size = (image.width + left + right, image.height + top + bottom)
         canvas = Image.new("RGB", size, (128, 128, 128))
         canvas.paste(image.convert("RGB"), (left, top))
         mask = Image.new("L", size, 255)
-        mask.paste(0, (left, top, left + image.width, top + image.height))
+        inner = _outpaint_feather(image.size, (left, top, right, bottom), feathering)
+        mask.paste(inner, (left, top))
         padded.append(canvas)
         masks.append(mask)
     return NodeResult((Images(tuple(padded)), Images(tuple(masks))))
