@@ -385,3 +385,18 @@ class NodeRegistryInfo:
         info["LoraLoaderModelOnly"]["input"]["required"]["lora_name"][0] = []
         assert ServerModels.from_object_info(info).loras == ()
         return dict(info)
+
+
+def test_a_mask_is_read_upright_as_comfyuis_loaders_read_it() -> None:
+    """EXIF orientation 6 (a portrait phone shot): 48x64 stored, 64x48 shown and loaded."""
+    stored = _mask().transpose(Image.Transpose.ROTATE_90)  # what the camera wrote
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    buf = io.BytesIO()
+    stored.save(buf, format="PNG", exif=exif.tobytes())
+
+    prepared = prepare_mask(buf.getvalue(), SIZE)
+
+    assert not prepared.resized
+    with Image.open(io.BytesIO(prepared.data)) as img:
+        assert img.tobytes() == _mask().tobytes()

@@ -20,7 +20,7 @@ import io
 import warnings
 from dataclasses import dataclass
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from dreamgen_async.errors import InputImageError
 
@@ -64,7 +64,7 @@ def _open(data: bytes, source: str, what: str) -> Image.Image:
     try:
         with Image.open(io.BytesIO(data)) as img:
             img.load()
-            return img.copy()
+            return ImageOps.exif_transpose(img)  # upright, as ComfyUI's loaders see it
     except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise MaskError(f"{what} {source} is not an image ({exc})", source=source) from exc
 
@@ -82,7 +82,8 @@ def prepare_mask(
 
     Args:
         mask: The mask file's bytes (PNG, JPEG, WebP...): white = repaint, black = keep.
-        image_size: The (width, height) of the image it masks.
+        image_size: The (width, height) of the image it masks, upright (EXIF orientation
+            applied, as ``LoadImage`` does) and after any downscaling before upload.
         source: The mask's path, for messages.
 
     Returns:
