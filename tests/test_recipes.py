@@ -400,3 +400,26 @@ def test_a_mask_is_read_upright_as_comfyuis_loaders_read_it() -> None:
     assert not prepared.resized
     with Image.open(io.BytesIO(prepared.data)) as img:
         assert img.tobytes() == _mask().tobytes()
+
+
+async def test_the_feathered_composite_mask_stays_inside_the_grown_mask(
+    recipe_sim: ComfyUISimulator,
+) -> None:
+    """The geometry itself, saved as an image: ImageBlur's square kernel reaches its corners,
+    so the shrink before it must be square too (a tapered one leaked one pixel on ComfyUI)."""
+    graph = (
+        builder(SD15)
+        .build_inpaint(IMAGE, MASK, "x", denoise=0.7, seed=9, grow_mask=2, feather=3)
+        .workflow
+    )
+    (composite,) = [n for n in graph.values() if n["class_type"] == "ImageCompositeMasked"]
+    (save,) = [n for n in graph.values() if n["class_type"] == "SaveImage"]
+    graph["99"] = {"class_type": "MaskToImage", "inputs": {"mask": composite["inputs"]["mask"]}}
+    save["inputs"]["images"] = ["99", 0]
+    async with ComfyUIClient(recipe_sim.url) as client:
+        soft = (await _run(client, graph)).convert("L")
+
+    grown = grow_mask(_mask(), 2, True)
+    outside = ImageChops.multiply(soft, ImageChops.invert(grown.point(lambda v: 255 if v else 0)))
+    assert outside.getextrema() == (0, 0)
+    assert soft.getextrema()[1] == 255

@@ -299,9 +299,10 @@ def add_mask_edits(g: Graph, mask: Output, grow: int, feather: int) -> tuple[Out
 
     The sampling mask is ``mask`` grown by ``grow`` pixels (``GrowMask``). The compositing
     mask fades inwards over ``feather`` pixels: the sampling mask shrunk by ``feather``
-    (``GrowMask``), then blurred by ``feather`` (``MaskToImage`` → ``ImageBlur`` →
-    ``ImageToMask``), so it never reaches past the sampling mask and every pixel outside it
-    stays the input's.
+    (``GrowMask``, square corners), then blurred by ``feather`` (``MaskToImage`` →
+    ``ImageBlur`` → ``ImageToMask``), so it never reaches past the sampling mask and every
+    pixel outside it stays the input's (checked on ComfyUI 0.8.0, where a tapered shrink let
+    the blur's square kernel reach one pixel past the grown corners).
     """
     sample = mask
     if grow:
@@ -310,8 +311,10 @@ def add_mask_edits(g: Graph, mask: Output, grow: int, feather: int) -> tuple[Out
         ).out(0)
     if not feather:
         return sample, sample
+    # Square corners: eroded by a (2f+1)-pixel square, the mask keeps ImageBlur's square
+    # kernel (reach f each way, corners included) inside the sampling mask.
     shrunk = g.add(
-        "GrowMask", title="Shrink Mask", mask=sample, expand=-feather, tapered_corners=True
+        "GrowMask", title="Shrink Mask", mask=sample, expand=-feather, tapered_corners=False
     ).out(0)
     as_image = g.add("MaskToImage", title="Mask to Image", mask=shrunk).out(0)
     blurred = g.add(
