@@ -465,3 +465,109 @@ def test_legacy_promoted_values_follow_the_subgraph_inputs_even_if_the_file_omit
     data["nodes"][2]["inputs"] = data["nodes"][2]["inputs"][:3]  # the seed slot not saved
 
     assert convert_ui_workflow(data, INFO)["12:7"]["inputs"]["seed"] == 4321
+
+
+# --------------------------------------------------------------------------- template regressions
+# Five of ComfyUI's own templates (ComfyUI 0.8.0's template packages) converted to graphs the
+# server rejects; each case below is the smallest graph with the same shape.
+
+_MOONVALLEY = {
+    # As ComfyUI 0.8.0 lists MoonvalleyVideo2VideoNode: `steps` (required) was added after the
+    # template was saved, and the seed's control widget is switched off explicitly.
+    "input": {
+        "required": {
+            "prompt": ["STRING", {"multiline": True}],
+            "negative_prompt": ["STRING", {"multiline": True, "default": "blurry"}],
+            "seed": ["INT", {"default": 9, "min": 0, "max": 4294967295, "control_after_generate": False}],
+            "video": ["VIDEO", {}],
+            "steps": ["INT", {"default": 33, "min": 1, "max": 100}],
+        },
+        "optional": {
+            "control_type": ["COMBO", {"options": ["Motion Transfer", "Pose Transfer"], "default": "Motion Transfer"}],
+            "motion_intensity": ["INT", {"default": 100, "min": 0, "max": 100}],
+        },
+    },
+    "input_order": {"required": ["prompt", "negative_prompt", "seed", "video", "steps"], "optional": ["control_type", "motion_intensity"]},
+    "output": ["VIDEO"],
+    "name": "MoonvalleyVideo2VideoNode",
+}  # fmt: skip
+
+
+def test_moonvalley_values_saved_before_a_widget_was_added_are_realigned() -> None:
+    """api_moonvalley_video_to_video_motion_transfer: positionally `steps` got "Motion Transfer"
+    and `control_type` 100; the value that fits no widget in order marks the added one."""
+    node = _node(38, "MoonvalleyVideo2VideoNode", ["a horse", "ugly", 3711400033, "randomize", "Motion Transfer", 100], [("video", "VIDEO", None)])  # fmt: skip
+    data = {"nodes": [node], "links": []}
+
+    inputs = convert_ui_workflow(data, {**INFO, "MoonvalleyVideo2VideoNode": _MOONVALLEY})["38"][
+        "inputs"
+    ]
+
+    assert inputs == {
+        "prompt": "a horse", "negative_prompt": "ugly", "seed": 3711400033, "steps": 33,
+        "control_type": "Motion Transfer", "motion_intensity": 100,
+    }  # fmt: skip
+
+
+def test_values_that_fit_their_widgets_are_never_realigned() -> None:
+    node = _node(38, "MoonvalleyVideo2VideoNode", ["a", "b", 5, 20, "Pose Transfer", 50], [("video", "VIDEO", None)])  # fmt: skip
+
+    inputs = convert_ui_workflow({"nodes": [node], "links": []}, {**INFO, "MoonvalleyVideo2VideoNode": _MOONVALLEY})["38"]["inputs"]  # fmt: skip
+
+    assert (inputs["seed"], inputs["steps"], inputs["control_type"], inputs["motion_intensity"]) == (5, 20, "Pose Transfer", 50)  # fmt: skip
+
+
+def test_proxy_widget_values_are_indexed_like_the_proxy_list() -> None:
+    """flux_fill_inpaint_example: `widgets_values[i]` belongs to `proxyWidgets[i]`; counting only
+    the instance's own entries sent KSampler.seed = None."""
+    proxy = [["5", "text"], ["-1", "seed"], ["7", "control_after_generate"], ["-1", "$$canvas-image-preview"]]  # fmt: skip
+    data = _subgraph_workflow([None, 656821733471329], {"proxyWidgets": proxy})
+
+    assert convert_ui_workflow(data, INFO)["12:7"]["inputs"]["seed"] == 656821733471329
+
+
+def test_proxy_widget_value_is_not_taken_from_a_neighbours_slot() -> None:
+    """image_qwen_image_edit_2509_relight: the own entries' values interleave with inner ones;
+    LoraLoaderModelOnly.strength_model got the LoRA's file name, one entry to the left."""
+    proxy = [["-1", "prompt"], ["-1", "lora_name"], ["7", "control_after_generate"], ["-1", "other"], ["-1", "seed"]]  # fmt: skip
+    data = _subgraph_workflow(["", "relight.safetensors", None, "x.safetensors", 1], {"proxyWidgets": proxy})  # fmt: skip
+
+    assert convert_ui_workflow(data, INFO)["12:7"]["inputs"]["seed"] == 1
+
+
+def test_proxy_widget_after_inner_entries_gets_its_value() -> None:
+    """image_qwen_image_instantx_controlnet: the own entry comes after three inner ones, whose
+    slots hold null; ContronNetApplyAdvanced.strength was sent as None."""
+    proxy = [["5", "text"], ["7", "steps"], ["7", "control_after_generate"], ["-1", "seed"]]
+    data = _subgraph_workflow([None, None, None, 42], {"proxyWidgets": proxy})
+
+    assert convert_ui_workflow(data, INFO)["12:7"]["inputs"]["seed"] == 42
+
+
+def test_a_null_proxy_widget_value_leaves_the_inner_widgets_value() -> None:
+    data = _subgraph_workflow([None], {"proxyWidgets": [["-1", "seed"]]})
+
+    assert convert_ui_workflow(data, INFO)["12:7"]["inputs"]["seed"] == 1
+
+
+def test_an_unfinished_workflow_with_no_runnable_output_is_refused() -> None:
+    """gsc_starter_1 asks the user to draw the last link: SaveImage.images is unconnected in
+    the file, so ComfyUI would reject the graph (required input missing)."""
+    data = _basic()
+    data["nodes"][6]["inputs"][0]["link"] = None
+    data["links"] = [link for link in data["links"] if link[0] != 9]
+
+    with pytest.raises(WorkflowError, match=r"node 9 \(SaveImage\) input 'images' is not connected") as info:  # fmt: skip
+        convert_ui_workflow(data, INFO)
+
+    assert (info.value.node_id, info.value.input_name) == ("9", "images")
+
+
+def test_an_unfinished_branch_beside_a_runnable_output_still_converts() -> None:
+    data = _basic()
+    data["nodes"].append(_node(10, "SaveImage", ["unfinished"], [("images", "IMAGE", None)]))
+
+    api = convert_ui_workflow(data, INFO)
+
+    assert api["10"]["inputs"] == {"filename_prefix": "unfinished"}
+    assert api["9"]["inputs"]["images"] == ["8", 0]

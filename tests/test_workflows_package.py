@@ -18,6 +18,8 @@ PURE_MODULES = [
     "dreamgen_async.workflows.builder",
     "dreamgen_async.workflows.api",
     "dreamgen_async.workflows.ui",
+    "dreamgen_async.workflows.recipes",
+    "dreamgen_async.workflows.masks",
 ]
 
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageChops, UnidentifiedImageError
 
 MAX_RESOLUTION = 16384
 MAX_SEED = 0xFFFFFFFFFFFFFFFF
@@ -68,10 +68,16 @@ class Conditioning:
 
 @dataclass(frozen=True)
 class Latent:
-    """A fake latent: the pixels themselves (the simulated VAE is the identity)."""
+    """A fake latent: the pixels themselves.
+
+    ``noise_mask`` (an ``L`` image, 255 = sample here) is what ``SetLatentNoiseMask``,
+    ``VAEEncodeForInpaint`` and ``InpaintModelConditioning`` attach: the sampler then changes
+    only the masked pixels, as ComfyUI's does in latent space.
+    """
 
     images: tuple[Image.Image, ...]
     empty: bool = False
+    noise_mask: Image.Image | None = None
 
 
 @dataclass(frozen=True)
@@ -262,6 +268,12 @@ def save_images(
     return {"images": records}
 
 
+def split_annotation(name: str) -> tuple[str, str | None]:
+    """``"a.png [output]"`` -> ``("a.png", "output")``; no annotation -> ``(name, None)``."""
+    match = _ANNOTATION.match(name)
+    return (match.group("name"), match.group("kind")) if match else (name, None)
+
+
 def resolve_input_path(input_dir: Path, output_dir: Path, temp_dir: Path, name: str) -> Path:
     """Where LoadImage's ``image`` value points (``sub/name.png``, ``name.png [output]``)."""
     base = input_dir
@@ -317,16 +329,37 @@ def _vae_encode(ctx: RunContext, inputs: dict[str, Any]) -> NodeResult:
     return NodeResult((Latent(tuple(i.convert("RGB") for i in pixels.images)),))
 
 
+def vae_round_trip(image: Image.Image) -> Image.Image:
+    """The simulated VAE's loss: every channel value's lowest bit flips on decode.
+
+    A real VAE never gives back the pixels it encoded; this one changes each by exactly one
+    level, so a graph that does not composite the result back onto its input (inpainting)
+    visibly loses the "kept" pixels, as it would on a real server.
+    """
+    return image.convert("RGB").point(lambda v: v ^ 1)
+
+
 def _vae_decode(ctx: RunContext, inputs: dict[str, Any]) -> NodeResult:
     samples: Latent = inputs["samples"]
-    return NodeResult((Images(samples.images),))
+    return NodeResult((Images(tuple(vae_round_trip(i) for i in samples.images)),))
+
+
+def masked_sampling(latent: Latent, sampled: tuple[Image.Image, ...]) -> Latent:
+    """The sampler's result where the latent's noise mask allows, the latent elsewhere."""
+    if latent.noise_mask is None:
+        return Latent(sampled)
+    out = []
+    for src, new in zip(latent.images, sampled, strict=True):
+        mask = latent.noise_mask.convert("L").resize(src.size, Image.Resampling.BILINEAR)
+        out.append(Image.composite(new, src.convert("RGB"), mask))
+    return Latent(tuple(out))
 
 
 def _ksampler(ctx: RunContext, inputs: dict[str, Any]) -> NodeResult:
     latent: Latent = inputs["latent_image"]
     positive: Conditioning = inputs["positive"]
     images = sample_images(latent, positive.text, int(inputs["seed"]), float(inputs["denoise"]))
-    return NodeResult((Latent(images),))
+    return NodeResult((masked_sampling(latent, images),))
 
 
 def _save_image(ctx: RunContext, inputs: dict[str, Any]) -> NodeResult:
@@ -1268,18 +1301,35 @@ def _load_image_mask(ctx: RunContext, inputs: dict[str, Any]) -> NodeResult:
     return NodeResult((Images((mask,)),))
 
 
-def _to_latent(name: str) -> Callable[[RunContext, dict[str, Any]], NodeResult]:
-    def run(ctx: RunContext, inputs: dict[str, Any]) -> NodeResult:
-        pixels: Images = inputs[name]
-        return NodeResult((Latent(tuple(i.convert("RGB") for i in pixels.images)),))
-
-    return run
+def _mask_of(masks: Images, size: tuple[int, int]) -> Image.Image:
+    """The first mask of a MASK batch as an ``L`` image of ``size`` (bilinear, as ComfyUI)."""
+    mask = masks.images[0].convert("L")
+    return mask if mask.size == size else mask.resize(size, Image.Resampling.BILINEAR)
 
 
 def _inpaint_conditioning(ctx: RunContext, inputs: dict[str, Any]) -> NodeResult:
     pixels: Images = inputs["pixels"]
-    latent = Latent(tuple(i.convert("RGB") for i in pixels.images))
+    images = tuple(i.convert("RGB") for i in pixels.images)
+    noise_mask = _mask_of(inputs["mask"], images[0].size) if inputs.get("noise_mask") else None
+    latent = Latent(images, noise_mask=noise_mask)
     return NodeResult((inputs["positive"], inputs["negative"], latent))
+
+
+def _encode_for_inpaint(ctx: RunContext, inputs: dict[str, Any]) -> NodeResult:
+    """VAEEncodeForInpaint: grow the mask, grey out the masked pixels, attach the mask."""
+    pixels: Images = inputs["pixels"]
+    size = pixels.images[0].size
+    mask = grow_mask(_mask_of(inputs["mask"], size), int(inputs["grow_mask_by"]), True)
+    hard = mask.point(lambda v: 255 if v >= 128 else 0)
+    grey = Image.new("RGB", size, (128, 128, 128))
+    images = tuple(Image.composite(grey, i.convert("RGB"), hard) for i in pixels.images)
+    return NodeResult((Latent(images, noise_mask=mask),))
+
+
+def _set_noise_mask(ctx: RunContext, inputs: dict[str, Any]) -> NodeResult:
+    samples: Latent = inputs["samples"]
+    mask = _mask_of(inputs["mask"], samples.images[0].size)
+    return NodeResult((Latent(samples.images, samples.empty, mask),))
 
 
 def _zero_out(ctx: RunContext, inputs: dict[str, Any]) -> NodeResult:
@@ -1291,7 +1341,7 @@ def _ksampler_advanced(ctx: RunContext, inputs: dict[str, Any]) -> NodeResult:
     positive: Conditioning = inputs["positive"]
     denoise = 1.0 if inputs.get("add_noise") == "enable" else 0.5
     images = sample_images(latent, positive.text, int(inputs["noise_seed"]), denoise)
-    return NodeResult((Latent(images),))
+    return NodeResult((masked_sampling(latent, images),))
 
 
 def _canny(ctx: RunContext, inputs: dict[str, Any]) -> NodeResult:
@@ -1304,17 +1354,40 @@ def _canny(ctx: RunContext, inputs: dict[str, Any]) -> NodeResult:
     return NodeResult((Images(edges),))
 
 
+def _outpaint_feather(
+    size: tuple[int, int], pad: tuple[int, int, int, int], feathering: int
+) -> Image.Image:
+    """ImagePadForOutpaint's mask over the original: ``((f - d) / f)**2`` within ``f``
+    pixels of a padded side (``d`` the distance to it), 0 beyond; none when the image is
+    not wider and taller than twice ``f``."""
+    width, height = size
+    left, top, right, bottom = pad
+    mask = Image.new("L", size, 0)
+    if not (feathering > 0 and feathering * 2 < height and feathering * 2 < width):
+        return mask
+    rows = [min(i if top else height, height - i if bottom else height) for i in range(height)]
+    cols = [min(j if left else width, width - j if right else width) for j in range(width)]
+
+    def level(d: int) -> int:
+        return 0 if d >= feathering else round(255 * ((feathering - d) / feathering) ** 2)
+
+    mask.putdata([level(min(r, c)) for r in rows for c in cols])
+    return mask
+
+
 def _pad_for_outpaint(ctx: RunContext, inputs: dict[str, Any]) -> NodeResult:
     images: Images = inputs["image"]
     left, top = int(inputs["left"]), int(inputs["top"])
     right, bottom = int(inputs["right"]), int(inputs["bottom"])
+    feathering = int(inputs["feathering"])
     padded, masks = [], []
     for image in images.images:
         size = (image.width + left + right, image.height + top + bottom)
         canvas = Image.new("RGB", size, (128, 128, 128))
         canvas.paste(image.convert("RGB"), (left, top))
         mask = Image.new("L", size, 255)
-        mask.paste(0, (left, top, left + image.width, top + image.height))
+        inner = _outpaint_feather(image.size, (left, top, right, bottom), feathering)
+        mask.paste(inner, (left, top))
         padded.append(canvas)
         masks.append(mask)
     return NodeResult((Images(tuple(padded)), Images(tuple(masks))))
@@ -1326,6 +1399,238 @@ def _image_compare(ctx: RunContext, inputs: dict[str, Any]) -> NodeResult:
 
 def _model_spec(kind: str, **options: Any) -> list[Any]:
     return [kind, dict(options)]
+
+
+# -- masks, compositing and latent upscaling (ComfyUI's comfy_extras/nodes_mask.py,
+#    nodes_post_processing.py and nodes.py): real pixel maths, so that inpainting tests can
+#    check which pixels changed.
+
+
+def grow_mask(mask: Image.Image, expand: int, tapered_corners: bool) -> Image.Image:
+    """GrowMask: dilate (``expand`` > 0) or erode (< 0) by ``|expand|`` pixels."""
+    from PIL import ImageFilter
+
+    if expand == 0:
+        return mask
+    grow = expand > 0
+    out = mask
+    if tapered_corners:  # a cross kernel, one pixel per step (as ComfyUI)
+        for _ in range(abs(expand)):
+            shifted = [out]
+            for dx, dy in ((1, 0), (-1, 0), (0, 1), (0, -1)):
+                shifted.append(_shift(out, dx, dy, 0 if grow else 255))
+            out = shifted[0]
+            for other in shifted[1:]:
+                out = ImageChops.lighter(out, other) if grow else ImageChops.darker(out, other)
+        return out
+    size = 2 * abs(expand) + 1
+    rank = ImageFilter.MaxFilter(size) if grow else ImageFilter.MinFilter(size)
+    return out.filter(rank)
+
+
+def _shift(image: Image.Image, dx: int, dy: int, fill: int) -> Image.Image:
+    canvas = Image.new(image.mode, image.size, fill)
+    canvas.paste(image, (dx, dy))
+    return canvas
+
+
+def _grow_mask(ctx: RunContext, inputs: dict[str, Any]) -> NodeResult:
+    masks: Images = inputs["mask"]
+    expand, tapered = int(inputs["expand"]), bool(inputs["tapered_corners"])
+    grown = tuple(grow_mask(m.convert("L"), expand, tapered) for m in masks.images)
+    return NodeResult((Images(grown),))
+
+
+def _edge_rates(length: int, before: int, after: int) -> list[float]:
+    """FeatherMask's factor along one axis: ramps of ``before`` and ``after`` pixels."""
+    rates = []
+    for i in range(length):
+        rate = 1.0
+        if i < before:
+            rate *= (i + 1) / before
+        if length - 1 - i < after:
+            rate *= (length - i) / after
+        rates.append(rate)
+    return rates
+
+
+def _feather_mask(ctx: RunContext, inputs: dict[str, Any]) -> NodeResult:
+    """FeatherMask: fade the mask towards the image's borders, ``left`` pixels on the left..."""
+    masks: Images = inputs["mask"]
+    out = []
+    for mask in masks.images:
+        width, height = mask.size
+        xs = _edge_rates(width, int(inputs["left"]), int(inputs["right"]))
+        ys = _edge_rates(height, int(inputs["top"]), int(inputs["bottom"]))
+        values = list(mask.convert("L").tobytes())
+        faded = Image.new("L", mask.size)
+        faded.putdata([round(v * xs[i % width] * ys[i // width]) for i, v in enumerate(values)])
+        out.append(faded)
+    return NodeResult((Images(tuple(out)),))
+
+
+def _mask_to_image(ctx: RunContext, inputs: dict[str, Any]) -> NodeResult:
+    masks: Images = inputs["mask"]
+    return NodeResult((Images(tuple(m.convert("L").convert("RGB") for m in masks.images)),))
+
+
+def _image_to_mask(ctx: RunContext, inputs: dict[str, Any]) -> NodeResult:
+    images: Images = inputs["image"]
+    band = {"red": "R", "green": "G", "blue": "B", "alpha": "A"}[str(inputs["channel"])]
+    return NodeResult((Images(tuple(i.convert("RGBA").getchannel(band) for i in images.images)),))
+
+
+def _invert_mask(ctx: RunContext, inputs: dict[str, Any]) -> NodeResult:
+    masks: Images = inputs["mask"]
+    return NodeResult((Images(tuple(ImageChops.invert(m.convert("L")) for m in masks.images)),))
+
+
+def _image_blur(ctx: RunContext, inputs: dict[str, Any]) -> NodeResult:
+    """ImageBlur, as a box blur of the same reach (``blur_radius`` pixels each way)."""
+    from PIL import ImageFilter
+
+    images: Images = inputs["image"]
+    radius = int(inputs["blur_radius"])
+    blur = ImageFilter.BoxBlur(radius)
+    return NodeResult((Images(tuple(i.convert("RGB").filter(blur) for i in images.images)),))
+
+
+def _composite_masked(ctx: RunContext, inputs: dict[str, Any]) -> NodeResult:
+    """ImageCompositeMasked: ``source`` over ``destination`` at (x, y) through ``mask``.
+
+    Where the mask is 0 the destination's pixels come through unchanged.
+    """
+    destination: Images = inputs["destination"]
+    source: Images = inputs["source"]
+    x, y = int(inputs["x"]), int(inputs["y"])
+    masks: Images | None = inputs.get("mask")
+    out = []
+    for index, dest in enumerate(destination.images):
+        src = source.images[min(index, len(source.images) - 1)].convert("RGB")
+        if inputs.get("resize_source"):
+            src = src.resize(dest.size, Image.Resampling.BILINEAR)
+        mask = Image.new("L", src.size, 255) if masks is None else _mask_of(masks, src.size)
+        result = dest.convert("RGB").copy()
+        result.paste(src, (x, y), mask)
+        out.append(result)
+    return NodeResult((Images(tuple(out)),))
+
+
+def _latent_upscale(ctx: RunContext, inputs: dict[str, Any]) -> NodeResult:
+    samples: Latent = inputs["samples"]
+    first = samples.images[0]
+    if "scale_by" in inputs:
+        scale = float(inputs["scale_by"])
+        size = (round(first.width * scale / 8) * 8, round(first.height * scale / 8) * 8)
+    else:
+        size = (int(inputs["width"]), int(inputs["height"]))
+        if size[0] == 0:
+            size = (round(first.width * size[1] / first.height), size[1])
+        if size[1] == 0:
+            size = (size[0], round(first.height * size[0] / first.width))
+    images = _resized(Images(samples.images), size).images
+    return NodeResult((Latent(images),))
+
+
+def recipe_nodes() -> list[NodeDef]:
+    """Masks, compositing, blur and latent upscaling, for the inpaint / hires-fix recipes."""
+    res = {"min": -MAX_RESOLUTION, "max": MAX_RESOLUTION, "step": 1}
+    side = {"default": 0, "min": 0, "max": MAX_RESOLUTION, "step": 1}
+    latent_methods = ["nearest-exact", "bilinear", "area", "bicubic", "bislerp"]
+    return [
+        NodeDef(
+            "ImageCompositeMasked", "ImageCompositeMasked", "image", "",
+            {
+                "required": {
+                    "destination": ["IMAGE", {}],
+                    "source": ["IMAGE", {}],
+                    "x": _model_spec("INT", default=0, min=0, max=MAX_RESOLUTION, step=1),
+                    "y": _model_spec("INT", default=0, min=0, max=MAX_RESOLUTION, step=1),
+                    "resize_source": ["BOOLEAN", {"default": False}],
+                },
+                "optional": {"mask": ["MASK", {}]},
+            },
+            ("IMAGE",), ("IMAGE",), _composite_masked, python_module="comfy_extras.nodes_mask",
+        ),
+        NodeDef(
+            "GrowMask", "GrowMask", "mask", "",
+            {
+                "required": {
+                    "mask": ["MASK", {}],
+                    "expand": _model_spec("INT", default=0, **res),
+                    "tapered_corners": ["BOOLEAN", {"default": True}],
+                }
+            },
+            ("MASK",), ("MASK",), _grow_mask, python_module="comfy_extras.nodes_mask",
+        ),
+        NodeDef(
+            "FeatherMask", "FeatherMask", "mask", "",
+            {
+                "required": {
+                    "mask": ["MASK", {}],
+                    **{side_name: _model_spec("INT", **side)
+                       for side_name in ("left", "top", "right", "bottom")},
+                }
+            },
+            ("MASK",), ("MASK",), _feather_mask, python_module="comfy_extras.nodes_mask",
+        ),
+        NodeDef(
+            "MaskToImage", "Convert Mask to Image", "mask", "",
+            {"required": {"mask": ["MASK", {}]}},
+            ("IMAGE",), ("IMAGE",), _mask_to_image, python_module="comfy_extras.nodes_mask",
+        ),
+        NodeDef(
+            "ImageToMask", "Convert Image to Mask", "mask", "",
+            {
+                "required": {
+                    "image": ["IMAGE", {}],
+                    "channel": [["red", "green", "blue", "alpha"], {}],
+                }
+            },
+            ("MASK",), ("MASK",), _image_to_mask, python_module="comfy_extras.nodes_mask",
+        ),
+        NodeDef(
+            "InvertMask", "InvertMask", "mask", "",
+            {"required": {"mask": ["MASK", {}]}},
+            ("MASK",), ("MASK",), _invert_mask, python_module="comfy_extras.nodes_mask",
+        ),
+        NodeDef(
+            "ImageBlur", "Image Blur", "image/postprocessing", "",
+            {
+                "required": {
+                    "image": ["IMAGE", {}],
+                    "blur_radius": _model_spec("INT", default=1, min=1, max=31, step=1),
+                    "sigma": _model_spec("FLOAT", default=1.0, min=0.1, max=10.0, step=0.1),
+                }
+            },
+            ("IMAGE",), ("IMAGE",), _image_blur,
+            python_module="comfy_extras.nodes_post_processing",
+        ),
+        NodeDef(
+            "LatentUpscale", "Upscale Latent", "latent", "",
+            {
+                "required": {
+                    "samples": ["LATENT", {}],
+                    "upscale_method": [list(latent_methods), {}],
+                    "width": _model_spec("INT", default=512, min=0, max=MAX_RESOLUTION, step=8),
+                    "height": _model_spec("INT", default=512, min=0, max=MAX_RESOLUTION, step=8),
+                    "crop": [["disabled", "center"], {}],
+                }
+            },
+            ("LATENT",), ("LATENT",), _latent_upscale,
+        ),
+        NodeDef(
+            "LatentUpscaleBy", "Upscale Latent By", "latent", "",
+            {
+                "required": {
+                    "samples": ["LATENT", {}],
+                    "upscale_method": [list(latent_methods), {}],
+                    "scale_by": _model_spec("FLOAT", default=1.5, min=0.01, max=8.0, step=0.01),
+                }
+            },
+            ("LATENT",), ("LATENT",), _latent_upscale,
+        ),
+    ]  # fmt: skip
 
 
 def build_extra_nodes() -> dict[str, NodeDef]:
@@ -1439,7 +1744,7 @@ def build_extra_nodes() -> dict[str, NodeDef]:
                     "grow_mask_by": _model_spec("INT", default=6, min=0, max=64, step=1),
                 }
             },
-            ("LATENT",), ("LATENT",), _to_latent("pixels"),
+            ("LATENT",), ("LATENT",), _encode_for_inpaint,
         ),
         NodeDef(
             "LoadImageMask", "Load Image (as Mask)", "mask", "",
@@ -1454,7 +1759,7 @@ def build_extra_nodes() -> dict[str, NodeDef]:
         NodeDef(
             "SetLatentNoiseMask", "Set Latent Noise Mask", "latent/inpaint", "",
             {"required": {"samples": ["LATENT", {}], "mask": ["MASK", {}]}},
-            ("LATENT",), ("LATENT",), _passthrough("samples"),
+            ("LATENT",), ("LATENT",), _set_noise_mask,
         ),
         NodeDef(
             "InpaintModelConditioning", "InpaintModelConditioning", "conditioning/inpaint", "",
@@ -1624,5 +1929,6 @@ def build_extra_nodes() -> dict[str, NodeDef]:
             (), (), _image_compare, output_node=True,
             python_module="comfy_extras.nodes_image_compare",
         ),
+        *recipe_nodes(),
     ]  # fmt: skip
     return {node.name: node for node in nodes}

@@ -38,7 +38,12 @@ from dreamgen_async.testing.engine import (
     SimPrompt,
 )
 from dreamgen_async.testing.hub import Connection, Hub
-from dreamgen_async.testing.nodes import DEFAULT_MODELS, NodeRegistry, validate_prompt
+from dreamgen_async.testing.nodes import (
+    DEFAULT_MODELS,
+    NodeRegistry,
+    split_annotation,
+    validate_prompt,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -454,6 +459,7 @@ class ComfyUISimulator:
             ("POST", "/history", self._post_history),
             ("GET", "/view", self._view),
             ("POST", "/upload/image", self._upload_image),
+            ("POST", "/upload/mask", self._upload_mask),
             ("GET", "/system_stats", self._system_stats),
             ("GET", "/object_info", self._object_info),
             ("GET", "/object_info/{node_class}", self._object_info_one),
@@ -791,7 +797,50 @@ class ComfyUISimulator:
         )
 
     async def _upload_image(self, request: web.Request) -> web.StreamResponse:
+        return self._store_upload(await request.post(), None)
+
+    async def _upload_mask(self, request: web.Request) -> web.StreamResponse:
+        """``/upload/mask``: the upload's alpha channel onto a copy of ``original_ref``'s image.
+
+        As ComfyUI 0.8.0: ``original_ref`` is JSON ``{"filename", "subfolder", "type"}``
+        (type ``output`` by default); the original's RGB (and PNG text) are kept, its alpha
+        replaced by the uploaded image's alpha, and the result written under the upload's
+        name. A missing original writes nothing but still answers 200 with the name.
+        """
         post = await request.post()
+        try:
+            ref = json.loads(str(post.get("original_ref")))
+        except ValueError:
+            return _empty(500)
+        if not isinstance(ref, dict):
+            return _empty(500)
+        name, annotated = split_annotation(str(ref.get("filename", "")))
+        kind = annotated or str(ref.get("type", "output") or "output")
+        if not name or name[0] == "/" or ".." in name:
+            return _empty(400)
+        base = self._dir_for(kind)
+        if base is None:
+            return _empty(400)
+        original = (base / str(ref.get("subfolder", "") or "") / name).resolve()
+        if os.path.commonpath((str(base.resolve()), str(original))) != str(base.resolve()):
+            return _empty(403)
+
+        def merge(data: bytes) -> bytes | None:
+            if not original.is_file():
+                return None
+            with Image.open(original) as source, Image.open(io.BytesIO(data)) as mask:
+                merged = source.convert("RGBA")
+                merged.putalpha(mask.convert("RGBA").getchannel("A"))
+            buf = io.BytesIO()
+            merged.save(buf, format="PNG", compress_level=4)
+            return buf.getvalue()
+
+        return self._store_upload(post, merge)
+
+    def _store_upload(
+        self, post: Mapping[str, Any], transform: Callable[[bytes], bytes | None] | None
+    ) -> web.StreamResponse:
+        """ComfyUI's ``image_upload``: name, subfolder, duplicate check, then write."""
         image = post.get("image")
         if not isinstance(image, web.FileField) or not image.filename:
             return _empty(400)
@@ -820,7 +869,9 @@ class ComfyUISimulator:
                 path = folder / filename
                 counter += 1
         if not duplicate:
-            path.write_bytes(data)
+            written = data if transform is None else transform(data)
+            if written is not None:
+                path.write_bytes(written)
         self._changed()
         return web.json_response({"name": filename, "subfolder": subfolder, "type": kind})
 

@@ -7,10 +7,11 @@ bad one raises :class:`~dreamgen_async.errors.WorkflowError` naming it.
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import secrets
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Literal, TypeAlias
@@ -26,6 +27,24 @@ from dreamgen_async.workflows.graph import (
     _check_text,
     _quoted,
 )
+from dreamgen_async.workflows.recipes import (
+    ControlNet,
+    HiresFix,
+    InpaintInputs,
+    InpaintLayout,
+    Lora,
+    LoraSpec,
+    add_composite,
+    add_controlnets,
+    add_inpaint_latent,
+    add_loras,
+    add_mask_edits,
+    check_available,
+    check_mask_edits,
+    check_pad,
+    choose_inpaint_layout,
+    is_inpaint_model,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +58,7 @@ __all__ = [
     "LoaderLayout",
     "Preset",
     "PresetName",
+    "RecipeKind",
     "ServerModels",
     "as_api_graph",
     "choose_loaders",
@@ -91,6 +111,12 @@ PRESETS: Mapping[str, Preset] = MappingProxyType(
 )
 
 PresetName: TypeAlias = Literal["flux-schnell", "flux-dev", "sd15", "sdxl", "sd3.5"]
+
+#: What a :class:`BuiltWorkflow` makes.
+RecipeKind: TypeAlias = Literal["txt2img", "img2img", "inpaint", "outpaint", "upscale"]
+
+#: ``FluxGuidance`` for Flux Fill models (ComfyUI's ``flux_fill_inpaint_example``).
+FLUX_FILL_GUIDANCE = 30.0
 
 #: Community SD 1.5 fine-tunes whose file names carry no "1.5" tag.
 _SD15_FAMILIES = (
@@ -210,7 +236,9 @@ _MODEL_COMBOS: Mapping[str, tuple[tuple[str, str], ...]] = MappingProxyType(
         "unets": (("UNETLoader", "unet_name"),),
         "clips": (("DualCLIPLoader", "clip_name1"), ("CLIPLoader", "clip_name")),
         "vaes": (("VAELoader", "vae_name"),),
-        "loras": (("LoraLoader", "lora_name"),),
+        "loras": (("LoraLoader", "lora_name"), ("LoraLoaderModelOnly", "lora_name")),
+        "controlnets": (("ControlNetLoader", "control_net_name"),),
+        "upscale_models": (("UpscaleModelLoader", "model_name"),),
     }
 )
 
@@ -241,6 +269,8 @@ class ServerModels:
         clips: Text encoders (``DualCLIPLoader`` / ``CLIPLoader``).
         vaes: VAEs (``VAELoader``).
         loras: LoRAs (``LoraLoader``).
+        controlnets: ControlNet models (``ControlNetLoader``).
+        upscale_models: Upscale models (``UpscaleModelLoader``).
     """
 
     checkpoints: tuple[str, ...] = ()
@@ -248,6 +278,8 @@ class ServerModels:
     clips: tuple[str, ...] = ()
     vaes: tuple[str, ...] = ()
     loras: tuple[str, ...] = ()
+    controlnets: tuple[str, ...] = ()
+    upscale_models: tuple[str, ...] = ()
 
     @classmethod
     def from_object_info(cls, info: Mapping[str, Any]) -> ServerModels:
@@ -375,14 +407,15 @@ class BuiltWorkflow:
         workflow: The graph in API format (the ``prompt`` of ``POST /prompt``).
         seed: The seed used (drawn at random when none was given).
         output_node_ids: The nodes whose images are the result.
-        kind: ``"txt2img"`` or ``"img2img"``.
+        kind: The recipe: ``"txt2img"``, ``"img2img"``, ``"inpaint"``, ``"outpaint"`` or
+            ``"upscale"``.
         params: Every resolved setting (checkpoint, preset, steps, cfg, size, ...).
     """
 
     workflow: dict[str, Any]
     seed: int
     output_node_ids: tuple[str, ...]
-    kind: Literal["txt2img", "img2img"]
+    kind: RecipeKind
     params: Mapping[str, Any] = field(default_factory=dict)
 
     def to_workflow(self) -> Workflow:
@@ -417,6 +450,7 @@ class FluxWorkflowBuilder:
         steps: int | None = None,
         cfg: float | None = None,
         guidance: float | None = None,
+        models: ServerModels | None = None,
     ) -> None:
         """Choose the model and the defaults of every job.
 
@@ -434,6 +468,8 @@ class FluxWorkflowBuilder:
                 When set, a ``FluxGuidance`` node is put on the positive conditioning.
             loaders: How to load the model (see :func:`choose_loaders`); by default an
                 all-in-one ``checkpoint``. When given, ``checkpoint`` is ignored.
+            models: What the server offers (:meth:`for_server` sets it); when known, LoRA,
+                ControlNet and upscale model names are checked against it.
 
         A preset guessed from the file name (no ``preset`` given) is logged as a warning
         (see :func:`guess_preset`).
@@ -472,6 +508,62 @@ class FluxWorkflowBuilder:
         self.guidance = (
             self.preset.guidance if guidance is None else _check_number(guidance, "guidance")
         )
+        self._guidance_given = guidance is not None
+        self.models = models
+        self.loras: tuple[Lora, ...] = ()
+        self.controlnets: tuple[ControlNet, ...] = ()
+
+    def with_loras(self, loras: Iterable[LoraSpec]) -> FluxWorkflowBuilder:
+        """A copy of this builder that chains these LoRAs into every recipe, in order.
+
+        Checkpoint models get ``LoraLoader`` (model and CLIP); the Flux split layout gets
+        ``LoraLoaderModelOnly``. Replaces any LoRAs set before; ``[]`` removes them.
+
+        Args:
+            loras: :class:`Lora` settings, ``(name, strength)`` pairs or bare names (1.0).
+
+        Raises:
+            WorkflowError: A bad entry, or (when :attr:`models` is known) a name the server's
+                ``loras`` folder lacks; the message lists what it has (``input_name="loras"``).
+        """
+        chosen = tuple(Lora.of(lora) for lora in loras)
+        if self.models is not None:
+            check_available((x.name for x in chosen), self.models.loras, "LoRA", "loras")
+        clone = copy.copy(self)
+        clone.loras = chosen
+        return clone
+
+    def with_controlnet(
+        self,
+        model: str,
+        control_image: str,
+        strength: float = 1.0,
+        start: float = 0.0,
+        end: float = 1.0,
+        preprocessor: Literal["canny"] | None = None,
+    ) -> FluxWorkflowBuilder:
+        """A copy of this builder that applies one more ControlNet in every recipe.
+
+        Core nodes only: ``ControlNetLoader`` + ``ControlNetApplyAdvanced`` on both prompts
+        (after ``FluxGuidance``), with ``Canny`` first when ``preprocessor="canny"``.
+
+        Args:
+            model: The ControlNet file (the server's ``controlnet`` folder).
+            control_image: The control image's name on the server, as its upload returned it.
+            strength: 0 to 10.
+            start, end: The fraction of the sampling it acts on (0 to 1, start <= end).
+            preprocessor: ``"canny"``, or None for an image that already is a control map.
+
+        Raises:
+            WorkflowError: A bad argument, or (when :attr:`models` is known) a model the
+                server lacks; the message lists what it has (``input_name="controlnet"``).
+        """
+        control = ControlNet(model, control_image, strength, start, end, preprocessor).checked()
+        if self.models is not None:
+            check_available([model], self.models.controlnets, "ControlNet model", "controlnet")
+        clone = copy.copy(self)
+        clone.controlnets = (*self.controlnets, control)
+        return clone
 
     def __repr__(self) -> str:
         return (
@@ -491,6 +583,7 @@ class FluxWorkflowBuilder:
         seed: int | None = None,
         *,
         batch_size: int = 1,
+        hires: HiresFix | None = None,
     ) -> BuiltWorkflow:
         """Text to image: checkpoint → prompts → empty latent → KSampler → decode → save.
 
@@ -502,6 +595,8 @@ class FluxWorkflowBuilder:
             steps, cfg: Override the builder's defaults for this job.
             seed: 0 to 2**64-1; random (and reported in the result) when ``None``.
             batch_size: Images per job, 1 to 4096.
+            hires: A "hires fix" second pass (``LatentUpscaleBy`` + a second ``KSampler``
+                at ``hires.denoise``); the image comes out ``hires.scale`` times larger.
 
         Returns:
             The graph, the seed used and the output node ids.
@@ -526,11 +621,30 @@ class FluxWorkflowBuilder:
             height=height,
             batch_size=batch_size,
         )
-        save = self._sample_and_save(
-            g, model, positive, negative_cond, vae, latent.out(0), sampling, denoise=1.0
-        )
+        if hires is None:
+            save = self._sample_and_save(
+                g, model, positive, negative_cond, vae, latent.out(0), sampling, denoise=1.0
+            )
+        else:
+            hires = hires.checked()
+            first = self._sampler(g, model, positive, negative_cond, latent.out(0), sampling, 1.0)
+            upscaled = g.add(
+                "LatentUpscaleBy",
+                title="Hires Upscale",
+                samples=first,
+                upscale_method=hires.method,
+                scale_by=hires.scale,
+            )
+            second = {**sampling, "steps": hires.steps or sampling["steps"]}
+            save = self._sample_and_save(
+                g, model, positive, negative_cond, vae, upscaled.out(0), second,
+                denoise=hires.denoise,
+            )  # fmt: skip
         size = {"width": width, "height": height, "batch_size": batch_size}
         params = {**self._params(sampling), **size}
+        if hires is not None:
+            params["hires"] = {"scale": hires.scale, "denoise": hires.denoise,
+                               "steps": hires.steps, "method": hires.method}  # fmt: skip
         return BuiltWorkflow(g.to_api(), sampling["seed"], (save.id,), "txt2img", params)
 
     def build_img2img(
@@ -575,6 +689,161 @@ class FluxWorkflowBuilder:
         params = {**self._params(sampling), "image": image, "denoise": denoise}
         return BuiltWorkflow(g.to_api(), sampling["seed"], (save.id,), "img2img", params)
 
+    def build_inpaint(
+        self,
+        image: str,
+        mask: str | None,
+        prompt: str,
+        negative: str = "",
+        denoise: float = 1.0,
+        steps: int | None = None,
+        cfg: float | None = None,
+        seed: int | None = None,
+        *,
+        grow_mask: int = 0,
+        feather: int = 0,
+    ) -> BuiltWorkflow:
+        """Inpainting: repaint the masked part of an image, keep the rest pixel for pixel.
+
+        The layout follows the model (see
+        :func:`~dreamgen_async.workflows.recipes.choose_inpaint_layout`):
+        ``VAEEncodeForInpaint`` at denoise 1, ``VAEEncode`` + ``SetLatentNoiseMask`` below,
+        ``InpaintModelConditioning`` for inpainting models (SD ``*inpainting*``, Flux Fill,
+        whose ``FluxGuidance`` defaults to 30), with ``DifferentialDiffusion`` in the two
+        noise-mask layouts. The result is composited onto the original through the mask
+        (``ImageCompositeMasked``), so every pixel outside the (grown) mask is the input's,
+        byte for byte, whatever the VAE round trip does.
+
+        Args:
+            image: The image's name on the server, as its upload returned it.
+            mask: The mask file's name on the server (white = repaint, black = keep; loaded
+                with ``LoadImageMask(channel="red")``; upload it at the image's size, see
+                :func:`~dreamgen_async.workflows.masks.prepare_mask`), or ``None`` to use
+                the image's own alpha channel (transparent = repaint: ``LoadImage``'s MASK).
+            prompt: What to paint in the masked area; must not be blank.
+            negative: What to avoid.
+            denoise: In (0, 1]; 1 redraws the masked area, lower keeps some of it.
+            steps, cfg: Override the builder's defaults for this job.
+            seed: 0 to 2**64-1; random (and reported in the result) when ``None``.
+            grow_mask: Pixels to grow the mask by before repainting (0 to 4096).
+            feather: Width in pixels of the soft edge, inside the grown mask (0 to 31).
+
+        Raises:
+            WorkflowError: An argument is invalid; ``input_name`` says which.
+        """
+        image = _check_text(image, "image")
+        if mask is not None:
+            mask = _check_text(mask, "mask")
+        denoise = _check_denoise(denoise)
+        grow, soft = check_mask_edits(grow_mask, feather)
+        sampling = self._sampling(prompt, negative, steps, cfg, seed)
+        g, model, positive, negative_cond, vae = self._conditioning_graph(
+            sampling["prompt"], sampling["negative"], self._inpaint_guidance()
+        )
+        loaded = g.add("LoadImage", title="Load Image", image=image)
+        if mask is None:
+            mask_out = loaded.out("MASK")
+        else:
+            mask_out = g.add("LoadImageMask", title="Load Mask", image=mask, channel="red").out(0)
+        sample_mask, composite_mask = add_mask_edits(g, mask_out, grow, soft)
+        layout = choose_inpaint_layout(self.loaders.model, denoise)
+        parts = InpaintInputs(model, positive, negative_cond, vae, loaded.out(0), sample_mask)
+        save = self._repaint_and_save(g, parts, layout, composite_mask, sampling, denoise)
+        params = {
+            **self._params(sampling), "image": image, "mask": mask, "denoise": denoise,
+            "grow_mask": grow, "feather": soft, "inpaint_layout": layout,
+        }  # fmt: skip
+        return BuiltWorkflow(g.to_api(), sampling["seed"], (save.id,), "inpaint", params)
+
+    def build_outpaint(
+        self,
+        image: str,
+        prompt: str,
+        pad: tuple[int, int, int, int],
+        negative: str = "",
+        steps: int | None = None,
+        cfg: float | None = None,
+        seed: int | None = None,
+        *,
+        feathering: int = 40,
+    ) -> BuiltWorkflow:
+        """Outpainting: extend the canvas (``ImagePadForOutpaint``) and paint the new border.
+
+        The padded image is repainted like an inpaint at denoise 1 (same layouts) and
+        composited through the pad's mask, so the input's pixels away from the seam (more
+        than ``feathering`` pixels inside) come back unchanged.
+
+        Args:
+            image: The image's name on the server, as its upload returned it.
+            prompt: What to paint in the new border; must not be blank.
+            pad: Pixels to add on the (left, top, right, bottom); multiples of 8 keep the
+                size a multiple of 8.
+            negative, steps, cfg, seed: As for :meth:`build_inpaint`.
+            feathering: ``ImagePadForOutpaint``'s soft seam inside the original, in pixels.
+
+        Raises:
+            WorkflowError: An argument is invalid; ``input_name`` says which.
+        """
+        image = _check_text(image, "image")
+        left, top, right, bottom = check_pad(pad)
+        feathering = _check_int(feathering, "feathering", minimum=0, maximum=MAX_RESOLUTION)
+        sampling = self._sampling(prompt, negative, steps, cfg, seed)
+        g, model, positive, negative_cond, vae = self._conditioning_graph(
+            sampling["prompt"], sampling["negative"], self._inpaint_guidance()
+        )
+        loaded = g.add("LoadImage", title="Load Image", image=image)
+        padded = g.add(
+            "ImagePadForOutpaint", title="Pad Image for Outpainting", image=loaded.out(0),
+            left=left, top=top, right=right, bottom=bottom, feathering=feathering,
+        )  # fmt: skip
+        layout = choose_inpaint_layout(self.loaders.model, 1.0)
+        parts = InpaintInputs(model, positive, negative_cond, vae, padded.out(0), padded.out(1))
+        save = self._repaint_and_save(g, parts, layout, padded.out(1), sampling, 1.0)
+        params = {
+            **self._params(sampling), "image": image, "pad": (left, top, right, bottom),
+            "feathering": feathering, "inpaint_layout": layout,
+        }  # fmt: skip
+        return BuiltWorkflow(g.to_api(), sampling["seed"], (save.id,), "outpaint", params)
+
+    def build_upscale(self, image: str, model: str | None = None) -> BuiltWorkflow:
+        """Upscale with a model: ``UpscaleModelLoader`` + ``ImageUpscaleWithModel`` → save.
+
+        No checkpoint is loaded; the factor is the model's (4 for ``RealESRGAN_x4plus``).
+
+        Args:
+            image: The image's name on the server, as its upload returned it.
+            model: The upscale model file (the server's ``upscale_models`` folder); by
+                default the first one the server has (needs :attr:`models`).
+
+        Raises:
+            WorkflowError: A bad argument, no model given and none known, or (when
+                :attr:`models` is known) a model the server lacks, listing what it has
+                (``input_name="model"``).
+        """
+        image = _check_text(image, "image")
+        available = self.models.upscale_models if self.models is not None else None
+        if model is None:
+            if not available:
+                raise WorkflowError(
+                    "no upscale model given and none known; the server has: "
+                    f"{_quoted(list(available or ()))}",
+                    input_name="model",
+                )
+            model = available[0]
+        model = _check_text(model, "model")
+        if available is not None:
+            check_available([model], available, "upscale model", "model")
+        g = Graph()
+        loaded = g.add("LoadImage", title="Load Image", image=image)
+        upscaler = g.add("UpscaleModelLoader", title="Load Upscale Model", model_name=model)
+        upscaled = g.add(
+            "ImageUpscaleWithModel", title="Upscale Image (using Model)",
+            upscale_model=upscaler.out(0), image=loaded.out(0),
+        )  # fmt: skip
+        save = self._save(g, upscaled.out(0))
+        params = {"image": image, "upscale_model": model}
+        return BuiltWorkflow(g.to_api(), 0, (save.id,), "upscale", params)
+
     # -- shared pieces ------------------------------------------------------------------
 
     def _sampling(
@@ -588,6 +857,28 @@ class FluxWorkflowBuilder:
             "seed": _check_seed(seed),
         }
 
+    def _inpaint_guidance(self) -> float | None:
+        """FluxGuidance for repainting: 30 for a Flux Fill model unless set explicitly."""
+        if self.guidance is None or self._guidance_given:
+            return self.guidance
+        return FLUX_FILL_GUIDANCE if is_inpaint_model(self.loaders.model) else self.guidance
+
+    def _repaint_and_save(
+        self,
+        g: Graph,
+        parts: InpaintInputs,
+        layout: InpaintLayout,
+        composite_mask: Output,
+        sampling: Mapping[str, Any],
+        denoise: float,
+    ) -> Node:
+        """Sample the masked latent, decode, composite onto the original, save."""
+        model, positive, negative, latent = add_inpaint_latent(g, parts, layout)
+        sampled = self._sampler(g, model, positive, negative, latent, sampling, denoise)
+        decoded = g.add("VAEDecode", title="VAE Decode", samples=sampled, vae=parts.vae)
+        kept = add_composite(g, parts.pixels, decoded.out(0), composite_mask)
+        return self._save(g, kept)
+
     def _params(self, sampling: Mapping[str, Any]) -> dict[str, Any]:
         return {
             "checkpoint": self.checkpoint,
@@ -600,23 +891,27 @@ class FluxWorkflowBuilder:
         }
 
     def _conditioning_graph(
-        self, prompt: str, negative: str
+        self, prompt: str, negative: str, guidance: float | None = None
     ) -> tuple[Graph, Output, Output, Output, Output]:
-        """Checkpoint and both prompts (with FluxGuidance when configured)."""
+        """Loaders (+ LoRAs), both prompts, FluxGuidance when configured, ControlNets."""
         g = Graph()
         model_out, clip, vae_out = self._loader_graph(g)
         positive = g.add("CLIPTextEncode", title="Positive Prompt", text=prompt, clip=clip)
         negative_node = g.add("CLIPTextEncode", title="Negative Prompt", text=negative, clip=clip)
         positive_cond = positive.out(0)
-        if self.guidance is not None:
+        guidance = self.guidance if guidance is None else guidance
+        if guidance is not None:
             guided = g.add(
                 "FluxGuidance",
                 title="Flux Guidance",
                 conditioning=positive_cond,
-                guidance=self.guidance,
+                guidance=guidance,
             )
             positive_cond = guided.out(0)
-        return g, model_out, positive_cond, negative_node.out(0), vae_out
+        positive_cond, negative_cond = add_controlnets(
+            g, positive_cond, negative_node.out(0), vae_out, self.controlnets
+        )
+        return g, model_out, positive_cond, negative_cond, vae_out
 
     def _loader_graph(self, g: Graph) -> tuple[Output, Output, Output]:
         """The loader nodes of :attr:`loaders`: MODEL, CLIP and VAE handles."""
@@ -625,7 +920,10 @@ class FluxWorkflowBuilder:
             ckpt = g.add(
                 "CheckpointLoaderSimple", title="Load Checkpoint", ckpt_name=layout.checkpoint
             )
-            return ckpt.out("MODEL"), ckpt.out("CLIP"), ckpt.out("VAE")
+            model, clip = add_loras(
+                g, ckpt.out("MODEL"), ckpt.out("CLIP"), self.loras, model_only=False
+            )
+            return model, clip, ckpt.out("VAE")
         assert layout.clip is not None
         assert layout.vae is not None
         unet = g.add(
@@ -634,7 +932,7 @@ class FluxWorkflowBuilder:
             unet_name=layout.model,
             weight_dtype=layout.weight_dtype,
         )
-        clip = g.add(
+        clip_node = g.add(
             "DualCLIPLoader",
             title="DualCLIPLoader",
             clip_name1=layout.clip[0],
@@ -642,7 +940,8 @@ class FluxWorkflowBuilder:
             type=layout.clip_type,
         )
         vae = g.add("VAELoader", title="Load VAE", vae_name=layout.vae)
-        return unet.out(0), clip.out(0), vae.out(0)
+        model, _ = add_loras(g, unet.out(0), clip_node.out(0), self.loras, model_only=True)
+        return model, clip_node.out(0), vae.out(0)
 
     @classmethod
     def for_server(
@@ -665,8 +964,9 @@ class FluxWorkflowBuilder:
         Raises:
             WorkflowError: The model is missing (the message lists what the server has).
         """
-        layout = choose_loaders(ServerModels.from_object_info(object_info), model)
-        return cls(preset=preset, loaders=layout, **settings)
+        models = ServerModels.from_object_info(object_info)
+        layout = choose_loaders(models, model)
+        return cls(preset=preset, loaders=layout, models=models, **settings)
 
     def _sample_and_save(
         self,
@@ -680,7 +980,21 @@ class FluxWorkflowBuilder:
         *,
         denoise: float,
     ) -> Node:
-        sampler = g.add(
+        sampled = self._sampler(g, model, positive, negative, latent, sampling, denoise)
+        decoded = g.add("VAEDecode", title="VAE Decode", samples=sampled, vae=vae)
+        return self._save(g, decoded.out(0))
+
+    def _sampler(
+        self,
+        g: Graph,
+        model: Output,
+        positive: Output,
+        negative: Output,
+        latent: Output,
+        sampling: Mapping[str, Any],
+        denoise: float,
+    ) -> Output:
+        return g.add(
             "KSampler",
             title="KSampler",
             model=model,
@@ -693,12 +1007,13 @@ class FluxWorkflowBuilder:
             sampler_name=self.sampler,
             scheduler=self.scheduler,
             denoise=denoise,
-        )
-        decoded = g.add("VAEDecode", title="VAE Decode", samples=sampler.out(0), vae=vae)
+        ).out(0)
+
+    def _save(self, g: Graph, images: Output) -> Node:
         return g.add(
             "SaveImage",
             title="Save Image",
-            images=decoded.out(0),
+            images=images,
             filename_prefix=self.filename_prefix,
         )
 

@@ -83,6 +83,10 @@ class _Widget:
     extra: str | None = None  # "control" or "upload": stored, never sent
     default: Any = None  # the value of a widget the file has no value for
     dynamic: bool = False  # a text widget whose {a|b} choices are made at queue time
+    kind: str = ""  # INT, FLOAT, STRING, BOOLEAN or COMBO (for realigning stale values)
+    choices: tuple[Any, ...] = ()  # a combo's choices
+    low: float | None = None  # a number's min
+    high: float | None = None  # a number's max
 
 
 def _input_specs(class_def: Mapping[str, Any]) -> list[tuple[str, Any]]:
@@ -113,10 +117,18 @@ def _widgets(class_def: Mapping[str, Any]) -> list[_Widget]:
         if not (is_combo or kind in _WIDGET_TYPES) or options.get("forceInput"):
             continue
         default = options.get("default")
+        choices = (
+            (kind if isinstance(kind, list) else options.get("options") or []) if is_combo else []
+        )
         if default is None and is_combo:
-            choices = kind if isinstance(kind, list) else options.get("options") or []
             default = choices[0] if choices else None
-        widgets.append(_Widget(name, None, default, bool(options.get("dynamicPrompts"))))
+        widgets.append(
+            _Widget(
+                name, None, default, bool(options.get("dynamicPrompts")),
+                "COMBO" if is_combo else str(kind), tuple(choices),
+                _number(options.get("min")), _number(options.get("max")),
+            )
+        )  # fmt: skip
         if options.get("control_after_generate"):
             widgets.append(_Widget(name, "control"))
         elif kind == "INT" and name in ("seed", "noise_seed"):
@@ -124,6 +136,105 @@ def _widgets(class_def: Mapping[str, Any]) -> list[_Widget]:
         if any(options.get(flag) for flag in _UPLOAD_FLAGS):
             uploads.append(_Widget("upload", "upload"))
     return widgets + uploads
+
+
+def _number(value: object) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+#: The cost of a stored value that is out of its widget's range, of a widget left at its
+#: default, of a stored value dropped; a value of the wrong type never matches.
+_OUT_OF_RANGE, _SKIP = 2, 1
+_NO_MATCH = 1_000
+
+
+def _fit(widget: _Widget, value: Any) -> int:
+    """0 if ``value`` suits ``widget``, :data:`_OUT_OF_RANGE`, or :data:`_NO_MATCH`."""
+    if widget.extra == "upload":
+        return 0
+    if widget.extra is not None:  # a control slot takes a control word only
+        return 0 if isinstance(value, str) and value in _CONTROL_VALUES else _NO_MATCH
+    kind = widget.kind
+    if kind == "COMBO":  # a file name the server lacks still is a file name
+        if value in widget.choices:
+            return 0
+        return 0 if isinstance(value, str) and value not in _CONTROL_VALUES else _NO_MATCH
+    if kind == "STRING":  # custom text widgets store lists and objects too
+        return _NO_MATCH if isinstance(value, str) and value in _CONTROL_VALUES else 0
+    if kind == "BOOLEAN":
+        return 0 if isinstance(value, bool | int) else _NO_MATCH
+    if kind in ("INT", "FLOAT"):
+        number = _number(value)
+        if number is None or (kind == "INT" and not number.is_integer()):
+            return _NO_MATCH
+        low, high = widget.low, widget.high
+        in_range = (low is None or number >= low) and (high is None or number <= high)
+        return 0 if in_range else _OUT_OF_RANGE
+    return 0  # a widget type this converter does not know: anything goes
+
+
+def _positional(widgets: list[_Widget], stored: list[Any]) -> tuple[dict[str, Any], int]:
+    """The frontend's positional matching (a seed's control word skipped if present).
+
+    Returns the values and how badly they fit (0: every value suits its widget).
+    """
+    values: dict[str, Any] = {}
+    cost = 0
+    position = 0
+    for widget in widgets:
+        if position >= len(stored):
+            if widget.extra is None:
+                values[widget.name] = widget.default
+            continue
+        value = stored[position]
+        if widget.extra == "maybe-control":
+            if isinstance(value, str) and value in _CONTROL_VALUES:
+                position += 1
+            continue
+        position += 1
+        if widget.extra is None:
+            values[widget.name] = value
+            cost += _fit(widget, value)
+    return values, cost
+
+
+def _realigned(widgets: list[_Widget], stored: list[Any]) -> tuple[dict[str, Any], int]:
+    """The cheapest alignment of stored values to widgets, for a node whose definition
+    changed since the file was saved (a widget added, removed or moved).
+
+    Each value either goes to the next widget (free when it suits it) or is dropped (a
+    widget that no longer exists); each widget either takes the next value or keeps its
+    default (a widget added since). Ties go to the earlier match.
+    """
+    n, m = len(stored), len(widgets)
+    best = [[0] * (m + 1) for _ in range(n + 1)]
+    for i in range(n, -1, -1):
+        for j in range(m, -1, -1):
+            if i == n and j == m:
+                continue
+            options = []
+            if i < n and j < m:
+                options.append(_fit(widgets[j], stored[i]) + best[i + 1][j + 1])
+            if j < m:
+                options.append((0 if widgets[j].extra else _SKIP) + best[i][j + 1])
+            if i < n:
+                options.append(_SKIP + best[i + 1][j])
+            best[i][j] = min(options)
+    values: dict[str, Any] = {}
+    i = j = 0
+    while j < m:
+        widget = widgets[j]
+        if i < n and _fit(widget, stored[i]) + best[i + 1][j + 1] == best[i][j]:
+            if widget.extra is None:
+                values[widget.name] = stored[i]
+            i, j = i + 1, j + 1
+        elif (0 if widget.extra else _SKIP) + best[i][j + 1] == best[i][j]:
+            if widget.extra is None:
+                values[widget.name] = widget.default
+            j += 1
+        else:
+            i += 1
+    return values, best[0][0]
 
 
 def widget_names(class_def: Mapping[str, Any]) -> list[str]:
@@ -155,20 +266,11 @@ def _widget_values(
                 values[widget.name] = stored.get(widget.name, widget.default)
     else:
         stored_list = stored if isinstance(stored, list) else []
-        position = 0
-        for widget in widgets:
-            if position >= len(stored_list):
-                if widget.extra is None:
-                    values[widget.name] = widget.default
-                continue
-            value = stored_list[position]
-            if widget.extra == "maybe-control":
-                if isinstance(value, str) and value in _CONTROL_VALUES:
-                    position += 1
-                continue
-            position += 1
-            if widget.extra is None:
-                values[widget.name] = value
+        values, cost = _positional(widgets, stored_list)
+        if cost:
+            realigned, better = _realigned(widgets, stored_list)
+            if better < cost:
+                values = realigned
     if rng is not None:
         for widget in widgets:
             if widget.dynamic and isinstance(values.get(widget.name), str):
@@ -374,6 +476,7 @@ class _Converter:
         self.groups = _parse_group_nodes(data, self.where)
         self.execs: dict[str, _Exec] = {}
         self.order: list[_Exec] = []
+        self.unlinked: set[tuple[str, str]] = set()  # (node, input) left unconnected
 
     def _collect_subgraphs(self, data: Mapping[str, Any]) -> None:
         definitions = data.get("definitions") or {}
@@ -525,18 +628,7 @@ class _Converter:
         props = instance.node.get("properties") or {}
         proxy = props.get("proxyWidgets") if isinstance(props, Mapping) else None
         if isinstance(proxy, list):
-            entries = [
-                (str(e[0]), str(e[1])) for e in proxy if isinstance(e, list | tuple) and len(e) > 1
-            ]
-            own = [widget for node_id, widget in entries if node_id == "-1"]
-            if name in own:
-                position = own.index(name)
-                return _Value(stored_list[position]) if position < len(stored_list) else None
-            targets = self._inner_widget_targets(instance.subgraph, slot)
-            for node_id, widget in entries:
-                if (node_id, widget) in targets:
-                    return _Value(targets[(node_id, widget)])
-            return None
+            return self._proxied_value(instance, slot, name, proxy, stored_list)
         if stored_list:
             feeding = [
                 index
@@ -548,6 +640,31 @@ class _Converter:
             return None
         targets = self._inner_widget_targets(instance.subgraph, slot)
         return _Value(next(iter(targets.values()))) if targets else None
+
+    def _proxied_value(
+        self, instance: _Exec, slot: int, name: str, proxy: list[Any], stored: list[Any]
+    ) -> _Resolved:
+        """A promoted widget's value with ``proxyWidgets``, as the frontend restores it.
+
+        ``widgets_values[i]`` belongs to ``proxyWidgets[i]`` (the same index, counting
+        every entry), and only ``["-1", name]`` entries take it; a ``null`` there leaves the
+        widget as created, with the inner widget's value. An inner ``[node, widget]``
+        entry shows that inner widget, whose own value is sent.
+        """
+        assert instance.subgraph is not None
+        targets = self._inner_widget_targets(instance.subgraph, slot)
+        for index, entry in enumerate(proxy):
+            if not isinstance(entry, list | tuple) or len(entry) < 2:
+                continue
+            node_id, widget = str(entry[0]), str(entry[1])
+            if node_id == "-1" and widget == name:
+                value = stored[index] if index < len(stored) else None
+                if value is not None:
+                    return _Value(value)
+                return _Value(next(iter(targets.values()))) if targets else None
+            if (node_id, widget) in targets:
+                return _Value(targets[(node_id, widget)])
+        return None
 
     def _inner_widget_targets(self, sub: _Graph, slot: int) -> dict[tuple[str, str], Any]:
         """The inner widgets a subgraph input feeds: ``{(node id, widget): its value}``."""
@@ -632,6 +749,8 @@ class _Converter:
             inputs = {name: _api_value(value) for name, value in widgets.items()}
             for slot, item in enumerate(ex.inputs):
                 if item.get("link") is None:
+                    if item.get("widget") is None:
+                        self.unlinked.add((ex.id, str(item.get("name"))))
                     continue
                 resolved = self.resolve_input(ex, slot, set())
                 if resolved is None:
@@ -785,4 +904,62 @@ def convert_ui_workflow(
     result = converter.convert()
     if not result:
         raise WorkflowError(f"{source or 'workflow'}: no node is left to run after conversion")
+    _check_some_output_can_run(result, object_info, converter.unlinked, source or "workflow")
     return result
+
+
+def _missing_link(
+    graph: Mapping[str, Any],
+    object_info: Mapping[str, Any],
+    unlinked: set[tuple[str, str]],
+    node_id: str,
+    seen: set[str],
+) -> tuple[str, str] | None:
+    """The first required input, of a node or its ancestors, that the file left unlinked."""
+    if node_id in seen or node_id not in graph:
+        return None
+    seen.add(node_id)
+    node = graph[node_id]
+    class_def = object_info.get(node["class_type"])
+    if isinstance(class_def, Mapping):
+        required = (class_def.get("input") or {}).get("required") or {}
+        for name in required:
+            if name not in node["inputs"] and (node_id, name) in unlinked:
+                return node_id, name
+    for value in node["inputs"].values():
+        if isinstance(value, list) and len(value) == 2 and isinstance(value[0], str):
+            found = _missing_link(graph, object_info, unlinked, value[0], seen)
+            if found is not None:
+                return found
+    return None
+
+
+def _check_some_output_can_run(
+    graph: Mapping[str, Any],
+    object_info: Mapping[str, Any],
+    unlinked: set[tuple[str, str]],
+    where: str,
+) -> None:
+    """Raise when every output node needs an input the file left unconnected.
+
+    Such a workflow is unfinished (``gsc_starter_1`` asks the user to draw the last link):
+    the frontend would queue it and ComfyUI reject it (``required_input_missing``). An
+    input dropped because its source is muted or bypassed is the user's choice and is
+    not checked; an output whose branch is complete still runs, so one is enough.
+    """
+    outputs = [
+        node_id
+        for node_id, node in graph.items()
+        if (object_info.get(node["class_type"]) or {}).get("output_node")
+    ]
+    missing = [_missing_link(graph, object_info, unlinked, node_id, set()) for node_id in outputs]
+    first = next((m for m in missing if m is not None), None)
+    if outputs and first is not None and all(m is not None for m in missing):
+        node_id, name = first
+        class_type = graph[node_id]["class_type"]
+        raise WorkflowError(
+            f"{where}: node {node_id} ({class_type}) input {name!r} is not connected, so no "
+            "output can run; connect it in ComfyUI and save the workflow again",
+            node_id=node_id,
+            input_name=name,
+        )
