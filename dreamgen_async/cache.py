@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from dreamgen_async.errors import CacheError
-from dreamgen_async.storage import open_database, translated
+from dreamgen_async.storage import make_folder, open_database, translated
 
 __all__ = ["CacheEntry", "ResultCache", "cache_key", "request_key"]
 
@@ -142,7 +142,7 @@ class ResultCache:
                 db.close()
                 raise
         else:  # this object's first: the folder, WAL mode and the tables, racing other processes
-            self.directory.mkdir(parents=True, exist_ok=True)
+            make_folder(self.directory)
             db = open_database(self._index_file, schema=_SCHEMA, synchronous="NORMAL")
             self._ready = True
         try:

@@ -18,6 +18,7 @@ blocks: callers run it in a thread.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import random
 import sqlite3
@@ -29,7 +30,7 @@ from typing import TypeVar
 
 from dreamgen_async.errors import StorageError
 
-__all__ = ["check_writable", "open_database", "translated"]
+__all__ = ["check_writable", "make_folder", "open_database", "translated"]
 
 T = TypeVar("T")
 
@@ -123,6 +124,15 @@ def translated(
         raise
     except (sqlite3.Error, OSError) as exc:
         raise error(f"{what} {os.fspath(path)}: {_reason(exc)}", path=os.fspath(path)) from exc
+
+
+def make_folder(folder: Path) -> None:
+    """``folder.mkdir(parents=True, exist_ok=True)``, saying "Not a directory" (not "File
+    exists") when ``folder`` is a file."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except FileExistsError as exc:
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(folder)) from exc
 
 
 def check_writable(folder: str | os.PathLike[str]) -> Path:
