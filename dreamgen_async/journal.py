@@ -241,6 +241,8 @@ def read_journal_requests(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
 def _read_only(file: Path, query: str) -> list[Any]:
     """``query``'s rows from the journal ``file``, opened read-only (no lock taken).
 
+    An empty database (a journal another process is creating this instant) has no rows.
+
     Raises:
         JournalError: the file is not a journal, or cannot be read.
     """
@@ -248,11 +250,16 @@ def _read_only(file: Path, query: str) -> list[Any]:
         try:
             db = sqlite3.connect(f"{file.resolve().as_uri()}?mode=ro", uri=True, timeout=60.0)
             try:
-                return db.execute(query).fetchall()
+                try:
+                    return db.execute(query).fetchall()
+                except sqlite3.OperationalError:
+                    if db.execute("SELECT COUNT(*) FROM sqlite_master").fetchone() == (0,):
+                        return []  # no tables yet: being created
+                    raise
             finally:
                 db.close()
         except sqlite3.Error as exc:
-            if not _not_a_journal(exc):
+            if not _not_a_journal(exc) and "no such table" not in str(exc):
                 raise
             raise JournalError(f"{file} is not a batch journal ({exc})", path=str(file)) from exc
 

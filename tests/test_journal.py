@@ -314,3 +314,21 @@ async def test_an_older_journal_without_hashes_collects_its_done_items_once(
         third = await gen.generate_many(frames(2), journal=journal)
     assert all(o.resumed for o in third)  # type: ignore[union-attr]
     assert len(images(out)) == 2
+
+
+def test_reading_a_journal_being_created_or_another_database(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.sqlite"
+    sqlite3.connect(empty).close()  # what another process's journal is for an instant
+    assert read_journal_meta(empty) == {}
+    assert read_journal_requests(empty) == []
+    other = tmp_path / "other.sqlite"
+    db = sqlite3.connect(other)
+    db.execute("CREATE TABLE photos (name TEXT)")
+    db.close()
+    with pytest.raises(JournalError, match="not a batch journal") as caught:
+        read_journal_meta(other)
+    assert caught.value.path == str(other)
+    text = tmp_path / "notes.txt"
+    text.write_text("hello, I am not a database" * 100)
+    with pytest.raises(JournalError, match="not a batch journal"):
+        read_journal_requests(text)
