@@ -41,6 +41,7 @@ import json
 import os
 import sqlite3
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -60,6 +61,7 @@ __all__ = [
     "ItemState",
     "JournalFile",
     "JournalItem",
+    "JournalRun",
     "file_sha256",
     "read_journal_meta",
     "read_journal_requests",
@@ -153,6 +155,20 @@ class JournalItem:
         ``False`` for an item without files.
         """
         return bool(self.files) and all(f.intact() for f in self.files)
+
+
+@dataclass(frozen=True, slots=True)
+class JournalRun:
+    """One run of a journaled batch (see :meth:`BatchJournal.begin_run`).
+
+    ``id`` goes into the item keys of seedless requests, so each run draws its own seeds;
+    ``resumed`` says this run finishes an earlier, unfinished one (same ``id``). ``id`` is
+    ``""`` for an unfinished batch of a journal written before runs were recorded: its
+    seedless items keep the keys they were recorded under.
+    """
+
+    id: str
+    resumed: bool
 
 
 def _item(row: sqlite3.Row) -> JournalItem:
@@ -375,6 +391,42 @@ class BatchJournal:
     def _meta(self) -> dict[str, Any]:
         rows = self._conn().execute("SELECT name, value FROM meta").fetchall()
         return {row["name"]: json.loads(row["value"]) for row in rows}
+
+    async def begin_run(self) -> JournalRun:
+        """Start this run of the batch: resume the last run if it did not finish, else a new one.
+
+        "Finished" is what :meth:`end_run` records. A new run gets a new ``id`` (so the
+        seedless requests of a rerun are new requests, with new seeds and new files); a
+        resumed one keeps the last run's ``id`` (so its seedless items are found again, and
+        their posted prompts collected). A journal with no run recorded and items not all
+        done (written before runs were) resumes with ``id == ""``.
+        """
+        return await self._call(self._begin_run)
+
+    def _begin_run(self) -> JournalRun:
+        with self._write() as db:
+            meta = dict(db.execute("SELECT name, value FROM meta WHERE name LIKE 'run%'"))
+            if "run" in meta and not json.loads(meta.get("run_done", "false")):
+                return JournalRun(json.loads(meta["run"]), resumed=True)
+            if (
+                "run" not in meta
+                and db.execute("SELECT 1 FROM items WHERE state != 'done' LIMIT 1").fetchone()
+            ):
+                return JournalRun("", resumed=True)
+            run = JournalRun(uuid.uuid4().hex[:12], resumed=False)
+            db.executemany(
+                "INSERT OR REPLACE INTO meta (name, value) VALUES (?, ?)",
+                [("run", json.dumps(run.id)), ("run_done", "false")],
+            )
+        return run
+
+    async def end_run(self) -> None:
+        """Record that the current run finished: every request done, none failed or left.
+
+        The next :meth:`begin_run` then starts a new run. Not called (interrupted, a failure,
+        cancelled), the next run resumes this one.
+        """
+        await self._call(self._set_meta, {"run_done": True}, False)
 
     async def set_meta(self, values: dict[str, Any], *, keep: bool = False) -> None:
         """Record batch-wide values (JSON); with ``keep=True``, only those not yet recorded."""

@@ -27,6 +27,7 @@ from dreamgen_async.generator import (
 from dreamgen_async.journal import (
     BatchJournal,
     JournalFile,
+    JournalRun,
     file_sha256,
     read_journal_meta,
     read_journal_requests,
@@ -332,3 +333,42 @@ def test_reading_a_journal_being_created_or_another_database(tmp_path: Path) -> 
     text.write_text("hello, I am not a database" * 100)
     with pytest.raises(JournalError, match="not a batch journal"):
         read_journal_requests(text)
+
+
+async def test_a_run_that_did_not_finish_is_resumed_and_a_finished_one_starts_anew(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "j"
+    async with await BatchJournal.open(path) as journal:
+        first = await journal.begin_run()
+        assert not first.resumed
+        assert first.id
+    async with await BatchJournal.open(path) as journal:  # interrupted: same run
+        assert await journal.begin_run() == JournalRun(first.id, resumed=True)
+        await journal.end_run()
+    async with await BatchJournal.open(path) as journal:  # finished: a new run
+        second = await journal.begin_run()
+        assert not second.resumed
+        assert second.id not in ("", first.id)
+        assert await journal.begin_run() == JournalRun(second.id, resumed=True)
+    assert read_journal_meta(path)["run"] == second.id
+
+
+async def test_an_older_journal_without_runs_resumes_its_unfinished_items_under_their_keys(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "j"
+    async with await BatchJournal.open(path) as journal:  # as an older version left it
+        await journal.begin("k", "k", 0)
+        await journal.begin("k-1", "k", 1)
+        await journal.done("k", "p", [], seed=1)
+        assert await journal.begin_run() == JournalRun("", resumed=True)
+        await journal.failed("k-1", "x")
+        assert await journal.begin_run() == JournalRun("", resumed=True)  # still not done
+    done = tmp_path / "other"
+    async with await BatchJournal.open(done) as journal:  # every item done: a new run
+        await journal.begin("k", "k", 0)
+        await journal.done("k", "p", [], seed=1)
+        run = await journal.begin_run()
+    assert not run.resumed
+    assert run.id
