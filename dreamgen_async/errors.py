@@ -28,8 +28,7 @@ original kept as ``__cause__``)::
     │   ├── PromptLost                the server forgot the prompt (restart) and policy says fail
     │   └── PromptTimeout             waiting took too long (also a builtin TimeoutError)
     ├── OutputContentError            a downloaded output is not what it claims (magic bytes)
-    └── StorageError                  a file or folder of ours cannot be used (.path): read-only,
-        │                             missing, not a folder, disk full
+    └── StorageError                  a file or folder of ours is unusable (.path): read-only, full
         ├── JournalError              a batch journal that cannot be used (in use, not one, newer)
         └── CacheError                the result cache's folder or index cannot be used
 
