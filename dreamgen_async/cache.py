@@ -10,7 +10,10 @@ processes can share one cache: SQLite serialises their writes, and a reader that
 race with another process's eviction sees a miss, never half an entry.
 
 Every call runs in a thread (``asyncio.to_thread``) with its own short-lived connection, so
-the event loop never blocks and nothing needs closing.
+the event loop never blocks and nothing needs closing. Any failure to use the folder or the
+index (read-only, a file in the way, a full disk, a damaged index) is a
+:class:`~dreamgen_async.errors.CacheError` naming the folder, never a raw ``OSError`` or
+``sqlite3`` error.
 """
 
 from __future__ import annotations

@@ -1,18 +1,18 @@
 """Local storage shared by the batch journal and the result cache.
 
-Two things live here:
-
 - :func:`open_database`: an SQLite file in WAL mode with its schema, opened safely while other
-  processes open the same file. SQLite answers some first steps on a file (switching it to WAL,
-  the first read of a file another process is switching or checkpointing) with ``SQLITE_BUSY``
-  at once, without waiting out ``busy_timeout``: so those steps are retried, with a jittered
-  backoff, until the same deadline.
+  processes open the same file. Switching a new file to WAL upgrades a read transaction to a
+  write one, and SQLite refuses that upgrade at once (``SQLITE_BUSY``, without waiting out
+  ``busy_timeout``: waiting could deadlock) while another connection reads the file. So the
+  switch is retried with a jittered backoff until the same deadline, and the schema is
+  created in a transaction that takes the write lock first (``BEGIN IMMEDIATE``, which waits).
 - :func:`check_writable`: whether files can be created in a folder now, cheap enough to ask
   before the first prompt is posted (so an unwritable folder never costs a GPU run).
+- :func:`translated`: the one place a ``sqlite3`` or ``OSError`` becomes a
+  :class:`~dreamgen_async.errors.StorageError` subclass naming the file or folder; and
+  :func:`make_folder`, whose error for a file in the way says so.
 
-And :func:`translated`, the one place a ``sqlite3`` or ``OSError`` becomes a
-:class:`~dreamgen_async.errors.StorageError` subclass naming the file or folder. Everything here
-blocks: callers run it in a thread.
+Everything here blocks: callers run it in a thread.
 """
 
 from __future__ import annotations
