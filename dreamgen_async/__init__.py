@@ -8,6 +8,7 @@ from dreamgen_async.cache import ResultCache
 from dreamgen_async.comfyui_api import ComfyUIClient, RetryPolicy, UploadedImage
 from dreamgen_async.errors import (
     AuthenticationError,
+    CacheError,
     ClientClosedError,
     ConfigError,
     ConnectError,
@@ -30,6 +31,7 @@ from dreamgen_async.errors import (
     ProtocolError,
     ResponseTooLargeError,
     ServerError,
+    StorageError,
     TLSError,
     TransportError,
     UIWorkflowError,
@@ -102,6 +104,7 @@ __all__ = [
     "BatchProgress",
     "BinaryText",
     "BuiltWorkflow",
+    "CacheError",
     "ClientClosedError",
     "ComfyUIClient",
     "ComfyUIPool",
@@ -163,6 +166,7 @@ __all__ = [
     "ServerError",
     "ServerModels",
     "ServerStatus",
+    "StorageError",
     "TLSError",
     "Timings",
     "TransportError",

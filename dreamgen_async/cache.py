@@ -10,7 +10,10 @@ processes can share one cache: SQLite serialises their writes, and a reader that
 race with another process's eviction sees a miss, never half an entry.
 
 Every call runs in a thread (``asyncio.to_thread``) with its own short-lived connection, so
-the event loop never blocks and nothing needs closing.
+the event loop never blocks and nothing needs closing. Any failure to use the folder or the
+index (read-only, a file in the way, a full disk, a damaged index) is a
+:class:`~dreamgen_async.errors.CacheError` naming the folder, never a raw ``OSError`` or
+``sqlite3`` error.
 """
 
 from __future__ import annotations
@@ -28,6 +31,9 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from dreamgen_async.errors import CacheError
+from dreamgen_async.storage import make_folder, open_database, translated
 
 __all__ = ["CacheEntry", "ResultCache", "cache_key", "request_key"]
 
@@ -123,22 +129,33 @@ class ResultCache:
     def _entry(self, key: str) -> Path:
         return self.directory / key[:2] / key
 
+    def _translated(self) -> contextlib.AbstractContextManager[None]:
+        """Any SQLite or OS error inside becomes a :class:`CacheError` naming the folder."""
+        return translated(CacheError, self.directory, "the result cache")
+
     @contextlib.contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
         """A connection for one call (autocommit mode: transactions are explicit)."""
-        if not self._ready:
-            self.directory.mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(self.directory / "index.sqlite", timeout=60.0, isolation_level=None)
+        if self._ready:
+            db = sqlite3.connect(self._index_file, timeout=60.0, isolation_level=None)
+            try:
+                db.execute("PRAGMA busy_timeout = 60000")
+                db.execute("PRAGMA synchronous = NORMAL")
+            except BaseException:
+                db.close()
+                raise
+        else:  # this object's first: the folder, WAL mode and the tables, racing other processes
+            make_folder(self.directory)
+            db = open_database(self._index_file, schema=_SCHEMA, synchronous="NORMAL")
+            self._ready = True
         try:
-            db.execute("PRAGMA busy_timeout = 60000")
-            if not self._ready:
-                db.execute("PRAGMA journal_mode = WAL")
-                db.executescript(_SCHEMA)
-                self._ready = True
-            db.execute("PRAGMA synchronous = NORMAL")
             yield db
         finally:
             db.close()
+
+    @property
+    def _index_file(self) -> Path:
+        return self.directory / "index.sqlite"
 
     # ------------------------------------------------------------------ reading
 
@@ -175,20 +192,22 @@ class ResultCache:
         return paths, timings
 
     def _get_paths(self, key: str) -> list[Path] | None:
-        found = self._lookup(key)
+        with self._translated():
+            found = self._lookup(key)
         if found is None or not all(p.is_file() for p in found[0]):
             return None
         return found[0] or None
 
     def _get_entry(self, key: str) -> CacheEntry | None:
-        found = self._lookup(key)
-        if found is None or not found[0]:
-            return None
-        paths, timings = found
-        try:
-            images = tuple((p.suffix, p.read_bytes()) for p in paths)
-        except FileNotFoundError:  # evicted by another process in between: a miss
-            return None
+        with self._translated():
+            found = self._lookup(key)
+            if found is None or not found[0]:
+                return None
+            paths, timings = found
+            try:
+                images = tuple((p.suffix, p.read_bytes()) for p in paths)
+            except FileNotFoundError:  # evicted by another process in between: a miss
+                return None
         return CacheEntry(images, timings)
 
     # ------------------------------------------------------------------ writing
@@ -207,6 +226,15 @@ class ResultCache:
         await asyncio.to_thread(self._put, key, list(images), timings)
 
     def _put(
+        self,
+        key: str,
+        images: list[tuple[str, bytes]],
+        timings: Sequence[float | None] | None,
+    ) -> None:
+        with self._translated():
+            self._put_entry(key, images, timings)
+
+    def _put_entry(
         self,
         key: str,
         images: list[tuple[str, bytes]],
@@ -295,13 +323,21 @@ class ResultCache:
         return evicted
 
     def size(self) -> int:
-        """Bytes held by the cache now (from the index: no scan)."""
-        with self._connect() as db:
+        """Bytes held by the cache now (from the index: no scan; blocking).
+
+        Raises:
+            CacheError: the cache's folder or index cannot be read.
+        """
+        with self._translated(), self._connect() as db:
             (total,) = db.execute("SELECT bytes FROM totals WHERE id = 0").fetchone()
         return int(total)
 
     def count(self) -> int:
-        """How many entries the cache holds."""
-        with self._connect() as db:
+        """How many entries the cache holds (blocking).
+
+        Raises:
+            CacheError: the cache's folder or index cannot be read.
+        """
+        with self._translated(), self._connect() as db:
             (count,) = db.execute("SELECT COUNT(*) FROM entries").fetchone()
         return int(count)

@@ -28,7 +28,9 @@ original kept as ``__cause__``)::
     │   ├── PromptLost                the server forgot the prompt (restart) and policy says fail
     │   └── PromptTimeout             waiting took too long (also a builtin TimeoutError)
     ├── OutputContentError            a downloaded output is not what it claims (magic bytes)
-    └── JournalError                  a batch journal that cannot be used (in use, not one, newer)
+    └── StorageError                  a file or folder of ours is unusable (.path): read-only, full
+        ├── JournalError              a batch journal that cannot be used (in use, not one, newer)
+        └── CacheError                the result cache's folder or index cannot be used
 
 Which of these are worth a retry is decided in one place,
 :func:`dreamgen_async.transport_errors.classify`: authentication refusals, "not ComfyUI", TLS
@@ -51,6 +53,7 @@ from typing import Any
 
 __all__ = [
     "AuthenticationError",
+    "CacheError",
     "ClientClosedError",
     "ConfigError",
     "ConnectError",
@@ -73,6 +76,7 @@ __all__ = [
     "ProtocolError",
     "ResponseTooLargeError",
     "ServerError",
+    "StorageError",
     "TLSError",
     "TransportError",
     "UIWorkflowError",
@@ -217,15 +221,25 @@ class OutputContentError(DreamgenError):
         self.detected = detected
 
 
-class JournalError(DreamgenError):
-    """A batch journal cannot be used: another process holds it, or it is not a journal.
+class StorageError(DreamgenError):
+    """A file or folder of ours cannot be used: read-only, missing, not a folder, disk full.
 
-    ``path`` names the file.
+    ``path`` names it; the OS or SQLite error, when there is one, is ``__cause__``.
     """
 
     def __init__(self, message: str, *, path: str) -> None:
         super().__init__(message)
         self.path = path
+
+
+class JournalError(StorageError):
+    """A batch journal cannot be used: another process holds it, it is not a journal, or
+    its file or folder cannot be written (``path`` names the file)."""
+
+
+class CacheError(StorageError):
+    """The result cache cannot be used: its folder or its index cannot be read or written
+    (``path`` names the cache folder)."""
 
 
 class PromptError(DreamgenError):

@@ -13,11 +13,22 @@ skipped), posted (look the prompt up on its server: finished → download, queue
 wait, absent → run), or never posted (run). Every change is also appended to
 ``transitions``, the batch's history.
 
+"Files checked" means each file is still there with the size *and the SHA-256* it was
+written with (:meth:`JournalItem.files_intact`): a file another run overwrote with other
+bytes is not taken for done. Journals written before hashes were recorded (their file
+records have no ``sha256``) cannot be checked that way: their done items count as not
+intact, so a rerun collects them again from the server by prompt_id (a download while the
+server keeps its history, a run otherwise) and records them with hashes.
+
 Storage: the standard library's :mod:`sqlite3`, in WAL mode with ``synchronous=FULL`` (a
 committed prompt_id survives a power cut, not only a crash), driven from one dedicated
 thread per journal so the event loop never waits on the disk. A journal is held by one
 process at a time (an advisory lock on ``<journal>.lock``; the OS drops it when the process
 dies, however it dies).
+
+Every failure to use the file or its folder (read-only, missing, full, not a journal) is a
+:class:`~dreamgen_async.errors.JournalError` naming the journal, never a raw ``OSError`` or
+``sqlite3`` error (the original is its ``__cause__``).
 """
 
 from __future__ import annotations
@@ -25,10 +36,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import hashlib
 import json
 import os
 import sqlite3
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -36,6 +49,7 @@ from pathlib import Path
 from typing import IO, Any, Literal, TypeVar
 
 from dreamgen_async.errors import JournalError
+from dreamgen_async.storage import make_folder, open_database, translated
 
 try:  # POSIX; elsewhere the journal is simply not locked
     import fcntl
@@ -47,6 +61,8 @@ __all__ = [
     "ItemState",
     "JournalFile",
     "JournalItem",
+    "JournalRun",
+    "file_sha256",
     "read_journal_meta",
     "read_journal_requests",
 ]
@@ -83,17 +99,33 @@ CREATE TABLE IF NOT EXISTS transitions (
 """
 
 
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """The SHA-256 of a file's content, in hex (blocking: reads the whole file)."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
 @dataclass(frozen=True, slots=True)
 class JournalFile:
-    """A file an item wrote, with its size when written."""
+    """A file an item wrote, with its size and content hash when written.
+
+    ``sha256`` is ``None`` in journals written before hashes were recorded.
+    """
 
     path: str
     size: int
+    sha256: str | None = None
 
     def intact(self) -> bool:
-        """Whether the file is still there with the size it was written with."""
+        """Whether the file still holds what was written: same size, same SHA-256.
+
+        Blocking (reads the file when the size matches). A file recorded without a hash
+        (an older journal) cannot be checked, so it is not intact.
+        """
         try:
-            return os.stat(self.path).st_size == self.size
+            if self.sha256 is None or os.stat(self.path).st_size != self.size:
+                return False
+            return file_sha256(self.path) == self.sha256
         except OSError:
             return False
 
@@ -115,12 +147,34 @@ class JournalItem:
     error: str | None
 
     def files_intact(self) -> bool:
-        """Whether every file of a done item is still there, whole (blocking: stats files)."""
+        """Whether every file of the item still holds the bytes this journal recorded.
+
+        Each file is checked by size, then by SHA-256 (see :meth:`JournalFile.intact`):
+        the question "is this item's output still the one we wrote?". Blocking: reads the
+        files, so call it in a thread (``await asyncio.to_thread(item.files_intact)``).
+        ``False`` for an item without files.
+        """
         return bool(self.files) and all(f.intact() for f in self.files)
 
 
+@dataclass(frozen=True, slots=True)
+class JournalRun:
+    """One run of a journaled batch (see :meth:`BatchJournal.begin_run`).
+
+    ``id`` goes into the item keys of seedless requests, so each run draws its own seeds;
+    ``resumed`` says this run finishes an earlier, unfinished one (same ``id``). ``id`` is
+    ``""`` for an unfinished batch of a journal written before runs were recorded: its
+    seedless items keep the keys they were recorded under.
+    """
+
+    id: str
+    resumed: bool
+
+
 def _item(row: sqlite3.Row) -> JournalItem:
-    files = tuple(JournalFile(f["path"], f["size"]) for f in json.loads(row["files"] or "[]"))
+    files = tuple(
+        JournalFile(f["path"], f["size"], f.get("sha256")) for f in json.loads(row["files"] or "[]")
+    )
     return JournalItem(
         item_key=row["item_key"],
         request_key=row["request_key"],
@@ -136,14 +190,22 @@ def _item(row: sqlite3.Row) -> JournalItem:
     )
 
 
+def _not_a_journal(exc: sqlite3.Error) -> bool:
+    """Whether SQLite says the file is not a database (or a damaged one)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    return isinstance(code, int) and code & 0xFF in (sqlite3.SQLITE_NOTADB, sqlite3.SQLITE_CORRUPT)
+
+
 def _connect(path: Path) -> sqlite3.Connection:
-    db = sqlite3.connect(path, timeout=60.0, isolation_level=None)
+    """The journal's connection, its schema checked (blocking; errors raw but "not one")."""
+    try:
+        db = open_database(path, schema=_SCHEMA, synchronous="FULL")
+    except sqlite3.Error as exc:
+        if _not_a_journal(exc):
+            raise JournalError(f"{path} is not a batch journal ({exc})", path=str(path)) from exc
+        raise
     db.row_factory = sqlite3.Row
     try:
-        db.execute("PRAGMA busy_timeout = 60000")
-        db.execute("PRAGMA journal_mode = WAL")
-        db.execute("PRAGMA synchronous = FULL")
-        db.executescript(_SCHEMA)
         row = db.execute("SELECT value FROM meta WHERE name = 'schema'").fetchone()
         if row is None:
             db.execute(
@@ -154,9 +216,6 @@ def _connect(path: Path) -> sqlite3.Connection:
                 f"{path} was written by a newer dreamgen_async (journal schema {row['value']})",
                 path=str(path),
             )
-    except sqlite3.DatabaseError as exc:
-        db.close()
-        raise JournalError(f"{path} is not a batch journal ({exc})", path=str(path)) from exc
     except BaseException:
         db.close()
         raise
@@ -169,11 +228,12 @@ def read_journal_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
     Blocking and lock-free: for a command line deciding how to resume, before any loop runs.
 
     Raises:
-        JournalError: the file exists but is not a journal.
+        JournalError: the file exists but is not a journal, or cannot be read.
     """
     file = Path(path)
-    if not file.exists():
-        return {}
+    with translated(JournalError, file, "cannot read the journal"):
+        if not file.exists():
+            return {}
     rows = _read_only(file, "SELECT name, value FROM meta")
     return {name: json.loads(value) for name, value in rows}
 
@@ -182,10 +242,13 @@ def read_journal_requests(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     """A journal's recorded request specs, in batch order (blocking, lock-free).
 
     Raises:
-        JournalError: there is no journal at ``path``, or the file is not one.
+        JournalError: there is no journal at ``path``, the file is not one, or it cannot
+            be read.
     """
     file = Path(path)
-    if not file.is_file():
+    with translated(JournalError, file, "cannot read the journal"):
+        exists = file.is_file()
+    if not exists:
         raise JournalError(f"no batch journal at {file}", path=str(file))
     rows = _read_only(file, "SELECT spec FROM requests ORDER BY idx")
     return [json.loads(spec) for (spec,) in rows]
@@ -194,17 +257,27 @@ def read_journal_requests(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
 def _read_only(file: Path, query: str) -> list[Any]:
     """``query``'s rows from the journal ``file``, opened read-only (no lock taken).
 
+    An empty database (a journal another process is creating this instant) has no rows.
+
     Raises:
-        JournalError: the file is not a journal.
+        JournalError: the file is not a journal, or cannot be read.
     """
-    try:
-        db = sqlite3.connect(f"{file.resolve().as_uri()}?mode=ro", uri=True, timeout=60.0)
+    with translated(JournalError, file, "cannot read the journal"):
         try:
-            return db.execute(query).fetchall()
-        finally:
-            db.close()
-    except sqlite3.DatabaseError as exc:
-        raise JournalError(f"{file} is not a batch journal ({exc})", path=str(file)) from exc
+            db = sqlite3.connect(f"{file.resolve().as_uri()}?mode=ro", uri=True, timeout=60.0)
+            try:
+                try:
+                    return db.execute(query).fetchall()
+                except sqlite3.OperationalError:
+                    if db.execute("SELECT COUNT(*) FROM sqlite_master").fetchone() == (0,):
+                        return []  # no tables yet: being created
+                    raise
+            finally:
+                db.close()
+        except sqlite3.Error as exc:
+            if not _not_a_journal(exc) and "no such table" not in str(exc):
+                raise
+            raise JournalError(f"{file} is not a batch journal ({exc})", path=str(file)) from exc
 
 
 class BatchJournal:
@@ -229,7 +302,8 @@ class BatchJournal:
         """Open (or create) the journal at ``path`` and take its lock.
 
         Raises:
-            JournalError: another process holds it, or the file is not a journal.
+            JournalError: another process holds it, the file is not a journal, or the
+                file or its folder cannot be written (read-only, not a folder, full).
         """
         journal = cls(path)
         journal._executor = ThreadPoolExecutor(1, thread_name_prefix="dreamgen-journal")
@@ -241,7 +315,7 @@ class BatchJournal:
         return journal
 
     def _open(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        make_folder(self.path.parent)
         lock = open(f"{self.path}.lock", "a+")  # noqa: SIM115 - held until aclose()
         if fcntl is not None:
             try:
@@ -284,10 +358,13 @@ class BatchJournal:
         if self._executor is None:
             raise JournalError(f"the journal {self.path} is closed", path=str(self.path))
         loop = asyncio.get_running_loop()
-        try:
-            return await loop.run_in_executor(self._executor, functools.partial(fn, *args))
-        except sqlite3.Error as exc:  # disk full, I/O error, a damaged file: one error type
-            raise JournalError(f"journal {self.path}: {exc}", path=str(self.path)) from exc
+        return await loop.run_in_executor(self._executor, functools.partial(self._run, fn, *args))
+
+    def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` with every OS or SQLite error (read-only, disk full, I/O error, a
+        damaged file) as one :class:`JournalError` naming the journal."""
+        with translated(JournalError, self.path, "journal"):
+            return fn(*args)
 
     def _conn(self) -> sqlite3.Connection:
         if self._db is None:
@@ -314,6 +391,42 @@ class BatchJournal:
     def _meta(self) -> dict[str, Any]:
         rows = self._conn().execute("SELECT name, value FROM meta").fetchall()
         return {row["name"]: json.loads(row["value"]) for row in rows}
+
+    async def begin_run(self) -> JournalRun:
+        """Start this run of the batch: resume the last run if it did not finish, else a new one.
+
+        "Finished" is what :meth:`end_run` records. A new run gets a new ``id`` (so the
+        seedless requests of a rerun are new requests, with new seeds and new files); a
+        resumed one keeps the last run's ``id`` (so its seedless items are found again, and
+        their posted prompts collected). A journal with no run recorded and items not all
+        done (written before runs were) resumes with ``id == ""``.
+        """
+        return await self._call(self._begin_run)
+
+    def _begin_run(self) -> JournalRun:
+        with self._write() as db:
+            meta = dict(db.execute("SELECT name, value FROM meta WHERE name LIKE 'run%'"))
+            if "run" in meta and not json.loads(meta.get("run_done", "false")):
+                return JournalRun(json.loads(meta["run"]), resumed=True)
+            if (
+                "run" not in meta
+                and db.execute("SELECT 1 FROM items WHERE state != 'done' LIMIT 1").fetchone()
+            ):
+                return JournalRun("", resumed=True)
+            run = JournalRun(uuid.uuid4().hex[:12], resumed=False)
+            db.executemany(
+                "INSERT OR REPLACE INTO meta (name, value) VALUES (?, ?)",
+                [("run", json.dumps(run.id)), ("run_done", "false")],
+            )
+        return run
+
+    async def end_run(self) -> None:
+        """Record that the current run finished: every request done, none failed or left.
+
+        The next :meth:`begin_run` then starts a new run. Not called (interrupted, a failure,
+        cancelled), the next run resumes this one.
+        """
+        await self._call(self._set_meta, {"run_done": True}, False)
 
     async def set_meta(self, values: dict[str, Any], *, keep: bool = False) -> None:
         """Record batch-wide values (JSON); with ``keep=True``, only those not yet recorded."""
@@ -419,9 +532,18 @@ class BatchJournal:
         *,
         cached: bool = False,
         seed: int | None = None,
+        digests: Sequence[str] | None = None,
     ) -> None:
-        """Record the files an item wrote (call after their atomic write)."""
-        await self._call(self._done, item_key, prompt_id, list(files), cached, seed)
+        """Record the files an item wrote, with their sizes and SHA-256 (call after their
+        atomic write).
+
+        ``digests`` are the SHA-256 (hex) of the bytes written, one per file, when the
+        caller has them; otherwise the files are read back and hashed (on the journal's
+        thread).
+        """
+        if digests is not None and len(digests) != len(files):
+            raise ValueError(f"{len(files)} files but {len(digests)} digests")
+        await self._call(self._done, item_key, prompt_id, list(files), cached, seed, digests)
 
     def _done(
         self,
@@ -430,8 +552,13 @@ class BatchJournal:
         files: list[Path],
         cached: bool,
         seed: int | None,
+        digests: Sequence[str] | None,
     ) -> None:
-        records = [{"path": os.path.abspath(p), "size": p.stat().st_size} for p in files]
+        hashes = list(digests) if digests is not None else [file_sha256(p) for p in files]
+        records = [
+            {"path": os.path.abspath(p), "size": p.stat().st_size, "sha256": digest}
+            for p, digest in zip(files, hashes, strict=True)
+        ]
         values: dict[str, Any] = {
             "files": json.dumps(records),
             "cached": int(cached),

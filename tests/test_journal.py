@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import os
+import sqlite3
 import sys
 from pathlib import Path
 
@@ -21,7 +24,14 @@ from dreamgen_async.generator import (
     request_from_spec,
     request_spec,
 )
-from dreamgen_async.journal import BatchJournal, read_journal_meta, read_journal_requests
+from dreamgen_async.journal import (
+    BatchJournal,
+    JournalFile,
+    JournalRun,
+    file_sha256,
+    read_journal_meta,
+    read_journal_requests,
+)
 from dreamgen_async.testing import ComfyUISimulator
 
 
@@ -218,3 +228,147 @@ def single(gen: DreamGenerator) -> ComfyUIClient:
     """The generator's one client (a journal records one server's prompts)."""
     assert isinstance(gen.client, ComfyUIClient)
     return gen.client
+
+
+# ---------------------------------------------------------------------------- content hashes
+
+
+async def test_done_records_each_files_sha256_and_intact_checks_it(tmp_path: Path) -> None:
+    first, second = tmp_path / "a.png", tmp_path / "b.png"
+    first.write_bytes(b"first image")
+    second.write_bytes(b"other image")
+    async with await BatchJournal.open(tmp_path / "j") as journal:
+        await journal.begin("k", "k", 0)
+        await journal.done("k", "p1", [first, second], seed=7)
+        await journal.begin("given", "given", 1)
+        await journal.done("given", "p2", [first], digests=[file_sha256(first)])
+        with pytest.raises(ValueError, match="1 files but 2 digests"):
+            await journal.done("given", "p2", [first], digests=["a", "b"])
+        item = await journal.item("k")
+        given = await journal.item("given")
+    assert item is not None
+    assert given is not None
+    assert [f.sha256 for f in item.files] == [
+        hashlib.sha256(b"first image").hexdigest(),
+        hashlib.sha256(b"other image").hexdigest(),
+    ]
+    assert given.files == item.files[:1]
+    assert item.files_intact()
+    # Another seed's bytes, the same size: not the file we wrote.
+    second.write_bytes(b"third image")
+    assert len(b"third image") == item.files[1].size
+    assert not item.files_intact()
+    second.write_bytes(b"other image")
+    assert item.files_intact()
+    second.write_bytes(b"other image, longer")
+    assert not item.files_intact()
+    second.unlink()
+    assert not item.files_intact()
+
+
+def test_a_file_recorded_without_a_hash_cannot_be_taken_for_done(tmp_path: Path) -> None:
+    file = tmp_path / "a.png"
+    file.write_bytes(b"image")
+    assert JournalFile(str(file), 5, hashlib.sha256(b"image").hexdigest()).intact()
+    assert not JournalFile(str(file), 5).intact()  # an older journal's record: unverifiable
+
+
+async def test_a_done_file_holding_other_bytes_is_collected_again_not_skipped(
+    comfyui_sim: ComfyUISimulator, tmp_path: Path
+) -> None:
+    out, journal = tmp_path / "out", tmp_path / "batch.journal"
+    async with DreamGenerator(comfyui_sim.url, output_dir=out) as gen:
+        first = await gen.generate_many(frames(3), journal=journal)
+    victim = first[1]
+    assert isinstance(victim, GenerationResult)
+    written = victim.path.read_bytes()
+    tampered = bytearray(written)
+    tampered[len(tampered) // 2] ^= 0xFF  # same size, other bytes
+    victim.path.write_bytes(bytes(tampered))
+    async with DreamGenerator(comfyui_sim.url, output_dir=out) as gen:
+        second = await gen.generate_many(frames(3), journal=journal)
+    assert [o.resumed for o in second] == [True, False, True]  # type: ignore[union-attr]
+    assert second[1].prompt_id == victim.prompt_id  # type: ignore[union-attr]
+    assert len(comfyui_sim.accepted_prompt_ids) == 3  # collected from history, not run again
+    assert victim.path.read_bytes() == written
+
+
+async def test_an_older_journal_without_hashes_collects_its_done_items_once(
+    comfyui_sim: ComfyUISimulator, tmp_path: Path
+) -> None:
+    out, journal = tmp_path / "out", tmp_path / "batch.journal"
+    async with DreamGenerator(comfyui_sim.url, output_dir=out) as gen:
+        await gen.generate_many(frames(2), journal=journal)
+    db = sqlite3.connect(journal)  # as a journal written before hashes were recorded
+    try:
+        for key, files in db.execute("SELECT item_key, files FROM items").fetchall():
+            old = [{"path": f["path"], "size": f["size"]} for f in json.loads(files)]
+            db.execute("UPDATE items SET files = ? WHERE item_key = ?", (json.dumps(old), key))
+        db.commit()
+    finally:
+        db.close()
+    async with DreamGenerator(comfyui_sim.url, output_dir=out) as gen:
+        second = await gen.generate_many(frames(2), journal=journal)
+    assert not any(o.resumed for o in second)  # type: ignore[union-attr]
+    assert len(comfyui_sim.accepted_prompt_ids) == 2  # downloaded again, not run again
+    async with DreamGenerator(comfyui_sim.url, output_dir=out) as gen:
+        third = await gen.generate_many(frames(2), journal=journal)
+    assert all(o.resumed for o in third)  # type: ignore[union-attr]
+    assert len(images(out)) == 2
+
+
+def test_reading_a_journal_being_created_or_another_database(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.sqlite"
+    sqlite3.connect(empty).close()  # what another process's journal is for an instant
+    assert read_journal_meta(empty) == {}
+    assert read_journal_requests(empty) == []
+    other = tmp_path / "other.sqlite"
+    db = sqlite3.connect(other)
+    db.execute("CREATE TABLE photos (name TEXT)")
+    db.close()
+    with pytest.raises(JournalError, match="not a batch journal") as caught:
+        read_journal_meta(other)
+    assert caught.value.path == str(other)
+    text = tmp_path / "notes.txt"
+    text.write_text("hello, I am not a database" * 100)
+    with pytest.raises(JournalError, match="not a batch journal"):
+        read_journal_requests(text)
+
+
+async def test_a_run_that_did_not_finish_is_resumed_and_a_finished_one_starts_anew(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "j"
+    async with await BatchJournal.open(path) as journal:
+        first = await journal.begin_run()
+        assert not first.resumed
+        assert first.id
+    async with await BatchJournal.open(path) as journal:  # interrupted: same run
+        assert await journal.begin_run() == JournalRun(first.id, resumed=True)
+        await journal.end_run()
+    async with await BatchJournal.open(path) as journal:  # finished: a new run
+        second = await journal.begin_run()
+        assert not second.resumed
+        assert second.id not in ("", first.id)
+        assert await journal.begin_run() == JournalRun(second.id, resumed=True)
+    assert read_journal_meta(path)["run"] == second.id
+
+
+async def test_an_older_journal_without_runs_resumes_its_unfinished_items_under_their_keys(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "j"
+    async with await BatchJournal.open(path) as journal:  # as an older version left it
+        await journal.begin("k", "k", 0)
+        await journal.begin("k-1", "k", 1)
+        await journal.done("k", "p", [], seed=1)
+        assert await journal.begin_run() == JournalRun("", resumed=True)
+        await journal.failed("k-1", "x")
+        assert await journal.begin_run() == JournalRun("", resumed=True)  # still not done
+    done = tmp_path / "other"
+    async with await BatchJournal.open(done) as journal:  # every item done: a new run
+        await journal.begin("k", "k", 0)
+        await journal.done("k", "p", [], seed=1)
+        run = await journal.begin_run()
+    assert not run.resumed
+    assert run.id
