@@ -320,7 +320,7 @@ async def test_cancelling_a_submitted_job_takes_it_off_the_server(
     comfyui_sim.hold()
     job = gen.submit(Txt2ImgRequest("fox", seed=13, width=64, height=64))
     await comfyui_sim.wait_until(lambda: len(comfyui_sim.accepted_prompt_ids) == 1)
-    job.cancel()
+    await job.cancel()
     with pytest.raises(asyncio.CancelledError):
         await job.result()
     (prompt_id,) = comfyui_sim.accepted_prompt_ids
