@@ -376,6 +376,7 @@ async def test_a_submitted_job_says_where_it_is(
     result = await job.result()
     (prompt_id,) = comfyui_sim.accepted_prompt_ids
     assert (job.state, job.prompt_id, result.prompt_id) == ("done", prompt_id, prompt_id)
+    assert isinstance(gen.client, ComfyUIClient)
     assert job.server == gen.client.base_url
     assert job.resubmitted is False
 
