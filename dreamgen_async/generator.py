@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeAlias
 
 from dreamgen_async.batch import Batch, BatchProgress, BatchRunner, Outcome
-from dreamgen_async.cache import ResultCache, request_key
+from dreamgen_async.cache import CacheEntry, ResultCache, request_key
 from dreamgen_async.comfyui_api import ComfyUIClient
 from dreamgen_async.errors import (
     ClientClosedError,
@@ -64,6 +64,7 @@ from dreamgen_async.journal import BatchJournal, JournalItem
 from dreamgen_async.plan import (
     Adopt,
     FromCache,
+    Plan,
     Record,
     Skip,
     decide,
@@ -541,25 +542,11 @@ class DreamGenerator:
             item = await journal.begin(tag_key(prep.key, occurrence), prep.key, index)
             intact = must_check_files(item.state) and await asyncio.to_thread(item.files_intact)
             record = Record(item.state, item.prompt_id, item.cached, intact)
-        entry = None
-        if self.cache is not None and needs_cache_entry(
-            record, deterministic=prep.deterministic, has_cache=True
-        ):
-            entry = await self.cache.get_entry(prep.key)
-        plan = decide(record, entry, deterministic=prep.deterministic)
-        if isinstance(plan, Skip):
-            assert item is not None
-            return GenerationResult(
-                tuple(Path(f.path) for f in item.files),
-                item.prompt_id,
-                item.seed if item.seed is not None else prep.seed,
-                prep.workflow,
-                prep.request,
-                item.cached,
-                Timings(submitted),
-                resumed=True,
-            )
         try:
+            plan = await self._plan(prep, record)
+            if isinstance(plan, Skip):
+                assert item is not None
+                return _resumed(item, prep, submitted)
             if isinstance(plan, FromCache):
                 paths = await self._write_outputs(prep, tag, list(plan.entry.images))
                 timings = cached_timings(plan.entry.timings, submitted)
@@ -583,6 +570,15 @@ class DreamGenerator:
                 seed=result.seed,
             )
         return result
+
+    async def _plan(self, prep: _Prepared, record: Record | None) -> Plan[CacheEntry]:
+        """:func:`~dreamgen_async.plan.decide`, the cache read only when it can matter."""
+        entry = None
+        if self.cache is not None and needs_cache_entry(
+            record, deterministic=prep.deterministic, has_cache=True
+        ):
+            entry = await self.cache.get_entry(prep.key)
+        return decide(record, entry, deterministic=prep.deterministic)
 
     async def _run(
         self,
@@ -991,6 +987,20 @@ class DreamGenerator:
 
         runner = BatchRunner(requests, concurrency, run_one, on_batch_progress)
         return runner.outcomes(return_exceptions=return_exceptions)
+
+
+def _resumed(item: JournalItem, prep: _Prepared, submitted: float) -> GenerationResult:
+    """The result of an item an earlier run of its journaled batch finished (files intact)."""
+    return GenerationResult(
+        tuple(Path(f.path) for f in item.files),
+        item.prompt_id,
+        item.seed if item.seed is not None else prep.seed,
+        prep.workflow,
+        prep.request,
+        item.cached,
+        Timings(submitted),
+        resumed=True,
+    )
 
 
 def _shared_timeout(timeout: float | None, shared: _SharedRun) -> PromptTimeout:
