@@ -179,13 +179,25 @@ GenerationJobState = Literal[
     "waiting", "posting", "queued", "running", "done", "failed", "cancelled"
 ]
 
-#: A running request's state from its backend job's (client job or pool job) state.
+#: A running request's state from its backend job's (client job or pool job) state; the
+#: states not listed (running, settling, removing, interrupting; a finished backend job
+#: while its files are written) read ``running``.
 _BACKEND_STATE: Mapping[str, GenerationJobState] = {
     "waiting": "waiting",
     "posting": "posting",
     "cancel-while-posting": "posting",
     "queued": "queued",
 }
+
+
+def running_state(backend_state: str) -> GenerationJobState:
+    """What a :class:`GenerationJob` whose backend job is in ``backend_state`` says."""
+    return _BACKEND_STATE.get(backend_state, "running")
+
+
+def is_posted(backend_state: str) -> bool:
+    """Whether a backend job in ``backend_state`` has its prompt on a server."""
+    return running_state(backend_state) not in ("waiting", "posting")
 
 
 class GenerationJob(JobHandle[GenerationResult]):
@@ -234,7 +246,7 @@ class GenerationJob(JobHandle[GenerationResult]):
     def prompt_id(self) -> str | None:  # type: ignore[override]
         """The server's prompt id once the prompt is posted, else ``None``."""
         job = self._job
-        if job is None or (not job.done() and str(job.state) in _BACKEND_STATE):
+        if job is None or (not job.done() and not is_posted(str(job.state))):
             return None
         return job.prompt_id
 
@@ -249,7 +261,7 @@ class GenerationJob(JobHandle[GenerationResult]):
             return "failed" if self._future.exception() is not None else "done"
         if self._job is None:
             return "waiting"
-        return _BACKEND_STATE.get(str(self._job.state), "running")
+        return running_state(str(self._job.state))
 
     @property
     def server(self) -> str | None:
