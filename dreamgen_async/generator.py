@@ -131,6 +131,12 @@ BackendJob: TypeAlias = Job | PoolJob
 OnJob: TypeAlias = Callable[[BackendJob, str | None], object]
 
 
+#: An input to upload: ``(data, sha256 hex digest, suffix, the name LoadImage expects)``.
+_Upload: TypeAlias = tuple[bytes, str, str, str]
+#: What a request kind builds: ``(workflow, seed, file-name stem, input to upload or None)``.
+_Built: TypeAlias = tuple[dict[str, Any], int | None, str, _Upload | None]
+
+
 @dataclass(slots=True)
 class _Prepared:
     """A request turned into what runs it: its workflow, seed, key and file-name stem."""
@@ -142,7 +148,7 @@ class _Prepared:
     key: str
     deterministic: bool
     stem: str
-    upload: tuple[bytes, str, str, str] | None
+    upload: _Upload | None
 
     @property
     def name_seed(self) -> int | None:
@@ -485,54 +491,64 @@ class DreamGenerator:
         return await self._complete(prepared, 0, timeout, watch)
 
     async def _prepare(self, request: Request) -> _Prepared:
-        """Build the workflow and the request's key; checks every argument, no network."""
-        input_hash: str | None = None
-        upload: tuple[bytes, str, str, str] | None = None
-        seed: int | None
+        """Build the workflow and the request's key; checks every argument, no network.
+
+        One ``_build_*`` per request kind (a new kind adds one), each returning the graph,
+        its seed, the file-name stem and the input to upload (``None``: nothing).
+        """
         if isinstance(request, Txt2ImgRequest):
-            built = self.builder.build_txt2img(
-                request.prompt,
-                request.negative,
-                request.width,
-                request.height,
-                request.steps,
-                request.cfg,
-                request.seed,
-            )
-            workflow, seed, stem = built.workflow, built.seed, request.name or "txt2img"
+            workflow, seed, stem, upload = self._build_txt2img(request)
         elif isinstance(request, Img2ImgRequest):
-            limits = InputLimits(
-                self.max_input_bytes, self.max_input_pixels, self.builder.preset.size_multiple
-            )
-            data, suffix, _ = await read_input(request.image, limits, request.max_side)
-            input_hash = await sha256(data)
-            expected = f"{UPLOAD_SUBFOLDER}/{input_hash[:32]}{suffix}"
-            # Built (so every argument is checked) before the upload touches the network.
-            built = self.builder.build_img2img(
-                expected,
-                request.prompt,
-                request.negative,
-                request.denoise,
-                request.steps,
-                request.cfg,
-                request.seed,
-            )
-            upload = (data, input_hash, suffix, expected)
-            workflow, seed = built.workflow, built.seed
-            stem = request.name or (
-                Path(os.fspath(request.image)).stem
-                if isinstance(request.image, str | os.PathLike)
-                else "img2img"
-            )
+            workflow, seed, stem, upload = await self._build_img2img(request)
         else:
-            workflow = Workflow(as_api_graph(request.workflow)).to_api()  # validated: no I/O yet
-            seed = first_seed(workflow)
-            stem = request.name or "workflow"
+            workflow, seed, stem, upload = self._build_workflow(request)
         explicit, deterministic = is_deterministic(request, workflow)
+        input_hash = None if upload is None else upload[1]
         key = request_key(workflow, input_hash, None if explicit else seed)
         return _Prepared(
             request, workflow, seed, explicit, key, deterministic, safe_stem(stem), upload
         )
+
+    def _build_txt2img(self, request: Txt2ImgRequest) -> _Built:
+        built = self.builder.build_txt2img(
+            request.prompt,
+            request.negative,
+            request.width,
+            request.height,
+            request.steps,
+            request.cfg,
+            request.seed,
+        )
+        return built.workflow, built.seed, request.name or "txt2img", None
+
+    async def _build_img2img(self, request: Img2ImgRequest) -> _Built:
+        limits = InputLimits(
+            self.max_input_bytes, self.max_input_pixels, self.builder.preset.size_multiple
+        )
+        data, suffix, _ = await read_input(request.image, limits, request.max_side)
+        input_hash = await sha256(data)
+        expected = f"{UPLOAD_SUBFOLDER}/{input_hash[:32]}{suffix}"
+        # Built (so every argument is checked) before the upload touches the network.
+        built = self.builder.build_img2img(
+            expected,
+            request.prompt,
+            request.negative,
+            request.denoise,
+            request.steps,
+            request.cfg,
+            request.seed,
+        )
+        stem = request.name or (
+            Path(os.fspath(request.image)).stem
+            if isinstance(request.image, str | os.PathLike)
+            else "img2img"
+        )
+        return built.workflow, built.seed, stem, (data, input_hash, suffix, expected)
+
+    @staticmethod
+    def _build_workflow(request: WorkflowRequest) -> _Built:
+        workflow = Workflow(as_api_graph(request.workflow)).to_api()  # validated: no I/O yet
+        return workflow, first_seed(workflow), request.name or "workflow", None
 
     async def _complete(
         self,
