@@ -9,56 +9,87 @@ Most users only need this module::
 Inputs are checked before any network call and uploaded under content-hash names (no
 re-upload, no collision between concurrent jobs). Outputs are written atomically (temporary
 file, then rename) under names *we* choose — never a server-supplied path.
+
+The facade is a shell around decisions made elsewhere: :mod:`~dreamgen_async.requests` (what
+a request is, and its journal record), :mod:`~dreamgen_async.plan` (what to do with a request
+the journal or the cache knows), :mod:`~dreamgen_async.files` (input checks, output names,
+atomic writes) and :mod:`~dreamgen_async.batch` (the workers behind the batch forms). Their
+public names are importable from here too.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
-import dataclasses
 import functools
-import hashlib
-import io
 import logging
 import os
-import re
 import time
 import uuid
-import warnings
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Mapping
-from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
-from typing import Any, TypeAlias
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, TypeAlias
 
-import aiofiles
-import aiofiles.os
-from PIL import Image, ImageOps, UnidentifiedImageError
-
-from dreamgen_async.cache import ResultCache, request_key
-from dreamgen_async.comfyui_api import BIG_BODY, ComfyUIClient
+from dreamgen_async.batch import Batch, BatchProgress, BatchRunner, Outcome
+from dreamgen_async.cache import CacheEntry, ResultCache, request_key
+from dreamgen_async.comfyui_api import ComfyUIClient
 from dreamgen_async.errors import (
     ClientClosedError,
     ConfigError,
     DreamgenError,
     ExecutionError,
     ExecutionInterrupted,
-    InputImageError,
     JournalError,
     NodeError,
     PromptTimeout,
-    WorkflowError,
 )
-from dreamgen_async.jobs import Mailbox, ProgressCallback, PromptResult
+from dreamgen_async.files import (
+    UPLOAD_SUBFOLDER,
+    InputLimits,
+    copy_atomically,
+    fit_within,
+    output_name,
+    output_suffix,
+    read_input,
+    safe_stem,
+    sha256,
+    sweep_staging,
+    write_outputs,
+)
+from dreamgen_async.handles import JobHandle
+from dreamgen_async.jobs import Job, ProgressCallback, PromptResult
 from dreamgen_async.journal import BatchJournal, JournalItem
-from dreamgen_async.pool import ComfyUIPool
-from dreamgen_async.protocol import (
-    AUDIO_SUFFIXES,
-    VIDEO_SUFFIXES,
-    Event,
-    OutputFile,
-    sniff_image_format,
+from dreamgen_async.plan import (
+    Adopt,
+    FromCache,
+    Plan,
+    Record,
+    Skip,
+    decide,
+    must_check_files,
+    needs_cache_entry,
+)
+from dreamgen_async.pool import ComfyUIPool, PoolJob
+from dreamgen_async.protocol import Event
+from dreamgen_async.requests import (
+    GenerationResult,
+    ImageInput,
+    Img2ImgRequest,
+    JobFailure,
+    Request,
+    Timings,
+    Txt2ImgRequest,
+    WorkflowRequest,
+    builder_from_spec,
+    builder_spec,
+    cached_timings,
+    first_seed,
+    is_deterministic,
+    request_from_spec,
+    request_spec,
+    tag_key,
 )
 from dreamgen_async.workflow_builder import (
     BuiltWorkflow,
@@ -71,151 +102,39 @@ __all__ = [
     "Batch",
     "BatchProgress",
     "DreamGenerator",
+    "GenerationJob",
+    "GenerationJobState",
     "GenerationResult",
     "ImageInput",
     "Img2ImgRequest",
     "JobFailure",
+    "Request",
     "Timings",
     "Txt2ImgRequest",
     "WorkflowRequest",
+    "builder_from_spec",
+    "builder_spec",
+    "fit_within",
+    "output_name",
+    "output_suffix",
+    "request_from_spec",
+    "request_spec",
+    "safe_stem",
+    "tag_key",
 ]
 
 log = logging.getLogger("dreamgen_async")
 
-ImageInput: TypeAlias = "str | os.PathLike[str] | bytes | Image.Image"
-
-_SAFE = re.compile(r"[^A-Za-z0-9._-]+")
-_UPLOAD_SUBFOLDER = "dreamgen"
-
-
-# ---------------------------------------------------------------------------- requests
+#: A backend job: a client's or a pool's.
+BackendJob: TypeAlias = Job | PoolJob
+#: Told which backend job runs a request once it exists (and the server it went to, if known).
+OnJob: TypeAlias = Callable[[BackendJob, str | None], object]
 
 
-@dataclass(frozen=True, slots=True)
-class Txt2ImgRequest:
-    """One text-to-image job; ``seed=None`` draws one (reported in the result)."""
-
-    prompt: str
-    negative: str = ""
-    seed: int | None = None
-    width: int | None = None
-    height: int | None = None
-    steps: int | None = None
-    cfg: float | None = None
-    name: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Img2ImgRequest:
-    """One image-to-image job. ``image`` is a path, bytes or a PIL image.
-
-    ``max_side``: downscale the input (aspect kept, sides a multiple of the preset's size
-    multiple) so that its longer side is at most this many pixels; smaller inputs are sent
-    as they are.
-    """
-
-    image: Any
-    prompt: str
-    denoise: float = 0.75
-    negative: str = ""
-    seed: int | None = None
-    steps: int | None = None
-    cfg: float | None = None
-    name: str | None = None
-    max_side: int | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class WorkflowRequest:
-    """A user's own API-format workflow, run as it is."""
-
-    workflow: Workflow | BuiltWorkflow | Mapping[str, Any]
-    name: str | None = None
-
-
-Request: TypeAlias = Txt2ImgRequest | Img2ImgRequest | WorkflowRequest
-
-
-# ---------------------------------------------------------------------------- results
-
-
-@dataclass(frozen=True, slots=True)
-class Timings:
-    """Wall-clock moments (``time.time()``) of one job; ``None`` when not applicable."""
-
-    submitted: float
-    queued: float | None = None
-    started: float | None = None
-    finished: float | None = None
-    downloaded: float | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class GenerationResult:
-    """A finished job: the files written, and how they were made.
-
-    Attributes:
-        paths: The outputs written into ``output_dir``, each kind with its own suffix
-            (images by their content: ``.png``, ``.jpg``, ``.webp``...; videos ``.webm``/
-            ``.mp4``; audio; text values as ``.txt``).
-        prompt_id: The server's prompt id (``None`` for a cache hit).
-        seed: The seed used (drawn at random when the request had none).
-        workflow: The API-format graph that was (or would have been) sent.
-        request: The request this answers.
-        cached: Whether the images came from the result cache (no server work).
-        timings: When it was submitted, queued, started, finished and downloaded. On a
-            cache hit, the original run's (``None`` where not recorded); for an item a
-            journal found done, only ``submitted``.
-        node_errors: Nodes the server refused while running the rest (a partial prompt:
-            200 with ``node_errors``); their ``dependent_outputs`` produced nothing.
-        resumed: The item was finished by an earlier run of its journaled batch: its files
-            were checked and nothing was sent.
-    """
-
-    paths: tuple[Path, ...]
-    prompt_id: str | None
-    seed: int | None
-    workflow: Mapping[str, Any] = field(repr=False)
-    request: Request = field(repr=False)
-    cached: bool = False
-    timings: Timings = field(default_factory=lambda: Timings(time.time()))
-    node_errors: tuple[NodeError, ...] = ()
-    resumed: bool = False
-
-    @property
-    def path(self) -> Path:
-        """The first output written."""
-        return self.paths[0]
-
-
-@dataclass(frozen=True, slots=True)
-class JobFailure:
-    """A job of a batch that failed; the batch went on without it."""
-
-    request: Request
-    index: int
-    error: DreamgenError | OSError
-
-    @property
-    def source(self) -> str:
-        """What the failure is about: the input image, or the request's name."""
-        if isinstance(self.error, InputImageError):
-            return self.error.source
-        if isinstance(self.request, Img2ImgRequest):
-            return _describe(self.request.image)
-        return getattr(self.request, "name", None) or f"job {self.index}"
-
-
-@dataclass(frozen=True, slots=True)
-class BatchProgress:
-    """Counts of a running batch, passed to ``on_batch_progress``."""
-
-    total: int | None
-    done: int
-    failed: int
-    running: int
-    cached: int
-    resumed: int = 0
+#: An input to upload: ``(data, sha256 hex digest, suffix, the name LoadImage expects)``.
+_Upload: TypeAlias = tuple[bytes, str, str, str]
+#: What a request kind builds: ``(workflow, seed, file-name stem, input to upload or None)``.
+_Built: TypeAlias = tuple[dict[str, Any], int | None, str, _Upload | None]
 
 
 @dataclass(slots=True)
@@ -229,7 +148,7 @@ class _Prepared:
     key: str
     deterministic: bool
     stem: str
-    upload: tuple[bytes, str, str, str] | None
+    upload: _Upload | None
 
     @property
     def name_seed(self) -> int | None:
@@ -248,230 +167,129 @@ class _Fetched:
     node_errors: tuple[NodeError, ...] = ()
 
 
-def tag_key(request_key: str, occurrence: int) -> str:
-    """A batch item's journal key: its request key, numbered for seedless repeats."""
-    return request_key if occurrence == 0 else f"{request_key}-{occurrence}"
+@dataclass(frozen=True, slots=True, eq=False)
+class _Watch:
+    """Who follows one request: its progress events, and the backend job that runs it."""
 
+    on_progress: ProgressCallback | None = None
+    on_job: OnJob | None = None
 
-def output_name(stem: str, seed: int | None, tag: str, index: int, suffix: str) -> str:
-    """``<stem>[_<seed>]_<tag>_<index><suffix>``: the file name of one output image."""
-    seed_part = f"_{seed}" if seed is not None else ""
-    return f"{stem}{seed_part}_{tag}_{index}{suffix}"
+    def bound(self, job: BackendJob, server: str | None) -> None:
+        if self.on_job is not None:
+            self.on_job(job, server)
 
 
 # ---------------------------------------------------------------------------- handles
 
+GenerationJobState = Literal[
+    "waiting", "posting", "queued", "running", "done", "failed", "cancelled"
+]
 
-class GenerationJob:
+#: A running request's state from its backend job's (client job or pool job) state; the
+#: states not listed (running, settling, removing, interrupting; a finished backend job
+#: while its files are written) read ``running``.
+_BACKEND_STATE: Mapping[str, GenerationJobState] = {
+    "waiting": "waiting",
+    "posting": "posting",
+    "cancel-while-posting": "posting",
+    "queued": "queued",
+}
+
+
+def running_state(backend_state: str) -> GenerationJobState:
+    """What a :class:`GenerationJob` whose backend job is in ``backend_state`` says."""
+    return _BACKEND_STATE.get(backend_state, "running")
+
+
+def is_posted(backend_state: str) -> bool:
+    """Whether a backend job in ``backend_state`` has its prompt on a server."""
+    return running_state(backend_state) not in ("waiting", "posting")
+
+
+class GenerationJob(JobHandle[GenerationResult]):
     """One request running in the background (from :meth:`DreamGenerator.submit`).
 
-    Await :meth:`result`, follow :meth:`events`, or :meth:`cancel` it. Cancelling (or
-    cancelling a call to ``result()``) takes its prompt off the server.
+    Await :meth:`result`, follow :meth:`events`, or ``await`` :meth:`cancel`. It follows the
+    waiter rule of every job handle (see :mod:`dreamgen_async.handles`): a caller's timeout
+    or cancellation ends only its own wait, and when the last waiter leaves the job is
+    cancelled; :meth:`cancel` cancels it for everyone. A cancelled job's prompt leaves the
+    server and no file is left.
     """
-
-    def __init__(self, gen: DreamGenerator, request: Request, timeout: float | None) -> None:
-        self.request = request
-        self._events: Mailbox[Event] = Mailbox()
-        self._task = asyncio.create_task(
-            gen.generate(request, timeout=timeout, on_progress=self._events.put),
-            name="dreamgen-generation",
-        )
-        self._task.add_done_callback(self._finished)
-
-    def _finished(self, task: asyncio.Task[GenerationResult]) -> None:
-        self._events.close()
-        if not task.cancelled():
-            task.exception()  # retrieved here; result() still raises it
-
-    def done(self) -> bool:
-        """Whether the outcome is known."""
-        return self._task.done()
-
-    async def result(self) -> GenerationResult:
-        """The result, once the images are written. Raises what the job raised."""
-        return await self._task
-
-    def cancel(self) -> None:
-        """Cancel the job: its prompt leaves the server and no file is left."""
-        self._task.cancel()
-
-    async def events(self) -> AsyncIterator[Event]:
-        """The job's progress events (from its start; one consumer); ends with the job."""
-        while (event := await self._events.get()) is not None:
-            yield event
-
-
-class Batch:
-    """A batch running in the background (from :meth:`DreamGenerator.start_batch`)."""
 
     def __init__(
         self,
-        gen: DreamGenerator,
-        requests: Iterable[Request],
-        concurrency: int,
-        journal: str | os.PathLike[str] | None = None,
+        run: Callable[[_Watch], Coroutine[Any, Any, GenerationResult]],
+        request: Request,
     ) -> None:
-        self._progress: Mailbox[BatchProgress] = Mailbox()
-        self._task = asyncio.create_task(
-            gen.generate_many(
-                requests,
-                concurrency=concurrency,
-                on_batch_progress=self._progress.put,
-                journal=journal,
-            ),
-            name="dreamgen-batch",
+        super().__init__()
+        self.request = request
+        self._on_progress: ProgressCallback | None = None
+        self._subscribers = None
+        self._backlog = None
+        self._job: BackendJob | None = None
+        self._server: str | None = None
+        self._future: asyncio.Task[GenerationResult] = asyncio.create_task(
+            run(_Watch(self._deliver, self._bind)), name="dreamgen-generation"
         )
-        self._task.add_done_callback(self._finished)
+        self._future.add_done_callback(self._finished)
 
-    def _finished(self, task: asyncio.Task[list[GenerationResult | JobFailure]]) -> None:
-        self._progress.close()
+    def __repr__(self) -> str:
+        return f"<GenerationJob {self.state}>"
+
+    def _bind(self, job: BackendJob, server: str | None) -> None:
+        self._job, self._server = job, server
+
+    def _finished(self, task: asyncio.Task[GenerationResult]) -> None:
         if not task.cancelled():
-            task.exception()
+            task.exception()  # retrieved here; result() still raises it
+        self._close_events()
 
-    async def progress(self) -> AsyncIterator[BatchProgress]:
-        """A :class:`BatchProgress` snapshot at every change (one consumer); ends with the batch.
+    @property
+    def label(self) -> str:
+        return f"request {self.request!r:.60}"
 
-        A consumer that falls far behind skips old snapshots, never the last one.
+    @property
+    def prompt_id(self) -> str | None:  # type: ignore[override]
+        """The server's prompt id once the prompt is posted, else ``None``."""
+        job = self._job
+        if job is None or (not job.done() and not is_posted(str(job.state))):
+            return None
+        return job.prompt_id
+
+    @property
+    def state(self) -> GenerationJobState:
+        """``waiting`` (checking inputs, uploading, waiting for a slot), ``posting``,
+        ``queued``, ``running`` (also while its files are written), then ``done``,
+        ``failed`` or ``cancelled``."""
+        if self._future.done():
+            if self._future.cancelled():
+                return "cancelled"
+            return "failed" if self._future.exception() is not None else "done"
+        if self._job is None:
+            return "waiting"
+        return running_state(str(self._job.state))
+
+    @property
+    def server(self) -> str | None:
+        """The server that runs (or ran) the prompt, once it is known."""
+        placed = getattr(self._job, "server", None)
+        return placed if isinstance(placed, str) else self._server
+
+    @property
+    def resubmitted(self) -> bool:
+        """Whether the prompt was posted again (the server lost it, or another server took it)."""
+        return self._job is not None and self._job.resubmitted
+
+    async def abandon(self, reason: BaseException) -> None:
+        await self.cancel()
+
+    async def cancel(self) -> None:
+        """Cancel the job for every waiter: its prompt leaves the server, no file is left.
+
+        Idempotent; returns once the job has ended (cancelled, or finished first).
         """
-        while (state := await self._progress.get()) is not None:
-            yield state
-
-    async def results(self) -> list[GenerationResult | JobFailure]:
-        """Every outcome, in request order, once the batch is over."""
-        return await self._task
-
-    def cancel(self) -> None:
-        """Cancel every job of the batch (their prompts leave the server)."""
-        self._task.cancel()
-
-
-# ---------------------------------------------------------------------------- helpers
-
-
-def _describe(image: Any) -> str:
-    if isinstance(image, str | os.PathLike):
-        return os.fspath(image)
-    if isinstance(image, bytes | bytearray):
-        return f"<{len(image)} bytes>"
-    return f"<{type(image).__name__}>"
-
-
-def safe_stem(name: str, default: str = "image") -> str:
-    """A file-name stem with no path separators, no leading dots, at most 80 characters."""
-    stem = _SAFE.sub("_", PurePosixPath(name.replace("\\", "/")).name.replace("\0", ""))
-    stem = stem.lstrip(".")[:80].strip("_")
-    return stem or default
-
-
-def _verify_image(data: bytes, source: str, max_pixels: int) -> str:
-    """Check that ``data`` decodes as an image; return its file suffix."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as img:
-                width, height = img.size
-                fmt = (img.format or "PNG").lower()
-                img.verify()
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise InputImageError(
-            f"{source}: the image is too large for Pillow to open safely ({exc}); "
-            f"downscale it (max_input_pixels is {max_pixels})",
-            source=source,
-        ) from exc
-    except UnidentifiedImageError as exc:
-        raise InputImageError(
-            f"{source}: not a readable image (not PNG, JPEG, WEBP or another known format)",
-            source=source,
-        ) from exc
-    except (OSError, SyntaxError, ValueError) as exc:
-        detail = re.sub(r"<_io\.BytesIO object at 0x[0-9a-fA-F]+>", "the data", str(exc))
-        raise InputImageError(
-            f"{source}: not a readable image (it looks damaged: {detail})", source=source
-        ) from exc
-    if width * height > max_pixels:
-        raise InputImageError(
-            f"{source}: image is {width}x{height} = {width * height} pixels, over "
-            f"max_input_pixels={max_pixels}; pass max_side= to downscale it, or raise "
-            "DreamGenerator(max_input_pixels=...)",
-            source=source,
-        )
-    return {"jpeg": ".jpg"}.get(fmt, f".{fmt}")
-
-
-_FORMAT_SUFFIXES = {"jpeg": ".jpg", "tiff": ".tif"}
-_DEFAULT_SUFFIXES = {"video": ".mp4", "audio": ".flac", "text": ".txt", "other": ".bin"}
-
-
-def output_suffix(file: OutputFile, data: bytes) -> str:
-    """The suffix we write an output under: images by their magic bytes, other kinds by
-    the server's suffix when it is a known one for the kind, else a default per kind."""
-    if file.kind in ("image", "animated"):
-        fmt = sniff_image_format(data) or "png"
-        return _FORMAT_SUFFIXES.get(fmt, f".{fmt}")
-    if file.kind == "text":
-        return ".txt"
-    suffix = PurePosixPath(file.filename).suffix.lower()
-    known = {"video": VIDEO_SUFFIXES, "audio": AUDIO_SUFFIXES}.get(file.kind)
-    if (known is not None and suffix in known) or (
-        file.kind == "other" and re.fullmatch(r"\.[a-z0-9]{1,8}", suffix)
-    ):
-        return suffix
-    return _DEFAULT_SUFFIXES[file.kind]
-
-
-async def _sha256(data: bytes) -> str:
-    """The hex digest; in a worker thread for large data (10 MB take ~10 ms to hash)."""
-    if len(data) > BIG_BODY:
-        return await asyncio.to_thread(lambda: hashlib.sha256(data).hexdigest())
-    return hashlib.sha256(data).hexdigest()
-
-
-def fit_within(width: int, height: int, max_side: int, multiple: int = 8) -> tuple[int, int]:
-    """The size to downscale ``width`` x ``height`` to so that its longer side is at most
-    ``max_side``: aspect kept, both sides a multiple of ``multiple``. Unchanged if it fits."""
-    if max(width, height) <= max_side:
-        return width, height
-    scale = max_side / max(width, height)
-    limit = max(multiple, max_side // multiple * multiple)
-
-    def side(value: int) -> int:
-        return min(limit, max(multiple, round(value * scale / multiple) * multiple))
-
-    return side(width), side(height)
-
-
-def _downscale(data: bytes, source: str, max_side: int, multiple: int) -> bytes:
-    """Runs in a worker thread: ``data`` re-encoded as PNG within ``max_side`` (EXIF
-    orientation applied first, as ComfyUI's LoadImage does), or ``data`` if it fits."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as img:
-                size = fit_within(img.width, img.height, max_side, multiple)
-                if size == img.size:
-                    return data
-                upright = ImageOps.exif_transpose(img)
-                size = fit_within(upright.width, upright.height, max_side, multiple)
-                mode = "RGBA" if "A" in upright.getbands() else "RGB"
-                resized = upright.convert(mode).resize(size, Image.Resampling.LANCZOS)
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise InputImageError(
-            f"{source}: the image is too large for Pillow to open safely ({exc})", source=source
-        ) from exc
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise InputImageError(
-            f"{source}: not a readable image (not PNG, JPEG, WEBP or another known format)",
-            source=source,
-        ) from exc
-    buffer = io.BytesIO()
-    resized.save(buffer, format="PNG", compress_level=4)
-    return buffer.getvalue()
-
-
-def _encode_pil(image: Image.Image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
+        self._future.cancel()
+        await asyncio.wait([self._future])
 
 
 # ---------------------------------------------------------------------------- generator
@@ -508,6 +326,7 @@ class DreamGenerator:
         **client_options: Any,
     ) -> None:
         self._owns_client = isinstance(client, str)
+        self._entered = False
         self.client: ComfyUIClient | ComfyUIPool = (
             ComfyUIClient(client, **client_options) if isinstance(client, str) else client
         )
@@ -527,6 +346,7 @@ class DreamGenerator:
     async def __aenter__(self) -> DreamGenerator:
         if self._owns_client:
             await self.client.open()
+        self._entered = True
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -556,7 +376,7 @@ class DreamGenerator:
         return self.client
 
     def _check_entered(self) -> None:
-        if self._owns_client and self.client._state == "unopened":
+        if self._owns_client and not self._entered:
             raise ClientClosedError(
                 "the generator is not open: use `async with DreamGenerator(...) as gen:` "
                 "(or `await gen.__aenter__()`)"
@@ -629,8 +449,12 @@ class DreamGenerator:
         return await self.generate(request, timeout=timeout, on_progress=on_progress)
 
     def submit(self, request: Request, *, timeout: float | None = None) -> GenerationJob:
-        """Start one request in the background; follow it with ``events()``."""
-        return GenerationJob(self, request, timeout)
+        """Start one request in the background; follow it with ``events()``.
+
+        ``timeout`` applies to the job itself (as for :meth:`generate`); ``result(timeout=)``
+        bounds one caller's wait.
+        """
+        return GenerationJob(lambda watch: self._generate(request, timeout, watch), request)
 
     def start_batch(
         self,
@@ -643,7 +467,11 @@ class DreamGenerator:
 
         ``journal=``: as for :meth:`as_completed`.
         """
-        return Batch(self, requests, concurrency, journal)
+        return Batch(
+            lambda report: self.generate_many(
+                requests, concurrency=concurrency, on_batch_progress=report, journal=journal
+            )
+        )
 
     async def generate(
         self,
@@ -653,99 +481,109 @@ class DreamGenerator:
         on_progress: ProgressCallback | None = None,
     ) -> GenerationResult:
         """Run one request of any kind (what the batch forms call)."""
+        return await self._generate(request, timeout, _Watch(on_progress))
+
+    async def _generate(
+        self, request: Request, timeout: float | None, watch: _Watch
+    ) -> GenerationResult:
         self._check_entered()
         prepared = await self._prepare(request)
-        return await self._complete(prepared, 0, timeout, on_progress)
+        return await self._complete(prepared, 0, timeout, watch)
 
     async def _prepare(self, request: Request) -> _Prepared:
-        """Build the workflow and the request's key; checks every argument, no network."""
-        input_hash: str | None = None
-        upload: tuple[bytes, str, str, str] | None = None
-        seed: int | None
-        built: BuiltWorkflow
+        """Build the workflow and the request's key; checks every argument, no network.
+
+        One ``_build_*`` per request kind (a new kind adds one), each returning the graph,
+        its seed, the file-name stem and the input to upload (``None``: nothing).
+        """
         if isinstance(request, Txt2ImgRequest):
-            built = self.builder.build_txt2img(
-                request.prompt,
-                request.negative,
-                request.width,
-                request.height,
-                request.steps,
-                request.cfg,
-                request.seed,
-            )
-            workflow, seed, stem = built.workflow, built.seed, request.name or "txt2img"
+            workflow, seed, stem, upload = self._build_txt2img(request)
         elif isinstance(request, Img2ImgRequest):
-            data, suffix, _ = await self._read_input(request.image, request.max_side)
-            input_hash = await _sha256(data)
-            expected = f"{_UPLOAD_SUBFOLDER}/{input_hash[:32]}{suffix}"
-            # Built (so every argument is checked) before the upload touches the network.
-            built = self.builder.build_img2img(
-                expected,
-                request.prompt,
-                request.negative,
-                request.denoise,
-                request.steps,
-                request.cfg,
-                request.seed,
-            )
-            upload = (data, input_hash, suffix, expected)
-            workflow, seed = built.workflow, built.seed
-            stem = request.name or (
-                Path(os.fspath(request.image)).stem
-                if isinstance(request.image, str | os.PathLike)
-                else "img2img"
-            )
+            workflow, seed, stem, upload = await self._build_img2img(request)
         else:
-            wf = request.workflow
-            workflow = Workflow(as_api_graph(wf)).to_api()  # validated: fails before any I/O
-            seed = _first_seed(workflow)
-            stem = request.name or "workflow"
-        if isinstance(request, WorkflowRequest):
-            # An API-format graph carries its seed literally: the same graph is the same
-            # images (ComfyUI itself answers it from its cache). Only a LoadImage of a file
-            # already on the server makes it unknowable to us, so that is not cached.
-            explicit = True
-            deterministic = not any(n.get("class_type") == "LoadImage" for n in workflow.values())
-        else:
-            explicit = deterministic = request.seed is not None
+            workflow, seed, stem, upload = self._build_workflow(request)
+        explicit, deterministic = is_deterministic(request, workflow)
+        input_hash = None if upload is None else upload[1]
         key = request_key(workflow, input_hash, None if explicit else seed)
         return _Prepared(
             request, workflow, seed, explicit, key, deterministic, safe_stem(stem), upload
         )
+
+    def _build_txt2img(self, request: Txt2ImgRequest) -> _Built:
+        built = self.builder.build_txt2img(
+            request.prompt,
+            request.negative,
+            request.width,
+            request.height,
+            request.steps,
+            request.cfg,
+            request.seed,
+        )
+        return built.workflow, built.seed, request.name or "txt2img", None
+
+    async def _build_img2img(self, request: Img2ImgRequest) -> _Built:
+        limits = InputLimits(
+            self.max_input_bytes, self.max_input_pixels, self.builder.preset.size_multiple
+        )
+        data, suffix, _ = await read_input(request.image, limits, request.max_side)
+        input_hash = await sha256(data)
+        expected = f"{UPLOAD_SUBFOLDER}/{input_hash[:32]}{suffix}"
+        # Built (so every argument is checked) before the upload touches the network.
+        built = self.builder.build_img2img(
+            expected,
+            request.prompt,
+            request.negative,
+            request.denoise,
+            request.steps,
+            request.cfg,
+            request.seed,
+        )
+        stem = request.name or (
+            Path(os.fspath(request.image)).stem
+            if isinstance(request.image, str | os.PathLike)
+            else "img2img"
+        )
+        return built.workflow, built.seed, stem, (data, input_hash, suffix, expected)
+
+    @staticmethod
+    def _build_workflow(request: WorkflowRequest) -> _Built:
+        workflow = Workflow(as_api_graph(request.workflow)).to_api()  # validated: no I/O yet
+        return workflow, first_seed(workflow), request.name or "workflow", None
 
     async def _complete(
         self,
         prep: _Prepared,
         occurrence: int,
         timeout: float | None,
-        on_progress: ProgressCallback | None,
+        watch: _Watch,
         journal: BatchJournal | None = None,
         index: int = 0,
     ) -> GenerationResult:
-        """Answer a prepared request: from the journal, the cache, or by running it.
-
-        With a journal, the item's record decides first: done with its files intact →
-        skipped; posted → collected from its server by prompt_id (run only if the server
-        does not have it); otherwise run, the prompt_id committed before the POST.
-        """
+        """Answer a prepared request as :func:`~dreamgen_async.plan.decide` says: skipped (the
+        journal has it done, files intact), from the cache, by collecting the prompt an
+        earlier run posted, or by running it (the prompt_id committed before the POST)."""
         submitted = time.time()
         tag = prep.key[:12] if occurrence == 0 else f"{prep.key[:12]}-{occurrence}"
         item: JournalItem | None = None
+        record: Record | None = None
         if journal is not None:
             item = await journal.begin(tag_key(prep.key, occurrence), prep.key, index)
-            if item.state == "done" and await asyncio.to_thread(item.files_intact):
-                return GenerationResult(
-                    tuple(Path(f.path) for f in item.files),
-                    item.prompt_id,
-                    item.seed if item.seed is not None else prep.seed,
-                    prep.workflow,
-                    prep.request,
-                    item.cached,
-                    Timings(submitted),
-                    resumed=True,
-                )
+            intact = must_check_files(item.state) and await asyncio.to_thread(item.files_intact)
+            record = Record(item.state, item.prompt_id, item.cached, intact)
         try:
-            result = await self._answer(prep, tag, item, journal, submitted, timeout, on_progress)
+            plan = await self._plan(prep, record)
+            if isinstance(plan, Skip):
+                assert item is not None
+                return _resumed(item, prep, submitted)
+            if isinstance(plan, FromCache):
+                paths = await self._write_outputs(prep, tag, list(plan.entry.images))
+                timings = cached_timings(plan.entry.timings, submitted)
+                result = GenerationResult(
+                    paths, None, prep.seed, prep.workflow, prep.request, True, timings
+                )
+            else:
+                adopt = item if isinstance(plan, Adopt) else None
+                result = await self._run(prep, tag, adopt, item, journal, submitted, timeout, watch)
         except (DreamgenError, OSError) as exc:
             if journal is not None and item is not None:
                 with contextlib.suppress(JournalError):  # the job's own error matters more
@@ -761,29 +599,32 @@ class DreamGenerator:
             )
         return result
 
-    async def _answer(
+    async def _plan(self, prep: _Prepared, record: Record | None) -> Plan[CacheEntry]:
+        """:func:`~dreamgen_async.plan.decide`, the cache read only when it can matter."""
+        entry = None
+        if self.cache is not None and needs_cache_entry(
+            record, deterministic=prep.deterministic, has_cache=True
+        ):
+            entry = await self.cache.get_entry(prep.key)
+        return decide(record, entry, deterministic=prep.deterministic)
+
+    async def _run(
         self,
         prep: _Prepared,
         tag: str,
+        adopt: JournalItem | None,
         item: JournalItem | None,
         journal: BatchJournal | None,
         submitted: float,
         timeout: float | None,
-        on_progress: ProgressCallback | None,
+        watch: _Watch,
     ) -> GenerationResult:
-        if prep.deterministic and self.cache is not None:
-            entry = await self.cache.get_entry(prep.key)
-            if entry is not None:
-                paths = await self._write_outputs(prep, tag, list(entry.images))
-                timings = _timings(entry.timings, submitted)
-                return GenerationResult(
-                    paths, None, prep.seed, prep.workflow, prep.request, True, timings
-                )
+        """Run the request (or collect ``adopt``'s prompt), identical requests sharing a run."""
         fetched = await self._run_shared(
             prep.key if prep.deterministic else None,
-            lambda wait, progress: self._fetch(prep, wait, progress, item, journal),
+            lambda wait, shared_watch: self._fetch(prep, wait, shared_watch, adopt, item, journal),
             timeout,
-            on_progress,
+            watch,
         )
         paths = await self._write_outputs(prep, tag, fetched.images)
         queued, started, finished = (fetched.timings + (None,) * 5)[1:4]
@@ -804,15 +645,16 @@ class DreamGenerator:
         self,
         prep: _Prepared,
         timeout: float | None,
-        on_progress: ProgressCallback | None,
+        watch: _Watch,
+        adopt: JournalItem | None = None,
         item: JournalItem | None = None,
         journal: BatchJournal | None = None,
     ) -> _Fetched:
         """Collect the item's earlier prompt, or upload (only now: a cache hit never touches
         the server), run and download."""
         fetched: _Fetched | None = None
-        if item is not None and item.prompt_id is not None and not item.cached:
-            fetched = await self._collect(item, prep, timeout, on_progress)
+        if adopt is not None:
+            fetched = await self._collect(adopt, prep, timeout, watch)
         if fetched is None:
             await self._upload(prep)
             started = time.time()
@@ -826,7 +668,7 @@ class DreamGenerator:
                     )
 
             result, images = await self._run_and_download(
-                prep.workflow, timeout, on_progress, before_post
+                prep.workflow, timeout, watch, before_post
             )
             fetched = _Fetched(
                 result.prompt_id,
@@ -843,17 +685,20 @@ class DreamGenerator:
         item: JournalItem,
         prep: _Prepared,
         timeout: float | None,
-        on_progress: ProgressCallback | None,
+        watch: _Watch,
     ) -> _Fetched | None:
         """Collect a prompt an earlier run posted; ``None`` when it must run (again)."""
         assert item.prompt_id is not None
         client = await self._client_for(item)
         if client is None:
             return None
-        job = await client.adopt(item.prompt_id, workflow=prep.workflow, on_progress=on_progress)
+        job = await client.adopt(
+            item.prompt_id, workflow=prep.workflow, on_progress=watch.on_progress
+        )
         if job is None:
             log.info("prompt %s of an earlier run is not on the server: running it", item.prompt_id)
             return None
+        watch.bound(job, client.base_url)
         try:
             result = await job.result(timeout)
         except (ExecutionInterrupted, ExecutionError) as exc:
@@ -898,44 +743,43 @@ class DreamGenerator:
     async def _run_shared(
         self,
         key: str | None,
-        fetch: Callable[[float | None, ProgressCallback | None], Coroutine[Any, Any, _Fetched]],
+        fetch: Callable[[float | None, _Watch], Coroutine[Any, Any, _Fetched]],
         timeout: float | None,
-        on_progress: ProgressCallback | None,
+        watch: _Watch,
     ) -> _Fetched:
         """Run ``fetch``; identical requests in flight at once share one run.
 
         The shared run belongs to no caller: each caller's ``timeout`` or cancellation ends
-        only its own wait, every caller gets the progress events, and the prompt is taken off
-        the server only when the last caller still waiting for it gives up.
+        only its own wait, every caller gets the progress events (and learns the job), and
+        the prompt is taken off the server only when the last caller still waiting for it
+        gives up.
         """
         if key is None:
-            return await fetch(timeout, on_progress)
+            return await fetch(timeout, watch)
         shared = self._inflight.get(key)
         if shared is None:
             shared = self._inflight[key] = _SharedRun(key)
             shared.task = asyncio.create_task(
-                fetch(None, shared.fan_out), name="dreamgen-shared-run"
+                fetch(None, _Watch(shared.fan_out, shared.bound)), name="dreamgen-shared-run"
             )
             shared.task.add_done_callback(functools.partial(self._shared_done, key, shared))
         task = shared.task
         assert task is not None
-        shared.join(on_progress)
+        shared.join(watch)
         try:
             async with asyncio.timeout(timeout):
                 return await asyncio.shield(task)
         except TimeoutError:
             if task.done() and not task.cancelled() and task.exception() is None:
                 return task.result()
-            raise PromptTimeout(
-                f"request did not finish within {timeout} s"
-                + ("" if shared.interest > 1 else "; it was removed from the server"),
-                prompt_id=None,
-            ) from None
+            raise _shared_timeout(timeout, shared) from None
         finally:
-            if shared.leave(on_progress) and not task.done():
+            if shared.leave(watch) and not task.done():
                 # The last caller gave up: take the prompt back, and wait until it is.
+                # (asyncio.wait, not gather: a second cancel of this caller then leaves no
+                # future holding an exception nobody retrieves.)
                 task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
+                await asyncio.wait([task])
 
     def _shared_done(self, key: str, shared: _SharedRun, task: asyncio.Task[Any]) -> None:
         if self._inflight.get(key) is shared:
@@ -947,7 +791,7 @@ class DreamGenerator:
         self,
         workflow: Mapping[str, Any],
         timeout: float | None,
-        on_progress: ProgressCallback | None,
+        watch: _Watch,
         before_post: Callable[[str], Awaitable[None]] | None = None,
     ) -> tuple[PromptResult, list[tuple[str, bytes]]]:
         """Run the workflow under a prompt_id chosen here, then download its images.
@@ -958,7 +802,8 @@ class DreamGenerator:
         prompt_id = str(uuid.uuid4())
         if before_post is not None:
             await before_post(prompt_id)
-        job = await self.client.submit(workflow, on_progress=on_progress, prompt_id=prompt_id)
+        job = await self.client.submit(workflow, on_progress=watch.on_progress, prompt_id=prompt_id)
+        watch.bound(job, self.client.base_url if isinstance(self.client, ComfyUIClient) else None)
         result = await job.result(timeout)
         return result, await self._download(self.client, result)
 
@@ -974,56 +819,6 @@ class DreamGenerator:
 
     # ------------------------------------------------------------------ inputs
 
-    async def _read_input(self, image: Any, max_side: int | None = None) -> tuple[bytes, str, str]:
-        """The bytes of an input image, checked (and downscaled to ``max_side``):
-        ``(data, suffix, source)``."""
-        source = _describe(image)
-        if max_side is not None and (
-            isinstance(max_side, bool) or not isinstance(max_side, int) or max_side < 16
-        ):
-            raise WorkflowError(
-                f"max_side must be an integer of at least 16 pixels, got {max_side!r}",
-                input_name="max_side",
-            )
-        if isinstance(image, Image.Image):
-            data = await asyncio.to_thread(_encode_pil, image)
-        elif isinstance(image, bytes | bytearray):
-            data = bytes(image)
-        elif isinstance(image, str | os.PathLike):
-            path = Path(image)
-            try:
-                size = (await aiofiles.os.stat(path)).st_size
-                if size > self.max_input_bytes:
-                    raise InputImageError(
-                        f"{source}: {size} bytes, over max_input_bytes={self.max_input_bytes}",
-                        source=source,
-                    )
-                async with aiofiles.open(path, "rb") as f:
-                    data = await f.read()
-            except FileNotFoundError as exc:
-                raise InputImageError(f"{source}: no such file", source=source) from exc
-            except IsADirectoryError as exc:
-                raise InputImageError(f"{source}: is a directory", source=source) from exc
-            except PermissionError as exc:
-                raise InputImageError(f"{source}: permission denied", source=source) from exc
-        else:
-            raise InputImageError(
-                f"unsupported image input {source}: give a path, bytes or a PIL image",
-                source=source,
-            )
-        if not data:
-            raise InputImageError(f"{source}: the file is empty", source=source)
-        if len(data) > self.max_input_bytes:
-            raise InputImageError(
-                f"{source}: {len(data)} bytes, over max_input_bytes={self.max_input_bytes}",
-                source=source,
-            )
-        if max_side is not None:
-            multiple = self.builder.preset.size_multiple
-            data = await asyncio.to_thread(_downscale, data, source, max_side, multiple)
-        suffix = await asyncio.to_thread(_verify_image, data, source, self.max_input_pixels)
-        return data, suffix, source
-
     async def _store_input(self, data: bytes, digest: str, suffix: str) -> str:
         """Upload (or copy into ``input_dir``) once per content; returns LoadImage's name."""
         pending = self._uploads.get(digest)
@@ -1038,11 +833,9 @@ class DreamGenerator:
     async def _store_once(self, data: bytes, digest: str, suffix: str) -> str:
         name = f"{digest[:32]}{suffix}"
         if self.input_dir is not None:
-            await asyncio.to_thread(
-                _copy_atomically, data, self.input_dir / _UPLOAD_SUBFOLDER, name
-            )
-            return f"{_UPLOAD_SUBFOLDER}/{name}"
-        uploaded = await self.client.upload_image(data, name=name, subfolder=_UPLOAD_SUBFOLDER)
+            await asyncio.to_thread(copy_atomically, data, self.input_dir / UPLOAD_SUBFOLDER, name)
+            return f"{UPLOAD_SUBFOLDER}/{name}"
+        uploaded = await self.client.upload_image(data, name=name, subfolder=UPLOAD_SUBFOLDER)
         return uploaded.reference
 
     # ------------------------------------------------------------------ outputs
@@ -1055,19 +848,11 @@ class DreamGenerator:
         The name is the request's (``<name>[_<seed>]_<request key>_<n>``): the same request
         writes the same file in every run, hit or miss, so a rerun replaces, never duplicates.
         """
-        await aiofiles.os.makedirs(self.output_dir, exist_ok=True)
-        paths = []
-        try:
-            for i, (suffix, data) in enumerate(images):
-                final = self.output_dir / output_name(prep.stem, prep.name_seed, tag, i, suffix)
-                await _write_atomically(final, data)
-                paths.append(final)
-        except BaseException:
-            for path in paths:
-                with contextlib.suppress(OSError):
-                    os.unlink(path)
-            raise
-        return tuple(paths)
+        return await write_outputs(
+            self.output_dir,
+            lambda i, suffix: output_name(prep.stem, prep.name_seed, tag, i, suffix),
+            images,
+        )
 
     # ------------------------------------------------------------------ batches
 
@@ -1166,7 +951,7 @@ class DreamGenerator:
         try:
             await self._describe_batch(opened, requests)
             # A run killed mid-write left staging files: this batch's folder, swept.
-            await asyncio.to_thread(_sweep_staging, self.output_dir)
+            await asyncio.to_thread(sweep_staging, self.output_dir)
             async for pair in self._enumerate(
                 requests,
                 concurrency,
@@ -1199,7 +984,7 @@ class DreamGenerator:
             )
             await journal.record_requests(specs, replace=True)
 
-    async def _enumerate(
+    def _enumerate(
         self,
         requests: Iterable[Request],
         concurrency: int,
@@ -1208,249 +993,88 @@ class DreamGenerator:
         on_batch_progress: Callable[[BatchProgress], object] | None,
         journal: BatchJournal | None,
         timeout: float | None = None,
-    ) -> AsyncIterator[tuple[int, GenerationResult | JobFailure]]:
-        total = len(requests) if isinstance(requests, list | tuple) else None
-        lazy = total is None
-        counts = {"done": 0, "failed": 0, "running": 0, "cached": 0, "resumed": 0}
-        finished: asyncio.Queue[tuple[int, GenerationResult | JobFailure]]
-        finished = asyncio.Queue(concurrency)
-        pending = enumerate(requests)
+    ) -> AsyncIterator[tuple[int, Outcome]]:
+        """The batch's workers (:class:`~dreamgen_async.batch.BatchRunner`) on this generator."""
+        lazy = not isinstance(requests, list | tuple)
         repeats: dict[str, int] = {}
 
-        def report() -> None:
-            if on_batch_progress is not None:
-                try:
-                    on_batch_progress(BatchProgress(total, **counts))
-                except Exception:
-                    log.exception("batch progress callback raised")
+        async def run_one(index: int, request: Request) -> GenerationResult:
+            if journal is not None and lazy:
+                spec = await asyncio.to_thread(request_spec, request)
+                await journal.record_requests([(index, spec)], replace=False)
+            prepared = await self._prepare(request)
+            occurrence = 0
+            if not prepared.deterministic:
+                # The n-th repeat of a seedless request is its own image, named apart.
+                occurrence = repeats.get(prepared.key, 0)
+                repeats[prepared.key] = occurrence + 1
+            progress = None if on_progress is None else functools.partial(on_progress, index)
+            return await self._complete(
+                prepared, occurrence, timeout, _Watch(progress), journal, index
+            )
 
-        async def worker() -> None:
-            for index, request in pending:
-                counts["running"] += 1
-                report()
-                progress = None if on_progress is None else _bind(on_progress, index)
-                outcome: GenerationResult | JobFailure
-                try:
-                    if journal is not None and lazy:
-                        spec = await asyncio.to_thread(request_spec, request)
-                        await journal.record_requests([(index, spec)], replace=False)
-                    prepared = await self._prepare(request)
-                    occurrence = 0
-                    if not prepared.deterministic:
-                        # The n-th repeat of a seedless request is its own image, named apart.
-                        occurrence = repeats.get(prepared.key, 0)
-                        repeats[prepared.key] = occurrence + 1
-                    outcome = await self._complete(
-                        prepared, occurrence, timeout, progress, journal, index
-                    )
-                except (DreamgenError, OSError) as exc:
-                    outcome = JobFailure(request, index, exc)
-                counts["running"] -= 1
-                if isinstance(outcome, JobFailure):
-                    counts["failed"] += 1
-                else:
-                    counts["done"] += 1
-                    counts["cached"] += outcome.cached
-                    counts["resumed"] += outcome.resumed
-                report()
-                await finished.put((index, outcome))
-
-        workers = [asyncio.create_task(worker(), name="dreamgen-batch") for _ in range(concurrency)]
-        all_done = asyncio.gather(*workers)
-        try:
-            while True:
-                get = asyncio.ensure_future(finished.get())
-                waiting: set[asyncio.Future[Any]] = {get, all_done}
-                await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
-                if not get.done():
-                    get.cancel()
-                    if finished.empty():
-                        await all_done  # re-raises a worker's unexpected exception, if any
-                        return
-                    continue
-                index, outcome = get.result()
-                if isinstance(outcome, JobFailure) and not return_exceptions:
-                    raise outcome.error
-                yield index, outcome
-        finally:
-            for task in workers:
-                task.cancel()
-            await asyncio.gather(*workers, return_exceptions=True)
-            if all_done.done() and not all_done.cancelled():
-                all_done.exception()
+        runner = BatchRunner(requests, concurrency, run_one, on_batch_progress)
+        return runner.outcomes(return_exceptions=return_exceptions)
 
 
-def request_spec(request: Request) -> dict[str, Any]:
-    """A request as JSON-ready data (what a journal keeps for ``dreamgen resume``).
-
-    Image paths are made absolute; bytes and PIL images are kept (as base64 PNG bytes).
-    """
-    if isinstance(request, Txt2ImgRequest):
-        return {"kind": "txt2img", **dataclasses.asdict(request)}
-    if isinstance(request, Img2ImgRequest):
-        fields = {f.name: getattr(request, f.name) for f in dataclasses.fields(request)}
-        image = fields.pop("image")
-        source: dict[str, str]
-        if isinstance(image, str | os.PathLike):
-            source = {"path": os.path.abspath(image)}
-        elif isinstance(image, bytes | bytearray | Image.Image):
-            try:
-                data = _encode_pil(image) if isinstance(image, Image.Image) else bytes(image)
-            except (OSError, ValueError) as exc:  # an image PIL cannot write: its job says so
-                source = {"unsupported": f"{_describe(image)} ({exc})"}
-            else:
-                source = {"base64": base64.b64encode(data).decode()}
-        else:
-            source = {"unsupported": _describe(image)}
-        return {"kind": "img2img", "image": source, **fields}
-    wf = request.workflow
-    graph = as_api_graph(wf)
-    return {"kind": "workflow", "workflow": graph, "name": request.name}
+def _resumed(item: JournalItem, prep: _Prepared, submitted: float) -> GenerationResult:
+    """The result of an item an earlier run of its journaled batch finished (files intact)."""
+    return GenerationResult(
+        tuple(Path(f.path) for f in item.files),
+        item.prompt_id,
+        item.seed if item.seed is not None else prep.seed,
+        prep.workflow,
+        prep.request,
+        item.cached,
+        Timings(submitted),
+        resumed=True,
+    )
 
 
-def request_from_spec(spec: Mapping[str, Any]) -> Request:
-    """The request :func:`request_spec` described."""
-    fields = {k: v for k, v in spec.items() if k != "kind"}
-    if spec["kind"] == "txt2img":
-        return Txt2ImgRequest(**fields)
-    if spec["kind"] == "img2img":
-        source = fields.pop("image")
-        image: Any = None  # unsupported: the job fails with InputImageError, by name
-        if "path" in source:
-            image = source["path"]
-        elif "base64" in source:
-            image = base64.b64decode(source["base64"])
-        return Img2ImgRequest(image, **fields)
-    return WorkflowRequest(fields["workflow"], fields.get("name"))
-
-
-def builder_spec(builder: FluxWorkflowBuilder) -> dict[str, Any]:
-    """A builder's settings as JSON-ready data."""
-    return {
-        "checkpoint": builder.checkpoint,
-        "preset": builder.preset.name,
-        "sampler": builder.sampler,
-        "scheduler": builder.scheduler,
-        "filename_prefix": builder.filename_prefix,
-        "steps": builder.steps,
-        "cfg": builder.cfg,
-        "guidance": builder.guidance,
-    }
-
-
-def builder_from_spec(spec: Mapping[str, Any]) -> FluxWorkflowBuilder:
-    """The builder :func:`builder_spec` described."""
-    spec = dict(spec)
-    return FluxWorkflowBuilder(spec.pop("checkpoint"), **spec)
+def _shared_timeout(timeout: float | None, shared: _SharedRun) -> PromptTimeout:
+    return PromptTimeout(
+        f"request did not finish within {timeout} s"
+        + ("" if shared.interest > 1 else "; it was removed from the server"),
+        prompt_id=None,
+    )
 
 
 class _SharedRun:
     """One server run shared by identical requests in flight, and who still waits for it."""
 
-    __slots__ = ("callbacks", "interest", "key", "task")
+    __slots__ = ("job", "key", "task", "watches")
 
     def __init__(self, key: str) -> None:
         self.key = key
         self.task: asyncio.Task[_Fetched] | None = None
-        self.interest = 0
-        self.callbacks: list[ProgressCallback] = []
+        self.watches: list[_Watch] = []
+        self.job: tuple[BackendJob, str | None] | None = None
 
-    def join(self, on_progress: ProgressCallback | None) -> None:
-        self.interest += 1
-        if on_progress is not None:
-            self.callbacks.append(on_progress)
+    @property
+    def interest(self) -> int:
+        """How many callers still wait for the run."""
+        return len(self.watches)
 
-    def leave(self, on_progress: ProgressCallback | None) -> bool:
+    def join(self, watch: _Watch) -> None:
+        self.watches.append(watch)
+        if self.job is not None:
+            watch.bound(*self.job)
+
+    def leave(self, watch: _Watch) -> bool:
         """One caller is done waiting; True when it was the last."""
-        self.interest -= 1
-        if on_progress is not None:
-            self.callbacks.remove(on_progress)
-        return self.interest == 0
+        self.watches.remove(watch)
+        return not self.watches
+
+    def bound(self, job: BackendJob, server: str | None) -> None:
+        self.job = (job, server)
+        for watch in list(self.watches):
+            watch.bound(job, server)
 
     def fan_out(self, event: Event) -> None:
-        for callback in list(self.callbacks):
+        for watch in list(self.watches):
+            if watch.on_progress is None:
+                continue
             try:
-                callback(event)
+                watch.on_progress(event)
             except Exception:
                 log.exception("progress callback for request %s raised", self.key[:12])
-
-
-def _bind(callback: Callable[[int, Event], object], index: int) -> ProgressCallback:
-    return lambda event: callback(index, event)
-
-
-def _timings(values: tuple[float | None, ...] | None, submitted: float) -> Timings:
-    """A cache hit's timings: the original run's when stored, else just ``submitted``."""
-    if not values:
-        return Timings(submitted)
-    padded = (tuple(values) + (None,) * 5)[:5]
-    return Timings(padded[0] or submitted, *padded[1:])
-
-
-def _first_seed(workflow: Mapping[str, Any]) -> int | None:
-    for node in workflow.values():
-        for key in ("seed", "noise_seed"):
-            value = node.get("inputs", {}).get(key)
-            if isinstance(value, int) and not isinstance(value, bool):
-                return value
-    return None
-
-
-def _copy_atomically(data: bytes, folder: Path, name: str) -> None:
-    target = folder / name
-    if target.exists():
-        return
-    folder.mkdir(parents=True, exist_ok=True)
-    staging = folder / f".{name}.{uuid.uuid4().hex}.part"
-    try:
-        staging.write_bytes(data)
-        os.replace(staging, target)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            staging.unlink()
-
-
-_STAGING = re.compile(r"^\..+\.(\d+)\.[0-9a-f]{32}\.part$")
-
-
-def _sweep_staging(folder: Path) -> int:
-    """Remove staging files left by writer processes that died mid-write (blocking).
-
-    A staging file names its writer's pid; files of a live process are left alone.
-    """
-    removed = 0
-    try:
-        entries = list(folder.iterdir())
-    except FileNotFoundError:
-        return 0
-    for path in entries:
-        match = _STAGING.match(path.name)
-        if match is None or _alive(int(match.group(1))):
-            continue
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
-            removed += 1
-    return removed
-
-
-def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # exists, but not ours to signal
-        return True
-    return True
-
-
-async def _write_atomically(final: Path, data: bytes) -> None:
-    staging = final.with_name(f".{final.name}.{os.getpid()}.{uuid.uuid4().hex}.part")
-    try:
-        async with aiofiles.open(staging, "wb") as f:
-            await f.write(data)
-        await aiofiles.os.replace(staging, final)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            await aiofiles.os.remove(staging)

@@ -14,7 +14,7 @@ from _cli import DREAMGEN
 from _graphs import png_bytes, txt2img
 from click.testing import CliRunner
 
-from dreamgen_async.cli import cli
+from dreamgen_async.cli import cli, main
 from dreamgen_async.testing import ComfyUISimulator
 
 
@@ -380,3 +380,17 @@ async def test_timeout_applies_to_each_job(comfyui_sim: ComfyUISimulator, tmp_pa
     assert stdout == ""
     assert "did not finish within 0.5 s" in stderr
     assert {p.status for p in comfyui_sim.prompts.values()} == {"deleted"}
+
+
+async def test_the_console_script_and_both_module_forms_start_the_same_command() -> None:
+    from importlib.metadata import entry_points
+
+    (script,) = [e for e in entry_points(group="console_scripts") if e.name == "dreamgen"]
+    assert script.value == "dreamgen_async.cli:main"
+    assert script.load() is main
+    for module in ("dreamgen_async", "dreamgen_async.cli"):
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", module, "--version", stdout=asyncio.subprocess.PIPE
+        )
+        out, _ = await proc.communicate()
+        assert (proc.returncode, out.decode().split()[0]) == (0, "dreamgen,")

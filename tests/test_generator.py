@@ -15,6 +15,7 @@ from dreamgen_async import (
     ComfyUIClient,
     InputImageError,
     Progress,
+    PromptTimeout,
     ServerError,
     WorkflowError,
 )
@@ -320,7 +321,7 @@ async def test_cancelling_a_submitted_job_takes_it_off_the_server(
     comfyui_sim.hold()
     job = gen.submit(Txt2ImgRequest("fox", seed=13, width=64, height=64))
     await comfyui_sim.wait_until(lambda: len(comfyui_sim.accepted_prompt_ids) == 1)
-    job.cancel()
+    await job.cancel()
     with pytest.raises(asyncio.CancelledError):
         await job.result()
     (prompt_id,) = comfyui_sim.accepted_prompt_ids
@@ -336,3 +337,59 @@ async def test_a_batch_reports_progress_as_an_async_iterator(gen: DreamGenerator
     assert states[-1] == BatchProgress(total=12, done=12, failed=0, running=0, cached=0)
     assert max(s.running for s in states) <= 4
     assert [o.seed for o in outcomes if isinstance(o, GenerationResult)] == list(range(12))
+
+
+async def test_a_submitted_job_follows_the_waiter_rule(
+    gen: DreamGenerator, comfyui_sim: ComfyUISimulator
+) -> None:
+    comfyui_sim.hold()
+    job = gen.submit(Txt2ImgRequest("fox", seed=14, width=64, height=64))
+    patient = asyncio.create_task(job.result())
+    with pytest.raises(PromptTimeout, match="another caller still waits"):
+        await job.result(timeout=0.05)
+    assert not job.done()  # one caller's timeout ended only its own wait
+    comfyui_sim.release()
+    result = await patient
+    assert result.path.exists()
+    assert job.state == "done"
+
+
+async def test_the_last_waiter_leaving_cancels_a_submitted_job(
+    gen: DreamGenerator, comfyui_sim: ComfyUISimulator
+) -> None:
+    comfyui_sim.hold()
+    job = gen.submit(Txt2ImgRequest("fox", seed=15, width=64, height=64))
+    await comfyui_sim.wait_until(lambda: len(comfyui_sim.accepted_prompt_ids) == 1)
+    with pytest.raises(PromptTimeout, match="removed from the server"):
+        await job.result(timeout=0.05)
+    assert job.state == "cancelled"
+    (prompt_id,) = comfyui_sim.accepted_prompt_ids
+    await comfyui_sim.wait_for_status(prompt_id, "deleted")
+    comfyui_sim.release()
+
+
+async def test_a_submitted_job_says_where_it_is(
+    gen: DreamGenerator, comfyui_sim: ComfyUISimulator
+) -> None:
+    job = gen.submit(Txt2ImgRequest("fox", seed=16, width=64, height=64))
+    assert (job.state, job.prompt_id, job.server) == ("waiting", None, None)
+    result = await job.result()
+    (prompt_id,) = comfyui_sim.accepted_prompt_ids
+    assert (job.state, job.prompt_id, result.prompt_id) == ("done", prompt_id, prompt_id)
+    assert isinstance(gen.client, ComfyUIClient)
+    assert job.server == gen.client.base_url
+    assert job.resubmitted is False
+
+
+async def test_cancelling_a_submitted_job_twice_is_one_cancel(
+    gen: DreamGenerator, comfyui_sim: ComfyUISimulator
+) -> None:
+    comfyui_sim.hold()
+    job = gen.submit(Txt2ImgRequest("fox", seed=17, width=64, height=64))
+    await comfyui_sim.wait_until(lambda: len(comfyui_sim.accepted_prompt_ids) == 1)
+    await asyncio.gather(job.cancel(), job.cancel())
+    await job.cancel()
+    assert job.state == "cancelled"
+    with pytest.raises(asyncio.CancelledError):
+        await job.result()
+    comfyui_sim.release()

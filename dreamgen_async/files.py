@@ -1,0 +1,328 @@
+"""Files: input checks and hashing, output names, atomic writes.
+
+Inputs are checked (exists, not empty, an image, within the size limits) before any network
+call and named by content hash. Outputs are written atomically (a staging file, then a
+rename) under names *we* choose — never a server-supplied path — and a write that fails
+leaves nothing partial behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import io
+import os
+import re
+import uuid
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import aiofiles
+import aiofiles.os
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from dreamgen_async.comfyui_api import BIG_BODY
+from dreamgen_async.errors import InputImageError, WorkflowError
+from dreamgen_async.protocol import AUDIO_SUFFIXES, VIDEO_SUFFIXES, OutputFile, sniff_image_format
+from dreamgen_async.requests import describe_input, encode_pil
+
+__all__ = [
+    "UPLOAD_SUBFOLDER",
+    "InputLimits",
+    "copy_atomically",
+    "fit_within",
+    "output_name",
+    "output_suffix",
+    "read_input",
+    "safe_stem",
+    "sha256",
+    "sweep_staging",
+    "write_outputs",
+]
+
+_SAFE = re.compile(r"[^A-Za-z0-9._-]+")
+#: The server-side folder inputs are uploaded into (``dreamgen/<hash><suffix>``).
+UPLOAD_SUBFOLDER = "dreamgen"
+
+
+# ---------------------------------------------------------------------------- names
+
+
+def output_name(stem: str, seed: int | None, tag: str, index: int, suffix: str) -> str:
+    """``<stem>[_<seed>]_<tag>_<index><suffix>``: the file name of one output image."""
+    seed_part = f"_{seed}" if seed is not None else ""
+    return f"{stem}{seed_part}_{tag}_{index}{suffix}"
+
+
+def safe_stem(name: str, default: str = "image") -> str:
+    """A file-name stem with no path separators, no leading dots, at most 80 characters."""
+    stem = _SAFE.sub("_", PurePosixPath(name.replace("\\", "/")).name.replace("\0", ""))
+    stem = stem.lstrip(".")[:80].strip("_")
+    return stem or default
+
+
+_FORMAT_SUFFIXES = {"jpeg": ".jpg", "tiff": ".tif"}
+_DEFAULT_SUFFIXES = {"video": ".mp4", "audio": ".flac", "text": ".txt", "other": ".bin"}
+
+
+def output_suffix(file: OutputFile, data: bytes) -> str:
+    """The suffix we write an output under: images by their magic bytes, other kinds by
+    the server's suffix when it is a known one for the kind, else a default per kind."""
+    if file.kind in ("image", "animated"):
+        fmt = sniff_image_format(data) or "png"
+        return _FORMAT_SUFFIXES.get(fmt, f".{fmt}")
+    if file.kind == "text":
+        return ".txt"
+    suffix = PurePosixPath(file.filename).suffix.lower()
+    known = {"video": VIDEO_SUFFIXES, "audio": AUDIO_SUFFIXES}.get(file.kind)
+    if (known is not None and suffix in known) or (
+        file.kind == "other" and re.fullmatch(r"\.[a-z0-9]{1,8}", suffix)
+    ):
+        return suffix
+    return _DEFAULT_SUFFIXES[file.kind]
+
+
+# ---------------------------------------------------------------------------- inputs
+
+
+def verify_image(data: bytes, source: str, max_pixels: int) -> str:
+    """Check that ``data`` decodes as an image; return its file suffix."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as img:
+                width, height = img.size
+                fmt = (img.format or "PNG").lower()
+                img.verify()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise InputImageError(
+            f"{source}: the image is too large for Pillow to open safely ({exc}); "
+            f"downscale it (max_input_pixels is {max_pixels})",
+            source=source,
+        ) from exc
+    except UnidentifiedImageError as exc:
+        raise InputImageError(
+            f"{source}: not a readable image (not PNG, JPEG, WEBP or another known format)",
+            source=source,
+        ) from exc
+    except (OSError, SyntaxError, ValueError) as exc:
+        detail = re.sub(r"<_io\.BytesIO object at 0x[0-9a-fA-F]+>", "the data", str(exc))
+        raise InputImageError(
+            f"{source}: not a readable image (it looks damaged: {detail})", source=source
+        ) from exc
+    if width * height > max_pixels:
+        raise InputImageError(
+            f"{source}: image is {width}x{height} = {width * height} pixels, over "
+            f"max_input_pixels={max_pixels}; pass max_side= to downscale it, or raise "
+            "DreamGenerator(max_input_pixels=...)",
+            source=source,
+        )
+    return {"jpeg": ".jpg"}.get(fmt, f".{fmt}")
+
+
+async def sha256(data: bytes) -> str:
+    """The hex digest; in a worker thread for large data (10 MB take ~10 ms to hash)."""
+    if len(data) > BIG_BODY:
+        return await asyncio.to_thread(lambda: hashlib.sha256(data).hexdigest())
+    return hashlib.sha256(data).hexdigest()
+
+
+def fit_within(width: int, height: int, max_side: int, multiple: int = 8) -> tuple[int, int]:
+    """The size to downscale ``width`` x ``height`` to so that its longer side is at most
+    ``max_side``: aspect kept, both sides a multiple of ``multiple``. Unchanged if it fits."""
+    if max(width, height) <= max_side:
+        return width, height
+    scale = max_side / max(width, height)
+    limit = max(multiple, max_side // multiple * multiple)
+
+    def side(value: int) -> int:
+        return min(limit, max(multiple, round(value * scale / multiple) * multiple))
+
+    return side(width), side(height)
+
+
+def downscale(data: bytes, source: str, max_side: int, multiple: int) -> bytes:
+    """Runs in a worker thread: ``data`` re-encoded as PNG within ``max_side`` (EXIF
+    orientation applied first, as ComfyUI's LoadImage does), or ``data`` if it fits."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as img:
+                size = fit_within(img.width, img.height, max_side, multiple)
+                if size == img.size:
+                    return data
+                upright = ImageOps.exif_transpose(img)
+                size = fit_within(upright.width, upright.height, max_side, multiple)
+                mode = "RGBA" if "A" in upright.getbands() else "RGB"
+                resized = upright.convert(mode).resize(size, Image.Resampling.LANCZOS)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise InputImageError(
+            f"{source}: the image is too large for Pillow to open safely ({exc})", source=source
+        ) from exc
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise InputImageError(
+            f"{source}: not a readable image (not PNG, JPEG, WEBP or another known format)",
+            source=source,
+        ) from exc
+    buffer = io.BytesIO()
+    resized.save(buffer, format="PNG", compress_level=4)
+    return buffer.getvalue()
+
+
+def _check_max_side(max_side: int | None) -> None:
+    if max_side is not None and (
+        isinstance(max_side, bool) or not isinstance(max_side, int) or max_side < 16
+    ):
+        raise WorkflowError(
+            f"max_side must be an integer of at least 16 pixels, got {max_side!r}",
+            input_name="max_side",
+        )
+
+
+async def _read_file(path: Path, source: str, max_bytes: int) -> bytes:
+    try:
+        size = (await aiofiles.os.stat(path)).st_size
+        if size > max_bytes:
+            raise InputImageError(
+                f"{source}: {size} bytes, over max_input_bytes={max_bytes}", source=source
+            )
+        async with aiofiles.open(path, "rb") as f:
+            return await f.read()
+    except FileNotFoundError as exc:
+        raise InputImageError(f"{source}: no such file", source=source) from exc
+    except IsADirectoryError as exc:
+        raise InputImageError(f"{source}: is a directory", source=source) from exc
+    except PermissionError as exc:
+        raise InputImageError(f"{source}: permission denied", source=source) from exc
+
+
+@dataclass(frozen=True, slots=True)
+class InputLimits:
+    """What an input image may be: bytes, pixels; ``multiple``: the sides a downscale keeps."""
+
+    max_bytes: int
+    max_pixels: int
+    multiple: int = 8
+
+
+async def read_input(
+    image: Any, limits: InputLimits, max_side: int | None = None
+) -> tuple[bytes, str, str]:
+    """The bytes of an input image, checked (and downscaled to ``max_side``):
+    ``(data, suffix, source)``.
+
+    Raises:
+        InputImageError: missing, empty, not an image, or over a limit; ``.source`` names it.
+        WorkflowError: ``max_side`` is not an integer of at least 16.
+    """
+    source = describe_input(image)
+    _check_max_side(max_side)
+    if isinstance(image, Image.Image):
+        data = await asyncio.to_thread(encode_pil, image)
+    elif isinstance(image, bytes | bytearray):
+        data = bytes(image)
+    elif isinstance(image, str | os.PathLike):
+        data = await _read_file(Path(image), source, limits.max_bytes)
+    else:
+        raise InputImageError(
+            f"unsupported image input {source}: give a path, bytes or a PIL image",
+            source=source,
+        )
+    if not data:
+        raise InputImageError(f"{source}: the file is empty", source=source)
+    if len(data) > limits.max_bytes:
+        raise InputImageError(
+            f"{source}: {len(data)} bytes, over max_input_bytes={limits.max_bytes}",
+            source=source,
+        )
+    if max_side is not None:
+        data = await asyncio.to_thread(downscale, data, source, max_side, limits.multiple)
+    suffix = await asyncio.to_thread(verify_image, data, source, limits.max_pixels)
+    return data, suffix, source
+
+
+# ---------------------------------------------------------------------------- writes
+
+
+async def write_outputs(
+    folder: Path, name: Callable[[int, str], str], images: list[tuple[str, bytes]]
+) -> tuple[Path, ...]:
+    """Write ``(suffix, data)`` images atomically into ``folder``, each under
+    ``name(index, suffix)``; on any failure (or cancellation) the ones written are removed."""
+    await aiofiles.os.makedirs(folder, exist_ok=True)
+    paths = []
+    try:
+        for i, (suffix, data) in enumerate(images):
+            final = folder / name(i, suffix)
+            await _write_atomically(final, data)
+            paths.append(final)
+    except BaseException:
+        for path in paths:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+        raise
+    return tuple(paths)
+
+
+def copy_atomically(data: bytes, folder: Path, name: str) -> None:
+    target = folder / name
+    if target.exists():
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    staging = folder / f".{name}.{uuid.uuid4().hex}.part"
+    try:
+        staging.write_bytes(data)
+        os.replace(staging, target)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            staging.unlink()
+
+
+_STAGING = re.compile(r"^\..+\.(\d+)\.[0-9a-f]{32}\.part$")
+
+
+def sweep_staging(folder: Path) -> int:
+    """Remove staging files left by writer processes that died mid-write (blocking).
+
+    A staging file names its writer's pid; files of a live process are left alone.
+    """
+    removed = 0
+    try:
+        entries = list(folder.iterdir())
+    except FileNotFoundError:
+        return 0
+    for path in entries:
+        match = _STAGING.match(path.name)
+        if match is None or _alive(int(match.group(1))):
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+            removed += 1
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, but not ours to signal
+        return True
+    return True
+
+
+async def _write_atomically(final: Path, data: bytes) -> None:
+    staging = final.with_name(f".{final.name}.{os.getpid()}.{uuid.uuid4().hex}.part")
+    try:
+        async with aiofiles.open(staging, "wb") as f:
+            await f.write(data)
+        await aiofiles.os.replace(staging, final)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            await aiofiles.os.remove(staging)
