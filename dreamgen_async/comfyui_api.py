@@ -931,8 +931,15 @@ class ComfyUIClient:
             log.error("background task %s failed", task.get_name(), exc_info=task.exception())
 
     async def _cancel_tasks(self) -> None:
+        """Cancel and await every helper task, including those spawned meanwhile.
+
+        The set is emptied here, not by the done-callbacks: since Python 3.12 ``gather()``
+        over tasks that are all done returns without yielding, so a loop waiting for
+        ``_task_done`` (scheduled with ``call_soon``) to shrink the set would never end.
+        """
         while self._tasks:
             tasks = list(self._tasks)
+            self._tasks.clear()
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
