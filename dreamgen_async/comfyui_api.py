@@ -19,7 +19,6 @@ import io
 import itertools
 import json
 import logging
-import random
 import ssl as ssl_module
 import time
 import uuid
@@ -31,14 +30,6 @@ from typing import IO, Any, Literal, TypeVar
 from urllib.parse import unquote, urlsplit
 
 import aiohttp
-from tenacity import (
-    AsyncRetrying,
-    RetryCallState,
-    retry_if_exception,
-    stop_after_attempt,
-    stop_after_delay,
-    wait_exponential_jitter,
-)
 
 from dreamgen_async import lifecycle as lc
 from dreamgen_async.errors import (
@@ -72,6 +63,7 @@ from dreamgen_async.protocol import (
     parse_queue,
     verify_output,
 )
+from dreamgen_async.retry import Backoff, in_retry_loop, retry_call
 from dreamgen_async.transport_errors import (
     RETRY_STATUSES,
     classify,
@@ -108,6 +100,21 @@ class RetryPolicy:
     initial_delay: float = 0.1
     max_delay: float = 5.0
     max_retry_after: float = 30.0
+
+    @property
+    def backoff(self) -> Backoff:
+        """The delays between attempts (see :class:`~dreamgen_async.retry.Backoff`)."""
+        return Backoff(self.initial_delay, self.max_delay, self.max_retry_after)
+
+
+def _retryable(exc: BaseException) -> bool:
+    """What an HTTP request tries again: :func:`classify`'s verdict."""
+    return isinstance(exc, DreamgenError) and classify(exc) != "fatal"
+
+
+def _retryable_within_budget(exc: BaseException) -> bool:
+    """What a loop bounded by its own budget (removals) tries again."""
+    return isinstance(exc, DreamgenError) and classify(exc, budgeted=True) != "fatal"
 
 
 @dataclass(frozen=True, slots=True)
@@ -1076,17 +1083,9 @@ class ComfyUIClient:
         return await self.get_queue()
 
     async def _retrying(self, call: Callable[[], Awaitable[T]]) -> T:
-        """Repeat ``call`` on any DreamgenError with backoff (the caller bounds the time)."""
-        delay = self._retry.initial_delay
-        while True:
-            try:
-                return await call()
-            except DreamgenError as exc:
-                if isinstance(exc, ClientClosedError):
-                    raise
-                log.info("retrying after %s", exc)
-                await asyncio.sleep(random.uniform(delay / 2, delay))
-                delay = min(delay * 2, self._retry.max_delay)
+        """Repeat ``call`` while :func:`classify` allows, with backoff (the caller bounds
+        the time)."""
+        return await retry_call(call, self._retry.backoff, retry_if=_retryable_within_budget)
 
     async def _reconcile(self, jobs: list[Job], *, raise_errors: bool = False) -> None:
         """Check jobs whose events may be incomplete against ``/queue`` and ``/history``.
@@ -1347,50 +1346,39 @@ class ComfyUIClient:
         """
         session = self._session_for_requests()
         policy = self._retry
+        # Inside a caller's retry loop, one attempt: that loop does the retrying.
+        attempts = 1 if in_retry_loop() else policy.attempts
         unknown_outcome = False
 
-        def retryable(exc: BaseException) -> bool:
-            return isinstance(exc, DreamgenError) and classify(exc) != "fatal"
+        async def attempt() -> _Response:
+            nonlocal unknown_outcome
+            if unknown_outcome and before_resend is not None:
+                await before_resend()
+            try:
+                return await self._request_once(
+                    session, method, path, json_body, data, params, max_body
+                )
+            except DreamgenError as exc:
+                if _retryable(exc):
+                    # Once an attempt may have got through, every re-send checks first.
+                    unknown_outcome = unknown_outcome or may_have_been_processed(exc)
+                raise
 
-        backoff = wait_exponential_jitter(
-            multiplier=policy.initial_delay, max=policy.max_delay, jitter=policy.initial_delay
-        )
-
-        def wait(state: RetryCallState) -> float:
-            exc = state.outcome.exception() if state.outcome else None
-            if isinstance(exc, _RetryableStatus) and exc.retry_after is not None:
-                return min(exc.retry_after, policy.max_retry_after)
-            return backoff(state)
-
-        retrying = AsyncRetrying(
-            stop=stop_after_attempt(policy.attempts) | stop_after_delay(policy.max_time),
-            wait=wait,
-            retry=retry_if_exception(retryable),
-            reraise=True,
-        )
         try:
-            async for attempt in retrying:
-                with attempt:
-                    if unknown_outcome and before_resend is not None:
-                        await before_resend()
-                    try:
-                        return await self._request_once(
-                            session, method, path, json_body, data, params, max_body
-                        )
-                    except DreamgenError as exc:
-                        if retryable(exc):
-                            # Once an attempt may have got through, every re-send checks first.
-                            unknown_outcome = unknown_outcome or may_have_been_processed(exc)
-                            log.info("%s %s failed (%s); retrying", method, path, exc)
-                        raise
+            return await retry_call(
+                attempt,
+                policy.backoff,
+                retry_if=_retryable,
+                attempts=attempts,
+                max_time=policy.max_time,
+            )
         except _RetryableStatus as exc:
             raise ServerError(
-                f"{method} {path} answered HTTP {exc.status} after {policy.attempts} attempts",
+                f"{method} {path} answered HTTP {exc.status} after {attempts} attempt(s)",
                 status=exc.status,
                 body=exc.body[:2000],
                 url=path,
             ) from exc
-        raise AssertionError("unreachable")  # pragma: no cover
 
     async def _post_prompt_once_only(
         self, body: Mapping[str, Any], prompt_id: str

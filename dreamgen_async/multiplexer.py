@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
-import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,13 +36,10 @@ import aiohttp
 
 from dreamgen_async import lifecycle as lc
 from dreamgen_async.errors import (
-    AuthenticationError,
     ConnectionLostError,
     DreamgenError,
     ExecutionInterrupted,
-    NotComfyUIError,
     ProtocolError,
-    ServerError,
 )
 from dreamgen_async.outcomes import error_from_event
 from dreamgen_async.protocol import (
@@ -60,6 +56,7 @@ from dreamgen_async.protocol import (
     parse_binary,
     parse_text,
 )
+from dreamgen_async.retry import Backoff, single_attempts
 from dreamgen_async.transport_errors import classify
 
 if TYPE_CHECKING:
@@ -99,6 +96,11 @@ class ReconnectPolicy:
     stable_after: float = 1.0
     watchdog: float = 5.0
 
+    @property
+    def backoff(self) -> Backoff:
+        """The delays between attempts (see :class:`~dreamgen_async.retry.Backoff`)."""
+        return Backoff(self.initial_delay, self.max_delay)
+
 
 class SocketState(enum.StrEnum):
     """Where the WebSocket is."""
@@ -111,14 +113,9 @@ class SocketState(enum.StrEnum):
     CLOSED = "closed"
 
 
-def is_fatal(exc: BaseException) -> bool:
-    """Whether reconnecting cannot help: the classifier's verdict (authentication refused, not
-    ComfyUI, TLS, protocol violations), except that a 5xx answer to the handshake or a resync
-    request is a server starting or restarting, worth another attempt within the budget."""
-    refused = isinstance(exc, AuthenticationError | NotComfyUIError)
-    if isinstance(exc, ServerError) and not refused and exc.status >= 500:
-        return False
-    return classify(exc) == "fatal"
+def _fatal(exc: BaseException) -> bool:
+    """Whether reconnecting cannot help (a 5xx is a server restarting: worth another try)."""
+    return classify(exc, budgeted=True) == "fatal"
 
 
 class Multiplexer:
@@ -220,16 +217,19 @@ class Multiplexer:
     # ------------------------------------------------------------------ the reader
 
     async def _run(self, ws: aiohttp.ClientWebSocketResponse | None) -> None:
+        with single_attempts():  # this loop retries: its requests attempt once
+            await self._reconnect_loop(ws)
+
+    async def _reconnect_loop(self, ws: aiohttp.ClientWebSocketResponse | None) -> None:
         policy = self._policy
         # A fresh budget for a new reader: it starts with a working connection, or connecting.
         deadline = time.monotonic() + policy.max_time
-        delay = policy.initial_delay
+        delays = policy.backoff.delays()
         while True:
             if ws is None:
                 ws = await self._connect(deadline)
                 if ws is None:  # the attempt failed, within the budget: back off
-                    await self._backoff(delay)
-                    delay = min(delay * 2, policy.max_delay)
+                    await self._backoff(next(delays))
                     continue
             opened = time.monotonic()
             resynced = await self._resync(deadline)
@@ -242,10 +242,9 @@ class Multiplexer:
             if resynced and now - opened >= policy.stable_after:
                 # It worked for a while: a new budget, and reconnect at once.
                 deadline = now + policy.max_time
-                delay = policy.initial_delay
+                delays = policy.backoff.delays()
             else:  # it died at once: the budget keeps running, and back off first
-                await self._backoff(delay)
-                delay = min(delay * 2, policy.max_delay)
+                await self._backoff(next(delays))
 
     async def _connect(self, deadline: float) -> aiohttp.ClientWebSocketResponse | None:
         """One attempt bounded by the budget: the socket, or None to back off.
@@ -264,7 +263,7 @@ class Multiplexer:
         except TimeoutError as exc:
             raise self._out_of_budget("reconnect to") from (self._last_error or exc)
         except DreamgenError as exc:
-            if is_fatal(exc):
+            if _fatal(exc):
                 raise
             self._last_error = exc
             if time.monotonic() >= deadline:
@@ -284,7 +283,7 @@ class Multiplexer:
 
     async def _backoff(self, delay: float) -> None:
         self._set(SocketState.BACKOFF)
-        await asyncio.sleep(random.uniform(delay / 2, delay))
+        await asyncio.sleep(delay)
 
     async def _resync(self, deadline: float) -> bool:
         """Reconcile every job whose events may have been missed; False to reconnect."""
@@ -293,7 +292,7 @@ class Multiplexer:
             async with asyncio.timeout(remaining):
                 await self._client._reconcile(self._client._gap_jobs(), raise_errors=True)
         except (DreamgenError, TimeoutError) as exc:
-            if is_fatal(exc):
+            if _fatal(exc):
                 raise
             if time.monotonic() >= deadline:
                 raise self._out_of_budget("resynchronise with") from exc
