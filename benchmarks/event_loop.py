@@ -2,7 +2,7 @@
 
 For a ~10 MB ``/queue``-like body (200 prompts of 500 nodes: 100,000 small objects), it
 compares ``json.loads`` on the loop, ``json.loads`` in a worker thread (``asyncio.to_thread``)
-and the stepped decoder the client uses (``comfyui_api._decode_json``, which runs
+and the stepped decoder the client uses (``http.decode_json``, which runs
 ``dreamgen_async.protocol.json_steps``), each with the cyclic GC on and off. "longest stall"
 is the longest gap a 0-sleep ticker task saw: how long the event loop could not run anything
 else.
@@ -19,7 +19,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from dreamgen_async.comfyui_api import _decode_json
+from dreamgen_async.http import decode_json as _decode_json
 
 
 def body() -> bytes:

@@ -104,8 +104,11 @@ class EventSource:
             if self._subscribers and sub in self._subscribers:
                 self._subscribers.remove(sub)
 
-    def _deliver(self, event: Event) -> None:
-        """Hand an event to the callback and subscribers. Never raises, never blocks."""
+    def deliver(self, event: Event) -> None:
+        """Hand an event to the callback and subscribers (the job's owner calls it).
+
+        Never raises, never blocks.
+        """
         if self._backlog is None:
             self._backlog = deque(maxlen=32)
         self._backlog.append(event)
@@ -116,6 +119,8 @@ class EventSource:
                 self._on_progress(event)
             except Exception:
                 log.exception("progress callback for prompt %s raised", self.prompt_id)
+
+    _deliver = deliver  # the name the pool still uses
 
     def _close_events(self) -> None:
         """The job settled: end every subscriber's iteration, drop the backlog."""
@@ -159,6 +164,17 @@ class JobHandle(EventSource, ABC, Generic[R]):
     def done(self) -> bool:
         """Whether the outcome is known (success, failure or cancellation)."""
         return self._future.done()
+
+    def settled_error(self) -> BaseException | None:
+        """What the job failed with once done: ``None`` on success, a ``CancelledError``
+        when cancelled.
+
+        Raises:
+            asyncio.InvalidStateError: the job has no outcome yet.
+        """
+        if self._future.cancelled():
+            return asyncio.CancelledError()
+        return self._future.exception()
 
     @property
     def waiters(self) -> int:

@@ -15,7 +15,7 @@ from dreamgen_async.lifecycle import JobState, Lifecycle
 from dreamgen_async.protocol import Event, ImageRef, OutputFile
 
 if TYPE_CHECKING:
-    from dreamgen_async.comfyui_api import ComfyUIClient
+    from dreamgen_async.owner import JobOwner
 
 __all__ = [
     "EventSource",
@@ -80,22 +80,23 @@ class OutputImage:
 class Job(JobHandle[PromptResult]):
     """One prompt submitted through a :class:`~dreamgen_async.ComfyUIClient`.
 
-    Created by :meth:`ComfyUIClient.submit`; await :meth:`result` for the outcome, iterate
-    :meth:`events` for progress, call :meth:`cancel` to take it off the server. The job's
-    state is owned by its client (see :mod:`dreamgen_async.lifecycle`); this handle only
-    reads it and asks for changes.
+    Created by :meth:`ComfyUIClient.submit`; await :meth:`result` for the outcome (the one
+    waiter rule of :class:`~dreamgen_async.handles.JobHandle`), iterate :meth:`events` for
+    progress, call :meth:`cancel` to take it off the server. The job's state is owned by its
+    client's :class:`~dreamgen_async.owner.JobOwner` (see :mod:`dreamgen_async.lifecycle`):
+    this handle reads it and asks the owner for changes; the owner records what the server
+    said through the methods under "owner side".
     """
 
     # Thousands may be in flight at once: keep each one small.
     __slots__ = (
         "_cached",
-        "_client",
         "_files",
         "_future",
         "_life",
         "_on_progress",
         "_outputs",
-        "_post_task",
+        "_owner",
         "_succeeded",
         "_watch",
         "extra_data",
@@ -110,7 +111,7 @@ class Job(JobHandle[PromptResult]):
 
     def __init__(
         self,
-        client: ComfyUIClient,
+        owner: JobOwner,
         prompt_id: str,
         workflow: Mapping[str, Any],
         *,
@@ -131,14 +132,13 @@ class Job(JobHandle[PromptResult]):
         self.started_at: float | None = None
         self.node_errors: tuple[NodeError, ...] = ()
         self._life = Lifecycle(resubmit_lost=resubmit_lost, adopted=adopted)
-        self._client = client
+        self._owner = owner
         self._on_progress = on_progress
         self._future: asyncio.Future[PromptResult] = asyncio.get_running_loop().create_future()
         self._outputs: dict[str, tuple[ImageRef, ...]] = {}
         self._files: dict[str, tuple[OutputFile, ...]] = {}
         self._cached: tuple[str, ...] = ()
         self._succeeded = False
-        self._post_task: asyncio.Task[None] | None = None
         # Resolved (and replaced) on every state change; created only while someone watches.
         self._watch: asyncio.Future[None] | None = None
         # Created on first use: most jobs have no subscriber and few events.
@@ -158,25 +158,9 @@ class Job(JobHandle[PromptResult]):
         """Whether the server lost the prompt and it was posted again."""
         return self._life.resubmitted
 
-    # ------------------------------------------------------------------ public
-
     @property
     def label(self) -> str:
         return f"prompt {self.prompt_id}"
-
-    async def result(self, timeout: float | None = None) -> PromptResult:
-        """Wait for the prompt to finish.
-
-        Several callers may wait on one job. Cancelling this call, or reaching ``timeout``,
-        ends this caller's wait; when no other caller is waiting, it also takes the prompt off
-        the server (queue delete, or a targeted interrupt when running) before it returns.
-
-        Raises:
-            PromptTimeout: ``timeout`` seconds passed (also a builtin ``TimeoutError``).
-            ExecutionError, ExecutionInterrupted, PromptLost, ConnectionLostError,
-            ClientClosedError: the prompt did not succeed.
-        """
-        return await self._client._await_job(self, timeout)
 
     async def cancel(self) -> None:
         """Take the prompt off the server (delete if queued, targeted interrupt if running).
@@ -184,45 +168,63 @@ class Job(JobHandle[PromptResult]):
         Idempotent. Returns once the removal was sent; waiters get ``CancelledError``.
         Cancelling this call does not undo the request.
         """
-        await self._client._cancel_job(self)
+        await self._owner.cancel(self, asyncio.CancelledError())
 
     async def abandon(self, reason: BaseException) -> None:
-        await self._client._cancel_job(self)
+        """The last waiter gave up: take the prompt off the server, settling with ``reason``."""
+        await self._owner.cancel(self, reason)
 
     # ------------------------------------------------------------------ owner side
 
-    async def _wait_for(self, reached: Callable[[JobState], bool]) -> None:
+    @property
+    def lifecycle(self) -> Lifecycle:
+        """The job's state machine; only its owner feeds it inputs."""
+        return self._life
+
+    @property
+    def _post_task(self) -> asyncio.Task[None] | None:
+        """The job's ``POST /prompt`` task, if one runs (for tests' diagnostics)."""
+        return self._owner.post_task(self.prompt_id)
+
+    @property
+    def succeeded(self) -> bool:
+        """Whether ``execution_success`` was heard."""
+        return self._succeeded
+
+    async def wait_for(self, reached: Callable[[JobState], bool]) -> None:
         """Return once ``reached(self.state)`` holds (re-checked after every change)."""
         while not reached(self._life.state):
             if self._watch is None:
                 self._watch = asyncio.get_running_loop().create_future()
             await asyncio.shield(self._watch)
 
-    def _state_changed(self) -> None:
+    def state_changed(self) -> None:
+        """Wake :meth:`wait_for` callers: the state changed."""
         watch, self._watch = self._watch, None
         if watch is not None and not watch.done():
             watch.set_result(None)
 
-    def _note_started(self) -> None:
+    def note_started(self) -> None:
         self.started_at = time.time()
 
-    def _add_outputs(
+    def add_outputs(
         self, node: str, images: tuple[ImageRef, ...], files: tuple[OutputFile, ...] = ()
     ) -> None:
         self._outputs[node] = images
         self._files[node] = files
 
-    def _set_cached(self, nodes: tuple[str, ...]) -> None:
+    def set_cached(self, nodes: tuple[str, ...]) -> None:
         self._cached = nodes
 
-    def _mark_succeeded(self) -> None:
+    def mark_succeeded(self) -> None:
         self._succeeded = True
 
-    def _resolve(
+    def resolve(
         self,
         outputs: Mapping[str, tuple[ImageRef, ...]] | None = None,
         files: tuple[OutputFile, ...] | None = None,
-    ) -> None:
+    ) -> PromptResult:
+        """Settle with success: the outputs heard, or those of ``/history``. Returns it."""
         assert not self._future.done(), "a job is settled once"
         if files is None:
             if outputs is None:
@@ -231,22 +233,23 @@ class Job(JobHandle[PromptResult]):
                 files = tuple(
                     OutputFile(node, "image", ref) for node, refs in outputs.items() for ref in refs
                 )
-        self._future.set_result(
-            PromptResult(
-                prompt_id=self.prompt_id,
-                outputs=dict(self._outputs if outputs is None else outputs),
-                cached_nodes=self._cached,
-                node_errors=self.node_errors,
-                queued_at=self.queued_at,
-                started_at=self.started_at,
-                finished_at=time.time(),
-                resubmitted=self.resubmitted,
-                files=files,
-            )
+        result = PromptResult(
+            prompt_id=self.prompt_id,
+            outputs=dict(self._outputs if outputs is None else outputs),
+            cached_nodes=self._cached,
+            node_errors=self.node_errors,
+            queued_at=self.queued_at,
+            started_at=self.started_at,
+            finished_at=time.time(),
+            resubmitted=self.resubmitted,
+            files=files,
         )
+        self._future.set_result(result)
         self._close_events()
+        return result
 
-    def _fail(self, exc: BaseException) -> None:
+    def fail(self, exc: BaseException) -> None:
+        """Settle with ``exc`` (a ``CancelledError`` cancels the job's future)."""
         assert not self._future.done(), "a job is settled once"
         if isinstance(exc, asyncio.CancelledError):
             self._future.cancel()

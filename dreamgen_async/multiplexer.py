@@ -1,12 +1,13 @@
-"""The one WebSocket: a single reader task that routes every event to its prompt.
+"""The one WebSocket: a single reader task that hands every event to the jobs' owner.
 
-In one breath: the client registers a :class:`~dreamgen_async.jobs.Job` under its prompt_id
-*before* ``POST /prompt``; the reader parses each frame (``protocol``) and turns it into a
-lifecycle input for that job (``execution_start`` → Started, ``executing {node: null}`` →
-Finished, ...). When the socket drops, the old one is closed completely, every job the server
-holds is marked as having a gap, and a new socket is opened under the same clientId after a
-jittered backoff; once open, every job with a gap is reconciled from ``/queue`` +
-``/history`` before reading resumes.
+In one breath: the owner registers a :class:`~dreamgen_async.jobs.Job` under its prompt_id
+*before* ``POST /prompt``; the reader parses each frame (``protocol``) and hands it to its
+:class:`Listener` (the :class:`~dreamgen_async.owner.JobOwner`, which turns it into a lifecycle
+input for that job). When the socket drops, the old one is closed completely, the listener is
+told (every job the server holds gets a gap), and a new socket is opened under the same
+clientId after a jittered backoff (:class:`~dreamgen_async.retry.Backoff`); once open, the
+listener resyncs (``/queue`` + ``/history``) before reading resumes. The multiplexer never
+holds the client: it opens sockets with the ``connect`` callable it was given.
 
 The socket is a small state machine of its own (:class:`SocketState`), changed only by the
 reader task, which is the only task that ever receives from the socket:
@@ -27,45 +28,19 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
-import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import aiohttp
 
-from dreamgen_async import lifecycle as lc
-from dreamgen_async.errors import (
-    AuthenticationError,
-    ConnectionLostError,
-    DreamgenError,
-    ExecutionInterrupted,
-    NotComfyUIError,
-    ProtocolError,
-    ServerError,
-)
-from dreamgen_async.outcomes import error_from_event
-from dreamgen_async.protocol import (
-    Event,
-    Executed,
-    Executing,
-    ExecutionCached,
-    ExecutionErrorEvent,
-    ExecutionInterruptedEvent,
-    ExecutionStart,
-    ExecutionSuccess,
-    Status,
-    feature_flags_message,
-    parse_binary,
-    parse_text,
-)
+from dreamgen_async.errors import ConnectionLostError, DreamgenError, ProtocolError
+from dreamgen_async.protocol import Event, Status, parse_binary, parse_text
+from dreamgen_async.retry import Backoff, single_attempts
 from dreamgen_async.transport_errors import classify
 
-if TYPE_CHECKING:
-    from dreamgen_async.comfyui_api import ComfyUIClient
-
-__all__ = ["ReconnectPolicy", "SocketState"]
+__all__ = ["Listener", "Multiplexer", "ReconnectPolicy", "SocketState"]
 
 log = logging.getLogger("dreamgen_async.ws")
 
@@ -99,6 +74,11 @@ class ReconnectPolicy:
     stable_after: float = 1.0
     watchdog: float = 5.0
 
+    @property
+    def backoff(self) -> Backoff:
+        """The delays between attempts (see :class:`~dreamgen_async.retry.Backoff`)."""
+        return Backoff(self.initial_delay, self.max_delay)
+
 
 class SocketState(enum.StrEnum):
     """Where the WebSocket is."""
@@ -111,28 +91,68 @@ class SocketState(enum.StrEnum):
     CLOSED = "closed"
 
 
-def is_fatal(exc: BaseException) -> bool:
-    """Whether reconnecting cannot help: the classifier's verdict (authentication refused, not
-    ComfyUI, TLS, protocol violations), except that a 5xx answer to the handshake or a resync
-    request is a server starting or restarting, worth another attempt within the budget."""
-    refused = isinstance(exc, AuthenticationError | NotComfyUIError)
-    if isinstance(exc, ServerError) and not refused and exc.status >= 500:
+def _fatal(exc: BaseException) -> bool:
+    """Whether reconnecting cannot help (a 5xx is a server restarting: worth another try)."""
+    return classify(exc, budgeted=True) == "fatal"
+
+
+class Listener(Protocol):
+    """What the multiplexer tells the owner of the jobs (:class:`~dreamgen_async.owner.JobOwner`).
+
+    The multiplexer holds nothing else of the client: it opens sockets with the ``connect``
+    callable it was given and reports through these five methods.
+    """
+
+    def on_event(self, event: Event) -> None:
+        """A parsed event other than ``status``, in the order received. Must not raise."""
+
+    def on_gap(self) -> None:
+        """The socket dropped: events may be missed until the next resync."""
+
+    async def resync(self) -> None:
+        """A new socket is open: reconcile what was missed before reading resumes.
+
+        Raises:
+            DreamgenError: it could not; the multiplexer reconnects and asks again (or gives
+                up when the error is fatal or the budget is spent).
+        """
+
+    async def missed_while_silent(self) -> bool:
+        """The open socket heard nothing for two watchdog intervals: did it miss something?
+        True reopens it. Errors are ignored (the next interval asks again)."""
         return False
-    return classify(exc) == "fatal"
+
+    def on_failed(self, error: DreamgenError) -> None:
+        """The reader gave up (fatal error, or the budget spent): ``error`` says why."""
 
 
 class Multiplexer:
-    """Owns the WebSocket and the reader task. Used only by :class:`ComfyUIClient`."""
+    """Owns the WebSocket and the reader task; reports to a :class:`Listener`.
 
-    def __init__(self, client: ComfyUIClient, policy: ReconnectPolicy) -> None:
-        self._client = client
-        self._policy = policy
+    Args:
+        connect: Opens a WebSocket (handshake and hello done), raising our errors.
+        listener: Told about events, gaps and failures; asked to resync.
+        policy: The reconnect policy.
+        url: The server's URL without credentials, for messages.
+    """
+
+    def __init__(
+        self,
+        connect: Callable[[], Awaitable[aiohttp.ClientWebSocketResponse]],
+        listener: Listener,
+        policy: ReconnectPolicy,
+        url: str,
+    ) -> None:
+        self._open_socket = connect
+        self._listener = listener
+        self._url = url
+        self.policy = policy
         self.state = SocketState.IDLE
         self.queue_remaining: int | None = None
         self.connections = 0
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._reader: asyncio.Task[None] | None = None
-        self._running_prompt: str | None = None
+        self._dropping: asyncio.Task[None] | None = None
         self._last_error: DreamgenError | None = None
         self._watchdog: asyncio.Task[None] | None = None
         #: Messages received on any socket (the watchdog compares it between two checks).
@@ -163,7 +183,7 @@ class Multiplexer:
             self.connections += 1
         self._reader = asyncio.create_task(self._run(ws), name="dreamgen-ws-reader")
         self._reader.add_done_callback(self._reader_done)
-        if self._policy.watchdog > 0 and (self._watchdog is None or self._watchdog.done()):
+        if self.policy.watchdog > 0 and (self._watchdog is None or self._watchdog.done()):
             self._watchdog = asyncio.create_task(self._watch(), name="dreamgen-ws-watchdog")
 
     def ensure_running(self) -> None:
@@ -176,7 +196,8 @@ class Multiplexer:
         self._set(SocketState.CLOSED)
         reader, self._reader = self._reader, None
         watchdog, self._watchdog = self._watchdog, None
-        for task in (reader, watchdog):
+        dropping, self._dropping = self._dropping, None
+        for task in (reader, watchdog, dropping):
             if task is not None and not task.done():
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
@@ -191,9 +212,14 @@ class Multiplexer:
         reconnect retries it, within the reconnect budget.
         """
         ws = self._ws
-        if ws is not None and not ws.closed and self.state is SocketState.OPEN:
+        dropping = self._dropping is not None and not self._dropping.done()
+        if ws is not None and not ws.closed and self.state is SocketState.OPEN and not dropping:
             # Closing makes the reader's `async for` end; the reader does the rest.
-            self._client._spawn(ws.close(), "dreamgen-ws-drop")
+            self._dropping = asyncio.create_task(self._drop(ws), name="dreamgen-ws-drop")
+
+    @staticmethod
+    async def _drop(ws: aiohttp.ClientWebSocketResponse) -> None:
+        await ws.close()
 
     def _set(self, state: SocketState) -> None:
         if self.state is SocketState.CLOSED:
@@ -210,26 +236,29 @@ class Multiplexer:
         self._ws = None
         if not isinstance(exc, DreamgenError):
             log.error("WebSocket reader crashed", exc_info=exc)
-            lost = ConnectionLostError(f"lost the WebSocket to {self._client.safe_url}: {exc}")
+            lost = ConnectionLostError(f"lost the WebSocket to {self._url}: {exc}")
             lost.__cause__ = exc
             exc = lost
         else:
             log.error("WebSocket reader stopped: %s", exc)
-        self._client._connection_failed(exc)
+        self._listener.on_failed(exc)
 
     # ------------------------------------------------------------------ the reader
 
     async def _run(self, ws: aiohttp.ClientWebSocketResponse | None) -> None:
-        policy = self._policy
+        with single_attempts():  # this loop retries: its requests attempt once
+            await self._reconnect_loop(ws)
+
+    async def _reconnect_loop(self, ws: aiohttp.ClientWebSocketResponse | None) -> None:
+        policy = self.policy
         # A fresh budget for a new reader: it starts with a working connection, or connecting.
         deadline = time.monotonic() + policy.max_time
-        delay = policy.initial_delay
+        delays = policy.backoff.delays()
         while True:
             if ws is None:
                 ws = await self._connect(deadline)
                 if ws is None:  # the attempt failed, within the budget: back off
-                    await self._backoff(delay)
-                    delay = min(delay * 2, policy.max_delay)
+                    await self._backoff(next(delays))
                     continue
             opened = time.monotonic()
             resynced = await self._resync(deadline)
@@ -237,15 +266,14 @@ class Multiplexer:
                 await self._read(ws)
             await ws.close()
             self._ws = ws = None
-            self._client._gap()
+            self._listener.on_gap()
             now = time.monotonic()
             if resynced and now - opened >= policy.stable_after:
                 # It worked for a while: a new budget, and reconnect at once.
                 deadline = now + policy.max_time
-                delay = policy.initial_delay
+                delays = policy.backoff.delays()
             else:  # it died at once: the budget keeps running, and back off first
-                await self._backoff(delay)
-                delay = min(delay * 2, policy.max_delay)
+                await self._backoff(next(delays))
 
     async def _connect(self, deadline: float) -> aiohttp.ClientWebSocketResponse | None:
         """One attempt bounded by the budget: the socket, or None to back off.
@@ -260,16 +288,16 @@ class Multiplexer:
             if remaining <= 0:
                 raise TimeoutError
             async with asyncio.timeout(remaining):
-                ws = await self._client._ws_connect()
+                ws = await self._open_socket()
         except TimeoutError as exc:
             raise self._out_of_budget("reconnect to") from (self._last_error or exc)
         except DreamgenError as exc:
-            if is_fatal(exc):
+            if _fatal(exc):
                 raise
             self._last_error = exc
             if time.monotonic() >= deadline:
                 raise self._out_of_budget("reconnect to") from exc
-            log.info("reconnect to %s failed: %s", self._client.safe_url, exc)
+            log.info("reconnect to %s failed: %s", self._url, exc)
             return None
         self._last_error = None
         self._ws = ws
@@ -279,21 +307,21 @@ class Multiplexer:
 
     def _out_of_budget(self, doing: str) -> ConnectionLostError:
         return ConnectionLostError(
-            f"could not {doing} {self._client.safe_url} within {self._policy.max_time:g} s"
+            f"could not {doing} {self._url} within {self.policy.max_time:g} s"
         )
 
     async def _backoff(self, delay: float) -> None:
         self._set(SocketState.BACKOFF)
-        await asyncio.sleep(random.uniform(delay / 2, delay))
+        await asyncio.sleep(delay)
 
     async def _resync(self, deadline: float) -> bool:
         """Reconcile every job whose events may have been missed; False to reconnect."""
         remaining = max(0.0, deadline - time.monotonic())
         try:
             async with asyncio.timeout(remaining):
-                await self._client._reconcile(self._client._gap_jobs(), raise_errors=True)
+                await self._listener.resync()
         except (DreamgenError, TimeoutError) as exc:
-            if is_fatal(exc):
+            if _fatal(exc):
                 raise
             if time.monotonic() >= deadline:
                 raise self._out_of_budget("resynchronise with") from exc
@@ -314,7 +342,7 @@ class Multiplexer:
         # `async for` ends on close instead of raising: say why, the caller reconnects.
         log.warning(
             "WebSocket to %s closed (code %s, %s); reconnecting",
-            self._client.safe_url,
+            self._url,
             ws.close_code,
             ws.exception(),
         )
@@ -324,12 +352,12 @@ class Multiplexer:
 
         It only observes and asks: the reader stays the one task that receives.
         """
-        interval = self._policy.watchdog
+        interval = self.policy.watchdog
         heard = self.messages
         silent = 0
         while self.state is not SocketState.CLOSED:
             await asyncio.sleep(interval)
-            if self.state is not SocketState.OPEN or not self._client._live:
+            if self.state is not SocketState.OPEN:
                 heard, silent = self.messages, 0
                 continue
             if self.messages != heard:  # it hears the server
@@ -340,14 +368,14 @@ class Multiplexer:
                 continue
             try:
                 async with asyncio.timeout(interval):
-                    deaf = await self._client._missed_by_a_silent_socket()
+                    deaf = await self._listener.missed_while_silent()
             except (DreamgenError, TimeoutError):
                 continue  # the server's trouble is for the reader and the requests to see
             if deaf:
                 log.warning(
                     "the WebSocket to %s heard nothing while the server's queue moved "
                     "(it unregistered our clientId); reopening it",
-                    self._client.safe_url,
+                    self._url,
                 )
                 heard, silent = self.messages, 0
                 self.force_reconnect()
@@ -365,38 +393,4 @@ class Multiplexer:
         if isinstance(event, Status):
             self.queue_remaining = event.queue_remaining
             return
-        prompt_id = getattr(event, "prompt_id", None)
-        if prompt_id is None and not isinstance(event, Executing):
-            # Previews without metadata carry no prompt_id: they belong to the running one.
-            prompt_id = self._running_prompt
-        job = self._client._live.get(prompt_id) if prompt_id is not None else None
-        if job is None:
-            return
-        drive = self._client._drive
-        if isinstance(event, ExecutionStart):
-            self._running_prompt = job.prompt_id
-            job._note_started()
-            drive(job, lc.Started())
-        elif isinstance(event, ExecutionCached):
-            job._set_cached(event.nodes)
-        elif isinstance(event, Executed):
-            job._add_outputs(event.node, event.images, event.files)
-        elif isinstance(event, ExecutionSuccess):
-            job._mark_succeeded()
-        elif isinstance(event, ExecutionErrorEvent):
-            drive(job, lc.Failed(error_from_event(event)))
-            return
-        elif isinstance(event, ExecutionInterruptedEvent):
-            error = ExecutionInterrupted(
-                prompt_id=job.prompt_id, node_id=event.node_id, node_type=event.node_type
-            )
-            drive(job, lc.Interrupted(error))
-            return
-        elif isinstance(event, Executing) and event.node is None:
-            self._running_prompt = None
-            drive(job, lc.Finished(complete=job._succeeded))
-            return
-        job._deliver(event)
-
-    async def send_feature_flags(self, ws: aiohttp.ClientWebSocketResponse) -> None:
-        await ws.send_str(feature_flags_message())
+        self._listener.on_event(event)

@@ -9,7 +9,8 @@ a bad certificate would read as "cannot connect"). A test checks that no row hid
 
 :func:`classify` then says what a failure is worth: ``"retry"`` the same request,
 ``"reconnect"`` (open a new connection), or ``"fatal"`` (stop now and say why). The HTTP
-retry policy and the WebSocket reconnect loop both ask it; nothing else decides.
+retries, the removals and the WebSocket reconnect loop all ask it (their backoff is
+:class:`dreamgen_async.retry.Backoff`); nothing else decides.
 
 This module does no I/O; it imports aiohttp only for its exception types.
 """
@@ -235,7 +236,7 @@ def mapped_errors(url: str, what: str, path: str = "") -> Iterator[None]:
 # ---------------------------------------------------------------------------- the classifier
 
 
-def classify(exc: BaseException) -> Verdict:
+def classify(exc: BaseException, *, budgeted: bool = False) -> Verdict:
     """What a failure is worth: ``"retry"``, ``"reconnect"`` or ``"fatal"``.
 
     - ``"fatal"``: repeating cannot help, stop now and surface ``exc``. Authentication refused
@@ -246,6 +247,11 @@ def classify(exc: BaseException) -> Verdict:
       request again after a backoff (honouring ``Retry-After``).
     - ``"reconnect"``: the connection failed or broke (refused, DNS, reset, closed mid-answer,
       timed out, WebSocket lost): open a new connection after a backoff.
+
+    ``budgeted``: the caller tries again within a time budget against a server it reached
+    before (the WebSocket's reconnect and resync, the removal of cancelled jobs). A 5xx answer
+    (other than an authentication refusal or "not ComfyUI") is then a server starting or
+    restarting, and is ``"retry"`` instead of ``"fatal"``.
 
     Foreign exceptions (aiohttp, OS) are translated first, so either kind may be passed.
     """
@@ -261,6 +267,8 @@ def classify(exc: BaseException) -> Verdict:
     if isinstance(exc, AuthenticationError | NotComfyUIError | ProtocolError | ClientClosedError):
         return "fatal"
     if isinstance(exc, ServerError) and exc.status in RETRY_STATUSES:
+        return "retry"
+    if budgeted and isinstance(exc, ServerError) and exc.status >= 500:
         return "retry"
     return "fatal"
 

@@ -678,8 +678,7 @@ class Engine:
         self.model_loads += 1
         seconds = self.config.model_load_time
         if seconds > 0:  # not scaled by speed: loading is disk and bus bound
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._interrupt.wait(), seconds)
+            await self._wait_interrupt(seconds)
         return seconds
 
     async def _pause(self, seconds: float, node_id: str) -> None:
@@ -687,11 +686,18 @@ class Engine:
         if seconds > 0 and self.config.speed != 1.0:
             seconds /= self.config.speed
         if seconds > 0:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._interrupt.wait(), seconds)
+            await self._wait_interrupt(seconds)
         else:
             await asyncio.sleep(0)
         self._check(node_id)
+
+    async def _wait_interrupt(self, seconds: float) -> None:
+        """Wait ``seconds``, or less if interrupted. Not ``asyncio.wait_for``: on Python 3.11
+        it swallows a cancellation that lands as the interrupt is set, and a cancelled worker
+        then lives on (``restart()`` waited for it forever)."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await self._interrupt.wait()
 
     def _check(self, node_id: str) -> None:
         if self._interrupt.is_set():
