@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 from dreamgen_async.errors import NodeError
-from dreamgen_async.handles import EventSource, JobHandle, Mailbox
+from dreamgen_async.handles import EventSource, JobHandle, Mailbox, ProgressCallback
 from dreamgen_async.lifecycle import JobState, Lifecycle
-from dreamgen_async.protocol import Event, ImageRef, OutputFile
+from dreamgen_async.protocol import ImageRef, OutputFile
 
 if TYPE_CHECKING:
     from dreamgen_async.owner import JobOwner
@@ -26,11 +25,6 @@ __all__ = [
     "ProgressCallback",
     "PromptResult",
 ]
-
-log = logging.getLogger("dreamgen_async")
-
-ProgressCallback = Callable[[Event], object]
-T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
