@@ -14,7 +14,7 @@ A job goes, in this order of concern, to a server that
    looking ``lookahead`` jobs into the wait queue, so that an interleaved A,B,A,B stream keeps
    A on one server and B on another instead of swapping on every job;
 3. **will be free soonest** — the server's own queue (other clients' prompts count) and ours,
-   times its mean job time (a moving average).
+   times its job time for that model (a moving average per server and model).
 
 When a server should change model is decided by playing the options out in a fluid model of
 the backlog (:func:`fluid_end`: each server drains its model's jobs at its learned rate and
