@@ -363,6 +363,8 @@ class ComfyUIPool:
             raise ValueError("over_queue must be 0 or more")
         if max_attempts < 1 or max_failures < 1:
             raise ValueError("max_attempts and max_failures must be at least 1")
+        if span_history < 1:
+            raise ValueError("span_history must be at least 1")
         client_options.pop("max_in_flight", None)
         self._capacity = 1 + over_queue
         self._client_options = client_options

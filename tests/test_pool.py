@@ -172,7 +172,7 @@ async def test_pool_records_each_servers_spans(farm: SimulatorFarm, tmp_path: Pa
             assert lane[0].kind.value != "idle"
             assert lane[-1].kind.value != "idle"
     assert sum(len(lane) for lane in lanes.values()) >= len(pattern)
-    with pytest.raises(ValueError, match="at least 1"):
+    with pytest.raises(ValueError, match="span_history must be at least 1"):
         ComfyUIPool(farm.urls, span_history=0)
 
 
