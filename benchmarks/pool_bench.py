@@ -1,12 +1,14 @@
 """ComfyUIPool against two baselines on simulated GPUs of different speeds.
 
-    python benchmarks/pool_bench.py            # the issue's scenario (~4 min on 2 cores)
-    python benchmarks/pool_bench.py --quick    # a smoke run (~30 s)
+    python benchmarks/pool_bench.py                    # both scenarios (~7 min on 2 cores)
+    python benchmarks/pool_bench.py --scenario 120 --runs 3
+    python benchmarks/pool_bench.py --quick            # a smoke run (~30 s)
 
-Scenario: 4 simulated servers with speeds 2x, 1x, 1x, 0.5x, ``model_load_time`` 1 s, 400
-txt2img jobs over 3 interleaved checkpoints (A, B, C, A, B, C, ...), submitted at once. The
-simulators run in their own process (``dreamgen sim --servers 4``), started afresh for each
-strategy (no model loaded). Strategies, all with at most 2 of our jobs per server:
+Scenarios: 4 simulated servers with speeds 2x, 1x, 1x, 0.5x, ``model_load_time`` 1 s, 400
+(a long batch) or 120 (a short one) txt2img jobs over 3 interleaved checkpoints (A, B, C, A,
+B, C, ...), submitted at once. The simulators run in their own process (``dreamgen sim
+--servers 4``), started afresh for each strategy (no model loaded). Strategies, all with at
+most 2 of our jobs per server:
 
 - ``pool``: :class:`ComfyUIPool` (late binding, model affinity, load and speed);
 - ``round-robin``: job *i* to server *i mod 4* (what a client-side balancer does);
@@ -14,9 +16,13 @@ strategy (no model loaded). Strategies, all with at most 2 of our jobs per serve
   fewest of our jobs as soon as one has a free slot (balancing without affinity).
 
 Reported, from the servers' own history timings: makespan (first submit to last result),
-model loads (first loads included), each server's busy fraction, and the lower bound
-Σ work / Σ speed + one model load. A second scenario measures the pool's client CPU per job
-against one ComfyUIClient's, on zero-time servers.
+model loads (first loads included) and switches (loads beyond each server's first), each
+server's busy fraction, and the lower bound Σ work / Σ speed + one model load; with
+``--runs N``, each strategy's median run. Each strategy's timeline (one lane per server:
+busy, idle and model-load spans coloured by checkpoint, from the servers' own timings) is
+written to ``--timelines`` as ``pool-<jobs>-<strategy>.svg``. With the 400-job scenario, a
+last measurement compares the pool's client CPU per job against one ComfyUIClient's, on
+zero-time servers.
 """
 
 from __future__ import annotations
@@ -45,6 +51,7 @@ from dreamgen_async import (
     PromptResult,
     RetryPolicy,
 )
+from dreamgen_async.timeline import Span, SpanRecorder, write_svg
 from dreamgen_async.workflows import PresetName
 
 HERE = Path(__file__).parent
@@ -170,8 +177,21 @@ async def measure(
         assert len({r.prompt_id for r in results}) == jobs
         per_server = []
         plain_work = 0.0
-        for url, speed in zip(urls, SPEEDS, strict=True):
+        recorder = SpanRecorder(capacity=jobs)
+        for number, (url, speed) in enumerate(zip(urls, SPEEDS, strict=True)):
             entries = [e["sim_timings"] for e in (await history(url)).values()]
+            lane = f"server {number + 1} ({speed:g}x)"
+            recorder.add_server(lane)
+            for t in sorted(entries, key=lambda t: float(t["started"])):
+                took = t["finished"] - t["started"]
+                recorder.job(
+                    lane,
+                    t["started"],
+                    t["finished"],
+                    model=t["model"],
+                    loaded=t["model_load"] > 0,
+                    plain=took - t["model_load"],
+                )
             busy = sum(t["finished"] - t["started"] for t in entries)
             loads = sum(1 for t in entries if t["model_load"] > 0)
             plain_work += sum(
@@ -187,14 +207,29 @@ async def measure(
                 }
             )
     bound = plain_work / sum(SPEEDS) + load_time
+    loads = sum(s["loads"] for s in per_server)
     return {
         "strategy": name,
         "makespan_s": round(makespan, 2),
         "lower_bound_s": round(bound, 2),
         "vs_bound": round(makespan / bound, 3),
-        "model_loads": sum(s["loads"] for s in per_server),
+        "model_loads": loads,
+        "model_switches": loads - sum(1 for s in per_server if s["loads"]),
         "servers": per_server,
+        "started": started,
+        "spans": recorder.spans(),
     }
+
+
+def timeline(run: dict[str, Any], jobs: int, directory: Path) -> Path:
+    """Write ``run``'s timeline (its spans, from the servers' own timings) as SVG."""
+    spans: dict[str, tuple[Span, ...]] = run["spans"]
+    title = (
+        f"{run['strategy']}: {jobs} jobs, makespan {run['makespan_s']} s "
+        f"({run['vs_bound']}x the lower bound), {run['model_loads']} model loads"
+    )
+    path = directory / f"pool-{jobs}-{run['strategy']}.svg"
+    return write_svg(spans, path, title=title, start=run["started"])
 
 
 async def overhead(jobs: int, rounds: int = 5) -> dict[str, Any]:
@@ -228,24 +263,29 @@ async def overhead(jobs: int, rounds: int = 5) -> dict[str, Any]:
 
 def markdown(report: dict[str, Any]) -> str:
     p = report["params"]
+    runs = report["runs"]
     lines = [
         f"{p['jobs']} jobs over {len(MODELS)} interleaved checkpoints, servers at speeds "
         f"{', '.join(f'{s:g}x' for s in SPEEDS)}, model_load_time {p['load_time']} s, "
-        f"{p['steps']} steps x {p['step_time']} s at 1x.",
+        f"{p['steps']} steps x {p['step_time']} s at 1x"
+        + (f"; each strategy's median of {p['runs']} runs." if p["runs"] > 1 else "."),
         "",
-        "| strategy | makespan | lower bound | makespan / bound | model loads "
+        "| strategy | makespan | lower bound | makespan / bound | model loads (switches) "
         "| busy (2x, 1x, 1x, 0.5x) | jobs per server |",
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]  # fmt: skip
-    for r in report["runs"]:
+    for r in runs:
         busy = ", ".join(f"{s['busy']:.0%}" for s in r["servers"])
         share = ", ".join(str(s["jobs"]) for s in r["servers"])
         lines.append(
             f"| {r['strategy']} | {r['makespan_s']} s | {r['lower_bound_s']} s | "
-            f"{r['vs_bound']} | {r['model_loads']} | {busy} | {share} |"
+            f"{r['vs_bound']} | {r['model_loads']} ({r['model_switches']}) | {busy} | {share} |"
         )
-    pool = report["runs"][0]
-    for r in report["runs"][1:]:
+    if p["runs"] > 1:
+        for name, ratios in report["all_vs_bound"].items():
+            lines += ["", f"{name}, makespan / bound of each run: {', '.join(map(str, ratios))}"]
+    pool = runs[0]
+    for r in runs[1:]:
         lines.append("")
         lines.append(f"pool vs {r['strategy']}: {r['makespan_s'] / pool['makespan_s']:.1f}x faster")
     o = report.get("overhead")
@@ -260,30 +300,65 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+async def scenario(
+    jobs: int, load_time: float, steps: int, step_time: float, args: argparse.Namespace
+) -> dict[str, Any]:
+    """Every strategy ``args.runs`` times (interleaved), each one's median run kept."""
+    names = args.strategies.split(",")
+    every: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
+    for _ in range(args.runs):
+        for name in names:
+            result = await measure(name, jobs, step_time, steps, load_time)
+            shown = {k: v for k, v in result.items() if k not in ("spans", "started")}
+            print(json.dumps(shown), file=sys.stderr)
+            every[name].append(result)
+    runs = []
+    for results in every.values():
+        median = sorted(results, key=lambda r: float(r["makespan_s"]))[(len(results) - 1) // 2]
+        if args.timelines is not None:
+            args.timelines.mkdir(parents=True, exist_ok=True)
+            timeline(median, jobs, args.timelines)
+        runs.append({k: v for k, v in median.items() if k not in ("spans", "started")})
+    params = {
+        "jobs": jobs,
+        "load_time": load_time,
+        "steps": steps,
+        "step_time": step_time,
+        "runs": args.runs,
+    }
+    return {
+        "params": params,
+        "runs": runs,
+        "all_vs_bound": {name: [r["vs_bound"] for r in rs] for name, rs in every.items()},
+    }
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="100 jobs, 0.25 s loads")
+    parser.add_argument("--scenario", choices=("400", "120", "all"), default="all")
+    parser.add_argument("--runs", type=int, default=1, help="Runs of each strategy (median).")
     parser.add_argument("--strategies", default="pool,round-robin,jsq")
+    parser.add_argument("--timelines", type=Path, default=HERE / "results", metavar="DIR")
     parser.add_argument("--out", type=Path, default=None, help="Write the JSON report here.")
     args = parser.parse_args()
-    jobs, load_time, steps, step_time = (
-        (100, 0.25, 4, 0.025) if args.quick else (400, 1.0, 4, 0.025)
-    )
-    runs = []
-    for name in args.strategies.split(","):
-        result = await measure(name, jobs, step_time, steps, load_time)
-        print(json.dumps(result), file=sys.stderr)
-        runs.append(result)
-    report = {
+    if args.quick:
+        cases = [(100, 0.25, 4, 0.025)]
+    else:
+        sizes = {"400": [400], "120": [120], "all": [120, 400]}[args.scenario]
+        cases = [(jobs, 1.0, 4, 0.025) for jobs in sizes]
+    scenarios = [await scenario(*case, args) for case in cases]
+    report: dict[str, Any] = {
         "command": " ".join(["python", "benchmarks/pool_bench.py", *sys.argv[1:]]),
         "machine": {"platform": platform.platform(), "python": platform.python_version()},
-        "params": {"jobs": jobs, "load_time": load_time, "steps": steps, "step_time": step_time},
-        "runs": runs,
-        "overhead": await overhead(300 if args.quick else 1000),
+        "scenarios": scenarios,
     }
+    if args.quick or 400 in [case[0] for case in cases]:
+        report["overhead"] = await overhead(300 if args.quick else 1000)
+        scenarios[-1]["overhead"] = report["overhead"]
     if args.out:
         args.out.write_text(json.dumps(report, indent=2))
-    print(markdown(report))
+    print("\n\n".join(markdown(s) for s in scenarios))
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ A job goes, in this order of concern, to a server that
    looking ``lookahead`` jobs into the wait queue, so that an interleaved A,B,A,B stream keeps
    A on one server and B on another instead of swapping on every job;
 3. **will be free soonest** — the server's own queue (other clients' prompts count) and ours,
-   times its mean job time (a moving average).
+   times its job time for that model (a moving average per server and model).
 
 When a server should change model is decided by playing the options out in a fluid model of
 the backlog (:func:`fluid_end`: each server drains its model's jobs at its learned rate and
@@ -740,6 +740,7 @@ class ServerRecord:
     loaded: str | None = None  # the model of the last job it finished
     mean_time: float | None = None  # moving average of job seconds
     plain_time: float | None = None  # ... of jobs that kept the loaded model
+    model_times: dict[str | None, float] = field(default_factory=dict)  # ... by model
     switch_time: float | None = None  # ... of jobs that loaded a model
     done: int = 0
     failed: int = 0
@@ -949,6 +950,7 @@ class Scheduler:
             record.loaded = ticket.model
         else:
             record.plain_time = _ewma(record.plain_time, seconds)
+            record.model_times[ticket.model] = _ewma(record.model_times.get(ticket.model), seconds)
         record.mean_time = _ewma(record.mean_time, seconds)
 
     @property
@@ -983,9 +985,17 @@ class Scheduler:
         known = [r.mean_time for r in self.servers.values() if r.mean_time is not None]
         return sum(known) / len(known) if known else 1.0
 
-    def _rate(self, record: ServerRecord) -> float:
-        """Jobs per second while the model stays loaded."""
-        seconds = record.plain_time if record.plain_time is not None else self._mean(record)
+    def job_time(self, server: str, model: str | None) -> float | None:
+        """The learned seconds of a job of ``model`` on ``server`` that keeps its model
+        loaded (any model's, when that one has not run there yet; ``None``: none has)."""
+        record = self.servers[server]
+        return record.model_times.get(model, record.plain_time)
+
+    def _rate(self, record: ServerRecord, model: str | None = None) -> float:
+        """Jobs per second of ``model`` (default: its tail's) while the model stays loaded."""
+        seconds = record.model_times.get(record.tail if model is None else model)
+        if seconds is None:
+            seconds = record.plain_time if record.plain_time is not None else self._mean(record)
         return 1.0 / max(seconds, 1e-6)
 
     def _switch_cost(self, record: ServerRecord) -> float:

@@ -91,6 +91,7 @@ from dreamgen_async.placement import (
     requirements,
 )
 from dreamgen_async.protocol import ImageRef, OutputData
+from dreamgen_async.timeline import Span, SpanRecorder
 
 __all__ = ["ComfyUIPool", "PoolImageRef", "PoolJob", "ServerStatus"]
 
@@ -335,6 +336,7 @@ class ComfyUIPool:
         probe_delay: First delay between probes of a down server (doubles, with jitter, up
             to ``max_probe_delay``).
         max_probe_delay: Longest delay between two probes.
+        span_history: Spans (busy, idle, model load) kept per server for :meth:`spans`.
         **client_options: Passed to each :class:`ComfyUIClient` the pool creates (``token``,
             ``retry``, ``reconnect``, ``timeout`` ...). Not ``max_in_flight``: a server's
             slots are the pool's (``1 + over_queue``), and its client keeps no queue of its
@@ -354,12 +356,15 @@ class ComfyUIPool:
         probe_timeout: float = 10.0,
         probe_delay: float = 0.5,
         max_probe_delay: float = 30.0,
+        span_history: int = 1000,
         **client_options: Any,
     ) -> None:
         if over_queue < 0:
             raise ValueError("over_queue must be 0 or more")
         if max_attempts < 1 or max_failures < 1:
             raise ValueError("max_attempts and max_failures must be at least 1")
+        if span_history < 1:
+            raise ValueError("span_history must be at least 1")
         client_options.pop("max_in_flight", None)
         self._capacity = 1 + over_queue
         self._client_options = client_options
@@ -370,6 +375,7 @@ class ComfyUIPool:
         self._probe_delay = probe_delay
         self._max_probe_delay = max_probe_delay
         self._sched = Scheduler(lookahead)
+        self._spans = SpanRecorder(span_history)
         self._servers: dict[str, _Server] = {}
         self._pending_servers = list(servers)
         if not self._pending_servers:
@@ -573,6 +579,18 @@ class ComfyUIPool:
                 return status
         raise KeyError(f"{url} is not in the pool")
 
+    def spans(self) -> dict[str, tuple[Span, ...]]:
+        """Where each server's time went: its last ``span_history`` spans (busy, idle between
+        two of our jobs, model load), oldest first, by server URL; every server of the pool
+        has a lane, empty until its first job. Draw them with
+        :func:`dreamgen_async.timeline.write_svg`.
+
+        A job's span runs from the start of its execution to its result, as this client saw
+        them; the load part of a job that loaded another checkpoint is estimated as the job's
+        time less the server's usual time for that checkpoint.
+        """
+        return self._spans.spans()
+
     @property
     def waiting(self) -> int:
         """Jobs waiting client-side for a free slot."""
@@ -608,6 +626,7 @@ class ComfyUIPool:
         # max_in_flight, which then bounds what the scheduler places there.
         limit = None if owned else client.max_in_flight
         record = self._sched.add_server(key, self._capacity, limit)
+        self._spans.add_server(key)
         srv = _Server(key, server if isinstance(server, str) else key, record, client, owned)
         self._servers[key] = srv
         return srv
@@ -1052,6 +1071,8 @@ class ComfyUIPool:
             outcome = self._located(outcome, binding)
         ok = isinstance(outcome, PromptResult)
         if binding.key in self._sched.tickets:
+            if isinstance(outcome, PromptResult) and binding.server is not None:
+                self._record_span(binding.server, binding.key, outcome)
             self._sched.finish(binding.key, settle.seconds, ok)
         self._jobs.pop(binding.key, None)
         if not settle.closing and outcome is not CANCELLED:
@@ -1074,6 +1095,25 @@ class ComfyUIPool:
             elif ok and srv.record.state in (ServerState.SUSPECT, ServerState.UP):
                 self._event(srv, ServerEvent.OK)
         self._kick()
+
+    def _record_span(self, server: str, key: str, result: PromptResult) -> None:
+        """The job's time on its server, for :meth:`spans` (before the scheduler learns it:
+        whether it loaded a model is known from the model the server had before)."""
+        if result.started_at is None or result.finished_at is None:
+            return
+        record = self._sched.servers.get(server)
+        model = self._sched.tickets[key].model
+        loaded = record is not None and model is not None and model != record.loaded
+        plain = self._sched.job_time(server, model) if record is not None else None
+        self._spans.job(
+            server,
+            result.started_at,
+            result.finished_at,
+            model=model,
+            loaded=loaded,
+            plain=plain,
+            prompt_id=key,
+        )
 
     def _located(self, result: PromptResult, binding: Binding[Job]) -> PromptResult:
         """``result`` with its refs naming the server that made them (remembered for

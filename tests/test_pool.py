@@ -142,6 +142,40 @@ async def test_affinity_few_model_switches_vs_round_robin(farm: SimulatorFarm) -
     assert sum(s.model_loads for s in rr_sims) == len(pattern)
 
 
+async def test_pool_records_each_servers_spans(farm: SimulatorFarm, tmp_path: Path) -> None:
+    sims = await farm.start(cfg(model_load_time=0.03), cfg(model_load_time=0.03), cfg())
+    pattern = ["a.safetensors", "b.safetensors"] * 8
+    async with ComfyUIPool(farm.urls, span_history=100, **FAST) as pool:
+        assert pool.spans() == dict.fromkeys(farm.urls, ())  # a lane per server at once
+        results = await asyncio.gather(*(pool.run(job(ckpt)) for ckpt in pattern))
+        lanes = pool.spans()
+        status = {s.url: s for s in pool.servers}
+    assert list(lanes) == farm.urls
+    on: dict[str, set[str]] = {url: set() for url in farm.urls}
+    for result in results:
+        (owner,) = where(sims, result.prompt_id)
+        on[farm.urls[owner]].add(result.prompt_id)
+    for url, lane in lanes.items():
+        assert all(span.server == url and span.start <= span.end for span in lane)
+        assert all(a.end <= b.start + 1e-9 for a, b in itertools.pairwise(lane))  # in order
+        by_kind = Counter(span.kind.value for span in lane)
+        # Every job of ours there (a busy span, a load span, or a load then the busy part),
+        # a load span per model switch, and an idle span only between two jobs.
+        jobs = [s.prompt_id for s in lane if s.kind.value != "idle"]
+        assert set(jobs) == on[url]
+        assert len(on[url]) == status[url].done
+        assert by_kind["load"] == status[url].model_switches
+        assert len(jobs) == by_kind["load"] + by_kind["busy"] <= 2 * len(on[url])
+        assert by_kind["idle"] <= max(0, len(on[url]) - 1)
+        assert {s.model for s in lane} <= {"a.safetensors", "b.safetensors"}
+        if lane:
+            assert lane[0].kind.value != "idle"
+            assert lane[-1].kind.value != "idle"
+    assert sum(len(lane) for lane in lanes.values()) >= len(pattern)
+    with pytest.raises(ValueError, match="span_history must be at least 1"):
+        ComfyUIPool(farm.urls, span_history=0)
+
+
 # ---------------------------------------------------------------------------- failover
 
 
