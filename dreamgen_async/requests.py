@@ -171,8 +171,16 @@ class JobFailure:
         return getattr(self.request, "name", None) or f"job {self.index}"
 
 
-def tag_key(request_key: str, occurrence: int) -> str:
-    """A batch item's journal key: its request key, numbered for seedless repeats."""
+def tag_key(request_key: str, occurrence: int, run_id: str = "") -> str:
+    """A batch item's journal key: its request key, numbered for seedless repeats.
+
+    A seedless request is a new request in each run of a batch: its key then names the run
+    (``run_id``, see :meth:`~dreamgen_async.journal.BatchJournal.begin_run`) and its count
+    in the run. ``run_id=""`` (a request with a seed, or an older journal's unfinished
+    run) keeps the key a request always had.
+    """
+    if run_id:
+        return f"{request_key}-{run_id}-{occurrence}"
     return request_key if occurrence == 0 else f"{request_key}-{occurrence}"
 
 
