@@ -44,6 +44,7 @@ from dreamgen_async.errors import (
     JournalError,
     NodeError,
     PromptTimeout,
+    WorkflowError,
 )
 from dreamgen_async.files import (
     UPLOAD_SUBFOLDER,
@@ -150,6 +151,7 @@ class _Prepared:
     deterministic: bool
     stem: str
     upload: _Upload | None
+    more_uploads: tuple[_Upload, ...] = ()  # a workflow request's other local inputs
     priority: int = 0  # the caller's, for the client's queue (not part of the request)
 
 
@@ -534,12 +536,38 @@ class DreamGenerator:
             workflow, seed, stem, upload = await self._build_img2img(request)
         else:
             workflow, seed, stem, upload = self._build_workflow(request)
+        more = await self._workflow_inputs(request, workflow)
         explicit, deterministic = is_deterministic(request, workflow)
         input_hash = None if upload is None else upload[1]
         key = request_key(workflow, input_hash, None if explicit else seed)
         return _Prepared(
-            request, workflow, seed, explicit, key, deterministic, safe_stem(stem), upload
+            request, workflow, seed, explicit, key, deterministic, safe_stem(stem), upload, more
         )
+
+    async def _workflow_inputs(
+        self, request: Request, workflow: dict[str, Any]
+    ) -> tuple[_Upload, ...]:
+        """A workflow request's local ``inputs``: checked, and set on their nodes under their
+        content-hash names (uploaded later, only when the request runs)."""
+        if not isinstance(request, WorkflowRequest) or not request.inputs:
+            return ()
+        limits = InputLimits(self.max_input_bytes, self.max_input_pixels)
+        uploads = []
+        for node_id, image in request.inputs.items():
+            node = workflow.get(node_id)
+            if not isinstance(node, dict) or "image" not in node.get("inputs", {}):
+                raise WorkflowError(
+                    f"an input image is given for node {node_id!r}, but the workflow has no "
+                    "such node with an 'image' input",
+                    node_id=node_id,
+                    input_name="image",
+                )
+            data, suffix, _ = await read_input(image, limits)
+            digest = await sha256(data)
+            expected = f"{UPLOAD_SUBFOLDER}/{digest[:32]}{suffix}"
+            node["inputs"]["image"] = expected
+            uploads.append((data, digest, suffix, expected))
+        return tuple(uploads)
 
     def _build_txt2img(self, request: Txt2ImgRequest) -> _Built:
         built = self.builder.build_txt2img(
@@ -765,14 +793,13 @@ class DreamGenerator:
         return adopter
 
     async def _upload(self, prep: _Prepared) -> None:
-        if prep.upload is None:
-            return
-        data, digest, suffix, expected = prep.upload
-        reference = await self._store_input(data, digest, suffix)
-        if reference != expected:  # the server renamed it: always use its name
-            for node in prep.workflow.values():
-                if node["class_type"] == "LoadImage":
-                    node["inputs"]["image"] = reference
+        uploads = prep.more_uploads if prep.upload is None else (prep.upload, *prep.more_uploads)
+        for data, digest, suffix, expected in uploads:
+            reference = await self._store_input(data, digest, suffix)
+            if reference != expected:  # the server renamed it: always use its name
+                for node in prep.workflow.values():
+                    if node["inputs"].get("image") == expected:
+                        node["inputs"]["image"] = reference
 
     async def _run_shared(
         self,
