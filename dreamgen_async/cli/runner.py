@@ -22,7 +22,7 @@ from typing import Any
 import click
 from rich.console import Console
 
-from dreamgen_async.cli.display import Display, Tally
+from dreamgen_async.cli.display import Display, Tally, error_text
 from dreamgen_async.cli.options import ModelChoice, Options
 from dreamgen_async.errors import ConfigError, DreamgenError, StorageError
 from dreamgen_async.generator import (
@@ -102,6 +102,8 @@ async def run_requests(
             if journal is not None:
                 meta = await asyncio.to_thread(read_journal_meta, journal)
                 client_id = meta.get("client_id")
+                if not opts.quiet:
+                    consoles[1].print(run_kind(journal, meta), highlight=False, markup=False)
             gen = await stack.enter_async_context(
                 DreamGenerator(
                     opts.server,
@@ -143,6 +145,18 @@ def check_folders(output: Path, journal: Path | None) -> None:
             check_writable(folder)
     except StorageError as exc:
         raise click.UsageError(f"{exc}; nothing was sent to the server") from exc
+
+
+def run_kind(journal: Path, meta: dict[str, Any]) -> str:
+    """What a journaled run is, from its journal's record (printed on stderr at the start)."""
+    if not meta:
+        return f"new batch, recorded in {journal}"
+    if meta.get("run") is not None and meta.get("run_done"):
+        return (
+            f"run again: the batch in {journal} finished; requests without a seed make new "
+            "images, those with a seed are done earlier"
+        )
+    return f"resuming the unfinished batch in {journal}: done items are skipped"
 
 
 EXIT_FAILED = 1
@@ -192,7 +206,7 @@ def execute(opts: Options, coro_factory: Callable[[], Any]) -> None:
     except DreamgenError as exc:
         if opts.debug:
             raise
-        click.echo(f"error: {exc}", err=True)
+        click.echo(f"error: {error_text(exc)}", err=True)
         sys.exit(EXIT_FAILED)
     if isinstance(result, Tally):
         if result.failed:
