@@ -88,6 +88,7 @@ from dreamgen_async.requests import (
     cached_timings,
     first_seed,
     is_deterministic,
+    randomized_inputs,
     request_from_spec,
     request_spec,
     tag_key,
@@ -98,6 +99,7 @@ from dreamgen_async.workflow_builder import (
     FluxWorkflowBuilder,
     Workflow,
     as_api_graph,
+    random_seed,
 )
 
 __all__ = [
@@ -608,7 +610,13 @@ class DreamGenerator:
     @staticmethod
     def _build_workflow(request: WorkflowRequest) -> _Built:
         workflow = Workflow(as_api_graph(request.workflow)).to_api()  # validated: no I/O yet
-        return workflow, first_seed(workflow), request.name or "workflow", None
+        randomized = randomized_inputs(workflow)
+        if not randomized:
+            return workflow, first_seed(workflow), request.name or "workflow", None
+        seed = random_seed()  # "randomize" seeds: a new one in each run, as the frontend's
+        for node_id, name in randomized:
+            workflow[node_id]["inputs"][name] = seed
+        return workflow, seed, request.name or "workflow", None
 
     async def _complete(
         self,

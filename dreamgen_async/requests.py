@@ -199,9 +199,24 @@ def is_deterministic(request: Request, workflow: Mapping[str, Any]) -> tuple[boo
     deterministic when it names its seed.
     """
     if isinstance(request, WorkflowRequest):
+        if randomized_inputs(workflow):  # a UI file's "randomize" seed: drawn in each run
+            return False, False
         return True, not any(n.get("class_type") == "LoadImage" for n in workflow.values())
     explicit = request.seed is not None
     return explicit, explicit
+
+
+def randomized_inputs(workflow: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """The ``(node id, input)`` pairs a converted UI workflow marks "control after generate:
+    randomize" (``_meta["randomize"]``; see ``convert_ui_workflow(controls=True)``)."""
+    found = []
+    for node_id, node in workflow.items():
+        meta = node.get("_meta")
+        names = meta.get("randomize") if isinstance(meta, Mapping) else None
+        if isinstance(names, list):
+            inputs = node.get("inputs", {})
+            found += [(node_id, n) for n in names if isinstance(inputs.get(n), int)]
+    return found
 
 
 def first_seed(workflow: Mapping[str, Any]) -> int | None:

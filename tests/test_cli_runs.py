@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from _cli import DREAMGEN
-from _graphs import png_bytes
+from _graphs import CHECKPOINT, png_bytes
 from test_storage import read_only  # noqa: F401 - the fixture, shared
 
 from dreamgen_async.comfyui_api import ComfyUIClient
@@ -25,6 +25,7 @@ from dreamgen_async.errors import DreamgenError
 from dreamgen_async.generator import DreamGenerator, Txt2ImgRequest
 from dreamgen_async.testing import ComfyUISimulator
 from dreamgen_async.workflow_builder import FluxWorkflowBuilder
+from dreamgen_async.workflows.ui import convert_ui_workflow
 
 
 async def start(*args: str, env: dict[str, str] | None = None) -> asyncio.subprocess.Process:
@@ -377,3 +378,43 @@ async def test_a_refused_login_without_a_token_names_dreamgen_token(
     )
     assert code == 1, err
     assert "DREAMGEN_TOKEN" in err
+
+
+# ---------------------------------------------------------------------------- 3. UI randomize
+
+
+def test_the_conversion_keeps_randomize_controls_only_when_asked() -> None:
+    from test_ui_conversion import INFO, _basic
+
+    assert "randomize" not in convert_ui_workflow(_basic(), INFO)["3"]["_meta"]
+    kept = convert_ui_workflow(_basic(), INFO, controls=True)
+    assert kept["3"]["_meta"]["randomize"] == ["seed"]
+    assert kept["3"]["inputs"]["seed"] == 7
+
+
+async def test_a_ui_workflow_with_a_randomize_seed_makes_new_images_each_run(
+    comfyui_sim: ComfyUISimulator, tmp_path: Path
+) -> None:
+    from test_ui_conversion import _basic
+
+    data = _basic()
+    data["nodes"][0]["widgets_values"] = [CHECKPOINT]
+    workflow = tmp_path / "ui.json"
+    workflow.write_text(json.dumps(data))
+    out = tmp_path / "out"
+    for _ in range(2):
+        code, _, err = await dreamgen(
+            "run", str(workflow), "-o", str(out), "--server", comfyui_sim.url
+        )
+        assert code == 0, err
+    seeds = [
+        node["inputs"]["seed"]
+        for pid in comfyui_sim.accepted_prompt_ids
+        for node in comfyui_sim.prompts[pid].graph.values()
+        if node["class_type"] == "KSampler"
+    ]
+    assert len(set(seeds)) == 2
+    assert 7 not in seeds
+    files = images(out)
+    assert len(files) == 2
+    assert all(any(f"_{seed}_" in name for name in files) for seed in seeds)

@@ -51,7 +51,8 @@ from dreamgen_async.generator import (
 )
 from dreamgen_async.journal import read_journal_meta, read_journal_requests
 from dreamgen_async.workflow_builder import FluxWorkflowBuilder, Workflow
-from dreamgen_async.workflow_io import load_workflow_from_server, server_models
+from dreamgen_async.workflow_io import server_models
+from dreamgen_async.workflows.ui import convert_ui_workflow
 
 __all__ = [
     "cli",
@@ -229,13 +230,22 @@ def run(
 
             token = os.environ.get("DREAMGEN_TOKEN") or None
             async with ComfyUIClient(opts.server, token=token) as client:
-                loaded = await load_workflow_from_server(workflow_file, client)
+                info = await client.object_info()
+            loaded = await asyncio.to_thread(load_ui_workflow, workflow_file, info)
             apply(loaded)
         requests, labels = workflow_runs(loaded, workflow_file, inputs)
         builder = FluxWorkflowBuilder()
         return await run_requests(opts, requests, labels, output, builder, consoles(), journal)
 
     execute(opts, go)
+
+
+def load_ui_workflow(path: Path, object_info: dict[str, Any]) -> Workflow:
+    """A UI-format file converted with the server's nodes, its "randomize" seeds kept (so
+    each run draws its own, as the frontend does for each queueing). Blocking."""
+    data = json.loads(path.read_text(encoding="utf-8"))
+    api = convert_ui_workflow(data, object_info, source=str(path), controls=True)
+    return Workflow(api, source=str(path))
 
 
 def input_node(workflow: Workflow, selector: str) -> str:
