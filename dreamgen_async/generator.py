@@ -616,6 +616,9 @@ class DreamGenerator:
         seed = random_seed()  # "randomize" seeds: a new one in each run, as the frontend's
         for node_id, name in randomized:
             workflow[node_id]["inputs"][name] = seed
+            meta = dict(workflow[node_id]["_meta"])
+            meta.pop("randomize", None)  # ours: the server gets what the frontend would send
+            workflow[node_id]["_meta"] = meta
         return workflow, seed, request.name or "workflow", None
 
     async def _complete(
