@@ -67,6 +67,8 @@ from dreamgen_async.protocol import (
     ProgressState,
     QueueState,
 )
+from dreamgen_async.signals import SignalExit, stop_on_signals
+from dreamgen_async.timeline import Span, SpanKind
 from dreamgen_async.workflow_io import (
     builder_from_server,
     load_workflow_from_server,
@@ -166,6 +168,9 @@ __all__ = [
     "ServerError",
     "ServerModels",
     "ServerStatus",
+    "SignalExit",
+    "Span",
+    "SpanKind",
     "StorageError",
     "TLSError",
     "Timings",
@@ -186,4 +191,5 @@ __all__ = [
     "parse_set_assignment",
     "prepare_mask",
     "server_models",
+    "stop_on_signals",
 ]

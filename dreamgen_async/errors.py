@@ -287,7 +287,7 @@ class NodeError:
         if self.type == "value_not_in_list" and isinstance(allowed, list) and allowed:
             choices = allowed[0] if isinstance(allowed[0], list) else None
             if choices is not None:
-                shown = ", ".join(map(str, choices[:20]))
+                shown = ", ".join(map(str, choices[:20])) or "(none)"
                 more = "" if len(choices) <= 20 else f", ... ({len(choices)} in all)"
                 text += f"; the server has: {shown}{more}"
         return text

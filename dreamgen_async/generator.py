@@ -44,6 +44,7 @@ from dreamgen_async.errors import (
     JournalError,
     NodeError,
     PromptTimeout,
+    WorkflowError,
 )
 from dreamgen_async.files import (
     UPLOAD_SUBFOLDER,
@@ -87,15 +88,18 @@ from dreamgen_async.requests import (
     cached_timings,
     first_seed,
     is_deterministic,
+    randomized_inputs,
     request_from_spec,
     request_spec,
     tag_key,
 )
+from dreamgen_async.storage import check_writable
 from dreamgen_async.workflow_builder import (
     BuiltWorkflow,
     FluxWorkflowBuilder,
     Workflow,
     as_api_graph,
+    random_seed,
 )
 
 __all__ = [
@@ -149,11 +153,8 @@ class _Prepared:
     deterministic: bool
     stem: str
     upload: _Upload | None
-
-    @property
-    def name_seed(self) -> int | None:
-        """The seed shown in file names: only one the request chose (a drawn one varies)."""
-        return self.seed if self.explicit_seed else None
+    more_uploads: tuple[_Upload, ...] = ()  # a workflow request's other local inputs
+    priority: int = 0  # the caller's, for the client's queue (not part of the request)
 
 
 @dataclass(frozen=True, slots=True)
@@ -342,6 +343,7 @@ class DreamGenerator:
         self._inflight: dict[str, _SharedRun] = {}
         self._adopters: dict[str, ComfyUIClient] = {}
         self._adopters_lock = asyncio.Lock()
+        self._output_checked = False
 
     async def __aenter__(self) -> DreamGenerator:
         if self._owns_client:
@@ -397,6 +399,7 @@ class DreamGenerator:
         name: str | None = None,
         timeout: float | None = None,
         on_progress: ProgressCallback | None = None,
+        priority: int = 0,
     ) -> GenerationResult:
         """Text to image. Cancelling it takes the prompt off the server; no file is left.
 
@@ -405,7 +408,9 @@ class DreamGenerator:
             PromptRejected, ExecutionError, PromptTimeout, ...: see ComfyUIClient.
         """
         request = Txt2ImgRequest(prompt, negative, seed, width, height, steps, cfg, name)
-        return await self.generate(request, timeout=timeout, on_progress=on_progress)
+        return await self.generate(
+            request, timeout=timeout, on_progress=on_progress, priority=priority
+        )
 
     async def generate_from_image(
         self,
@@ -421,6 +426,7 @@ class DreamGenerator:
         max_side: int | None = None,
         timeout: float | None = None,
         on_progress: ProgressCallback | None = None,
+        priority: int = 0,
     ) -> GenerationResult:
         """Image to image; ``image`` is a path, bytes or a PIL image.
 
@@ -434,7 +440,9 @@ class DreamGenerator:
             WorkflowError: an argument is invalid (before any network call).
         """
         request = Img2ImgRequest(image, prompt, denoise, negative, seed, steps, cfg, name, max_side)
-        return await self.generate(request, timeout=timeout, on_progress=on_progress)
+        return await self.generate(
+            request, timeout=timeout, on_progress=on_progress, priority=priority
+        )
 
     async def run_workflow(
         self,
@@ -443,18 +451,25 @@ class DreamGenerator:
         name: str | None = None,
         timeout: float | None = None,
         on_progress: ProgressCallback | None = None,
+        priority: int = 0,
     ) -> GenerationResult:
         """Run a user's API-format workflow and write its output images."""
         request = WorkflowRequest(workflow, name)
-        return await self.generate(request, timeout=timeout, on_progress=on_progress)
+        return await self.generate(
+            request, timeout=timeout, on_progress=on_progress, priority=priority
+        )
 
-    def submit(self, request: Request, *, timeout: float | None = None) -> GenerationJob:
+    def submit(
+        self, request: Request, *, timeout: float | None = None, priority: int = 0
+    ) -> GenerationJob:
         """Start one request in the background; follow it with ``events()``.
 
         ``timeout`` applies to the job itself (as for :meth:`generate`); ``result(timeout=)``
-        bounds one caller's wait.
+        bounds one caller's wait. ``priority``: as for :meth:`generate`.
         """
-        return GenerationJob(lambda watch: self._generate(request, timeout, watch), request)
+        return GenerationJob(
+            lambda watch: self._generate(request, timeout, watch, priority), request
+        )
 
     def start_batch(
         self,
@@ -462,14 +477,19 @@ class DreamGenerator:
         *,
         concurrency: int = 8,
         journal: str | os.PathLike[str] | None = None,
+        priority: int = 0,
     ) -> Batch:
         """Start a batch in the background; follow it with ``progress()``.
 
-        ``journal=``: as for :meth:`as_completed`.
+        ``journal=`` and ``priority=``: as for :meth:`as_completed`.
         """
         return Batch(
             lambda report: self.generate_many(
-                requests, concurrency=concurrency, on_batch_progress=report, journal=journal
+                requests,
+                concurrency=concurrency,
+                on_batch_progress=report,
+                journal=journal,
+                priority=priority,
             )
         )
 
@@ -479,16 +499,32 @@ class DreamGenerator:
         *,
         timeout: float | None = None,
         on_progress: ProgressCallback | None = None,
+        priority: int = 0,
     ) -> GenerationResult:
-        """Run one request of any kind (what the batch forms call)."""
-        return await self._generate(request, timeout, _Watch(on_progress))
+        """Run one request of any kind (what the batch forms call).
+
+        ``priority`` orders the job among this generator's jobs waiting for a slot on the
+        server (higher first, first come first served within a priority), as the client's
+        and the pool's ``submit(priority=)`` do: an interactive request with a higher
+        priority overtakes a running batch's queued jobs.
+        """
+        return await self._generate(request, timeout, _Watch(on_progress), priority)
 
     async def _generate(
-        self, request: Request, timeout: float | None, watch: _Watch
+        self, request: Request, timeout: float | None, watch: _Watch, priority: int = 0
     ) -> GenerationResult:
         self._check_entered()
+        await self._check_output_dir()
         prepared = await self._prepare(request)
+        prepared.priority = priority
         return await self._complete(prepared, 0, timeout, watch)
+
+    async def _check_output_dir(self) -> None:
+        """Once per generator, before its first prompt: can ``output_dir`` be written?"""
+        if self._output_checked:
+            return
+        await asyncio.to_thread(check_writable, self.output_dir)
+        self._output_checked = True
 
     async def _prepare(self, request: Request) -> _Prepared:
         """Build the workflow and the request's key; checks every argument, no network.
@@ -502,12 +538,38 @@ class DreamGenerator:
             workflow, seed, stem, upload = await self._build_img2img(request)
         else:
             workflow, seed, stem, upload = self._build_workflow(request)
+        more = await self._workflow_inputs(request, workflow)
         explicit, deterministic = is_deterministic(request, workflow)
         input_hash = None if upload is None else upload[1]
         key = request_key(workflow, input_hash, None if explicit else seed)
         return _Prepared(
-            request, workflow, seed, explicit, key, deterministic, safe_stem(stem), upload
+            request, workflow, seed, explicit, key, deterministic, safe_stem(stem), upload, more
         )
+
+    async def _workflow_inputs(
+        self, request: Request, workflow: dict[str, Any]
+    ) -> tuple[_Upload, ...]:
+        """A workflow request's local ``inputs``: checked, and set on their nodes under their
+        content-hash names (uploaded later, only when the request runs)."""
+        if not isinstance(request, WorkflowRequest) or not request.inputs:
+            return ()
+        limits = InputLimits(self.max_input_bytes, self.max_input_pixels)
+        uploads = []
+        for node_id, image in request.inputs.items():
+            node = workflow.get(node_id)
+            if not isinstance(node, dict) or "image" not in node.get("inputs", {}):
+                raise WorkflowError(
+                    f"an input image is given for node {node_id!r}, but the workflow has no "
+                    "such node with an 'image' input",
+                    node_id=node_id,
+                    input_name="image",
+                )
+            data, suffix, _ = await read_input(image, limits)
+            digest = await sha256(data)
+            expected = f"{UPLOAD_SUBFOLDER}/{digest[:32]}{suffix}"
+            node["inputs"]["image"] = expected
+            uploads.append((data, digest, suffix, expected))
+        return tuple(uploads)
 
     def _build_txt2img(self, request: Txt2ImgRequest) -> _Built:
         built = self.builder.build_txt2img(
@@ -548,7 +610,16 @@ class DreamGenerator:
     @staticmethod
     def _build_workflow(request: WorkflowRequest) -> _Built:
         workflow = Workflow(as_api_graph(request.workflow)).to_api()  # validated: no I/O yet
-        return workflow, first_seed(workflow), request.name or "workflow", None
+        randomized = randomized_inputs(workflow)
+        if not randomized:
+            return workflow, first_seed(workflow), request.name or "workflow", None
+        seed = random_seed()  # "randomize" seeds: a new one in each run, as the frontend's
+        for node_id, name in randomized:
+            workflow[node_id]["inputs"][name] = seed
+            meta = dict(workflow[node_id]["_meta"])
+            meta.pop("randomize", None)  # ours: the server gets what the frontend would send
+            workflow[node_id]["_meta"] = meta
+        return workflow, seed, request.name or "workflow", None
 
     async def _complete(
         self,
@@ -558,6 +629,7 @@ class DreamGenerator:
         watch: _Watch,
         journal: BatchJournal | None = None,
         index: int = 0,
+        run_id: str = "",
     ) -> GenerationResult:
         """Answer a prepared request as :func:`~dreamgen_async.plan.decide` says: skipped (the
         journal has it done, files intact), from the cache, by collecting the prompt an
@@ -567,7 +639,8 @@ class DreamGenerator:
         item: JournalItem | None = None
         record: Record | None = None
         if journal is not None:
-            item = await journal.begin(tag_key(prep.key, occurrence), prep.key, index)
+            item_key = tag_key(prep.key, occurrence, run_id)
+            item = await journal.begin(item_key, prep.key, index)
             intact = must_check_files(item.state) and await asyncio.to_thread(item.files_intact)
             record = Record(item.state, item.prompt_id, item.cached, intact)
         try:
@@ -576,7 +649,7 @@ class DreamGenerator:
                 assert item is not None
                 return _resumed(item, prep, submitted)
             if isinstance(plan, FromCache):
-                paths = await self._write_outputs(prep, tag, list(plan.entry.images))
+                paths = await self._write_outputs(prep, tag, list(plan.entry.images), prep.seed)
                 timings = cached_timings(plan.entry.timings, submitted)
                 result = GenerationResult(
                     paths, None, prep.seed, prep.workflow, prep.request, True, timings
@@ -626,10 +699,10 @@ class DreamGenerator:
             timeout,
             watch,
         )
-        paths = await self._write_outputs(prep, tag, fetched.images)
+        seed = fetched.seed if fetched.seed is not None else prep.seed
+        paths = await self._write_outputs(prep, tag, fetched.images, seed)
         queued, started, finished = (fetched.timings + (None,) * 5)[1:4]
         timings = Timings(submitted, queued, started, finished, time.time())
-        seed = fetched.seed if fetched.seed is not None else prep.seed
         return GenerationResult(
             paths,
             fetched.prompt_id,
@@ -668,7 +741,7 @@ class DreamGenerator:
                     )
 
             result, images = await self._run_and_download(
-                prep.workflow, timeout, watch, before_post
+                prep.workflow, timeout, watch, before_post, prep.priority
             )
             fetched = _Fetched(
                 result.prompt_id,
@@ -731,14 +804,13 @@ class DreamGenerator:
         return adopter
 
     async def _upload(self, prep: _Prepared) -> None:
-        if prep.upload is None:
-            return
-        data, digest, suffix, expected = prep.upload
-        reference = await self._store_input(data, digest, suffix)
-        if reference != expected:  # the server renamed it: always use its name
-            for node in prep.workflow.values():
-                if node["class_type"] == "LoadImage":
-                    node["inputs"]["image"] = reference
+        uploads = prep.more_uploads if prep.upload is None else (prep.upload, *prep.more_uploads)
+        for data, digest, suffix, expected in uploads:
+            reference = await self._store_input(data, digest, suffix)
+            if reference != expected:  # the server renamed it: always use its name
+                for node in prep.workflow.values():
+                    if node["inputs"].get("image") == expected:
+                        node["inputs"]["image"] = reference
 
     async def _run_shared(
         self,
@@ -793,6 +865,7 @@ class DreamGenerator:
         timeout: float | None,
         watch: _Watch,
         before_post: Callable[[str], Awaitable[None]] | None = None,
+        priority: int = 0,
     ) -> tuple[PromptResult, list[tuple[str, bytes]]]:
         """Run the workflow under a prompt_id chosen here, then download its images.
 
@@ -802,7 +875,9 @@ class DreamGenerator:
         prompt_id = str(uuid.uuid4())
         if before_post is not None:
             await before_post(prompt_id)
-        job = await self.client.submit(workflow, on_progress=watch.on_progress, prompt_id=prompt_id)
+        job = await self.client.submit(
+            workflow, on_progress=watch.on_progress, prompt_id=prompt_id, priority=priority
+        )
         watch.bound(job, self.client.base_url if isinstance(self.client, ComfyUIClient) else None)
         result = await job.result(timeout)
         return result, await self._download(self.client, result)
@@ -841,16 +916,18 @@ class DreamGenerator:
     # ------------------------------------------------------------------ outputs
 
     async def _write_outputs(
-        self, prep: _Prepared, tag: str, images: list[tuple[str, bytes]]
+        self, prep: _Prepared, tag: str, images: list[tuple[str, bytes]], seed: int | None
     ) -> tuple[Path, ...]:
         """Write images atomically under our own, stable names; nothing partial is left.
 
-        The name is the request's (``<name>[_<seed>]_<request key>_<n>``): the same request
-        writes the same file in every run, hit or miss, so a rerun replaces, never duplicates.
+        The name is the request's and the seed it ran with (``<name>[_<seed>]_<request
+        key>_<n>``): the same request writes the same file in every run, hit or miss, so a
+        rerun replaces, never duplicates; a seedless request draws a new seed each run, so
+        its rerun writes new files and never overwrites an earlier run's.
         """
         return await write_outputs(
             self.output_dir,
-            lambda i, suffix: output_name(prep.stem, prep.name_seed, tag, i, suffix),
+            lambda i, suffix: output_name(prep.stem, seed, tag, i, suffix),
             images,
         )
 
@@ -865,6 +942,7 @@ class DreamGenerator:
         on_progress: Callable[[int, Event], object] | None = None,
         on_batch_progress: Callable[[BatchProgress], object] | None = None,
         journal: str | os.PathLike[str] | None = None,
+        priority: int = 0,
     ) -> AsyncIterator[GenerationResult | JobFailure]:
         """Yield each job's outcome as it finishes; ``concurrency`` jobs at a time.
 
@@ -875,9 +953,19 @@ class DreamGenerator:
 
         With ``journal=`` (a file path; see "Long batches" in the README) the batch is
         recorded as it runs and a rerun with the same file resumes it: items already done
-        are skipped, prompts an earlier run posted are collected instead of run again.
+        are skipped, prompts an earlier run posted are collected instead of run again. A
+        batch that finished (every job done) is not resumed: the same call makes a new run,
+        in which requests without a seed are new requests (new seeds, new files) and
+        requests with one are found done.
+
+        ``priority`` orders the batch's jobs against this generator's other jobs waiting
+        for a slot on the server (see :meth:`generate`).
+
+        Before anything is posted, the output folder (and the journal's) must be writable.
 
         Raises:
+            StorageError: the output folder or the journal's cannot be written (nothing
+                was sent).
             JournalError: the journal is in use by another process, or not a journal.
         """
         async for _, outcome in self.enumerate_completed(
@@ -887,6 +975,7 @@ class DreamGenerator:
             on_progress,
             on_batch_progress,
             journal=journal,
+            priority=priority,
         ):
             yield outcome
 
@@ -899,11 +988,12 @@ class DreamGenerator:
         on_progress: Callable[[int, Event], object] | None = None,
         on_batch_progress: Callable[[BatchProgress], object] | None = None,
         journal: str | os.PathLike[str] | None = None,
+        priority: int = 0,
     ) -> list[GenerationResult | JobFailure]:
         """Run every request, ``concurrency`` at a time; outcomes in request order.
 
         Cancelling it cancels every running job (their prompts leave the server).
-        ``journal=``: as for :meth:`as_completed`.
+        ``journal=`` and ``priority=``: as for :meth:`as_completed`.
         """
         outcomes: dict[int, GenerationResult | JobFailure] = {}
         async for index, outcome in self.enumerate_completed(
@@ -913,6 +1003,7 @@ class DreamGenerator:
             on_progress,
             on_batch_progress,
             journal=journal,
+            priority=priority,
         ):
             outcomes[index] = outcome
         return [outcomes[i] for i in range(len(outcomes))]
@@ -927,6 +1018,7 @@ class DreamGenerator:
         *,
         journal: str | os.PathLike[str] | None = None,
         timeout: float | None = None,
+        priority: int = 0,
     ) -> AsyncIterator[tuple[int, GenerationResult | JobFailure]]:
         """Like :meth:`as_completed`, yielding ``(index of the request, outcome)`` pairs.
 
@@ -935,35 +1027,36 @@ class DreamGenerator:
         """
         if concurrency < 1:
             raise ConfigError(f"concurrency must be at least 1, got {concurrency}")
+        await self._check_batch_folders(journal)
+        settings = _BatchSettings(concurrency, return_exceptions, timeout, priority)
         if journal is None:
             async for pair in self._enumerate(
-                requests,
-                concurrency,
-                return_exceptions,
-                on_progress,
-                on_batch_progress,
-                None,
-                timeout,
+                requests, settings, on_progress, on_batch_progress, None, ""
             ):
                 yield pair
             return
         opened = await BatchJournal.open(journal)
         try:
+            run = await opened.begin_run()
             await self._describe_batch(opened, requests)
             # A run killed mid-write left staging files: this batch's folder, swept.
             await asyncio.to_thread(sweep_staging, self.output_dir)
+            finished = True
             async for pair in self._enumerate(
-                requests,
-                concurrency,
-                return_exceptions,
-                on_progress,
-                on_batch_progress,
-                opened,
-                timeout,
+                requests, settings, on_progress, on_batch_progress, opened, run.id
             ):
+                finished = finished and not isinstance(pair[1], JobFailure)
                 yield pair
+            if finished:  # every job done: a rerun is a new run, not a resume
+                await opened.end_run()
         finally:
             await opened.aclose()
+
+    async def _check_batch_folders(self, journal: str | os.PathLike[str] | None) -> None:
+        """Before a batch posts anything: its output folder and its journal's are writable."""
+        await self._check_output_dir()
+        if journal is not None:
+            await asyncio.to_thread(lambda: check_writable(Path(journal).absolute().parent))
 
     async def _describe_batch(self, journal: BatchJournal, requests: Iterable[Request]) -> None:
         """Record what a later ``dreamgen resume`` needs: server, folders, builder, requests."""
@@ -987,14 +1080,17 @@ class DreamGenerator:
     def _enumerate(
         self,
         requests: Iterable[Request],
-        concurrency: int,
-        return_exceptions: bool,
+        settings: _BatchSettings,
         on_progress: Callable[[int, Event], object] | None,
         on_batch_progress: Callable[[BatchProgress], object] | None,
         journal: BatchJournal | None,
-        timeout: float | None = None,
+        run_id: str,
     ) -> AsyncIterator[tuple[int, Outcome]]:
-        """The batch's workers (:class:`~dreamgen_async.batch.BatchRunner`) on this generator."""
+        """The batch's workers (:class:`~dreamgen_async.batch.BatchRunner`) on this generator.
+
+        ``run_id`` (the journal's run) goes into the journal keys of seedless requests: a
+        new run of a finished batch makes new images, a resumed one finds its own again.
+        """
         lazy = not isinstance(requests, list | tuple)
         repeats: dict[str, int] = {}
 
@@ -1003,6 +1099,7 @@ class DreamGenerator:
                 spec = await asyncio.to_thread(request_spec, request)
                 await journal.record_requests([(index, spec)], replace=False)
             prepared = await self._prepare(request)
+            prepared.priority = settings.priority
             occurrence = 0
             if not prepared.deterministic:
                 # The n-th repeat of a seedless request is its own image, named apart.
@@ -1010,11 +1107,27 @@ class DreamGenerator:
                 repeats[prepared.key] = occurrence + 1
             progress = None if on_progress is None else functools.partial(on_progress, index)
             return await self._complete(
-                prepared, occurrence, timeout, _Watch(progress), journal, index
+                prepared,
+                occurrence,
+                settings.timeout,
+                _Watch(progress),
+                journal,
+                index,
+                "" if prepared.explicit_seed else run_id,
             )
 
-        runner = BatchRunner(requests, concurrency, run_one, on_batch_progress)
-        return runner.outcomes(return_exceptions=return_exceptions)
+        runner = BatchRunner(requests, settings.concurrency, run_one, on_batch_progress)
+        return runner.outcomes(return_exceptions=settings.return_exceptions)
+
+
+@dataclass(frozen=True, slots=True)
+class _BatchSettings:
+    """How a batch runs its jobs."""
+
+    concurrency: int
+    return_exceptions: bool
+    timeout: float | None
+    priority: int
 
 
 def _resumed(item: JournalItem, prep: _Prepared, submitted: float) -> GenerationResult:

@@ -92,10 +92,16 @@ class Img2ImgRequest:
 
 @dataclass(frozen=True, slots=True)
 class WorkflowRequest:
-    """A user's own API-format workflow, run as it is."""
+    """A user's own API-format workflow, run as it is.
+
+    ``inputs`` maps node ids to local images (a path, bytes or a PIL image): each is
+    checked, uploaded under its content hash (once, however many jobs use it) and set as
+    that node's ``image`` input (a LoadImage node, say).
+    """
 
     workflow: Workflow | BuiltWorkflow | Mapping[str, Any]
     name: str | None = None
+    inputs: Mapping[str, Any] | None = None
 
 
 Request: TypeAlias = Txt2ImgRequest | Img2ImgRequest | WorkflowRequest
@@ -171,8 +177,16 @@ class JobFailure:
         return getattr(self.request, "name", None) or f"job {self.index}"
 
 
-def tag_key(request_key: str, occurrence: int) -> str:
-    """A batch item's journal key: its request key, numbered for seedless repeats."""
+def tag_key(request_key: str, occurrence: int, run_id: str = "") -> str:
+    """A batch item's journal key: its request key, numbered for seedless repeats.
+
+    A seedless request is a new request in each run of a batch: its key then names the run
+    (``run_id``, see :meth:`~dreamgen_async.journal.BatchJournal.begin_run`) and its count
+    in the run. ``run_id=""`` (a request with a seed, or an older journal's unfinished
+    run) keeps the key a request always had.
+    """
+    if run_id:
+        return f"{request_key}-{run_id}-{occurrence}"
     return request_key if occurrence == 0 else f"{request_key}-{occurrence}"
 
 
@@ -185,9 +199,24 @@ def is_deterministic(request: Request, workflow: Mapping[str, Any]) -> tuple[boo
     deterministic when it names its seed.
     """
     if isinstance(request, WorkflowRequest):
+        if randomized_inputs(workflow):  # a UI file's "randomize" seed: drawn in each run
+            return False, False
         return True, not any(n.get("class_type") == "LoadImage" for n in workflow.values())
     explicit = request.seed is not None
     return explicit, explicit
+
+
+def randomized_inputs(workflow: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """The ``(node id, input)`` pairs a converted UI workflow marks "control after generate:
+    randomize" (``_meta["randomize"]``; see ``convert_ui_workflow(controls=True)``)."""
+    found = []
+    for node_id, node in workflow.items():
+        meta = node.get("_meta")
+        names = meta.get("randomize") if isinstance(meta, Mapping) else None
+        if isinstance(names, list):
+            inputs = node.get("inputs", {})
+            found += [(node_id, n) for n in names if isinstance(inputs.get(n), int)]
+    return found
 
 
 def first_seed(workflow: Mapping[str, Any]) -> int | None:
@@ -236,23 +265,36 @@ def request_spec(request: Request) -> dict[str, Any]:
         return {"kind": "txt2img", **dataclasses.asdict(request)}
     if isinstance(request, Img2ImgRequest):
         fields = {f.name: getattr(request, f.name) for f in dataclasses.fields(request)}
-        image = fields.pop("image")
-        source: dict[str, str]
-        if isinstance(image, str | os.PathLike):
-            source = {"path": os.path.abspath(image)}
-        elif isinstance(image, bytes | bytearray | Image.Image):
-            try:
-                data = encode_pil(image) if isinstance(image, Image.Image) else bytes(image)
-            except (OSError, ValueError) as exc:  # an image PIL cannot write: its job says so
-                source = {"unsupported": f"{describe_input(image)} ({exc})"}
-            else:
-                source = {"base64": base64.b64encode(data).decode()}
-        else:
-            source = {"unsupported": describe_input(image)}
+        source = _image_source(fields.pop("image"))
         return {"kind": "img2img", "image": source, **fields}
     wf = request.workflow
     graph = as_api_graph(wf)
-    return {"kind": "workflow", "workflow": graph, "name": request.name}
+    spec: dict[str, Any] = {"kind": "workflow", "workflow": graph, "name": request.name}
+    if request.inputs:
+        spec["inputs"] = {node: _image_source(image) for node, image in request.inputs.items()}
+    return spec
+
+
+def _image_source(image: Any) -> dict[str, str]:
+    """An input image as JSON-ready data: an absolute path, or base64 PNG bytes."""
+    if isinstance(image, str | os.PathLike):
+        return {"path": os.path.abspath(image)}
+    if isinstance(image, bytes | bytearray | Image.Image):
+        try:
+            data = encode_pil(image) if isinstance(image, Image.Image) else bytes(image)
+        except (OSError, ValueError) as exc:  # an image PIL cannot write: its job says so
+            return {"unsupported": f"{describe_input(image)} ({exc})"}
+        return {"base64": base64.b64encode(data).decode()}
+    return {"unsupported": describe_input(image)}
+
+
+def _image_from_source(source: Mapping[str, str]) -> Any:
+    """The image :func:`_image_source` described (``None``: unsupported, its job says so)."""
+    if "path" in source:
+        return source["path"]
+    if "base64" in source:
+        return base64.b64decode(source["base64"])
+    return None
 
 
 def request_from_spec(spec: Mapping[str, Any]) -> Request:
@@ -261,14 +303,13 @@ def request_from_spec(spec: Mapping[str, Any]) -> Request:
     if spec["kind"] == "txt2img":
         return Txt2ImgRequest(**fields)
     if spec["kind"] == "img2img":
-        source = fields.pop("image")
-        image: Any = None  # unsupported: the job fails with InputImageError, by name
-        if "path" in source:
-            image = source["path"]
-        elif "base64" in source:
-            image = base64.b64decode(source["base64"])
-        return Img2ImgRequest(image, **fields)
-    return WorkflowRequest(fields["workflow"], fields.get("name"))
+        return Img2ImgRequest(_image_from_source(fields.pop("image")), **fields)
+    inputs = fields.get("inputs")
+    return WorkflowRequest(
+        fields["workflow"],
+        fields.get("name"),
+        None if not inputs else {n: _image_from_source(s) for n, s in inputs.items()},
+    )
 
 
 def builder_spec(builder: FluxWorkflowBuilder) -> dict[str, Any]:

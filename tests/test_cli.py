@@ -118,7 +118,8 @@ async def test_a_missing_input_is_one_readable_line(
     missing = tmp_path / "nope.png"
     proc = await dreamgen("img2img", str(missing), "x", "--server", comfyui_sim.url)
     stdout, stderr = await proc.communicate()
-    assert proc.returncode == 1
+    assert proc.returncode == 2  # a usage error (issue 19), before anything is sent
+    assert comfyui_sim.accepted_prompt_ids == []
     text = stdout.decode() + stderr.decode()
     assert f"{missing}: no such file" in text
     assert "Traceback" not in text

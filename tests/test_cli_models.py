@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from _examples import load_example
+from _graphs import png_bytes
 from click.testing import CliRunner
 
 from dreamgen_async.cli import cli
@@ -93,6 +94,7 @@ async def test_flux_split_files_and_an_explicit_preset(tmp_path: Path) -> None:
 async def test_missing_model_is_one_line_listing_the_servers_models(
     sd15_sim: ComfyUISimulator, tmp_path: Path
 ) -> None:
+    (tmp_path / "x.png").write_bytes(png_bytes(1))  # a missing input is a usage error first
     async with sd15_sim:
         code, text = await _invoke(
             "img2img", str(tmp_path / "x.png"), "a fox", "--ckpt", "flux1-schnell-fp8.safetensors",
@@ -146,6 +148,9 @@ async def test_run_takes_a_ui_format_file(comfyui_sim: ComfyUISimulator, tmp_pat
     expected["4"]["inputs"]["ckpt_name"] = "v1-5-pruned-emaonly.safetensors"
     expected["5"]["inputs"].update(width=64, height=64)
     expected["3"]["inputs"]["steps"] = 2
+    # The file's seed is "control after generate: randomize": each run draws one (issue 19).
+    assert prompt.graph["3"]["inputs"]["seed"] != expected["3"]["inputs"]["seed"]
+    expected["3"]["inputs"]["seed"] = prompt.graph["3"]["inputs"]["seed"]
     assert prompt.graph == expected
 
 

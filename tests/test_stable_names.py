@@ -41,10 +41,12 @@ async def test_the_same_request_writes_the_same_name_hit_or_miss(
 async def test_a_rerun_of_a_batch_replaces_its_files(
     comfyui_sim: ComfyUISimulator, tmp_path: Path
 ) -> None:
+    """Requests with a seed write the same names again; seedless ones (issue 19) are new
+    requests in each run: new seeds, new names, nothing of the first run overwritten."""
     out = tmp_path / "out"
     requests: list[Request] = [
         *(Txt2ImgRequest(f"fox {i}", seed=i, width=64, height=64) for i in range(3)),
-        # Seedless repeats are distinct images: each gets its own (stable) name.
+        # Seedless repeats are distinct images: each gets its own name (with its seed).
         *[Txt2ImgRequest("any fox", width=64, height=64, name="free")] * 3,
         WorkflowRequest(txt2img("mine", seed=5), name="mine"),
     ]
@@ -54,9 +56,12 @@ async def test_a_rerun_of_a_batch_replaces_its_files(
             outcomes = await gen.generate_many(requests, concurrency=4)
         assert all(isinstance(o, GenerationResult) for o in outcomes)
         runs.append(files(out))
-    assert runs[0] == runs[1]
+    seeded = [name for name in runs[0] if not name.startswith("free_")]
+    assert [name for name in runs[1] if not name.startswith("free_")] == seeded
     assert len(runs[0]) == len(requests)
     assert sum(name.startswith("free_") for name in runs[0]) == 3
+    assert sum(name.startswith("free_") for name in runs[1]) == 6
+    assert set(runs[0]) < set(runs[1])
     assert sum(name.startswith("mine_5_") for name in runs[0]) == 1
 
 

@@ -35,6 +35,7 @@ from dreamgen_async.cli.options import (
     make_builder,
     options_from,
     output_option,
+    parse_inputs,
     parse_size,
     preset_option,
     server_option,
@@ -50,7 +51,8 @@ from dreamgen_async.generator import (
 )
 from dreamgen_async.journal import read_journal_meta, read_journal_requests
 from dreamgen_async.workflow_builder import FluxWorkflowBuilder, Workflow
-from dreamgen_async.workflow_io import load_workflow_from_server, server_models
+from dreamgen_async.workflow_io import server_models
+from dreamgen_async.workflows.ui import convert_ui_workflow
 
 __all__ = [
     "cli",
@@ -177,16 +179,31 @@ def img2img(inputs: tuple[str, ...], prompt: str, **kwargs: Any) -> None:
     is_flag=True,
     help="Let a --set title or class that names several nodes change them all.",
 )
+@click.option(
+    "--input",
+    "input_values",
+    multiple=True,
+    metavar="NODE=PATH",
+    help="A local image for NODE's 'image' input (a LoadImage; NODE: id, title or class), "
+    "uploaded by content hash; repeatable. A folder or glob makes one run per file.",
+)
 @output_option()
 @journal_options
 @common_options
-def run(workflow_file: Path, assignments: tuple[str, ...], set_all: bool, **kwargs: Any) -> None:
+def run(
+    workflow_file: Path,
+    assignments: tuple[str, ...],
+    set_all: bool,
+    input_values: tuple[str, ...],
+    **kwargs: Any,
+) -> None:
     """Run your own WORKFLOW_FILE: the file ComfyUI saves (UI format, converted with the
     server's node definitions) or an API-format export."""
     output = kwargs.pop("output")
     journal = journal_from(kwargs, output)
     opts = dataclasses.replace(options_from(kwargs), journal=journal)
     check_output_dir(output)
+    inputs = parse_inputs(input_values)
 
     def apply(loaded: Workflow) -> None:
         try:
@@ -204,6 +221,7 @@ def run(workflow_file: Path, assignments: tuple[str, ...], set_all: bool, **kwar
         raise click.UsageError(str(exc)) from exc
     if workflow is not None:
         apply(workflow)  # before any job: a bad --set is a usage error
+        workflow_runs(workflow, workflow_file, inputs)  # and a bad --input
 
     async def go() -> Tally:
         loaded = workflow
@@ -212,15 +230,59 @@ def run(workflow_file: Path, assignments: tuple[str, ...], set_all: bool, **kwar
 
             token = os.environ.get("DREAMGEN_TOKEN") or None
             async with ComfyUIClient(opts.server, token=token) as client:
-                loaded = await load_workflow_from_server(workflow_file, client)
+                info = await client.object_info()
+            loaded = await asyncio.to_thread(load_ui_workflow, workflow_file, info)
             apply(loaded)
-        requests = [WorkflowRequest(loaded, name=workflow_file.stem)]
+        requests, labels = workflow_runs(loaded, workflow_file, inputs)
         builder = FluxWorkflowBuilder()
-        return await run_requests(
-            opts, requests, [str(workflow_file)], output, builder, consoles(), journal
-        )
+        return await run_requests(opts, requests, labels, output, builder, consoles(), journal)
 
     execute(opts, go)
+
+
+def load_ui_workflow(path: Path, object_info: dict[str, Any]) -> Workflow:
+    """A UI-format file converted with the server's nodes, its "randomize" seeds kept (so
+    each run draws its own, as the frontend does for each queueing). Blocking."""
+    data = json.loads(path.read_text(encoding="utf-8"))
+    api = convert_ui_workflow(data, object_info, source=str(path), controls=True)
+    return Workflow(api, source=str(path))
+
+
+def input_node(workflow: Workflow, selector: str) -> str:
+    """The one node ``--input SELECTOR=...`` names; it must have an ``image`` input."""
+    try:
+        ids = workflow.select(selector)
+    except DreamgenError as exc:
+        raise click.UsageError(f"--input {selector}=...: {exc}") from exc
+    if len(ids) > 1:
+        named = ", ".join(f"{i} ({workflow.class_type(i)})" for i in ids)
+        raise click.UsageError(
+            f"--input {selector}=...: {selector!r} names {len(ids)} nodes ({named}); give one by id"
+        )
+    if "image" not in workflow.to_api()[ids[0]].get("inputs", {}):
+        raise click.UsageError(
+            f"--input {selector}=...: node {ids[0]} ({workflow.class_type(ids[0])}) has no "
+            "'image' input (use a LoadImage node)"
+        )
+    return ids[0]
+
+
+def workflow_runs(
+    workflow: Workflow, workflow_file: Path, inputs: Sequence[tuple[str, list[Path]]]
+) -> tuple[list[WorkflowRequest], list[str]]:
+    """The runs of ``dreamgen run``: one, or one per file of the ``--input`` naming several
+    (named ``<workflow>_<input file>``); with their labels."""
+    nodes = [(input_node(workflow, selector), paths) for selector, paths in inputs]
+    count = max((len(paths) for _, paths in nodes), default=1)
+    requests: list[WorkflowRequest] = []
+    labels: list[str] = []
+    for i in range(count):
+        files = {node: paths[i] if len(paths) > 1 else paths[0] for node, paths in nodes}
+        varying = next((paths[i] for _, paths in nodes if len(paths) > 1), None)
+        name = workflow_file.stem if varying is None else f"{workflow_file.stem}_{varying.stem}"
+        requests.append(WorkflowRequest(workflow, name=name, inputs=files or None))
+        labels.append(str(workflow_file if varying is None else varying))
+    return requests, labels
 
 
 @cli.command()
@@ -350,7 +412,7 @@ async def status_table(opts: Options, token: str | None) -> int:
             queue = (
                 f"{row['running']} running, {row['pending']} pending"
                 if row["state"] == "up"
-                else escape(str(row.get("error", "")))[:60]
+                else escape(str(row.get("error", "")))
             )
             table.add_row(
                 row["server"],
@@ -359,7 +421,10 @@ async def status_table(opts: Options, token: str | None) -> int:
                 row.get("device", "-"),
                 queue,
             )
-        Console(width=160).print(table)
+        out = Console()
+        if not out.is_terminal:  # a pipe: one line per server, nothing cut
+            out = Console(width=100_000)
+        out.print(table)
     up = sum(row["state"] == "up" for row in rows)
     if not opts.json:
         click.echo(f"{up} of {len(rows)} servers up")

@@ -4,6 +4,7 @@ diagnostics on stderr, a live progress display on a terminal."""
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +23,7 @@ from rich.progress import (
 )
 
 from dreamgen_async.cli.options import Options
+from dreamgen_async.errors import AuthenticationError
 from dreamgen_async.generator import (
     BatchProgress,
     GenerationResult,
@@ -34,6 +36,7 @@ __all__ = [
     "Display",
     "Tally",
     "consoles",
+    "error_text",
     "partial_warning",
 ]
 
@@ -141,7 +144,7 @@ class Display:
                     record["warning"] = dropped
             click.echo(json.dumps(record))
         elif isinstance(outcome, JobFailure):
-            message = escape(f"{label}: {outcome.error}")  # errors may contain [brackets]
+            message = escape(f"{label}: {error_text(outcome.error)}")  # may hold [brackets]
             self.errors.print(f"[red]error[/red] {message}", highlight=False)
         elif not self.opts.quiet:
             paths = ", ".join(str(p) for p in outcome.paths) or "(no output files)"
@@ -151,6 +154,14 @@ class Display:
                 highlight=False,
                 markup=False,
             )
+
+
+def error_text(error: BaseException) -> str:
+    """An error as one line; a refused login without a token says how to give one."""
+    text = str(error)
+    if isinstance(error, AuthenticationError) and not os.environ.get("DREAMGEN_TOKEN"):
+        text += " (no token was sent: set DREAMGEN_TOKEN to the server's token)"
+    return text
 
 
 def partial_warning(result: GenerationResult) -> str:

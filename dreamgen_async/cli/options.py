@@ -27,6 +27,7 @@ __all__ = [
     "Options",
     "apply_set",
     "check_input_order",
+    "check_inputs_exist",
     "check_output_dir",
     "common_options",
     "debug_option",
@@ -38,6 +39,7 @@ __all__ = [
     "make_builder",
     "options_from",
     "output_option",
+    "parse_inputs",
     "parse_size",
     "preset_option",
     "server_option",
@@ -48,6 +50,7 @@ DEFAULT_SERVER = "http://127.0.0.1:8188"
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 OUTPUT_FILE_SUFFIXES = IMAGE_SUFFIXES | {".mp4", ".webm", ".flac", ".mp3", ".wav", ".txt"}
 F = TypeVar("F", bound=Callable[..., Any])
+MIN_SIDE = 16  # ComfyUI's smallest latent side
 
 
 @dataclass(frozen=True)
@@ -151,7 +154,14 @@ def parse_size(text: str | None) -> tuple[int | None, int | None]:
     try:
         width, height = (int(part) for part in text.lower().split("x"))
     except ValueError:
-        raise click.BadParameter(f"{text!r} is not WIDTHxHEIGHT, e.g. 1024x768") from None
+        raise click.BadParameter(
+            f"{text!r} is not WIDTHxHEIGHT, e.g. 1024x768", param_hint="'--size'"
+        ) from None
+    if min(width, height) < MIN_SIDE:
+        raise click.BadParameter(
+            f"{text!r}: each side must be at least {MIN_SIDE} pixels (the server's minimum)",
+            param_hint="'--size'",
+        )
     return width, height
 
 
@@ -195,7 +205,8 @@ def check_output_dir(output: Path) -> None:
 
 
 def check_input_order(inputs: Sequence[str], prompt: str, paths: Sequence[Path]) -> None:
-    """``img2img "a prompt" frames/`` (arguments swapped) is a usage error with the order."""
+    """``img2img "a prompt" frames/`` (arguments swapped) is a usage error with the order;
+    so is any input that does not exist."""
     prompt_is_input = Path(prompt).exists() or bool(
         any(ch in prompt for ch in "*?[") and glob.glob(prompt, recursive=True)
     )
@@ -205,6 +216,38 @@ def check_input_order(inputs: Sequence[str], prompt: str, paths: Sequence[Path])
             f"{str(missing[0])!r}: no such file, and the prompt {prompt!r} is a file or "
             "folder: the order is `dreamgen img2img INPUTS... PROMPT` (the prompt comes last)"
         )
+    check_inputs_exist(paths)
+
+
+def check_inputs_exist(paths: Sequence[Path]) -> None:
+    """A missing input is a usage error (exit status 2), before any job runs."""
+    missing = [p for p in paths if not p.exists()]
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise click.UsageError(f"{missing[0]}: no such file{more}")
+
+
+def parse_inputs(values: Sequence[str]) -> list[tuple[str, list[Path]]]:
+    """``--input NODE=PATH`` values: each node with its files (a folder or glob: several).
+
+    At most one of them may name several files: the runs are one per file of that one.
+    """
+    parsed: list[tuple[str, list[Path]]] = []
+    for value in values:
+        node, sep, pattern = value.partition("=")
+        if not sep or not node or not pattern:
+            raise click.BadParameter(
+                f"{value!r} is not NODE=PATH (NODE: an id, title or class type)",
+                param_hint="'--input'",
+            )
+        paths = expand_inputs([pattern])
+        if not paths:
+            raise click.UsageError(f"--input {value!r}: no images found in {pattern}")
+        check_inputs_exist(paths)
+        parsed.append((node, paths))
+    if sum(len(paths) > 1 for _, paths in parsed) > 1:
+        raise click.UsageError("only one --input may name several files (one run per file)")
+    return parsed
 
 
 def apply_set(workflow: Workflow, assignment: str, *, set_all: bool, quiet: bool) -> None:

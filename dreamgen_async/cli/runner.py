@@ -1,8 +1,10 @@
 """Running a batch for a command, and mapping its outcome to an exit status.
 
 Exit status: 0 when every job succeeded, 1 when any failed (or the server could not be used),
-2 for usage errors, 3 when the server dropped some outputs (a partial prompt), 130 after
-Ctrl-C.
+2 for usage errors (an unwritable output or journal folder among them, found before anything
+is posted), 3 when the server dropped some outputs (a partial prompt), 130 after Ctrl-C
+(SIGINT), 143 after SIGTERM. Either signal takes our prompts off the server first (pending
+ones deleted, the running one interrupted) and keeps the journal; a second one exits at once.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -19,9 +22,9 @@ from typing import Any
 import click
 from rich.console import Console
 
-from dreamgen_async.cli.display import Display, Tally
+from dreamgen_async.cli.display import Display, Tally, error_text
 from dreamgen_async.cli.options import ModelChoice, Options
-from dreamgen_async.errors import ConfigError, DreamgenError
+from dreamgen_async.errors import ConfigError, DreamgenError, StorageError
 from dreamgen_async.generator import (
     DreamGenerator,
     JobFailure,
@@ -29,6 +32,8 @@ from dreamgen_async.generator import (
 )
 from dreamgen_async.journal import read_journal_meta
 from dreamgen_async.pool import ComfyUIPool
+from dreamgen_async.signals import SignalExit, stop_on_signals
+from dreamgen_async.storage import check_writable
 from dreamgen_async.workflow_builder import FluxWorkflowBuilder
 from dreamgen_async.workflow_io import builder_from_server
 
@@ -36,7 +41,9 @@ __all__ = [
     "EXIT_FAILED",
     "EXIT_INTERRUPTED",
     "EXIT_PARTIAL",
+    "EXIT_TERMINATED",
     "EXIT_USAGE",
+    "check_folders",
     "execute",
     "resolve_builder",
     "run_requests",
@@ -75,6 +82,7 @@ async def run_requests(
     With a journal, the client takes the journal's client_id (so the events of prompts an
     earlier run posted reach it) and the batch resumes where the journal left off.
     """
+    await asyncio.to_thread(check_folders, output, journal)
     token = os.environ.get("DREAMGEN_TOKEN") or None
     if isinstance(builder, ModelChoice):
         builder = await resolve_builder(opts, builder)
@@ -94,6 +102,8 @@ async def run_requests(
             if journal is not None:
                 meta = await asyncio.to_thread(read_journal_meta, journal)
                 client_id = meta.get("client_id")
+                if not opts.quiet:
+                    consoles[1].print(run_kind(journal, meta), highlight=False, markup=False)
             gen = await stack.enter_async_context(
                 DreamGenerator(
                     opts.server,
@@ -124,25 +134,70 @@ async def run_requests(
     return tally
 
 
+def check_folders(output: Path, journal: Path | None) -> None:
+    """Before anything is posted: the output folder and the journal's must be writable.
+
+    Blocking. Raises ``click.UsageError`` (exit status 2) naming the folder.
+    """
+    folders = [output] if journal is None else [output, journal.parent]
+    try:
+        for folder in folders:
+            check_writable(folder)
+    except StorageError as exc:
+        raise click.UsageError(f"{exc}; nothing was sent to the server") from exc
+
+
+def run_kind(journal: Path, meta: dict[str, Any]) -> str:
+    """What a journaled run is, from its journal's record (printed on stderr at the start)."""
+    if not meta:
+        return f"new batch, recorded in {journal}"
+    if meta.get("run") is not None and meta.get("run_done"):
+        return (
+            f"run again: the batch in {journal} finished; requests without a seed make new "
+            "images, those with a seed are done earlier"
+        )
+    return f"resuming the unfinished batch in {journal}: done items are skipped"
+
+
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_PARTIAL = 3
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143
+
+
+async def _until_signal(coro_factory: Callable[[], Any]) -> Any:
+    """SIGINT and SIGTERM cancel the run (its cleanup takes our prompts back), then exit."""
+    with stop_on_signals():
+        return await coro_factory()
+
+
+def _stopped(opts: Options, what: str, status: int) -> None:
+    click.echo(
+        f"{what}: our pending prompts were removed from the server "
+        "(and the running one interrupted)",
+        err=True,
+    )
+    if opts.journal is not None:
+        click.echo(
+            f"the journal {opts.journal} keeps the batch: rerun the same command, or "
+            f"`dreamgen resume {opts.journal}`, to finish it",
+            err=True,
+        )
+    sys.exit(status)
 
 
 def execute(opts: Options, coro_factory: Callable[[], Any]) -> None:
     """Run a coroutine; map outcomes to exit statuses and errors to one readable line."""
     try:
-        result = asyncio.run(coro_factory())
-    except KeyboardInterrupt:
-        click.echo("interrupted: pending prompts were removed from the server", err=True)
-        if opts.journal is not None:
-            click.echo(
-                f"the journal {opts.journal} keeps the batch: rerun the same command, or "
-                f"`dreamgen resume {opts.journal}`, to finish it",
-                err=True,
-            )
-        sys.exit(EXIT_INTERRUPTED)
+        result = asyncio.run(_until_signal(coro_factory))
+    except KeyboardInterrupt:  # Ctrl-C before the handlers were installed
+        _stopped(opts, "interrupted", EXIT_INTERRUPTED)
+        return
+    except SignalExit as exc:
+        name = "interrupted" if exc.signum == signal.SIGINT else "stopped by SIGTERM"
+        _stopped(opts, name, 128 + exc.signum)
+        return
     except ConfigError as exc:  # a bad --server or option value: a usage error
         if opts.debug:
             raise
@@ -151,7 +206,7 @@ def execute(opts: Options, coro_factory: Callable[[], Any]) -> None:
     except DreamgenError as exc:
         if opts.debug:
             raise
-        click.echo(f"error: {exc}", err=True)
+        click.echo(f"error: {error_text(exc)}", err=True)
         sys.exit(EXIT_FAILED)
     if isinstance(result, Tally):
         if result.failed:

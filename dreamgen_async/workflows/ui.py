@@ -173,10 +173,13 @@ def _fit(widget: _Widget, value: Any) -> int:
     return 0  # a widget type this converter does not know: anything goes
 
 
-def _positional(widgets: list[_Widget], stored: list[Any]) -> tuple[dict[str, Any], int]:
+def _positional(
+    widgets: list[_Widget], stored: list[Any], controls: dict[str, str] | None = None
+) -> tuple[dict[str, Any], int]:
     """The frontend's positional matching (a seed's control word skipped if present).
 
-    Returns the values and how badly they fit (0: every value suits its widget).
+    Returns the values and how badly they fit (0: every value suits its widget); the
+    control words found go into ``controls`` (by the input they control).
     """
     values: dict[str, Any] = {}
     cost = 0
@@ -187,8 +190,11 @@ def _positional(widgets: list[_Widget], stored: list[Any]) -> tuple[dict[str, An
                 values[widget.name] = widget.default
             continue
         value = stored[position]
+        is_control = isinstance(value, str) and value in _CONTROL_VALUES
+        if widget.extra in ("control", "maybe-control") and is_control and controls is not None:
+            controls[widget.name] = value
         if widget.extra == "maybe-control":
-            if isinstance(value, str) and value in _CONTROL_VALUES:
+            if is_control:
                 position += 1
             continue
         position += 1
@@ -198,7 +204,9 @@ def _positional(widgets: list[_Widget], stored: list[Any]) -> tuple[dict[str, An
     return values, cost
 
 
-def _realigned(widgets: list[_Widget], stored: list[Any]) -> tuple[dict[str, Any], int]:
+def _realigned(
+    widgets: list[_Widget], stored: list[Any], controls: dict[str, str] | None = None
+) -> tuple[dict[str, Any], int]:
     """The cheapest alignment of stored values to widgets, for a node whose definition
     changed since the file was saved (a widget added, removed or moved).
 
@@ -227,6 +235,8 @@ def _realigned(widgets: list[_Widget], stored: list[Any]) -> tuple[dict[str, Any
         if i < n and _fit(widget, stored[i]) + best[i + 1][j + 1] == best[i][j]:
             if widget.extra is None:
                 values[widget.name] = stored[i]
+            elif widget.extra != "upload" and controls is not None:
+                controls[widget.name] = stored[i]
             i, j = i + 1, j + 1
         elif (0 if widget.extra else _SKIP) + best[i][j + 1] == best[i][j]:
             if widget.extra is None:
@@ -249,13 +259,15 @@ def _widget_values(
     node: Mapping[str, Any],
     class_def: Mapping[str, Any],
     rng: Callable[[], float] | None = None,
+    controls: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """The inputs a node's widgets give, by input name.
 
     Stored values are matched in order; a widget the file has no value for (a node saved
     by an older version) gets its definition's default, as the frontend creates it. With
     ``rng``, text widgets marked ``dynamicPrompts`` are processed (see
-    :func:`process_dynamic_prompt`), as the frontend does when queueing.
+    :func:`process_dynamic_prompt`), as the frontend does when queueing. The "control after
+    generate" words stored (``randomize``...) go into ``controls``, by the input they control.
     """
     widgets = _widgets(class_def)
     stored = node.get("widgets_values")
@@ -266,11 +278,15 @@ def _widget_values(
                 values[widget.name] = stored.get(widget.name, widget.default)
     else:
         stored_list = stored if isinstance(stored, list) else []
-        values, cost = _positional(widgets, stored_list)
+        found: dict[str, str] = {}
+        values, cost = _positional(widgets, stored_list, found)
         if cost:
-            realigned, better = _realigned(widgets, stored_list)
+            again: dict[str, str] = {}
+            realigned, better = _realigned(widgets, stored_list, again)
             if better < cost:
-                values = realigned
+                values, found = realigned, again
+        if controls is not None:
+            controls.update(found)
     if rng is not None:
         for widget in widgets:
             if widget.dynamic and isinstance(values.get(widget.name), str):
@@ -466,9 +482,11 @@ class _Converter:
         object_info: Mapping[str, Any],
         source: str,
         rng: Callable[[], float] | None,
+        controls: bool = False,
     ) -> None:
         self.where = source or "workflow"
         self.rng = rng
+        self.controls = controls
         self.object_info = object_info
         self.root = _parse_graph(data, self.where)
         self.subgraphs: dict[str, _Graph] = {}
@@ -745,7 +763,8 @@ class _Converter:
                     "does not have (a custom node that is not installed?)",
                     node_id=ex.id,
                 )
-            widgets = _widget_values(ex.node, class_def, self.rng)
+            controls: dict[str, str] = {}
+            widgets = _widget_values(ex.node, class_def, self.rng, controls)
             inputs = {name: _api_value(value) for name, value in widgets.items()}
             for slot, item in enumerate(ex.inputs):
                 if item.get("link") is None:
@@ -761,7 +780,11 @@ class _Converter:
                 else:
                     inputs[name] = [resolved.exec_id, resolved.slot]
             title = ex.node.get("title") or class_def.get("display_name") or ex.type
-            output[ex.id] = {"inputs": inputs, "class_type": ex.type, "_meta": {"title": title}}
+            meta: dict[str, Any] = {"title": title}
+            randomized = sorted(n for n, word in controls.items() if word == "randomize")
+            if self.controls and randomized:
+                meta["randomize"] = randomized
+            output[ex.id] = {"inputs": inputs, "class_type": ex.type, "_meta": meta}
         for node in output.values():  # inputs linked to nodes that are not sent are dropped
             for name, value in list(node["inputs"].items()):
                 if isinstance(value, list) and len(value) == 2 and value[0] not in output:
@@ -879,6 +902,7 @@ def convert_ui_workflow(
     *,
     source: str = "",
     rng: Callable[[], float] | None = random.random,
+    controls: bool = False,
 ) -> dict[str, Any]:
     """Convert a UI-format workflow to the API graph ComfyUI's frontend would queue.
 
@@ -888,6 +912,10 @@ def convert_ui_workflow(
         source: Where the workflow came from (a file name), for error messages.
         rng: Draws the ``{a|b}`` choices of ``dynamicPrompts`` texts (as the frontend's
             ``Math.random``); ``None`` sends such texts as written.
+        controls: Keep which inputs the file marks "control after generate: randomize":
+            their names go into the node's ``_meta["randomize"]`` (ComfyUI ignores
+            ``_meta``), and :class:`~dreamgen_async.generator.DreamGenerator` then draws a
+            new seed for them in each run, as the frontend does for each queueing.
 
     Returns:
         ``{node_id: {"inputs", "class_type", "_meta": {"title"}}}``.
@@ -900,7 +928,7 @@ def convert_ui_workflow(
         raise WorkflowError(f"{source or 'workflow'}: not a UI-format workflow")
     if not isinstance(object_info, Mapping) or not object_info:
         raise WorkflowError("converting a UI-format workflow needs the server's node definitions")
-    converter = _Converter(data, object_info, source, rng)
+    converter = _Converter(data, object_info, source, rng, controls)
     result = converter.convert()
     if not result:
         raise WorkflowError(f"{source or 'workflow'}: no node is left to run after conversion")
