@@ -156,6 +156,7 @@ class JobOwner:
         resubmit_lost: bool,
     ) -> None:
         self._server = server
+        self.url = url
         self.mux = Multiplexer(connect, self, reconnect, url)
         self._backoff = backoff
         self._max_in_flight = max_in_flight
@@ -596,8 +597,17 @@ class JobOwner:
                 await self._server.delete_from_queue(*prompt_ids)
         except (DreamgenError, TimeoutError) as exc:
             log.info(
-                "could not delete %d prompts after losing the server: %s", len(prompt_ids), exc
+                "could not delete %d prompts from %s after losing it: %s",
+                len(prompt_ids),
+                self.url,
+                self._why(exc),
             )
+
+    def _why(self, exc: BaseException) -> str:
+        """A failure's reason for a log line (a timeout's message is empty)."""
+        if isinstance(exc, TimeoutError) and not str(exc):
+            return f"no answer within {self.removal_budget:g} s"
+        return str(exc) or type(exc).__name__
 
     async def _remove_pending(self) -> None:
         """Take back every job queued for removal, in batches: one delete for all of them."""
@@ -607,7 +617,12 @@ class JobOwner:
                 async with asyncio.timeout(self.removal_budget):
                     await self._remove_batch(batch)
             except (DreamgenError, TimeoutError) as exc:
-                log.warning("could not take %d prompts back from the server: %s", len(batch), exc)
+                log.warning(
+                    "could not take %d prompts back from %s: %s",
+                    len(batch),
+                    self.url,
+                    self._why(exc),
+                )
                 for job in batch:  # reported gone, though the server did not confirm it
                     if job.state is JobState.REMOVING:
                         self.drive(job, lc.Removed(running=False))
