@@ -22,20 +22,12 @@ from dataclasses import dataclass
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from dreamgen_async.errors import InputImageError
+from dreamgen_async.errors import MaskError
 
 __all__ = ["MaskAspectWarning", "MaskError", "PreparedMask", "alpha_mask", "prepare_mask"]
 
 #: Relative difference of width/height ratios above which a resize distorts the mask.
 ASPECT_TOLERANCE = 0.01
-
-
-class MaskError(InputImageError):
-    """An inpainting mask cannot be used: not an image, or nothing to repaint.
-
-    Attributes:
-        source: What the caller passed (a path, or ``"<bytes>"``).
-    """
 
 
 class MaskAspectWarning(UserWarning):
