@@ -416,16 +416,23 @@ class DreamGenerator:
         steps: int | None = None,
         cfg: float | None = None,
         name: str | None = None,
+        loras: Sequence[LoraSpec] = (),
+        controlnet: ControlNetInput | None = None,
         timeout: float | None = None,
         on_progress: ProgressCallback | None = None,
     ) -> GenerationResult:
         """Text to image. Cancelling it takes the prompt off the server; no file is left.
 
+        ``loras`` (``(name, strength)`` pairs or names) are chained after the builder's own;
+        ``controlnet`` applies a :class:`ControlNetInput` (its image uploaded first).
+
         Raises:
             WorkflowError: an argument is invalid (before any network call).
             PromptRejected, ExecutionError, PromptTimeout, ...: see ComfyUIClient.
         """
-        request = Txt2ImgRequest(prompt, negative, seed, width, height, steps, cfg, name)
+        request = Txt2ImgRequest(
+            prompt, negative, seed, width, height, steps, cfg, name, tuple(loras), controlnet
+        )
         return await self.generate(request, timeout=timeout, on_progress=on_progress)
 
     async def generate_from_image(
@@ -440,13 +447,16 @@ class DreamGenerator:
         cfg: float | None = None,
         name: str | None = None,
         max_side: int | None = None,
+        loras: Sequence[LoraSpec] = (),
+        controlnet: ControlNetInput | None = None,
         timeout: float | None = None,
         on_progress: ProgressCallback | None = None,
     ) -> GenerationResult:
         """Image to image; ``image`` is a path, bytes or a PIL image.
 
         ``max_side`` downscales a larger input first (aspect kept; see
-        :class:`Img2ImgRequest`). Cancelling it takes the prompt off the server; no file
+        :class:`Img2ImgRequest`); ``loras`` and ``controlnet`` as for
+        :meth:`generate_from_prompt`. Cancelling it takes the prompt off the server; no file
         is left.
 
         Raises:
@@ -454,7 +464,10 @@ class DreamGenerator:
                 (before any network call); ``.source`` names it.
             WorkflowError: an argument is invalid (before any network call).
         """
-        request = Img2ImgRequest(image, prompt, denoise, negative, seed, steps, cfg, name, max_side)
+        request = Img2ImgRequest(
+            image, prompt, denoise, negative, seed, steps, cfg, name, max_side, tuple(loras),
+            controlnet,
+        )  # fmt: skip
         return await self.generate(request, timeout=timeout, on_progress=on_progress)
 
     async def generate_inpaint(
