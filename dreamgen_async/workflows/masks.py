@@ -57,7 +57,12 @@ def _open(data: bytes, source: str, what: str) -> Image.Image:
         with Image.open(io.BytesIO(data)) as img:
             img.load()
             return ImageOps.exif_transpose(img)  # upright, as ComfyUI's loaders see it
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
+    except UnidentifiedImageError as exc:  # its message names a BytesIO object: not useful
+        raise MaskError(
+            f"{what} {source} is not an image (not PNG, JPEG, WEBP or another known format)",
+            source=source,
+        ) from exc
+    except (OSError, ValueError) as exc:
         raise MaskError(f"{what} {source} is not an image ({exc})", source=source) from exc
 
 
