@@ -347,3 +347,27 @@ async def test_bad_recipe_options_are_usage_errors(tmp_path: Path) -> None:
     code, _, stderr = await _dreamgen("txt2img", "x", "--controlnet", "cn.safetensors:missing.png")
     assert code == 2
     assert "is not a file" in stderr
+
+
+async def test_dreamgen_resume_finishes_an_inpaint_batch_from_its_journal(
+    sim: ComfyUISimulator, tmp_path: Path
+) -> None:
+    images = _write_pairs(tmp_path / "frames", 4)
+    out, journal = tmp_path / "out", tmp_path / "pairs.journal"
+    sim.hold()
+    proc = await asyncio.create_subprocess_exec(
+        *DREAMGEN, "inpaint", str(tmp_path / "frames"), "a red door", *SD, "--seed", "3",
+        "-o", str(out), "--server", sim.url, "--journal", str(journal), "-q",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    await sim.wait_until(lambda: len(sim.accepted_prompt_ids) >= 4, 30)
+    proc.kill()
+    await proc.communicate()
+    await sim.wait_until(lambda: not _busy(sim), 30)
+    sim.release()
+    code, stdout, stderr = await _dreamgen("resume", journal, "--json")
+    assert code == 0, stderr
+    records = [json.loads(line) for line in stdout.splitlines()]
+    assert sorted(Path(r["input"]).name for r in records) == [p.name for p in images]
+    assert len(sim.accepted_prompt_ids) == len(set(sim.accepted_prompt_ids)) == 4
+    assert len([p for p in out.iterdir() if not p.name.startswith(".")]) == 4
