@@ -371,3 +371,26 @@ async def test_dreamgen_resume_finishes_an_inpaint_batch_from_its_journal(
     assert sorted(Path(r["input"]).name for r in records) == [p.name for p in images]
     assert len(sim.accepted_prompt_ids) == len(set(sim.accepted_prompt_ids)) == 4
     assert len([p for p in out.iterdir() if not p.name.startswith(".")]) == 4
+
+
+def test_find_pairs_by_suffix_by_folder_and_by_argument(tmp_path: Path) -> None:
+    from dreamgen_async.cli.recipes import Pair, find_pairs
+
+    frames, masks = tmp_path / "frames", tmp_path / "masks"
+    images = _write_pairs(frames, 2)
+    (frames / "lonely.png").write_bytes(encode_png(_frame(9)))
+    masks.mkdir()
+    (masks / "frame_0002.webp").write_bytes(b"")
+    by_suffix = find_pairs([str(frames)], "_mask", None)
+    assert by_suffix == [
+        Pair(images[0], frames / "frame_0001_mask.png"),
+        Pair(images[1], frames / "frame_0002_mask.png"),
+        Pair(frames / "lonely.png", None),
+    ]
+    by_folder = find_pairs([str(frames)], "_mask", masks)
+    assert Pair(images[1], masks / "frame_0002.webp") in by_folder
+    assert Pair(images[0], None) in by_folder
+    assert all(p.mask is None for p in find_pairs([str(frames)], "", None))
+    assert find_pairs([str(images[0]), str(masks / "frame_0002.webp")], "_mask", None) == [
+        Pair(images[0], masks / "frame_0002.webp")
+    ]

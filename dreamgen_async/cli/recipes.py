@@ -187,8 +187,10 @@ def find_pairs(args: Sequence[str], mask_suffix: str, masks: Path | None) -> lis
     for image in images:
         if masks is not None:
             found = _mask_for(image, masks, image.stem)
-        else:
+        elif mask_suffix:  # (an empty suffix would pair each image with itself)
             found = _mask_for(image, image.parent, f"{image.stem}{mask_suffix}")
+        else:
+            found = None
         pairs.append(Pair(image, found))
     return pairs
 
