@@ -10,6 +10,7 @@ original kept as ``__cause__``)::
     │   ├── UIWorkflowError           a UI-format export was given where API format is needed
     │   └── NoCapableServerError      no server of a pool has every node and model a graph names
     ├── InputImageError               an input image is missing, empty, not an image, too large
+    │   └── MaskError                 an inpainting mask that is not an image, or masks nothing
     ├── ClientClosedError             the client was closed (or never opened)
     ├── ProtocolError                 a frame, body or handshake that breaks ComfyUI's protocol
     ├── TransportError                the connection failed or broke (reset, timeout)
@@ -63,6 +64,7 @@ __all__ = [
     "ExecutionInterrupted",
     "InputImageError",
     "JournalError",
+    "MaskError",
     "NoCapableServerError",
     "NodeError",
     "NotComfyUIError",
@@ -128,6 +130,14 @@ class InputImageError(DreamgenError, ValueError):
     def __init__(self, message: str, *, source: str) -> None:
         super().__init__(message)
         self.source = source
+
+
+class MaskError(InputImageError):
+    """An inpainting mask cannot be used: not an image, or nothing to repaint.
+
+    Attributes:
+        source: What the caller passed (a path, or ``"<bytes>"``).
+    """
 
 
 class ClientClosedError(DreamgenError, RuntimeError):

@@ -26,9 +26,10 @@ import aiofiles.os
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from dreamgen_async.comfyui_api import BIG_BODY
-from dreamgen_async.errors import InputImageError, WorkflowError
+from dreamgen_async.errors import InputImageError, MaskError, WorkflowError
 from dreamgen_async.protocol import AUDIO_SUFFIXES, VIDEO_SUFFIXES, OutputFile, sniff_image_format
 from dreamgen_async.requests import describe_input, encode_pil
+from dreamgen_async.workflows.masks import PreparedMask, prepare_mask
 
 __all__ = [
     "UPLOAD_SUBFOLDER",
@@ -38,6 +39,7 @@ __all__ = [
     "output_name",
     "output_suffix",
     "read_input",
+    "read_mask",
     "safe_stem",
     "sha256",
     "sweep_staging",
@@ -243,6 +245,38 @@ async def read_input(
         data = await asyncio.to_thread(downscale, data, source, max_side, limits.multiple)
     suffix = await asyncio.to_thread(verify_image, data, source, limits.max_pixels)
     return data, suffix, source
+
+
+def upright_size(data: bytes) -> tuple[int, int]:
+    """An image's (width, height) as ComfyUI's ``LoadImage`` sees it (EXIF rotation
+    applied); blocking, reads only the header."""
+    with Image.open(io.BytesIO(data)) as img:
+        width, height = img.size
+        rotated = img.getexif().get(0x0112) in (5, 6, 7, 8)  # Orientation: a quarter turn
+    return (height, width) if rotated else (width, height)
+
+
+def _prepare_mask(mask: bytes, image: bytes, source: str) -> PreparedMask:
+    return prepare_mask(mask, upright_size(image), source=source)
+
+
+async def read_mask(mask: Any, image: bytes, limits: InputLimits) -> PreparedMask:
+    """A mask file read, checked and resized to ``image``'s size (the image as sent, after
+    any downscale): see :func:`~dreamgen_async.workflows.masks.prepare_mask`.
+
+    Raises:
+        MaskError: The mask is missing, not an image, over a limit, or masks nothing.
+
+    Warns:
+        MaskAspectWarning: Its shape differs from the image's (it is stretched to fit).
+    """
+    try:
+        data, _, source = await read_input(mask, limits)
+    except MaskError:
+        raise
+    except InputImageError as exc:
+        raise MaskError(f"the mask {exc}", source=exc.source) from exc
+    return await asyncio.to_thread(_prepare_mask, data, image, source)
 
 
 # ---------------------------------------------------------------------------- writes

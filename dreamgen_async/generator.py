@@ -22,12 +22,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import hashlib
 import logging
 import os
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Mapping
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Coroutine,
+    Iterable,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeAlias
@@ -54,6 +63,7 @@ from dreamgen_async.files import (
     output_name,
     output_suffix,
     read_input,
+    read_mask,
     safe_stem,
     sha256,
     sweep_staging,
@@ -75,17 +85,21 @@ from dreamgen_async.plan import (
 from dreamgen_async.pool import ComfyUIPool, PoolJob
 from dreamgen_async.protocol import Event
 from dreamgen_async.requests import (
+    ControlNetInput,
     GenerationResult,
     ImageInput,
     Img2ImgRequest,
+    InpaintRequest,
     JobFailure,
     Request,
     Timings,
     Txt2ImgRequest,
+    UpscaleRequest,
     WorkflowRequest,
     builder_from_spec,
     builder_spec,
     cached_timings,
+    describe_input,
     first_seed,
     is_deterministic,
     randomized_inputs,
@@ -101,20 +115,25 @@ from dreamgen_async.workflow_builder import (
     as_api_graph,
     random_seed,
 )
+from dreamgen_async.workflows.masks import alpha_mask
+from dreamgen_async.workflows.recipes import LoraSpec
 
 __all__ = [
     "Batch",
     "BatchProgress",
+    "ControlNetInput",
     "DreamGenerator",
     "GenerationJob",
     "GenerationJobState",
     "GenerationResult",
     "ImageInput",
     "Img2ImgRequest",
+    "InpaintRequest",
     "JobFailure",
     "Request",
     "Timings",
     "Txt2ImgRequest",
+    "UpscaleRequest",
     "WorkflowRequest",
     "builder_from_spec",
     "builder_spec",
@@ -153,7 +172,7 @@ class _Prepared:
     deterministic: bool
     stem: str
     upload: _Upload | None
-    more_uploads: tuple[_Upload, ...] = ()  # a workflow request's other local inputs
+    more_uploads: tuple[_Upload, ...] = ()  # other local inputs: a mask, a control image...
     priority: int = 0  # the caller's, for the client's queue (not part of the request)
 
 
@@ -397,17 +416,24 @@ class DreamGenerator:
         steps: int | None = None,
         cfg: float | None = None,
         name: str | None = None,
+        loras: Sequence[LoraSpec] = (),
+        controlnet: ControlNetInput | None = None,
         timeout: float | None = None,
         on_progress: ProgressCallback | None = None,
         priority: int = 0,
     ) -> GenerationResult:
         """Text to image. Cancelling it takes the prompt off the server; no file is left.
 
+        ``loras`` (``(name, strength)`` pairs or names) are chained after the builder's own;
+        ``controlnet`` applies a :class:`ControlNetInput` (its image uploaded first).
+
         Raises:
             WorkflowError: an argument is invalid (before any network call).
             PromptRejected, ExecutionError, PromptTimeout, ...: see ComfyUIClient.
         """
-        request = Txt2ImgRequest(prompt, negative, seed, width, height, steps, cfg, name)
+        request = Txt2ImgRequest(
+            prompt, negative, seed, width, height, steps, cfg, name, tuple(loras), controlnet
+        )
         return await self.generate(
             request, timeout=timeout, on_progress=on_progress, priority=priority
         )
@@ -424,6 +450,8 @@ class DreamGenerator:
         cfg: float | None = None,
         name: str | None = None,
         max_side: int | None = None,
+        loras: Sequence[LoraSpec] = (),
+        controlnet: ControlNetInput | None = None,
         timeout: float | None = None,
         on_progress: ProgressCallback | None = None,
         priority: int = 0,
@@ -431,7 +459,8 @@ class DreamGenerator:
         """Image to image; ``image`` is a path, bytes or a PIL image.
 
         ``max_side`` downscales a larger input first (aspect kept; see
-        :class:`Img2ImgRequest`). Cancelling it takes the prompt off the server; no file
+        :class:`Img2ImgRequest`); ``loras`` and ``controlnet`` as for
+        :meth:`generate_from_prompt`. Cancelling it takes the prompt off the server; no file
         is left.
 
         Raises:
@@ -439,7 +468,72 @@ class DreamGenerator:
                 (before any network call); ``.source`` names it.
             WorkflowError: an argument is invalid (before any network call).
         """
-        request = Img2ImgRequest(image, prompt, denoise, negative, seed, steps, cfg, name, max_side)
+        request = Img2ImgRequest(
+            image, prompt, denoise, negative, seed, steps, cfg, name, max_side, tuple(loras),
+            controlnet,
+        )  # fmt: skip
+        return await self.generate(
+            request, timeout=timeout, on_progress=on_progress, priority=priority
+        )
+
+    async def generate_inpaint(
+        self,
+        image: ImageInput,
+        mask: ImageInput | None,
+        prompt: str,
+        *,
+        denoise: float = 1.0,
+        negative: str = "",
+        seed: int | None = None,
+        steps: int | None = None,
+        cfg: float | None = None,
+        grow_mask: int = 0,
+        feather: int = 0,
+        pad: tuple[int, int, int, int] | None = None,
+        name: str | None = None,
+        max_side: int | None = None,
+        loras: Sequence[LoraSpec] = (),
+        controlnet: ControlNetInput | None = None,
+        timeout: float | None = None,
+        on_progress: ProgressCallback | None = None,
+        priority: int = 0,
+    ) -> GenerationResult:
+        """Repaint the masked part of ``image``; every pixel outside the mask is the input's.
+
+        ``mask`` is a mask file (path, bytes or PIL image: white = repaint, black = keep;
+        any size, resized to the image's, with a ``MaskAspectWarning`` when its shape
+        differs), or ``None`` to use the image's own alpha (transparent = repaint). With
+        ``pad=(left, top, right, bottom)`` the canvas is extended and the new border
+        painted instead (outpainting; no mask). See :class:`InpaintRequest`.
+
+        Raises:
+            MaskError: the mask is not an image, or masks nothing (before any network call).
+            InputImageError: the image cannot be used (before any network call).
+            WorkflowError: an argument is invalid, or a LoRA / ControlNet model the server
+                lacks (the message lists what it has).
+        """
+        request = InpaintRequest(
+            image, mask, prompt, denoise, negative, seed, steps, cfg, name, max_side,
+            grow_mask, feather, pad, tuple(loras), controlnet,
+        )  # fmt: skip
+        return await self.generate(
+            request, timeout=timeout, on_progress=on_progress, priority=priority
+        )
+
+    async def generate_upscale(
+        self,
+        image: ImageInput,
+        *,
+        model: str | None = None,
+        name: str | None = None,
+        max_side: int | None = None,
+        timeout: float | None = None,
+        on_progress: ProgressCallback | None = None,
+        priority: int = 0,
+    ) -> GenerationResult:
+        """Upscale ``image`` with an upscale model (the server's ``upscale_models``; by
+        default the first the builder knows of). See :class:`UpscaleRequest`."""
+        request = UpscaleRequest(image, model, name, max_side)
         return await self.generate(
             request, timeout=timeout, on_progress=on_progress, priority=priority
         )
@@ -532,15 +626,24 @@ class DreamGenerator:
         One ``_build_*`` per request kind (a new kind adds one), each returning the graph,
         its seed, the file-name stem and the input to upload (``None``: nothing).
         """
+        more: tuple[_Upload, ...] = ()
+        builder = self.builder
+        if isinstance(request, Txt2ImgRequest | Img2ImgRequest | InpaintRequest):
+            builder, more = await self._recipe_builder(request)
         if isinstance(request, Txt2ImgRequest):
-            workflow, seed, stem, upload = self._build_txt2img(request)
+            workflow, seed, stem, upload = self._build_txt2img(request, builder)
         elif isinstance(request, Img2ImgRequest):
-            workflow, seed, stem, upload = await self._build_img2img(request)
+            workflow, seed, stem, upload = await self._build_img2img(request, builder)
+        elif isinstance(request, InpaintRequest):
+            (workflow, seed, stem, upload), mask = await self._build_inpaint(request, builder)
+            more = (*mask, *more)
+        elif isinstance(request, UpscaleRequest):
+            workflow, seed, stem, upload = await self._build_upscale(request)
         else:
             workflow, seed, stem, upload = self._build_workflow(request)
         more = await self._workflow_inputs(request, workflow)
         explicit, deterministic = is_deterministic(request, workflow)
-        input_hash = None if upload is None else upload[1]
+        input_hash = _inputs_hash([*([upload] if upload is not None else []), *more])
         key = request_key(workflow, input_hash, None if explicit else seed)
         return _Prepared(
             request, workflow, seed, explicit, key, deterministic, safe_stem(stem), upload, more
@@ -553,7 +656,6 @@ class DreamGenerator:
         content-hash names (uploaded later, only when the request runs)."""
         if not isinstance(request, WorkflowRequest) or not request.inputs:
             return ()
-        limits = InputLimits(self.max_input_bytes, self.max_input_pixels)
         uploads = []
         for node_id, image in request.inputs.items():
             node = workflow.get(node_id)
@@ -564,15 +666,44 @@ class DreamGenerator:
                     node_id=node_id,
                     input_name="image",
                 )
-            data, suffix, _ = await read_input(image, limits)
-            digest = await sha256(data)
-            expected = f"{UPLOAD_SUBFOLDER}/{digest[:32]}{suffix}"
-            node["inputs"]["image"] = expected
-            uploads.append((data, digest, suffix, expected))
+            upload = await self._read_upload(image)
+            node["inputs"]["image"] = upload[3]
+            uploads.append(upload)
         return tuple(uploads)
 
-    def _build_txt2img(self, request: Txt2ImgRequest) -> _Built:
-        built = self.builder.build_txt2img(
+    def _limits(self) -> InputLimits:
+        return InputLimits(
+            self.max_input_bytes, self.max_input_pixels, self.builder.preset.size_multiple
+        )
+
+    async def _read_upload(self, image: Any, max_side: int | None = None) -> _Upload:
+        """An input image read and checked, named by its content hash (nothing sent yet)."""
+        data, suffix, _ = await read_input(image, self._limits(), max_side)
+        digest = await sha256(data)
+        return data, digest, suffix, f"{UPLOAD_SUBFOLDER}/{digest[:32]}{suffix}"
+
+    async def _recipe_builder(
+        self, request: Txt2ImgRequest | Img2ImgRequest | InpaintRequest
+    ) -> tuple[FluxWorkflowBuilder, tuple[_Upload, ...]]:
+        """The builder with the request's LoRAs (after the builder's own) and ControlNet,
+        and the control image to upload; ``self.builder`` itself when it has neither."""
+        builder = self.builder
+        if request.loras:
+            builder = builder.with_loras((*builder.loras, *request.loras))
+        control = request.controlnet
+        if control is None:
+            return builder, ()
+        upload = await self._read_upload(control.image)
+        builder = builder.with_controlnet(
+            control.model, upload[3], control.strength, control.start, control.end,
+            control.preprocessor,
+        )  # fmt: skip
+        return builder, (upload,)
+
+    def _build_txt2img(
+        self, request: Txt2ImgRequest, builder: FluxWorkflowBuilder | None = None
+    ) -> _Built:
+        built = (builder or self.builder).build_txt2img(
             request.prompt,
             request.negative,
             request.width,
@@ -583,7 +714,9 @@ class DreamGenerator:
         )
         return built.workflow, built.seed, request.name or "txt2img", None
 
-    async def _build_img2img(self, request: Img2ImgRequest) -> _Built:
+    async def _build_img2img(
+        self, request: Img2ImgRequest, builder: FluxWorkflowBuilder | None = None
+    ) -> _Built:
         limits = InputLimits(
             self.max_input_bytes, self.max_input_pixels, self.builder.preset.size_multiple
         )
@@ -591,7 +724,7 @@ class DreamGenerator:
         input_hash = await sha256(data)
         expected = f"{UPLOAD_SUBFOLDER}/{input_hash[:32]}{suffix}"
         # Built (so every argument is checked) before the upload touches the network.
-        built = self.builder.build_img2img(
+        built = (builder or self.builder).build_img2img(
             expected,
             request.prompt,
             request.negative,
@@ -606,6 +739,51 @@ class DreamGenerator:
             else "img2img"
         )
         return built.workflow, built.seed, stem, (data, input_hash, suffix, expected)
+
+    async def _build_inpaint(
+        self, request: InpaintRequest, builder: FluxWorkflowBuilder
+    ) -> tuple[_Built, tuple[_Upload, ...]]:
+        """The inpaint (or, with ``pad``, outpaint) graph, and the mask file to upload.
+
+        The mask is checked (an image, something to repaint) and resized to the image's
+        size after ``max_side``; an alpha mask is checked in the image itself, which is
+        uploaded unchanged. Everything is checked before anything is sent.
+        """
+        upload = await self._read_upload(request.image, request.max_side)
+        data, _, _, expected = upload
+        source = describe_input(request.image)
+        mask_upload: tuple[_Upload, ...] = ()
+        if request.pad is not None:
+            if request.mask is not None:
+                raise WorkflowError(
+                    "pad= outpaints the border it adds: give no mask with it", input_name="mask"
+                )
+            built = builder.build_outpaint(
+                expected, request.prompt, request.pad, request.negative, request.steps,
+                request.cfg, request.seed,
+            )  # fmt: skip
+        else:
+            mask_name = None
+            if request.mask is None:
+                await asyncio.to_thread(alpha_mask, data, source=source)
+            else:
+                prepared = await read_mask(request.mask, data, self._limits())
+                digest = await sha256(prepared.data)
+                mask_name = f"{UPLOAD_SUBFOLDER}/{digest[:32]}.png"
+                mask_upload = ((prepared.data, digest, ".png", mask_name),)
+            built = builder.build_inpaint(
+                expected, mask_name, request.prompt, request.negative, request.denoise,
+                request.steps, request.cfg, request.seed,
+                grow_mask=request.grow_mask, feather=request.feather,
+            )  # fmt: skip
+        stem = request.name or _input_stem(request.image, "inpaint")
+        return (built.workflow, built.seed, stem, upload), mask_upload
+
+    async def _build_upscale(self, request: UpscaleRequest) -> _Built:
+        upload = await self._read_upload(request.image, request.max_side)
+        built = self.builder.build_upscale(upload[3], request.model)
+        stem = request.name or _input_stem(request.image, "upscale")
+        return built.workflow, None, stem, upload
 
     @staticmethod
     def _build_workflow(request: WorkflowRequest) -> _Built:
@@ -1128,6 +1306,19 @@ class _BatchSettings:
     return_exceptions: bool
     timeout: float | None
     priority: int
+
+
+def _inputs_hash(uploads: Sequence[_Upload]) -> str | None:
+    """What the request key takes of the inputs: the one input's hash (as it always was),
+    or one hash of every input's (image, mask, control image) when there are several."""
+    if len(uploads) <= 1:
+        return uploads[0][1] if uploads else None
+    return hashlib.sha256(":".join(upload[1] for upload in uploads).encode()).hexdigest()
+
+
+def _input_stem(image: Any, default: str) -> str:
+    """The file-name stem of an input: its file's stem, or ``default`` for bytes / PIL."""
+    return Path(os.fspath(image)).stem if isinstance(image, str | os.PathLike) else default
 
 
 def _resumed(item: JournalItem, prep: _Prepared, submitted: float) -> GenerationResult:

@@ -1,10 +1,10 @@
 """Request types, what a request comes to, and their round-trip to a journal record (pure).
 
 A request says what to make (:class:`Txt2ImgRequest`, :class:`Img2ImgRequest`,
-:class:`WorkflowRequest`); a :class:`GenerationResult` or a :class:`JobFailure` says what it
-came to. :func:`request_spec` and :func:`request_from_spec` turn a request into JSON-ready data
-and back (what a batch journal keeps for ``dreamgen resume``). Nothing here awaits or touches
-the network.
+:class:`InpaintRequest`, :class:`UpscaleRequest`, :class:`WorkflowRequest`); a
+:class:`GenerationResult` or a :class:`JobFailure` says what it came to. :func:`request_spec`
+and :func:`request_from_spec` turn a request into JSON-ready data and back (what a batch
+journal keeps for ``dreamgen resume``). Nothing here awaits or touches the network.
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ import dataclasses
 import io
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeAlias
+from typing import Any, Literal, TypeAlias
 
 from PIL import Image
 
@@ -28,15 +28,19 @@ from dreamgen_async.workflow_builder import (
     Workflow,
     as_api_graph,
 )
+from dreamgen_async.workflows.recipes import Lora, LoraSpec
 
 __all__ = [
+    "ControlNetInput",
     "GenerationResult",
     "ImageInput",
     "Img2ImgRequest",
+    "InpaintRequest",
     "JobFailure",
     "Request",
     "Timings",
     "Txt2ImgRequest",
+    "UpscaleRequest",
     "WorkflowRequest",
     "builder_from_spec",
     "builder_spec",
@@ -57,6 +61,30 @@ ImageInput: TypeAlias = "str | os.PathLike[str] | bytes | Image.Image"
 
 
 @dataclass(frozen=True, slots=True)
+class ControlNetInput:
+    """A ControlNet for one request: a model file on the server and a local control image.
+
+    The image (a path, bytes or a PIL image) is checked and uploaded like a request's input
+    image; ``ControlNetApplyAdvanced`` then applies it to both prompts.
+
+    Attributes:
+        model: The ControlNet file as the server's ``controlnet`` folder lists it.
+        image: The control image (a control map, or any picture with ``preprocessor``).
+        strength: 0 to 10.
+        start, end: The part of the sampling it acts on, fractions 0 to 1.
+        preprocessor: ``"canny"`` to turn the image into edges first (the core ``Canny``
+            node), or ``None`` for an image that already is a control map.
+    """
+
+    model: str
+    image: Any
+    strength: float = 1.0
+    start: float = 0.0
+    end: float = 1.0
+    preprocessor: Literal["canny"] | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Txt2ImgRequest:
     """One text-to-image job; ``seed=None`` draws one (reported in the result)."""
 
@@ -68,6 +96,8 @@ class Txt2ImgRequest:
     steps: int | None = None
     cfg: float | None = None
     name: str | None = None
+    loras: Sequence[LoraSpec] = ()
+    controlnet: ControlNetInput | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +107,10 @@ class Img2ImgRequest:
     ``max_side``: downscale the input (aspect kept, sides a multiple of the preset's size
     multiple) so that its longer side is at most this many pixels; smaller inputs are sent
     as they are.
+
+    ``loras`` (``(name, strength)`` pairs, names or :class:`Lora`) are chained after the
+    builder's own; ``controlnet`` adds a ControlNet (its image uploaded with the input).
+    The same two options exist on :class:`Txt2ImgRequest` and :class:`InpaintRequest`.
     """
 
     image: Any
@@ -86,6 +120,57 @@ class Img2ImgRequest:
     seed: int | None = None
     steps: int | None = None
     cfg: float | None = None
+    name: str | None = None
+    max_side: int | None = None
+    loras: Sequence[LoraSpec] = ()
+    controlnet: ControlNetInput | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class InpaintRequest:
+    """Repaint the masked part of an image; every pixel outside the mask stays the input's.
+
+    Attributes:
+        image: The image: a path, bytes or a PIL image.
+        mask: A mask file (path, bytes or PIL image; white = repaint, black = keep, any size:
+            resized to the image's, with a ``MaskAspectWarning`` when its shape differs), or
+            ``None`` to use the image's own alpha channel (transparent = repaint).
+        prompt: What to paint in the masked area.
+        denoise: In (0, 1]; 1 redraws the masked area, lower keeps some of it.
+        grow_mask: Pixels to grow the mask by before repainting (0 to 4096).
+        feather: Width in pixels of the soft edge, inside the grown mask (0 to 31).
+        pad: ``(left, top, right, bottom)`` pixels to outpaint instead (then no mask).
+        max_side: As for :class:`Img2ImgRequest` (the mask follows the image's new size).
+        loras, controlnet: As for :class:`Img2ImgRequest`.
+    """
+
+    image: Any
+    mask: Any
+    prompt: str
+    denoise: float = 1.0
+    negative: str = ""
+    seed: int | None = None
+    steps: int | None = None
+    cfg: float | None = None
+    name: str | None = None
+    max_side: int | None = None
+    grow_mask: int = 0
+    feather: int = 0
+    pad: tuple[int, int, int, int] | None = None
+    loras: Sequence[LoraSpec] = ()
+    controlnet: ControlNetInput | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class UpscaleRequest:
+    """Upscale an image with an upscale model (``ImageUpscaleWithModel``); no sampling.
+
+    ``model``: the server's ``upscale_models`` file; by default the first it has (known to a
+    builder from :func:`~dreamgen_async.workflow_io.builder_from_server`).
+    """
+
+    image: Any
+    model: str | None = None
     name: str | None = None
     max_side: int | None = None
 
@@ -104,7 +189,11 @@ class WorkflowRequest:
     inputs: Mapping[str, Any] | None = None
 
 
-Request: TypeAlias = Txt2ImgRequest | Img2ImgRequest | WorkflowRequest
+Request: TypeAlias = (
+    Txt2ImgRequest | Img2ImgRequest | InpaintRequest | UpscaleRequest | WorkflowRequest
+)
+#: The requests that read an input image.
+ImageRequest: TypeAlias = Img2ImgRequest | InpaintRequest | UpscaleRequest
 
 
 # ---------------------------------------------------------------------------- results
@@ -172,7 +261,7 @@ class JobFailure:
         """What the failure is about: the input image, or the request's name."""
         if isinstance(self.error, InputImageError):
             return self.error.source
-        if isinstance(self.request, Img2ImgRequest):
+        if isinstance(self.request, Img2ImgRequest | InpaintRequest | UpscaleRequest):
             return describe_input(self.request.image)
         return getattr(self.request, "name", None) or f"job {self.index}"
 
@@ -202,6 +291,8 @@ def is_deterministic(request: Request, workflow: Mapping[str, Any]) -> tuple[boo
         if randomized_inputs(workflow):  # a UI file's "randomize" seed: drawn in each run
             return False, False
         return True, not any(n.get("class_type") == "LoadImage" for n in workflow.values())
+    if isinstance(request, UpscaleRequest):
+        return False, True  # no seed, no sampling: the same input gives the same image
     explicit = request.seed is not None
     return explicit, explicit
 
@@ -256,27 +347,8 @@ def encode_pil(image: Image.Image) -> bytes:
 # ---------------------------------------------------------------------------- records
 
 
-def request_spec(request: Request) -> dict[str, Any]:
-    """A request as JSON-ready data (what a journal keeps for ``dreamgen resume``).
-
-    Image paths are made absolute; bytes and PIL images are kept (as base64 PNG bytes).
-    """
-    if isinstance(request, Txt2ImgRequest):
-        return {"kind": "txt2img", **dataclasses.asdict(request)}
-    if isinstance(request, Img2ImgRequest):
-        fields = {f.name: getattr(request, f.name) for f in dataclasses.fields(request)}
-        source = _image_source(fields.pop("image"))
-        return {"kind": "img2img", "image": source, **fields}
-    wf = request.workflow
-    graph = as_api_graph(wf)
-    spec: dict[str, Any] = {"kind": "workflow", "workflow": graph, "name": request.name}
-    if request.inputs:
-        spec["inputs"] = {node: _image_source(image) for node, image in request.inputs.items()}
-    return spec
-
-
-def _image_source(image: Any) -> dict[str, str]:
-    """An input image as JSON-ready data: an absolute path, or base64 PNG bytes."""
+def image_source(image: Any) -> dict[str, str]:
+    """An input image as JSON-ready data: an absolute path, base64 bytes, or unsupported."""
     if isinstance(image, str | os.PathLike):
         return {"path": os.path.abspath(image)}
     if isinstance(image, bytes | bytearray | Image.Image):
@@ -288,27 +360,108 @@ def _image_source(image: Any) -> dict[str, str]:
     return {"unsupported": describe_input(image)}
 
 
-def _image_from_source(source: Mapping[str, str]) -> Any:
-    """The image :func:`_image_source` described (``None``: unsupported, its job says so)."""
+def image_from_source(source: Mapping[str, str] | None) -> Any:
+    """The image :func:`image_source` described (``None``: unsupported, or no image)."""
+    if source is None:
+        return None
     if "path" in source:
         return source["path"]
     if "base64" in source:
         return base64.b64decode(source["base64"])
-    return None
+    return None  # unsupported: the job fails with InputImageError, by name
+
+
+def _lora_spec(lora: object) -> Any:
+    if isinstance(lora, Lora):
+        return [lora.name, lora.strength, lora.clip_strength]
+    return list(lora) if isinstance(lora, tuple | list) else lora
+
+
+def _recipe_options_spec(
+    loras: Sequence[LoraSpec], controlnet: ControlNetInput | None
+) -> dict[str, Any]:
+    control = None
+    if controlnet is not None:
+        control = {f.name: getattr(controlnet, f.name) for f in dataclasses.fields(controlnet)} | {
+            "image": image_source(controlnet.image)
+        }
+    return {"loras": [_lora_spec(lora) for lora in loras], "controlnet": control}
+
+
+def _recipe_options_from_spec(fields: dict[str, Any]) -> None:
+    """``loras`` and ``controlnet`` of a recorded request back as the request takes them."""
+    if "loras" in fields:
+        fields["loras"] = tuple(
+            tuple(lora) if isinstance(lora, list) else lora for lora in fields["loras"] or ()
+        )
+    control = fields.get("controlnet")
+    if control is not None:
+        fields["controlnet"] = ControlNetInput(
+            **{**control, "image": image_from_source(control.get("image"))}
+        )
+
+
+def _image_request_spec(request: InpaintRequest | UpscaleRequest) -> dict[str, Any]:
+    fields = {f.name: getattr(request, f.name) for f in dataclasses.fields(request)}
+    fields["image"] = image_source(request.image)
+    if isinstance(request, UpscaleRequest):
+        return {"kind": "upscale", **fields}
+    fields["mask"] = None if request.mask is None else image_source(request.mask)
+    fields["pad"] = None if request.pad is None else list(request.pad)
+    return {
+        "kind": "inpaint",
+        **fields,
+        **_recipe_options_spec(request.loras, request.controlnet),
+    }
+
+
+def request_spec(request: Request) -> dict[str, Any]:
+    """A request as JSON-ready data (what a journal keeps for ``dreamgen resume``).
+
+    Image paths are made absolute; bytes and PIL images are kept (as base64 PNG bytes).
+    """
+    if isinstance(request, InpaintRequest | UpscaleRequest):
+        return _image_request_spec(request)
+    if isinstance(request, Txt2ImgRequest | Img2ImgRequest):
+        options = _recipe_options_spec(request.loras, request.controlnet)
+        request = dataclasses.replace(request, loras=(), controlnet=None)
+        if isinstance(request, Txt2ImgRequest):
+            return {"kind": "txt2img", **dataclasses.asdict(request), **options}
+        fields = {f.name: getattr(request, f.name) for f in dataclasses.fields(request)}
+        source = image_source(fields.pop("image"))
+        return {"kind": "img2img", "image": source, **fields, **options}
+    wf = request.workflow
+    graph = as_api_graph(wf)
+    spec: dict[str, Any] = {"kind": "workflow", "workflow": graph, "name": request.name}
+    if request.inputs:
+        spec["inputs"] = {node: image_source(image) for node, image in request.inputs.items()}
+    return spec
 
 
 def request_from_spec(spec: Mapping[str, Any]) -> Request:
     """The request :func:`request_spec` described."""
     fields = {k: v for k, v in spec.items() if k != "kind"}
+    if spec["kind"] in ("txt2img", "img2img", "inpaint"):
+        _recipe_options_from_spec(fields)
     if spec["kind"] == "txt2img":
         return Txt2ImgRequest(**fields)
     if spec["kind"] == "img2img":
-        return Img2ImgRequest(_image_from_source(fields.pop("image")), **fields)
+        return Img2ImgRequest(image_from_source(fields.pop("image")), **fields)
+    if spec["kind"] == "inpaint":
+        fields["image"] = image_from_source(fields["image"])
+        mask = fields["mask"]
+        if mask is not None:  # an unsupported mask stays unusable (never the alpha's None)
+            mask = image_from_source(mask) if "path" in mask or "base64" in mask else mask
+        fields["mask"] = mask
+        fields["pad"] = None if fields.get("pad") is None else tuple(fields["pad"])
+        return InpaintRequest(**fields)
+    if spec["kind"] == "upscale":
+        return UpscaleRequest(image_from_source(fields.pop("image")), **fields)
     inputs = fields.get("inputs")
     return WorkflowRequest(
         fields["workflow"],
         fields.get("name"),
-        None if not inputs else {n: _image_from_source(s) for n, s in inputs.items()},
+        None if not inputs else {n: image_from_source(s) for n, s in inputs.items()},
     )
 
 

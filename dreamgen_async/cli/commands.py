@@ -9,6 +9,7 @@ import os
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -40,11 +41,21 @@ from dreamgen_async.cli.options import (
     preset_option,
     server_option,
 )
-from dreamgen_async.cli.runner import execute, run_requests
+from dreamgen_async.cli.recipes import (
+    check_pairs,
+    find_pairs,
+    parse_pad,
+    recipe_options,
+    recipes_from,
+    run_recipes,
+)
+from dreamgen_async.cli.runner import execute, resolve_builder, run_requests
 from dreamgen_async.errors import DreamgenError, UIWorkflowError, WorkflowError
 from dreamgen_async.generator import (
     Img2ImgRequest,
+    InpaintRequest,
     Txt2ImgRequest,
+    UpscaleRequest,
     WorkflowRequest,
     builder_from_spec,
     request_from_spec,
@@ -52,6 +63,7 @@ from dreamgen_async.generator import (
 from dreamgen_async.journal import read_journal_meta, read_journal_requests
 from dreamgen_async.workflow_builder import FluxWorkflowBuilder, Workflow
 from dreamgen_async.workflow_io import server_models
+from dreamgen_async.workflows.masks import MaskAspectWarning
 from dreamgen_async.workflows.ui import convert_ui_workflow
 
 __all__ = [
@@ -78,6 +90,7 @@ def cli() -> None:
 @click.option("--ckpt", default=None, help=CKPT_HELP)
 @preset_option
 @click.option("--negative", default="", help="Negative prompt (ignored by Flux presets).")
+@recipe_options
 @output_option()
 @journal_options
 @common_options
@@ -86,6 +99,7 @@ def txt2img(prompt: str, count: int, seed: int | None, size: str | None, **kwarg
     steps, cfg, ckpt, preset, negative, output = (
         kwargs.pop(k) for k in ("steps", "cfg", "ckpt", "preset", "negative", "output")
     )
+    loras, control = recipes_from(kwargs)
     journal = journal_from(kwargs, output)
     opts = dataclasses.replace(options_from(kwargs), journal=journal)
     width, height = parse_size(size)
@@ -98,12 +112,16 @@ def txt2img(prompt: str, count: int, seed: int | None, size: str | None, **kwarg
             raise click.BadParameter(str(exc), param_hint="'--size'") from exc
         raise click.UsageError(str(exc)) from exc
     requests = [
-        Txt2ImgRequest(prompt, negative, None if seed is None else seed + i, width, height)
+        Txt2ImgRequest(
+            prompt, negative, None if seed is None else seed + i, width, height,
+            loras=loras, controlnet=control,
+        )
         for i in range(count)
-    ]
+    ]  # fmt: skip
     labels = [f"#{i + 1}" for i in range(count)]
     execute(
-        opts, lambda: run_requests(opts, requests, labels, output, builder, consoles(), journal)
+        opts,
+        lambda: run_recipes(opts, requests, labels, output, builder, journal, loras, control),
     )
 
 
@@ -129,6 +147,7 @@ def txt2img(prompt: str, count: int, seed: int | None, size: str | None, **kwarg
 @click.option("--ckpt", default=None, help=CKPT_HELP)
 @preset_option
 @click.option("--negative", default="", help="Negative prompt (ignored by Flux presets).")
+@recipe_options
 @output_option()
 @journal_options
 @common_options
@@ -148,6 +167,7 @@ def img2img(inputs: tuple[str, ...], prompt: str, **kwargs: Any) -> None:
             "max_side",
         )
     )
+    loras, control = recipes_from(kwargs)
     journal = journal_from(kwargs, output)
     opts = dataclasses.replace(options_from(kwargs), journal=journal)
     paths = expand_inputs(inputs)
@@ -157,13 +177,165 @@ def img2img(inputs: tuple[str, ...], prompt: str, **kwargs: Any) -> None:
     check_output_dir(output)
     builder = make_builder(ckpt, steps, cfg, preset)
     requests = [
-        Img2ImgRequest(path, prompt, denoise, negative, seed, name=path.stem, max_side=max_side)
+        Img2ImgRequest(
+            path, prompt, denoise, negative, seed, name=path.stem, max_side=max_side,
+            loras=loras, controlnet=control,
+        )
         for path in paths
-    ]
+    ]  # fmt: skip
     labels = [str(p) for p in paths]
     execute(
-        opts, lambda: run_requests(opts, requests, labels, output, builder, consoles(), journal)
+        opts,
+        lambda: run_recipes(opts, requests, labels, output, builder, journal, loras, control),
     )
+
+
+@cli.command()
+@click.argument("image_and_mask", metavar="IMAGE [MASK]", nargs=-1, required=True)
+@click.argument("prompt")
+@click.option(
+    "--mask-suffix",
+    default="_mask",
+    show_default=True,
+    help="IMAGE's mask is the file named like it plus this (frame_0001.png + "
+    "frame_0001_mask.png); a folder's mask files are not inpainted themselves.",
+)
+@click.option(
+    "--masks",
+    "masks_dir",
+    type=click.Path(file_okay=False, exists=True, path_type=Path),
+    default=None,
+    help="A folder of masks with the images' names (instead of --mask-suffix).",
+)
+@click.option(
+    "--pad",
+    default=None,
+    metavar="LEFT,TOP,RIGHT,BOTTOM",
+    help="Outpaint: extend the canvas by these pixels and paint the border (no mask).",
+)
+@click.option(
+    "--denoise",
+    type=click.FloatRange(0, 1, min_open=True),
+    default=1.0,
+    show_default=True,
+    help="How much of the masked area to change (0-1]; 1 redraws it.",
+)
+@click.option(
+    "--grow-mask",
+    type=click.IntRange(0, 4096),
+    default=0,
+    show_default=True,
+    help="Pixels to grow each mask by.",
+)
+@click.option(
+    "--feather",
+    type=click.IntRange(0, 31),
+    default=0,
+    show_default=True,
+    help="Soft mask edge, in pixels (inside the grown mask).",
+)
+@click.option(
+    "--max-side",
+    type=click.IntRange(16),
+    default=None,
+    help="Downscale images whose longer side is over this many pixels (masks follow).",
+)
+@click.option("--seed", type=click.IntRange(0), default=None, help="Seed (random by default).")
+@click.option("--steps", type=click.IntRange(1), default=None, help="Sampler steps (preset's).")
+@click.option("--cfg", type=float, default=None, help="CFG scale (preset's by default).")
+@click.option("--ckpt", default=None, help=CKPT_HELP)
+@preset_option
+@click.option("--negative", default="", help="Negative prompt (ignored by Flux presets).")
+@recipe_options
+@output_option()
+@journal_options
+@common_options
+def inpaint(image_and_mask: tuple[str, ...], prompt: str, **kwargs: Any) -> None:
+    """Repaint the masked part of IMAGE with PROMPT; every other pixel stays the input's.
+
+    MASK: white = repaint, black = keep (any size: resized). Without MASK, IMAGE's mask is
+    found by name (--mask-suffix, --masks), else its alpha is used (transparent = repaint).
+    IMAGE may be a folder: frame_0001.png is paired with frame_0001_mask.png.
+    """
+    mask_suffix, masks_dir, pad_text, denoise, grow, feather, max_side = (
+        kwargs.pop(k)
+        for k in ("mask_suffix", "masks_dir", "pad", "denoise", "grow_mask", "feather", "max_side")
+    )
+    seed, steps, cfg, ckpt, preset, negative, output = (
+        kwargs.pop(k) for k in ("seed", "steps", "cfg", "ckpt", "preset", "negative", "output")
+    )
+    loras, control = recipes_from(kwargs)
+    pad = parse_pad(pad_text)
+    journal = journal_from(kwargs, output)
+    opts = dataclasses.replace(options_from(kwargs), journal=journal)
+    pairs = find_pairs(image_and_mask, mask_suffix, masks_dir)
+    if not pairs:
+        raise click.UsageError(f"no images found in {' '.join(image_and_mask)}")
+    check_input_order(image_and_mask[:1], prompt, [p.image for p in pairs])
+    if pad is not None and any(p.mask is not None for p in pairs):
+        raise click.UsageError("--pad outpaints the border it adds: give no masks with it")
+    for note in check_pairs(pairs, outpaint=pad is not None):
+        click.echo(f"warning: {note}", err=True)
+    warnings.filterwarnings("ignore", category=MaskAspectWarning)  # told above, once
+    check_output_dir(output)
+    builder = make_builder(ckpt, steps, cfg, preset)
+    requests = [
+        InpaintRequest(
+            p.image, p.mask, prompt, denoise, negative, seed, name=p.image.stem,
+            max_side=max_side, grow_mask=grow, feather=feather, pad=pad, loras=loras,
+            controlnet=control,
+        )
+        for p in pairs
+    ]  # fmt: skip
+    labels = [str(p.image) for p in pairs]
+    execute(
+        opts,
+        lambda: run_recipes(opts, requests, labels, output, builder, journal, loras, control),
+    )
+
+
+@cli.command()
+@click.argument("inputs", nargs=-1, required=True)
+@click.option(
+    "--model",
+    default=None,
+    help="Upscale model file on the server (upscale_models); default: the server's first.",
+)
+@click.option(
+    "--max-side",
+    type=click.IntRange(16),
+    default=None,
+    help="Downscale inputs whose longer side is over this many pixels first.",
+)
+@click.option("--ckpt", default=None, help=CKPT_HELP)
+@preset_option
+@output_option()
+@journal_options
+@common_options
+def upscale(
+    inputs: tuple[str, ...], model: str | None, max_side: int | None, **kwargs: Any
+) -> None:
+    """Upscale each INPUT (files, folders or globs) with an upscale model (no sampling)."""
+    ckpt, preset, output = (kwargs.pop(k) for k in ("ckpt", "preset", "output"))
+    journal = journal_from(kwargs, output)
+    opts = dataclasses.replace(options_from(kwargs), journal=journal)
+    paths = expand_inputs(inputs)
+    if not paths:
+        raise click.UsageError(f"no images found in {' '.join(inputs)}")
+    check_output_dir(output)
+    choice = make_builder(ckpt, None, None, preset)
+    requests = [UpscaleRequest(path, model, name=path.stem, max_side=max_side) for path in paths]
+    labels = [str(p) for p in paths]
+
+    async def go() -> Tally:
+        builder = await resolve_builder(opts, choice)
+        try:  # a model the server lacks: a usage error listing what it has
+            builder.build_upscale("check.png", model)
+        except WorkflowError as exc:
+            raise click.BadParameter(str(exc), param_hint="'--model'") from exc
+        return await run_requests(opts, requests, labels, output, builder, consoles(), journal)
+
+    execute(opts, go)
 
 
 @cli.command()

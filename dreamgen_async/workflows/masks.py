@@ -22,20 +22,12 @@ from dataclasses import dataclass
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from dreamgen_async.errors import InputImageError
+from dreamgen_async.errors import MaskError
 
 __all__ = ["MaskAspectWarning", "MaskError", "PreparedMask", "alpha_mask", "prepare_mask"]
 
 #: Relative difference of width/height ratios above which a resize distorts the mask.
 ASPECT_TOLERANCE = 0.01
-
-
-class MaskError(InputImageError):
-    """An inpainting mask cannot be used: not an image, or nothing to repaint.
-
-    Attributes:
-        source: What the caller passed (a path, or ``"<bytes>"``).
-    """
 
 
 class MaskAspectWarning(UserWarning):
@@ -65,7 +57,12 @@ def _open(data: bytes, source: str, what: str) -> Image.Image:
         with Image.open(io.BytesIO(data)) as img:
             img.load()
             return ImageOps.exif_transpose(img)  # upright, as ComfyUI's loaders see it
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
+    except UnidentifiedImageError as exc:  # its message names a BytesIO object: not useful
+        raise MaskError(
+            f"{what} {source} is not an image (not PNG, JPEG, WEBP or another known format)",
+            source=source,
+        ) from exc
+    except (OSError, ValueError) as exc:
         raise MaskError(f"{what} {source} is not an image ({exc})", source=source) from exc
 
 
