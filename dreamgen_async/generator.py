@@ -641,7 +641,7 @@ class DreamGenerator:
             workflow, seed, stem, upload = await self._build_upscale(request)
         else:
             workflow, seed, stem, upload = self._build_workflow(request)
-        more = await self._workflow_inputs(request, workflow)
+            more = await self._workflow_inputs(request, workflow)
         explicit, deterministic = is_deterministic(request, workflow)
         input_hash = _inputs_hash([*([upload] if upload is not None else []), *more])
         key = request_key(workflow, input_hash, None if explicit else seed)
@@ -1291,7 +1291,8 @@ class DreamGenerator:
                 _Watch(progress),
                 journal,
                 index,
-                "" if prepared.explicit_seed else run_id,
+                # Only a drawn seed makes a new request per run; an upscale draws none.
+                "" if prepared.explicit_seed or prepared.deterministic else run_id,
             )
 
         runner = BatchRunner(requests, settings.concurrency, run_one, on_batch_progress)
