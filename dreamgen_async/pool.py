@@ -38,6 +38,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from dreamgen_async.backend import BeforePost, ServerStatus, merge_object_info
 from dreamgen_async.comfyui_api import (
     ComfyUIClient,
     ImageSource,
@@ -91,6 +92,7 @@ from dreamgen_async.placement import (
     requirements,
 )
 from dreamgen_async.protocol import ImageRef, OutputData
+from dreamgen_async.workflows.builder import ServerModels
 
 __all__ = ["ComfyUIPool", "PoolImageRef", "PoolJob", "ServerStatus"]
 
@@ -131,34 +133,6 @@ class PoolImageRef(ImageRef):
     server: str = ""
 
 
-@dataclass(frozen=True, slots=True)
-class ServerStatus:
-    """One server of a pool, as ``pool.servers`` reports it.
-
-    Attributes:
-        url: The server (credentials never shown).
-        state: ``joining``, ``up``, ``suspect``, ``down``, ``draining`` or ``removed``.
-        in_flight: Our jobs on it now (posting, queued or running).
-        queue: Its own queue length (every client's prompts), from its last broadcast.
-        capacity: Our jobs it may hold at once (1 running + ``over_queue``).
-        done, failed: Our jobs that finished there.
-        mean_job_time: Moving average of a job's execution seconds there.
-        loaded_model: The checkpoint/UNet of the last job it ran.
-        model_switches: Jobs that loaded another model there (first loads included).
-    """
-
-    url: str
-    state: str
-    in_flight: int
-    queue: int | None
-    capacity: int
-    done: int
-    failed: int
-    mean_job_time: float | None
-    loaded_model: str | None
-    model_switches: int
-
-
 @dataclass(slots=True)
 class _Input:
     data: bytes
@@ -180,6 +154,8 @@ class _Server:
     probe: asyncio.Task[None] | None = None
     failures: int = 0  # consecutive; reset by a job that succeeds there
     downs: int = 0  # times it went down since its last success: the rejoin backoff grows
+    down_since: float | None = None  # when it went down (None unless down)
+    error: str | None = None  # why it did not join, or last failed a rejoin
     removed: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -194,6 +170,7 @@ class _Book:
     job: PoolJob = field(init=False)
     launch: asyncio.Task[None] | None = None  # the latest launch (it may be called off)
     deliver: ProgressCallback | None = None  # the handle's progress sink
+    before_post: BeforePost | None = None  # awaited before each launch's POST
 
     def bound_to(self, server: str) -> bool:
         """Whether ``server`` holds the job now (posting, placed or cancelling there)."""
@@ -316,8 +293,11 @@ class ComfyUIPool:
     """Several ComfyUI servers behind one job API, with late binding and failover.
 
     Use it as ``async with ComfyUIPool([url1, url2]) as pool:``, then exactly like a
-    :class:`ComfyUIClient` (``submit``, ``run``, ``get_output_images``, ``download``,
-    ``upload_image``); ``DreamGenerator(pool, ...)`` works too.
+    :class:`ComfyUIClient`: it is a :class:`~dreamgen_async.backend.Backend` (``submit``,
+    ``adopt``, ``run``, ``get_outputs``, ``download``, ``upload_image``, ``object_info``,
+    ``models``, ``status``); ``DreamGenerator(pool, ...)``, ``server_models(pool)`` and the
+    other helpers work too. Its ``object_info()`` is the union of its servers' (what the pool
+    as a whole can run); ``object_info_by_server()`` says which server has what.
 
     Args:
         servers: Server URLs (the pool creates and owns a client for each) or open
@@ -336,9 +316,10 @@ class ComfyUIPool:
             to ``max_probe_delay``).
         max_probe_delay: Longest delay between two probes.
         **client_options: Passed to each :class:`ComfyUIClient` the pool creates (``token``,
-            ``retry``, ``reconnect``, ``timeout`` ...). Not ``max_in_flight``: a server's
-            slots are the pool's (``1 + over_queue``), and its client keeps no queue of its
-            own.
+            ``retry``, ``reconnect``, ``timeout`` ...; a ``client_id`` is then shared by
+            them all, which is safe: each talks to its own server). Not ``max_in_flight``:
+            a server's slots are the pool's (``1 + over_queue``), and its client keeps no
+            queue of its own.
     """
 
     def __init__(
@@ -361,6 +342,8 @@ class ComfyUIPool:
         if max_attempts < 1 or max_failures < 1:
             raise ValueError("max_attempts and max_failures must be at least 1")
         client_options.pop("max_in_flight", None)
+        self._client_id: str | None = client_options.get("client_id")
+        self._adopted: OrderedDict[str, str] = OrderedDict()  # prompt_id -> server, adopt()
         self._capacity = 1 + over_queue
         self._client_options = client_options
         self._rules = BindingRules(max_attempts, fail_running=on_lost == "fail")
@@ -397,6 +380,11 @@ class ComfyUIPool:
             f"waiting={len(self._sched.waiting)} placed={len(self._sched.placed)} "
             f"done={self.done} failed={self.failed}>"
         )
+
+    @property
+    def client_id(self) -> str | None:
+        """The ``client_id`` every client the pool creates uses (``None``: each its own)."""
+        return self._client_id
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -561,6 +549,8 @@ class ComfyUIPool:
                     mean_job_time=r.mean_time,
                     loaded_model=r.loaded,
                     model_switches=r.switches,
+                    down_since=srv.down_since,
+                    error=srv.error if r.state in (ServerState.DOWN, ServerState.JOINING) else None,
                 )
             )
         return out
@@ -624,6 +614,7 @@ class ComfyUIPool:
                 await self._connect(srv)
         except (DreamgenError, TimeoutError) as exc:
             log.warning("server %s did not join: %s", srv.url, exc)
+            srv.error = str(exc) or type(exc).__name__
             if srv.record.state is ServerState.JOINING:
                 self._event(srv, ServerEvent.FAILED)
             return exc
@@ -700,6 +691,10 @@ class ComfyUIPool:
             self._changed()
             return
         log.info("server %s: %s -> %s (%s)", srv.url, old.value, new.value, event.value)
+        if new is ServerState.DOWN and srv.down_since is None:
+            srv.down_since = time.time()
+        elif new is ServerState.UP:
+            srv.down_since = srv.error = None
         if new in (ServerState.DOWN, ServerState.REMOVED):
             self._take_back(srv)
         if new is ServerState.DOWN:
@@ -765,6 +760,7 @@ class ComfyUIPool:
                         await self._forget_stale(srv)
                 except (DreamgenError, TimeoutError) as exc:
                     log.info("server %s still down: %s", srv.url, exc)
+                    srv.error = str(exc) or type(exc).__name__
                 else:
                     self._event(srv, ServerEvent.READY)
                     return
@@ -849,11 +845,16 @@ class ComfyUIPool:
         extra_data: Mapping[str, Any] | None = None,
         on_progress: ProgressCallback | None = None,
         prompt_id: str | None = None,
+        before_post: BeforePost | None = None,
     ) -> PoolJob:
         """Queue a prompt client-side and return its :class:`PoolJob` at once.
 
         It is posted when a server it can run on has a free slot: higher ``priority``
         first, FIFO within a priority (``front``: ahead of its priority's queue).
+        ``before_post(server, client_id)`` is awaited once the job is bound to a server and
+        before its POST there, and again before the POST to another server on failover (a
+        journal commits where the prompt goes before it goes there); if it fails, the job
+        fails with its error and nothing is posted.
 
         Raises:
             NoCapableServerError: no server has every node class and model file the
@@ -877,6 +878,7 @@ class ComfyUIPool:
         if prompt_id in self._jobs:
             raise ValueError(f"prompt_id {prompt_id} is already in use")
         book = _Book(Binding(prompt_id), asyncio.get_running_loop().create_future())
+        book.before_post = before_post
         job = PoolJob(
             book,
             self._cancel_book,
@@ -922,7 +924,12 @@ class ComfyUIPool:
     async def wait_for_completion(
         self, prompt_id: str, timeout: float | None = None
     ) -> PromptResult:
-        """Wait for a prompt submitted through this pool (or recently finished)."""
+        """Wait for a prompt submitted through this pool (or recently finished, or adopted)."""
+        adopted = self._adopted.get(prompt_id)
+        if adopted is not None and prompt_id not in self._jobs:
+            client = self._usable(adopted).client
+            assert client is not None
+            return await client.wait_for_completion(prompt_id, timeout)
         book = self._jobs.get(prompt_id)
         job = book.job if book is not None else self._recent.get(prompt_id)
         if job is None:
@@ -989,6 +996,8 @@ class ComfyUIPool:
         inner: Job | None = None
         try:
             workflow = await self._with_inputs(job, srv)
+            if book.before_post is not None:
+                await book.before_post(srv.url, client.client_id)
             inner = await client.submit(
                 workflow,
                 prompt_id=job.prompt_id,
@@ -1110,6 +1119,122 @@ class ComfyUIPool:
         if book.binding.state is BindingState.CANCELLING and launch is not None:
             await asyncio.wait([launch])
 
+    async def adopt(
+        self,
+        prompt_id: str,
+        *,
+        server: str | None = None,
+        client_id: str | None = None,
+        workflow: Mapping[str, Any] | None = None,
+        on_progress: ProgressCallback | None = None,
+    ) -> Job | None:
+        """Take charge of a prompt posted earlier to ``server`` (a journal's record): its
+        :class:`Job` there, or ``None`` when that server does not have it (see
+        :meth:`ComfyUIClient.adopt`). Without ``server``, each usable server is asked in turn.
+
+        The job is that server's (it takes no slot of the pool); its outputs are downloaded
+        from that server by :meth:`get_outputs`.
+
+        Raises:
+            ConnectError: ``server`` is not in the pool, or is down (the prompt's fate there
+                is unknown: the caller may run it elsewhere, knowing it may run twice).
+        """
+        self._check_open()
+        if server is not None:
+            candidates = [self._usable(server)]
+        else:
+            candidates = [srv for srv in self._servers.values() if self._answers(srv)]
+        for srv in candidates:
+            client = srv.client
+            assert client is not None
+            job = await client.adopt(
+                prompt_id, client_id=client_id, workflow=workflow, on_progress=on_progress
+            )
+            if job is not None:
+                self._adopted[prompt_id] = srv.url
+                while len(self._adopted) > _OUTPUTS:
+                    self._adopted.popitem(last=False)
+                return job
+        return None
+
+    @staticmethod
+    def _answers(srv: _Server) -> bool:
+        return srv.client is not None and srv.record.state in (
+            ServerState.UP,
+            ServerState.SUSPECT,
+            ServerState.DRAINING,
+        )
+
+    def _usable(self, server: str) -> _Server:
+        """The server ``server`` names, if it answers; else :class:`ConnectError`."""
+        srv = self._servers.get(self._key(server))
+        if srv is None:
+            raise ConnectError(f"{server} is not in the pool")
+        if not self._answers(srv):
+            raise ConnectError(f"{srv.url} is {srv.record.state.value}")
+        return srv
+
+    # ------------------------------------------------------------------ capabilities
+
+    async def object_info_by_server(
+        self, node_class: str | None = None
+    ) -> dict[str, dict[str, Any]]:
+        """``GET /object_info`` (or ``/object_info/{class}``) of every server that answers,
+        by URL: which server has which nodes and model files.
+
+        Raises:
+            ConnectError: no server answered (each one's reason is in the message).
+        """
+        self._check_open()
+        servers = list(self._servers.values())
+
+        async def one(srv: _Server) -> dict[str, Any] | BaseException:
+            if srv.client is None or not self._answers(srv):
+                return ConnectError(srv.error or f"it is {srv.record.state.value}")
+            try:
+                async with asyncio.timeout(self._probe_timeout):
+                    info = await srv.client.object_info(node_class)
+            except (DreamgenError, TimeoutError) as exc:
+                return exc
+            if node_class is None:
+                srv.record.caps = Capabilities.from_object_info(info)
+            return info
+
+        answers = await asyncio.gather(*(one(srv) for srv in servers))
+        infos = {
+            srv.url: info
+            for srv, info in zip(servers, answers, strict=True)
+            if not isinstance(info, BaseException)
+        }
+        if not infos:
+            raise ConnectError(
+                "no server of the pool answered: "
+                + "; ".join(
+                    f"{srv.url}: {err or type(err).__name__}"
+                    for srv, err in zip(servers, answers, strict=True)
+                )
+            )
+        return infos
+
+    async def object_info(self, node_class: str | None = None) -> dict[str, Any]:
+        """The union of the answering servers' ``/object_info``: every node class any of them
+        has, each model list with every server's files (what the pool as a whole can run;
+        a job still runs on one server that has all it needs). See
+        :meth:`object_info_by_server` for which server has what.
+
+        Raises:
+            ConnectError: no server answered.
+        """
+        return merge_object_info(await self.object_info_by_server(node_class))
+
+    async def models(self) -> ServerModels:
+        """The model files the pool as a whole offers (any server's)."""
+        return ServerModels.from_object_info(await self.object_info())
+
+    async def status(self) -> list[ServerStatus]:
+        """Every server's status (see :attr:`servers`)."""
+        return self.servers
+
     # ------------------------------------------------------------------ inputs
 
     async def upload_image(
@@ -1219,14 +1344,27 @@ class ComfyUIPool:
         see :meth:`ComfyUIClient.get_outputs`."""
         if isinstance(result, str):
             result = await self.wait_for_completion(result)
-        return await collect_outputs(result, self.download, previews=previews)
+        return await collect_outputs(result, self._fetcher(result), previews=previews)
 
     async def get_output_images(self, result: PromptResult | str) -> list[OutputImage]:
         """Download every output image of a finished prompt (saved images first), each
         checked by its magic bytes; see :meth:`ComfyUIClient.get_output_images`."""
         if isinstance(result, str):
             result = await self.wait_for_completion(result)
-        return await collect_output_images(result, self.download)
+        return await collect_output_images(result, self._fetcher(result))
+
+    def _fetcher(self, result: PromptResult) -> Callable[[ImageRef], Awaitable[bytes]]:
+        """How to download ``result``'s files: an adopted prompt's from its own server."""
+        server = self._adopted.get(result.prompt_id)
+        if server is None:
+            return self.download
+
+        async def fetch(image: ImageRef) -> bytes:
+            client = self._usable(server).client
+            assert client is not None
+            return await client.download(image)
+
+        return fetch
 
 
 def _resolve(future: asyncio.Future[PromptResult], outcome: object) -> None:
