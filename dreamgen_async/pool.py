@@ -79,6 +79,7 @@ from dreamgen_async.placement import (
     Failed,
     Launch,
     Posted,
+    Requirements,
     Scheduler,
     ServerEvent,
     ServerRecord,
@@ -97,6 +98,8 @@ from dreamgen_async.workflows.builder import ServerModels
 __all__ = ["ComfyUIPool", "PoolImageRef", "PoolJob", "ServerStatus"]
 
 log = logging.getLogger("dreamgen_async.pool")
+#: A server going down or coming back: one WARNING line each (the CLI shows this logger).
+health_log = logging.getLogger("dreamgen_async.pool.health")
 
 LostPolicy = Literal["resubmit", "fail"]
 PoolJobState = Literal["waiting", "posting", "queued", "running", "done", "cancelled"]
@@ -120,6 +123,7 @@ _RECENT = 1024  # finished jobs kept for wait_for_completion / get_output_images
 _OUTPUTS = 65536  # output image -> server, for download()
 _INPUTS = 4096  # remembered input images
 _UNLIMITED = sys.maxsize  # the max_in_flight of the pool's own clients: see _new_client
+_WAITING = BindingState.WAITING
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,6 +175,8 @@ class _Book:
     launch: asyncio.Task[None] | None = None  # the latest launch (it may be called off)
     deliver: ProgressCallback | None = None  # the handle's progress sink
     before_post: BeforePost | None = None  # awaited before each launch's POST
+    req: Requirements | None = None  # the workflow's requirements (what a server needs to run it)
+    deadline: float | None = None  # no joined server can run it: it fails at this time
 
     def bound_to(self, server: str) -> bool:
         """Whether ``server`` holds the job now (posting, placed or cancelling there)."""
@@ -315,6 +321,10 @@ class ComfyUIPool:
         probe_delay: First delay between probes of a down server (doubles, with jitter, up
             to ``max_probe_delay``).
         max_probe_delay: Longest delay between two probes.
+        join_timeout: Seconds a job that no joined server can run waits for the servers
+            that have not joined or are down (one of them might run it); then it fails with
+            :class:`NoCapableServerError` naming each server and why (lacks a node or
+            model, down since when, not joined).
         **client_options: Passed to each :class:`ComfyUIClient` the pool creates (``token``,
             ``retry``, ``reconnect``, ``timeout`` ...; a ``client_id`` is then shared by
             them all, which is safe: each talks to its own server). Not ``max_in_flight``:
@@ -335,6 +345,7 @@ class ComfyUIPool:
         probe_timeout: float = 10.0,
         probe_delay: float = 0.5,
         max_probe_delay: float = 30.0,
+        join_timeout: float = 60.0,
         **client_options: Any,
     ) -> None:
         if over_queue < 0:
@@ -342,6 +353,9 @@ class ComfyUIPool:
         if max_attempts < 1 or max_failures < 1:
             raise ValueError("max_attempts and max_failures must be at least 1")
         client_options.pop("max_in_flight", None)
+        if join_timeout < 0:
+            raise ValueError("join_timeout must be 0 or more")
+        self._join_timeout = join_timeout
         self._client_id: str | None = client_options.get("client_id")
         self._adopted: OrderedDict[str, str] = OrderedDict()  # prompt_id -> server, adopt()
         self._capacity = 1 + over_queue
@@ -693,7 +707,11 @@ class ComfyUIPool:
         log.info("server %s: %s -> %s (%s)", srv.url, old.value, new.value, event.value)
         if new is ServerState.DOWN and srv.down_since is None:
             srv.down_since = time.time()
+            why = f": {srv.error}" if srv.error else ""
+            health_log.warning("server %s is down%s", srv.url, why)
         elif new is ServerState.UP:
+            if srv.down_since is not None:
+                health_log.warning("server %s is back up", srv.url)
             srv.down_since = srv.error = None
         if new in (ServerState.DOWN, ServerState.REMOVED):
             self._take_back(srv)
@@ -816,7 +834,76 @@ class ComfyUIPool:
                 if state is ServerState.UP and not client.connected:
                     self._event(srv, ServerEvent.FAILED)
             self._kick()
+            now = time.monotonic()
+            for book in [b for b in self._jobs.values() if b.binding.state is _WAITING]:
+                self._bound_wait(book, now)
             await asyncio.sleep(self._health_interval)
+
+    def _joined_can_run(self, req: Requirements | None) -> bool:
+        """Whether a joined, usable server can run ``req`` (not one down or still joining)."""
+        return req is None or any(
+            srv.record.state in (ServerState.UP, ServerState.SUSPECT) and srv.record.can_run(req)
+            for srv in self._servers.values()
+        )
+
+    def _bound_wait(self, book: _Book, now: float) -> None:
+        """A waiting job only an unjoined or down server might run: start its clock, or fail
+        it once ``join_timeout`` has passed (a joined server that can run it stops it)."""
+        if book.binding.state is not _WAITING or self._joined_can_run(book.req):
+            book.deadline = None
+            return
+        if book.deadline is None:
+            book.deadline = now + self._join_timeout
+            self._spawn(self._expire(book), "dreamgen-pool-join-timeout")
+        elif now >= book.deadline:
+            book.deadline = None
+            error = NoCapableServerError(
+                f"no joined server of the pool can run prompt {book.binding.key} "
+                f"(waited {self._join_timeout:g} s for the others): " + self._why_not(book.req),
+                missing=self._missing(book.req),
+            )
+            self._step(book, Close(error))
+            self.failed += 1
+            self._kick()
+
+    async def _expire(self, book: _Book) -> None:
+        """Check ``book`` again when its deadline passes (the watch loop checks it too)."""
+        deadline = book.deadline
+        if deadline is None:
+            return
+        await asyncio.sleep(max(0.0, deadline - time.monotonic()))
+        if book.deadline == deadline:  # not reset meanwhile
+            self._bound_wait(book, max(time.monotonic(), deadline))
+
+    def _missing(self, req: Requirements | None) -> dict[str, tuple[str, ...]]:
+        if req is None:
+            return {}
+        return {
+            srv.url: srv.record.caps.missing(req)
+            for srv in self._servers.values()
+            if srv.record.caps is not None and srv.record.caps.missing(req)
+        }
+
+    def _why_not(self, req: Requirements | None) -> str:
+        """Each server, and why it does not run ``req``."""
+        reasons = []
+        if req is None:
+            return ""
+        for srv in self._servers.values():
+            state = srv.record.state
+            caps = srv.record.caps
+            lacks = caps.missing(req) if caps is not None else ()
+            if lacks:
+                why = "lacks " + ", ".join(lacks)
+            elif state is ServerState.DOWN:
+                since = time.strftime("%H:%M:%S", time.localtime(srv.down_since or time.time()))
+                why = f"down since {since}" + (f" ({srv.error})" if srv.error else "")
+            elif caps is None:
+                why = "has not joined" + (f" ({srv.error})" if srv.error else "")
+            else:
+                why = state.value
+            reasons.append(f"{srv.url} {why}")
+        return "; ".join(reasons)
 
     async def _refresh_capabilities(self) -> None:
         """Read /object_info again from every usable server (after a capability miss)."""
@@ -879,6 +966,7 @@ class ComfyUIPool:
             raise ValueError(f"prompt_id {prompt_id} is already in use")
         book = _Book(Binding(prompt_id), asyncio.get_running_loop().create_future())
         book.before_post = before_post
+        book.req = req
         job = PoolJob(
             book,
             self._cancel_book,
@@ -891,6 +979,7 @@ class ComfyUIPool:
         self._jobs[prompt_id] = book
         self._sched.enqueue(prompt_id, req, priority, front)
         self._kick()
+        self._bound_wait(book, time.monotonic())
         return job
 
     async def queue_prompt(

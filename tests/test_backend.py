@@ -7,6 +7,7 @@ two-simulator ``ComfyUIPool`` with the same assertions; the pool helpers that ra
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -25,6 +26,7 @@ from dreamgen_async import (
     GenerationResult,
     Img2ImgRequest,
     JobFailure,
+    NoCapableServerError,
     RetryPolicy,
     WorkflowError,
 )
@@ -72,7 +74,9 @@ async def backend(
 def _ui_txt2img() -> dict[str, Any]:
     """A UI-format export: checkpoint -> text -> sampler -> decode -> save."""
 
-    def node(node_id: int, kind: str, widgets: Any = None, inputs: Any = (), outputs: Any = ()):
+    def node(
+        node_id: int, kind: str, widgets: Any = None, inputs: Any = (), outputs: Any = ()
+    ) -> dict[str, Any]:
         return {
             "id": node_id,
             "type": kind,
@@ -252,3 +256,26 @@ def test_merge_object_info_unions_the_combos() -> None:
     assert merged["L"]["input"]["required"]["ckpt"][0] == ["x", "y", "z"]
     assert merged["M"]["input"]["required"]["m"][1]["options"] == ["p", "q"]
     assert set(merged) == {"L", "OnlyA", "M"}
+
+
+async def test_a_job_only_an_unjoined_server_could_run_fails_within_join_timeout(
+    comfyui_farm: SimulatorFarm,
+) -> None:
+    await comfyui_farm.start(cfg(checkpoints=("a.safetensors",)))
+    dead = "http://127.0.0.1:9"
+    async with ComfyUIPool([comfyui_farm.urls[0], dead], **FAST, join_timeout=0.5) as pool:
+        graph = txt2img(seed=1)
+        graph["1"]["inputs"]["ckpt_name"] = "elsewhere.safetensors"
+        job = await pool.submit(graph)  # the dead server might have it, once it joins
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        with pytest.raises(NoCapableServerError) as info:
+            await job.result(timeout=10)
+        assert loop.time() - started < 0.5 + 3
+        other = txt2img(seed=2)
+        other["1"]["inputs"]["ckpt_name"] = "a.safetensors"
+        ok = await pool.run(other, timeout=10)
+    message = str(info.value)
+    assert f"{comfyui_farm.urls[0]} lacks ckpt_name 'elsewhere.safetensors'" in message
+    assert f"{dead} down since" in message
+    assert ok.prompt_id
