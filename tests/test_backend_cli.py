@@ -1,0 +1,122 @@
+"""Issue 23 on the command line: several ``--server``s are one backend."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sqlite3
+from pathlib import Path
+
+from _cli import DREAMGEN
+
+from dreamgen_async.testing import SimulatorConfig, SimulatorFarm
+
+DEAD = "http://127.0.0.1:9"
+
+
+async def dreamgen(*args: str, cwd: Path | None = None) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        *DREAMGEN,
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        cwd=cwd,
+        env={**os.environ, "COLUMNS": "160", "DREAMGEN_TOKEN": ""},
+    )
+    out, err = await proc.communicate()
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+def journal_servers(path: Path) -> list[str | None]:
+    db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+    try:
+        return [row[0] for row in db.execute("SELECT server FROM items ORDER BY idx")]
+    finally:
+        db.close()
+
+
+async def test_a_duplicate_server_is_a_usage_error(tmp_path: Path) -> None:
+    url = "http://127.0.0.1:8188"
+    code, _, err = await dreamgen("status", "--server", url, "--server", url + "/")
+    assert code == 2
+    assert "given twice" in err
+    assert "Traceback" not in err
+    code, _, err = await dreamgen("txt2img", "x", "-o", str(tmp_path), "--server", f"{url},{url}")
+    assert code == 2
+    assert "given twice" in err
+
+
+async def test_a_dead_first_server_is_no_obstacle(
+    comfyui_farm: SimulatorFarm, tmp_path: Path
+) -> None:
+    (live,) = await comfyui_farm.start(SimulatorConfig(step_time=0.001))
+    out = tmp_path / "out"
+    code, _, err = await dreamgen(
+        "txt2img", "a fox", "-n", "3", "--size", "64x64", "--steps", "2", "-o", str(out),
+        "--server", DEAD, "--server", live.url, "-q",
+    )  # fmt: skip
+    assert code == 0, err
+    assert len(list(out.glob("*.png"))) == 3
+    down = [line for line in err.splitlines() if "is down" in line]
+    assert len(down) == 1, err
+    assert DEAD in down[0]
+    # the journal is kept with several servers, each item naming its server
+    journal = out / ".dreamgen-journal.sqlite"
+    assert journal_servers(journal) == [live.url] * 3
+
+
+async def test_a_ui_file_is_converted_by_whichever_server_answers(
+    comfyui_farm: SimulatorFarm, tmp_path: Path
+) -> None:
+    from test_backend import _ui_txt2img
+
+    (live,) = await comfyui_farm.start(SimulatorConfig(step_time=0.001))
+    workflow = tmp_path / "wf.json"
+    workflow.write_text(json.dumps(_ui_txt2img()))
+    code, _, err = await dreamgen(
+        "run", str(workflow), "-o", str(tmp_path / "out"), "--server", DEAD,
+        "--server", live.url, "-q",
+    )  # fmt: skip
+    assert code == 0, err
+    assert len(list((tmp_path / "out").glob("*.png"))) == 1
+
+
+async def test_resume_alone_reruns_a_pool_batch_on_its_servers(
+    comfyui_farm: SimulatorFarm, tmp_path: Path
+) -> None:
+    sims = await comfyui_farm.start(
+        SimulatorConfig(step_time=0.001), SimulatorConfig(step_time=0.001)
+    )
+    out = tmp_path / "out"
+    for sim in sims:
+        sim.hold()
+    proc = await asyncio.create_subprocess_exec(
+        *DREAMGEN, "txt2img", "frame", "-n", "10", "--seed", "0", "--size", "64x64",
+        "--steps", "2", "-o", str(out), "--server", sims[0].url, "--server", sims[1].url,
+        "-q", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+
+    def queued() -> bool:
+        return sum(len(sim.accepted_prompt_ids) for sim in sims) >= 4
+
+    waits = [asyncio.ensure_future(sim.wait_until(queued, 30)) for sim in sims]
+    await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    for task in waits:
+        task.cancel()
+    await asyncio.gather(*waits, return_exceptions=True)
+    proc.kill()
+    await proc.communicate()
+    for sim in sims:
+        sim.release()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    code, _, err = await dreamgen(
+        "resume", str(out / ".dreamgen-journal.sqlite"), "-q", cwd=elsewhere
+    )
+    assert code == 0, err
+    ids = [pid for sim in sims for pid in sim.accepted_prompt_ids]
+    assert len(ids) == len(set(ids)) == 10
+    assert len(list(out.glob("*.png"))) == 10
+    assert list(elsewhere.iterdir()) == []
