@@ -120,3 +120,34 @@ async def test_resume_alone_reruns_a_pool_batch_on_its_servers(
     assert len(ids) == len(set(ids)) == 10
     assert len(list(out.glob("*.png"))) == 10
     assert list(elsewhere.iterdir()) == []
+
+
+async def test_a_server_gone_at_resume_its_items_run_elsewhere_marked_resubmitted(
+    comfyui_farm: SimulatorFarm, tmp_path: Path
+) -> None:
+    a, b = await comfyui_farm.start(
+        SimulatorConfig(step_time=0.001), SimulatorConfig(step_time=0.001)
+    )
+    out = tmp_path / "out"
+    command = (
+        "txt2img", "frame", "-n", "8", "--seed", "0", "--size", "64x64", "--steps", "2",
+        "-o", str(out), "--server", a.url, "--server", b.url, "--json",
+    )  # fmt: skip
+    b.hold()  # b accepts prompts and sits on them
+    proc = await asyncio.create_subprocess_exec(
+        *DREAMGEN, *command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    await b.wait_until(lambda: len(b.accepted_prompt_ids) >= 2, timeout=30)
+    proc.kill()
+    await proc.communicate()
+    on_b = set(b.accepted_prompt_ids)
+    await b.stop()  # gone, with its queue
+    code, stdout, err = await dreamgen(*command)
+    assert code == 0, err
+    records = [json.loads(line) for line in stdout.splitlines()]
+    again = [r for r in records if not r["resumed"]]
+    assert {r["server"] for r in again} == {a.url}
+    resubmitted = {r["prompt_id"] for r in again if r["resubmitted"]}
+    assert len(resubmitted) == len(on_b)
+    assert not resubmitted & on_b  # posted again under new prompt ids
+    assert len(list(out.glob("*.png"))) == 8
