@@ -279,3 +279,32 @@ async def test_a_job_only_an_unjoined_server_could_run_fails_within_join_timeout
     assert f"{comfyui_farm.urls[0]} lacks ckpt_name 'elsewhere.safetensors'" in message
     assert f"{dead} down since" in message
     assert ok.prompt_id
+
+
+async def test_failover_records_the_new_server_before_the_new_post(
+    comfyui_farm: SimulatorFarm, tmp_path: Path
+) -> None:
+    from dreamgen_async.journal import BatchJournal
+
+    a, b = await comfyui_farm.start(cfg(), cfg())
+    a.hold()  # a accepts its prompts and sits on them, then goes away
+    journal_path = tmp_path / "j.sqlite"
+    async with ComfyUIPool([a.url, b.url], **FAST) as pool:
+        gen = DreamGenerator(pool, output_dir=tmp_path / "out")
+        requests = [Img2ImgRequest(png_bytes(i), "ink", seed=i) for i in range(6)]
+        batch = asyncio.create_task(
+            gen.generate_many(requests, concurrency=6, journal=journal_path)
+        )
+        await a.wait_until(lambda: len(a.accepted_prompt_ids) >= 2, timeout=10)
+        moved = set(a.accepted_prompt_ids)
+        await a.stop()
+        outcomes = await asyncio.wait_for(batch, 30)
+    async with await BatchJournal.open(journal_path) as journal:
+        items = {item.prompt_id: item for item in await journal.items()}
+    results = [o for o in outcomes if isinstance(o, GenerationResult)]
+    assert len(results) == 6
+    for result in results:
+        assert result.server == b.url
+        assert items[result.prompt_id].server == b.url
+        assert result.resubmitted == (result.prompt_id in moved)
+    assert moved <= set(b.accepted_prompt_ids)  # the same prompt ids, posted again on b
