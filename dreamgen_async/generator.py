@@ -703,6 +703,9 @@ class DreamGenerator:
         except (ExecutionInterrupted, ExecutionError) as exc:
             log.info("prompt %s of an earlier run failed (%s): running it", item.prompt_id, exc)
             return None
+        except TransportError as exc:  # its server went away meanwhile: it may still run there
+            log.warning("prompt %s of an earlier run: %s; running it", item.prompt_id, exc)
+            return _UNKNOWN
         images = await self._download(client, result)
         now = time.time()
         timings = (now, result.queued_at, result.started_at, result.finished_at, now)

@@ -8,7 +8,10 @@ import os
 import sqlite3
 from pathlib import Path
 
+import pytest
+import pytest_asyncio
 from _cli import DREAMGEN
+from _graphs import png_bytes, txt2img
 
 from dreamgen_async.testing import SimulatorConfig, SimulatorFarm
 
@@ -151,3 +154,62 @@ async def test_a_server_gone_at_resume_its_items_run_elsewhere_marked_resubmitte
     assert len(resubmitted) == len(on_b)
     assert not resubmitted & on_b  # posted again under new prompt ids
     assert len(list(out.glob("*.png"))) == 8
+
+
+# ------------------------------------------------------------------ one suite, two backends
+
+
+@pytest_asyncio.fixture(params=[1, 2], ids=["one-server", "two-servers"])
+async def servers(request: pytest.FixtureRequest, comfyui_farm: SimulatorFarm) -> list[str]:
+    configs = [SimulatorConfig(step_time=0.001, speed=s) for s in (1.0, 0.5)][: request.param]
+    await comfyui_farm.start(*configs)
+    return comfyui_farm.urls
+
+
+def server_args(urls: list[str]) -> list[str]:
+    return [arg for url in urls for arg in ("--server", url)]
+
+
+async def test_cli_txt2img(servers: list[str], tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    code, stdout, err = await dreamgen(
+        "txt2img", "a fox", "-n", "3", "--seed", "1", "--size", "64x64", "--steps", "2",
+        "-o", str(out), "--json", *server_args(servers),
+    )  # fmt: skip
+    assert code == 0, err
+    records = [json.loads(line) for line in stdout.splitlines()]
+    assert len(records) == 3
+    assert {r["server"] for r in records} <= set(servers)
+    assert len(list(out.glob("*.png"))) == 3
+
+
+async def test_cli_img2img_batch(servers: list[str], tmp_path: Path) -> None:
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for i in range(4):
+        (frames / f"f{i}.png").write_bytes(png_bytes(i))
+    out = tmp_path / "out"
+    code, _, err = await dreamgen(
+        "img2img", str(frames), "ink", "--seed", "2", "--steps", "2", "-o", str(out), "-q",
+        *server_args(servers),
+    )  # fmt: skip
+    assert code == 0, err
+    assert sorted(p.name[:2] for p in out.glob("*.png")) == ["f0", "f1", "f2", "f3"]
+
+
+@pytest.mark.parametrize("kind", ["api", "ui"])
+async def test_cli_run_a_file(servers: list[str], tmp_path: Path, kind: str) -> None:
+    from test_backend import _ui_txt2img
+
+    workflow = tmp_path / "wf.json"
+    workflow.write_text(json.dumps(txt2img(seed=4) if kind == "api" else _ui_txt2img()))
+    out = tmp_path / "out"
+    code, _, err = await dreamgen("run", str(workflow), "-o", str(out), "-q", *server_args(servers))
+    assert code == 0, err
+    assert len(list(out.glob("*.png"))) == 1
+
+
+async def test_cli_status_lists_the_models(servers: list[str]) -> None:
+    code, stdout, err = await dreamgen("status", *server_args(servers))
+    assert code == 0, err
+    assert "flux1-schnell.safetensors" in stdout
