@@ -30,7 +30,6 @@ from dreamgen_async import (
     RetryPolicy,
     WorkflowError,
 )
-from dreamgen_async.backend import merge_object_info
 from dreamgen_async.multiplexer import ReconnectPolicy
 from dreamgen_async.testing import SimulatorConfig, SimulatorFarm
 from dreamgen_async.workflow_io import (
@@ -243,19 +242,6 @@ async def test_a_pool_with_a_dead_server_asks_the_live_one(
         down = next(s for s in await pool.status() if s.url == dead)
         assert down.down_since is not None
         assert down.error
-
-
-def test_merge_object_info_unions_the_combos() -> None:
-    a = {"L": {"input": {"required": {"ckpt": [["x", "y"], {}]}}}, "OnlyA": {"input": {}}}
-    b = {
-        "L": {"input": {"required": {"ckpt": [["y", "z"], {}]}}},
-        "M": {"input": {"required": {"m": ["COMBO", {"options": ["p"]}]}}},
-    }
-    c = {"M": {"input": {"required": {"m": ["COMBO", {"options": ["q", "p"]}]}}}}
-    merged = merge_object_info({"a": a, "b": b, "c": c})
-    assert merged["L"]["input"]["required"]["ckpt"][0] == ["x", "y", "z"]
-    assert merged["M"]["input"]["required"]["m"][1]["options"] == ["p", "q"]
-    assert set(merged) == {"L", "OnlyA", "M"}
 
 
 async def test_a_job_only_an_unjoined_server_could_run_fails_within_join_timeout(
