@@ -159,6 +159,7 @@ class _Server:
     failures: int = 0  # consecutive; reset by a job that succeeds there
     downs: int = 0  # times it went down since its last success: the rejoin backoff grows
     down_since: float | None = None  # when it went down (None unless down)
+    abandoned: set[str] = field(default_factory=set)  # see adopt(): taken off when it is back
     error: str | None = None  # why it did not join, or last failed a rejoin
     removed: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -790,13 +791,14 @@ class ComfyUIPool:
     async def _forget_stale(self, srv: _Server) -> None:
         """Before a down server takes jobs again: take off it the prompts of ours that it
         still holds (its client could not reach it to take them back) and that were placed
-        elsewhere meanwhile or have ended, so that they do not run twice."""
+        elsewhere meanwhile or have ended, or that an adopter gave up on while it was down
+        (:meth:`adopt`), so that they do not run twice."""
         client = srv.client
         assert client is not None
         queue = await client.get_queue()
 
         def stale(prompt_id: str) -> bool:
-            if prompt_id in self._recent:
+            if prompt_id in self._recent or prompt_id in srv.abandoned:
                 return True
             book = self._jobs.get(prompt_id)
             return book is not None and not book.bound_to(srv.url)
@@ -811,6 +813,7 @@ class ComfyUIPool:
             await client.delete_from_queue(*pending)
         for prompt_id in running:
             await client.interrupt(prompt_id)
+        srv.abandoned.clear()  # taken off, or not there: run already, or never arrived
 
     async def _check(self, srv: _Server) -> bool:
         client = srv.client
@@ -1226,11 +1229,12 @@ class ComfyUIPool:
 
         Raises:
             ConnectError: ``server`` is not in the pool, or is down (the prompt's fate there
-                is unknown: the caller may run it elsewhere, knowing it may run twice).
+                is unknown: the caller may run it elsewhere). If that server comes back, the
+                prompt is taken off it before it takes new jobs (if it has not run it yet).
         """
         self._check_open()
         if server is not None:
-            candidates = [self._usable(server)]
+            candidates = [self._usable(server, abandon=prompt_id)]
         else:
             candidates = [srv for srv in self._servers.values() if self._answers(srv)]
         for srv in candidates:
@@ -1254,12 +1258,18 @@ class ComfyUIPool:
             ServerState.DRAINING,
         )
 
-    def _usable(self, server: str) -> _Server:
-        """The server ``server`` names, if it answers; else :class:`ConnectError`."""
+    def _usable(self, server: str, abandon: str | None = None) -> _Server:
+        """The server ``server`` names, if it answers; else :class:`ConnectError`.
+
+        ``abandon``: a prompt_id the caller will run elsewhere if this server does not
+        answer; the pool takes it off this server when it is back (see :meth:`_forget_stale`).
+        """
         srv = self._servers.get(self._key(server))
         if srv is None:
             raise ConnectError(f"{server} is not in the pool")
         if not self._answers(srv):
+            if abandon is not None and len(srv.abandoned) < _OUTPUTS:
+                srv.abandoned.add(abandon)
             raise ConnectError(f"{srv.url} is {srv.record.state.value}")
         return srv
 

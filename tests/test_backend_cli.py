@@ -213,3 +213,57 @@ async def test_cli_status_lists_the_models(servers: list[str]) -> None:
     code, stdout, err = await dreamgen("status", *server_args(servers))
     assert code == 0, err
     assert "flux1-schnell.safetensors" in stdout
+
+
+async def test_a_server_down_at_resume_that_comes_back_does_not_run_its_items_too(
+    comfyui_farm: SimulatorFarm, tmp_path: Path
+) -> None:
+    a, b = await comfyui_farm.start(
+        SimulatorConfig(step_time=0.001), SimulatorConfig(step_time=0.001)
+    )
+    out = tmp_path / "out"
+    command = (
+        "txt2img", "frame", "-n", "8", "--seed", "0", "--size", "64x64", "--steps", "2",
+        "-o", str(out), "--server", a.url, "--server", b.url, "--json",
+    )  # fmt: skip
+    b.hold()  # b accepts prompts and sits on them
+    proc = await asyncio.create_subprocess_exec(
+        *DREAMGEN, *command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    await b.wait_until(lambda: len(b.accepted_prompt_ids) >= 2, timeout=30)
+    proc.kill()
+    await proc.communicate()
+    on_b = set(b.accepted_prompt_ids)
+    b.fail_next("/object_info", n=10**6, status=503)  # b cannot join the rerun's pool...
+    a.hold()
+    with (tmp_path / "stdout").open("wb") as sink:
+        proc = await asyncio.create_subprocess_exec(
+            *DREAMGEN, *command, "--debug", stdout=sink, stderr=asyncio.subprocess.PIPE
+        )
+    assert proc.stderr is not None
+    # ... so it gives up on b's prompts (to run them on a, held there) ...
+    gave_up = 0
+    while gave_up < len(on_b):
+        line = await asyncio.wait_for(proc.stderr.readline(), 60)
+        assert line, "the rerun ended early"
+        gave_up += b"cannot be collected" in line
+    drain = asyncio.ensure_future(proc.stderr.read())
+    b.clear_faults()  # ... then b is back: it must not run them too
+    await b.wait_until(lambda: all(b.prompts[p].status == "deleted" for p in on_b), timeout=60)
+    a.release()
+    b.release()
+    await proc.wait()
+    stderr = await drain
+    stdout = (tmp_path / "stdout").read_bytes()
+    assert proc.returncode == 0, stderr.decode()[-3000:]
+    records = [json.loads(line) for line in stdout.decode().splitlines()]
+    assert sum(r["resubmitted"] for r in records) == len(on_b)
+    ran: dict[int, int] = {}
+    for sim in (a, b):
+        for prompt in sim.prompts.values():
+            if prompt.status == "success":
+                graph = prompt.graph
+                (seed,) = [n["inputs"]["seed"] for n in graph.values() if "seed" in n["inputs"]]
+                ran[seed] = ran.get(seed, 0) + 1
+    assert ran == dict.fromkeys(range(8), 1)
+    assert len(list(out.glob("*.png"))) == 8
