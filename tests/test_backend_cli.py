@@ -267,3 +267,24 @@ async def test_a_server_down_at_resume_that_comes_back_does_not_run_its_items_to
                 ran[seed] = ran.get(seed, 0) + 1
     assert ran == dict.fromkeys(range(8), 1)
     assert len(list(out.glob("*.png"))) == 8
+
+
+async def test_a_job_only_a_dead_server_could_run_fails_within_join_timeout(
+    comfyui_farm: SimulatorFarm, tmp_path: Path
+) -> None:
+    (live,) = await comfyui_farm.start(SimulatorConfig(step_time=0.001))
+    graph = txt2img(seed=1)
+    graph["1"]["inputs"]["ckpt_name"] = "elsewhere.safetensors"
+    workflow = tmp_path / "wf.json"
+    workflow.write_text(json.dumps(graph))
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    code, _, err = await dreamgen(
+        "run", str(workflow), "-o", str(tmp_path / "out"), "--server", live.url,
+        "--server", DEAD, "--join-timeout", "1",
+    )  # fmt: skip
+    assert code == 1, err
+    assert loop.time() - started < 1 + 10
+    assert f"{DEAD} down since" in err
+    assert f"{live.url} lacks ckpt_name 'elsewhere.safetensors'" in err
+    assert live.accepted_prompt_ids == []
