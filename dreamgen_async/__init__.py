@@ -4,6 +4,7 @@ The public API is exactly what this module exports (``__all__``); everything els
 internal. The simulator lives apart, in :mod:`dreamgen_async.testing`.
 """
 
+from dreamgen_async.backend import Backend, BackendJob
 from dreamgen_async.cache import ResultCache
 from dreamgen_async.comfyui_api import ComfyUIClient, RetryPolicy, UploadedImage
 from dreamgen_async.errors import (
@@ -106,6 +107,8 @@ __version__ = "0.1.0.dev0"
 __all__ = [
     "PRESETS",
     "AuthenticationError",
+    "Backend",
+    "BackendJob",
     "Batch",
     "BatchProgress",
     "BinaryText",

@@ -32,9 +32,11 @@ from urllib.parse import unquote, urlsplit
 
 import aiohttp
 
+from dreamgen_async.backend import BeforePost, ServerStatus
 from dreamgen_async.errors import (
     ClientClosedError,
     ConfigError,
+    ConnectError,
     DreamgenError,
     PartialPromptWarning,
     PartialPromptWarningError,
@@ -60,6 +62,7 @@ from dreamgen_async.protocol import (
     verify_output,
 )
 from dreamgen_async.workflow_builder import BuiltWorkflow, Graph, Workflow, as_api_graph
+from dreamgen_async.workflows.builder import ServerModels
 
 __all__ = ["BIG_BODY", "ComfyUIClient", "RetryPolicy", "UploadedImage", "history_input"]
 
@@ -221,7 +224,7 @@ def _adopted(state: JobState) -> bool:
 
 
 class ComfyUIClient:
-    """An asyncio client for one ComfyUI server.
+    """An asyncio client for one ComfyUI server (a :class:`~dreamgen_async.backend.Backend`).
 
     Use it as ``async with ComfyUIClient(url) as client:``. It owns one
     :class:`aiohttp.ClientSession` (unless you pass ``session``, which it then never
@@ -316,6 +319,8 @@ class ComfyUIClient:
         )
         self._mux: Multiplexer = self._owner.mux
         self._closed: asyncio.Task[None] | None = None  # the close, once begun
+        self._adopters: dict[str, ComfyUIClient] = {}  # by client_id: see adopt()
+        self._adopters_lock = asyncio.Lock()
 
     def __repr__(self) -> str:
         return f"<ComfyUIClient {self.safe_url} {self._state}>"
@@ -398,6 +403,9 @@ class ComfyUIClient:
             await asyncio.shield(self._closed)
 
     async def _close(self, opened: bool, detach: bool, timeout: float) -> None:
+        adopters, self._adopters = list(self._adopters.values()), {}
+        for adopter in adopters:  # they share this client's session: closed first
+            await adopter.aclose(detach=detach, timeout=timeout)
         try:
             if opened:
                 reason = ClientClosedError("the client was closed while the job waited")
@@ -458,6 +466,7 @@ class ComfyUIClient:
         on_progress: ProgressCallback | None = None,
         prompt_id: str | None = None,
         priority: int = 0,
+        before_post: BeforePost | None = None,
     ) -> Job:
         """Queue a prompt and return its :class:`Job` once the server accepted it.
 
@@ -466,7 +475,8 @@ class ComfyUIClient:
         The job is registered before ``POST /prompt``, so no event can be missed.
         Cancelling this call takes the prompt back: at once while it waits for a slot, or as
         soon as the POST's outcome is known (never before, so a slow server cannot queue it
-        after its delete); it returns once the removal was sent.
+        after its delete); it returns once the removal was sent. ``before_post(server,
+        client_id)`` is awaited before anything is sent (a journal commits the prompt_id there).
 
         Raises:
             PromptRejected: the server refused the graph (400), with ``node_errors``.
@@ -476,6 +486,8 @@ class ComfyUIClient:
         """
         workflow = as_api_graph(workflow)  # Workflow, BuiltWorkflow, mapping; never UI format
         self._http.check_open()
+        if before_post is not None:
+            await before_post(self.safe_url, self.client_id)
         self._mux.ensure_running()
         job = self._owner.add(
             prompt_id or str(uuid.uuid4()),
@@ -570,6 +582,8 @@ class ComfyUIClient:
         self,
         prompt_id: str,
         *,
+        server: str | None = None,
+        client_id: str | None = None,
         workflow: Mapping[str, Any] | None = None,
         on_progress: ProgressCallback | None = None,
     ) -> Job | None:
@@ -583,8 +597,20 @@ class ComfyUIClient:
         the prompt was posted under. With ``workflow``, a prompt the server later loses is
         resubmitted by the ``on_lost`` policy; without, it fails with :class:`PromptLost`.
         Cancelling this call leaves the prompt to the server.
+
+        ``server`` (when given) must be this client's; a ``client_id`` other than this
+        client's is served by a companion client under that id (see :meth:`with_client_id`),
+        opened on first use and closed with this one, so the prompt's events arrive.
+
+        Raises:
+            ConnectError: ``server`` is another server (this client cannot ask it).
         """
         self._http.check_open()
+        if server is not None and server != self.safe_url:
+            raise ConnectError(f"prompt {prompt_id} was posted to {server}, not {self.safe_url}")
+        if client_id is not None and client_id != self.client_id:
+            adopter = await self._adopter(client_id)
+            return await adopter.adopt(prompt_id, workflow=workflow, on_progress=on_progress)
         self._mux.ensure_running()
         job = self._owner.add(prompt_id, workflow or {}, on_progress=on_progress, adopted=True)
         try:
@@ -596,6 +622,15 @@ class ComfyUIClient:
             return None
         self._owner.resubmit_if_lost(job, workflow is not None)
         return job
+
+    async def _adopter(self, client_id: str) -> ComfyUIClient:
+        async with self._adopters_lock:
+            adopter = self._adopters.get(client_id)
+            if adopter is None:
+                adopter = self.with_client_id(client_id)
+                await adopter.open()
+                self._adopters[client_id] = adopter
+        return adopter
 
     def with_client_id(self, client_id: str) -> ComfyUIClient:
         """A new, unopened client for the same server, credentials, session and policies,
@@ -737,6 +772,37 @@ class ComfyUIClient:
         """``GET /object_info`` (all nodes, large) or ``/object_info/{class}``."""
         path = "/object_info" if node_class is None else f"/object_info/{node_class}"
         return await self._http.get_json(path)
+
+    async def object_info_by_server(self) -> dict[str, dict[str, Any]]:
+        """``{server: /object_info}`` (the :class:`Backend` form; one server here)."""
+        return {self.safe_url: await self.object_info()}
+
+    async def models(self) -> ServerModels:
+        """The checkpoints, diffusion models, CLIP, VAE and LoRA files the server offers."""
+        return ServerModels.from_object_info(await self.object_info())
+
+    async def status(self) -> list[ServerStatus]:
+        """The server's status (``up`` if ``/system_stats`` answers, else ``down``)."""
+        error = None
+        try:
+            await self.system_stats()
+        except DreamgenError as exc:
+            error = str(exc)
+        return [
+            ServerStatus(
+                url=self.safe_url,
+                state="down" if error else "up",
+                in_flight=self.in_flight,
+                queue=self.queue_remaining,
+                capacity=self.max_in_flight,
+                done=0,
+                failed=0,
+                mean_job_time=None,
+                loaded_model=None,
+                model_switches=0,
+                error=error,
+            )
+        ]
 
     async def free_memory(self, *, unload_models: bool = False, free_memory: bool = True) -> None:
         """``POST /free``: ask the server to release memory and/or unload models."""

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import hashlib
 import logging
@@ -41,6 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeAlias
 
+from dreamgen_async.backend import Backend, BackendJob
 from dreamgen_async.batch import Batch, BatchProgress, BatchRunner, Outcome
 from dreamgen_async.cache import CacheEntry, ResultCache, request_key
 from dreamgen_async.comfyui_api import ComfyUIClient
@@ -53,6 +55,7 @@ from dreamgen_async.errors import (
     JournalError,
     NodeError,
     PromptTimeout,
+    TransportError,
     WorkflowError,
 )
 from dreamgen_async.files import (
@@ -70,7 +73,7 @@ from dreamgen_async.files import (
     write_outputs,
 )
 from dreamgen_async.handles import JobHandle
-from dreamgen_async.jobs import Job, ProgressCallback, PromptResult
+from dreamgen_async.jobs import ProgressCallback, PromptResult
 from dreamgen_async.journal import BatchJournal, JournalItem
 from dreamgen_async.plan import (
     Adopt,
@@ -82,7 +85,6 @@ from dreamgen_async.plan import (
     must_check_files,
     needs_cache_entry,
 )
-from dreamgen_async.pool import ComfyUIPool, PoolJob
 from dreamgen_async.protocol import Event
 from dreamgen_async.requests import (
     ControlNetInput,
@@ -148,8 +150,6 @@ __all__ = [
 
 log = logging.getLogger("dreamgen_async")
 
-#: A backend job: a client's or a pool's.
-BackendJob: TypeAlias = Job | PoolJob
 #: Told which backend job runs a request once it exists (and the server it went to, if known).
 OnJob: TypeAlias = Callable[[BackendJob, str | None], object]
 
@@ -185,6 +185,8 @@ class _Fetched:
     timings: tuple[float | None, ...]
     seed: int | None = None  # the seed of a prompt an earlier run posted
     node_errors: tuple[NodeError, ...] = ()
+    server: str | None = None  # where it ran
+    resubmitted: bool = False  # an earlier post of it may also have run
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -319,9 +321,9 @@ class DreamGenerator:
     """Generate images with a ComfyUI server and write them to ``output_dir``.
 
     Args:
-        client: A :class:`ComfyUIClient` or :class:`ComfyUIPool` (which you open and close)
-            or a server URL (the generator then owns the client, opened on enter and closed
-            on exit).
+        client: A :class:`~dreamgen_async.backend.Backend` (a :class:`ComfyUIClient` or a
+            :class:`ComfyUIPool`, which you open and close) or a server URL (the generator
+            then owns the client, opened on enter and closed on exit).
         output_dir: Where images are written (created if missing).
         builder: The workflow builder (flux1-schnell defaults when omitted).
         cache: A :class:`ResultCache` or a folder for one; deterministic requests (an
@@ -335,7 +337,7 @@ class DreamGenerator:
 
     def __init__(
         self,
-        client: ComfyUIClient | ComfyUIPool | str = "http://127.0.0.1:8188",
+        client: Backend | str = "http://127.0.0.1:8188",
         *,
         output_dir: str | os.PathLike[str] = "dreamgen-output",
         builder: FluxWorkflowBuilder | None = None,
@@ -347,7 +349,7 @@ class DreamGenerator:
     ) -> None:
         self._owns_client = isinstance(client, str)
         self._entered = False
-        self.client: ComfyUIClient | ComfyUIPool = (
+        self.client: Backend = (
             ComfyUIClient(client, **client_options) if isinstance(client, str) else client
         )
         self.output_dir = Path(output_dir)
@@ -360,8 +362,6 @@ class DreamGenerator:
         self.max_input_pixels = max_input_pixels
         self._uploads: OrderedDict[str, asyncio.Future[str]] = OrderedDict()
         self._inflight: dict[str, _SharedRun] = {}
-        self._adopters: dict[str, ComfyUIClient] = {}
-        self._adopters_lock = asyncio.Lock()
         self._output_checked = False
 
     async def __aenter__(self) -> DreamGenerator:
@@ -381,20 +381,8 @@ class DreamGenerator:
         same journaled batch collects them instead of running them again (a batch stopped on
         purpose).
         """
-        adopters, self._adopters = list(self._adopters.values()), {}
-        for adopter in adopters:  # they share the client's session: closed first
-            await adopter.aclose(detach=detach)
         if self._owns_client:
             await self.client.aclose(detach=detach)
-
-    def _journaled_client(self) -> ComfyUIClient:
-        """The one client a batch journal records (its server, its client_id)."""
-        if not isinstance(self.client, ComfyUIClient):
-            raise ConfigError(
-                "a batch journal records one server's prompts: use it with a ComfyUIClient "
-                "(or a server URL), not a ComfyUIPool"
-            )
-        return self.client
 
     def _check_entered(self) -> None:
         if self._owns_client and not self._entered:
@@ -806,7 +794,7 @@ class DreamGenerator:
         timeout: float | None,
         watch: _Watch,
         journal: BatchJournal | None = None,
-        index: int = 0,
+        index: int | None = None,
         run_id: str = "",
     ) -> GenerationResult:
         """Answer a prepared request as :func:`~dreamgen_async.plan.decide` says: skipped (the
@@ -818,14 +806,14 @@ class DreamGenerator:
         record: Record | None = None
         if journal is not None:
             item_key = tag_key(prep.key, occurrence, run_id)
-            item = await journal.begin(item_key, prep.key, index)
+            item = await journal.begin(item_key, prep.key, index or 0)
             intact = must_check_files(item.state) and await asyncio.to_thread(item.files_intact)
             record = Record(item.state, item.prompt_id, item.cached, intact)
         try:
             plan = await self._plan(prep, record)
             if isinstance(plan, Skip):
                 assert item is not None
-                return _resumed(item, prep, submitted)
+                return dataclasses.replace(_resumed(item, prep, submitted), index=index)
             if isinstance(plan, FromCache):
                 paths = await self._write_outputs(prep, tag, list(plan.entry.images), prep.seed)
                 timings = cached_timings(plan.entry.timings, submitted)
@@ -848,7 +836,7 @@ class DreamGenerator:
                 cached=result.cached,
                 seed=result.seed,
             )
-        return result
+        return dataclasses.replace(result, index=index) if index is not None else result
 
     async def _plan(self, prep: _Prepared, record: Record | None) -> Plan[CacheEntry]:
         """:func:`~dreamgen_async.plan.decide`, the cache read only when it can matter."""
@@ -890,6 +878,8 @@ class DreamGenerator:
             False,
             timings,
             node_errors=fetched.node_errors,
+            server=fetched.server,
+            resubmitted=fetched.resubmitted,
         )
 
     async def _fetch(
@@ -904,28 +894,25 @@ class DreamGenerator:
         """Collect the item's earlier prompt, or upload (only now: a cache hit never touches
         the server), run and download."""
         fetched: _Fetched | None = None
+        resubmitted = False
         if adopt is not None:
-            fetched = await self._collect(adopt, prep, timeout, watch)
+            collected = await self._collect(adopt, prep, timeout, watch)
+            resubmitted = collected is _UNKNOWN
+            fetched = collected if isinstance(collected, _Fetched) else None
         if fetched is None:
             await self._upload(prep)
             started = time.time()
-            before_post: Callable[[str], Awaitable[None]] | None = None
-            if journal is not None and item is not None:
-                key, client = item.item_key, self._journaled_client()
-
-                async def before_post(prompt_id: str) -> None:
-                    await journal.posted(
-                        key, prompt_id, client.base_url, client.client_id, prep.seed
-                    )
-
+            posting = _Posting(journal, item.item_key if item is not None else None, prep.seed)
             result, images = await self._run_and_download(
-                prep.workflow, timeout, watch, before_post, prep.priority
+                prep.workflow, timeout, watch, posting, prep.priority
             )
             fetched = _Fetched(
                 result.prompt_id,
                 images,
                 (started, result.queued_at, result.started_at, result.finished_at, time.time()),
                 node_errors=result.node_errors,
+                server=posting.server,
+                resubmitted=resubmitted or result.resubmitted,
             )
         if prep.deterministic and self.cache is not None:
             await self.cache.put(prep.key, fetched.images, fetched.timings)
@@ -937,49 +924,53 @@ class DreamGenerator:
         prep: _Prepared,
         timeout: float | None,
         watch: _Watch,
-    ) -> _Fetched | None:
-        """Collect a prompt an earlier run posted; ``None`` when it must run (again)."""
+    ) -> _Fetched | object | None:
+        """Collect a prompt an earlier run posted on its server; ``None`` when it must run
+        again, :data:`_UNKNOWN` when it must run again but may also run where it was posted
+        (that server cannot be asked)."""
         assert item.prompt_id is not None
-        client = await self._client_for(item)
-        if client is None:
-            return None
-        job = await client.adopt(
-            item.prompt_id, workflow=prep.workflow, on_progress=watch.on_progress
-        )
+        client = self.client
+        try:
+            job = await client.adopt(
+                item.prompt_id,
+                server=item.server,
+                client_id=item.client_id,
+                workflow=prep.workflow,
+                on_progress=watch.on_progress,
+            )
+        except TransportError as exc:
+            log.warning(
+                "prompt %s of an earlier run cannot be collected (%s): running it again "
+                "(it may also run on %s)",
+                item.prompt_id,
+                exc,
+                item.server,
+            )
+            return _UNKNOWN
         if job is None:
             log.info("prompt %s of an earlier run is not on the server: running it", item.prompt_id)
             return None
-        watch.bound(job, client.base_url)
+        watch.bound(job, item.server)
         try:
             result = await job.result(timeout)
         except (ExecutionInterrupted, ExecutionError) as exc:
             log.info("prompt %s of an earlier run failed (%s): running it", item.prompt_id, exc)
             return None
+        except TransportError as exc:  # its server went away meanwhile: it may still run there
+            log.warning("prompt %s of an earlier run: %s; running it", item.prompt_id, exc)
+            return _UNKNOWN
         images = await self._download(client, result)
         now = time.time()
         timings = (now, result.queued_at, result.started_at, result.finished_at, now)
-        return _Fetched(item.prompt_id, images, timings, item.seed, result.node_errors)
-
-    async def _client_for(self, item: JournalItem) -> ComfyUIClient | None:
-        """The client that receives the events of ``item``'s prompt (its client_id)."""
-        single = self._journaled_client()
-        if item.server is not None and item.server != single.base_url:
-            log.warning(
-                "prompt %s was posted to %s, not %s: running it here",
-                item.prompt_id,
-                item.server,
-                single.base_url,
-            )
-            return None
-        if item.client_id is None or item.client_id == single.client_id:
-            return single
-        async with self._adopters_lock:
-            adopter = self._adopters.get(item.client_id)
-            if adopter is None:
-                adopter = single.with_client_id(item.client_id)
-                await adopter.open()
-                self._adopters[item.client_id] = adopter
-        return adopter
+        return _Fetched(
+            item.prompt_id,
+            images,
+            timings,
+            item.seed,
+            result.node_errors,
+            server=item.server,
+            resubmitted=result.resubmitted,
+        )
 
     async def _upload(self, prep: _Prepared) -> None:
         uploads = prep.more_uploads if prep.upload is None else (prep.upload, *prep.more_uploads)
@@ -1042,28 +1033,28 @@ class DreamGenerator:
         workflow: Mapping[str, Any],
         timeout: float | None,
         watch: _Watch,
-        before_post: Callable[[str], Awaitable[None]] | None = None,
+        posting: _Posting,
         priority: int = 0,
     ) -> tuple[PromptResult, list[tuple[str, bytes]]]:
         """Run the workflow under a prompt_id chosen here, then download its images.
 
-        ``before_post(prompt_id)`` runs before the prompt is posted (the journal commits the
-        id there, so a crash at any later moment can find the prompt on the server).
+        ``posting`` is told (and awaited) before each POST of the prompt: the journal commits
+        the prompt_id and its server there, so a crash at any later moment can find it.
         """
-        prompt_id = str(uuid.uuid4())
-        if before_post is not None:
-            await before_post(prompt_id)
+        posting.prompt_id = str(uuid.uuid4())
         job = await self.client.submit(
-            workflow, on_progress=watch.on_progress, prompt_id=prompt_id, priority=priority
+            workflow,
+            on_progress=watch.on_progress,
+            prompt_id=posting.prompt_id,
+            before_post=posting.before_post,
+            priority=priority,
         )
-        watch.bound(job, self.client.base_url if isinstance(self.client, ComfyUIClient) else None)
+        watch.bound(job, posting.server)
         result = await job.result(timeout)
         return result, await self._download(self.client, result)
 
     @staticmethod
-    async def _download(
-        client: ComfyUIClient | ComfyUIPool, result: PromptResult
-    ) -> list[tuple[str, bytes]]:
+    async def _download(client: Backend, result: PromptResult) -> list[tuple[str, bytes]]:
         # Saved outputs of every kind (and text values); previews only when nothing was saved.
         saved = any(f.ref is not None and f.ref.type == "output" for f in result.files)
         saved = saved or any(ref.type == "output" for ref in result.images)
@@ -1237,14 +1228,17 @@ class DreamGenerator:
             await asyncio.to_thread(lambda: check_writable(Path(journal).absolute().parent))
 
     async def _describe_batch(self, journal: BatchJournal, requests: Iterable[Request]) -> None:
-        """Record what a later ``dreamgen resume`` needs: server, folders, builder, requests."""
-        await journal.set_meta(
-            {"client_id": self._journaled_client().client_id, "created": time.time()}, keep=True
-        )
+        """Record what a later ``dreamgen resume`` needs: servers, folders, builder, requests."""
+        first: dict[str, Any] = {"created": time.time()}
+        if self.client.client_id is not None:
+            first["client_id"] = self.client.client_id
+        await journal.set_meta(first, keep=True)
         output_dir = await asyncio.to_thread(os.path.abspath, self.output_dir)
+        servers = [status.url for status in await self.client.status()]
         await journal.set_meta(
             {
-                "server": self._journaled_client().base_url,
+                "server": servers[0],
+                "servers": servers,
                 "output_dir": output_dir,
                 "builder": builder_spec(self.builder),
             }
@@ -1322,6 +1316,29 @@ def _input_stem(image: Any, default: str) -> str:
     return Path(os.fspath(image)).stem if isinstance(image, str | os.PathLike) else default
 
 
+#: What :meth:`DreamGenerator._collect` returns when the prompt's server cannot be asked.
+_UNKNOWN = object()
+
+
+class _Posting:
+    """Where one run's prompt is posted: told before each POST (by the backend's
+    ``before_post``), it commits that to the batch journal first, when there is one."""
+
+    __slots__ = ("item_key", "journal", "prompt_id", "seed", "server")
+
+    def __init__(self, journal: BatchJournal | None, item_key: str | None, seed: int | None):
+        self.journal = journal if item_key is not None else None
+        self.item_key = item_key
+        self.seed = seed
+        self.prompt_id = ""
+        self.server: str | None = None
+
+    async def before_post(self, server: str, client_id: str) -> None:
+        if self.journal is not None and self.item_key is not None:
+            await self.journal.posted(self.item_key, self.prompt_id, server, client_id, self.seed)
+        self.server = server
+
+
 def _resumed(item: JournalItem, prep: _Prepared, submitted: float) -> GenerationResult:
     """The result of an item an earlier run of its journaled batch finished (files intact)."""
     return GenerationResult(
@@ -1333,6 +1350,7 @@ def _resumed(item: JournalItem, prep: _Prepared, submitted: float) -> Generation
         item.cached,
         Timings(submitted),
         resumed=True,
+        server=item.server,
     )
 
 

@@ -13,6 +13,11 @@ skipped), posted (look the prompt up on its server: finished → download, queue
 wait, absent → run), or never posted (run). Every change is also appended to
 ``transitions``, the batch's history.
 
+Over a :class:`~dreamgen_async.ComfyUIPool` the server is the one the pool bound the item to,
+committed by the backend's ``before_post`` hook after binding and before the POST (and again,
+as another ``posted`` transition, before the POST to another server on failover); the
+``servers`` meta value lists the pool's servers, for ``dreamgen resume``.
+
 "Files checked" means each file is still there with the size *and the SHA-256* it was
 written with (:meth:`JournalItem.files_intact`): a file another run overwrote with other
 bytes is not taken for done. Journals written before hashes were recorded (their file

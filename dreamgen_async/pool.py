@@ -38,6 +38,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from dreamgen_async.backend import BeforePost, ServerStatus, merge_object_info
 from dreamgen_async.comfyui_api import (
     ComfyUIClient,
     ImageSource,
@@ -78,6 +79,7 @@ from dreamgen_async.placement import (
     Failed,
     Launch,
     Posted,
+    Requirements,
     Scheduler,
     ServerEvent,
     ServerRecord,
@@ -92,10 +94,13 @@ from dreamgen_async.placement import (
 )
 from dreamgen_async.protocol import ImageRef, OutputData
 from dreamgen_async.timeline import Span, SpanRecorder
+from dreamgen_async.workflows.builder import ServerModels
 
 __all__ = ["ComfyUIPool", "PoolImageRef", "PoolJob", "ServerStatus"]
 
 log = logging.getLogger("dreamgen_async.pool")
+#: A server going down or coming back: one WARNING line each (the CLI shows this logger).
+health_log = logging.getLogger("dreamgen_async.pool.health")
 
 LostPolicy = Literal["resubmit", "fail"]
 PoolJobState = Literal["waiting", "posting", "queued", "running", "done", "cancelled"]
@@ -119,6 +124,7 @@ _RECENT = 1024  # finished jobs kept for wait_for_completion / get_output_images
 _OUTPUTS = 65536  # output image -> server, for download()
 _INPUTS = 4096  # remembered input images
 _UNLIMITED = sys.maxsize  # the max_in_flight of the pool's own clients: see _new_client
+_WAITING = BindingState.WAITING
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,34 +136,6 @@ class PoolImageRef(ImageRef):
     """
 
     server: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class ServerStatus:
-    """One server of a pool, as ``pool.servers`` reports it.
-
-    Attributes:
-        url: The server (credentials never shown).
-        state: ``joining``, ``up``, ``suspect``, ``down``, ``draining`` or ``removed``.
-        in_flight: Our jobs on it now (posting, queued or running).
-        queue: Its own queue length (every client's prompts), from its last broadcast.
-        capacity: Our jobs it may hold at once (1 running + ``over_queue``).
-        done, failed: Our jobs that finished there.
-        mean_job_time: Moving average of a job's execution seconds there.
-        loaded_model: The checkpoint/UNet of the last job it ran.
-        model_switches: Jobs that loaded another model there (first loads included).
-    """
-
-    url: str
-    state: str
-    in_flight: int
-    queue: int | None
-    capacity: int
-    done: int
-    failed: int
-    mean_job_time: float | None
-    loaded_model: str | None
-    model_switches: int
 
 
 @dataclass(slots=True)
@@ -181,6 +159,9 @@ class _Server:
     probe: asyncio.Task[None] | None = None
     failures: int = 0  # consecutive; reset by a job that succeeds there
     downs: int = 0  # times it went down since its last success: the rejoin backoff grows
+    down_since: float | None = None  # when it went down (None unless down)
+    abandoned: set[str] = field(default_factory=set)  # see adopt(): taken off when it is back
+    error: str | None = None  # why it did not join, or last failed a rejoin
     removed: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -195,6 +176,9 @@ class _Book:
     job: PoolJob = field(init=False)
     launch: asyncio.Task[None] | None = None  # the latest launch (it may be called off)
     deliver: ProgressCallback | None = None  # the handle's progress sink
+    before_post: BeforePost | None = None  # awaited before each launch's POST
+    req: Requirements | None = None  # the workflow's requirements (what a server needs to run it)
+    deadline: float | None = None  # no joined server can run it: it fails at this time
 
     def bound_to(self, server: str) -> bool:
         """Whether ``server`` holds the job now (posting, placed or cancelling there)."""
@@ -317,8 +301,11 @@ class ComfyUIPool:
     """Several ComfyUI servers behind one job API, with late binding and failover.
 
     Use it as ``async with ComfyUIPool([url1, url2]) as pool:``, then exactly like a
-    :class:`ComfyUIClient` (``submit``, ``run``, ``get_output_images``, ``download``,
-    ``upload_image``); ``DreamGenerator(pool, ...)`` works too.
+    :class:`ComfyUIClient`: it is a :class:`~dreamgen_async.backend.Backend` (``submit``,
+    ``adopt``, ``run``, ``get_outputs``, ``download``, ``upload_image``, ``object_info``,
+    ``models``, ``status``); ``DreamGenerator(pool, ...)``, ``server_models(pool)`` and the
+    other helpers work too. Its ``object_info()`` is the union of its servers' (what the pool
+    as a whole can run); ``object_info_by_server()`` says which server has what.
 
     Args:
         servers: Server URLs (the pool creates and owns a client for each) or open
@@ -337,10 +324,15 @@ class ComfyUIPool:
             to ``max_probe_delay``).
         max_probe_delay: Longest delay between two probes.
         span_history: Spans (busy, idle, model load) kept per server for :meth:`spans`.
+        join_timeout: Seconds a job that no joined server can run waits for the servers
+            that have not joined or are down (one of them might run it); then it fails with
+            :class:`NoCapableServerError` naming each server and why (lacks a node or
+            model, down since when, not joined).
         **client_options: Passed to each :class:`ComfyUIClient` the pool creates (``token``,
-            ``retry``, ``reconnect``, ``timeout`` ...). Not ``max_in_flight``: a server's
-            slots are the pool's (``1 + over_queue``), and its client keeps no queue of its
-            own.
+            ``retry``, ``reconnect``, ``timeout`` ...; a ``client_id`` is then shared by
+            them all, which is safe: each talks to its own server). Not ``max_in_flight``:
+            a server's slots are the pool's (``1 + over_queue``), and its client keeps no
+            queue of its own.
     """
 
     def __init__(
@@ -357,6 +349,7 @@ class ComfyUIPool:
         probe_delay: float = 0.5,
         max_probe_delay: float = 30.0,
         span_history: int = 1000,
+        join_timeout: float = 60.0,
         **client_options: Any,
     ) -> None:
         if over_queue < 0:
@@ -366,6 +359,11 @@ class ComfyUIPool:
         if span_history < 1:
             raise ValueError("span_history must be at least 1")
         client_options.pop("max_in_flight", None)
+        if join_timeout < 0:
+            raise ValueError("join_timeout must be 0 or more")
+        self._join_timeout = join_timeout
+        self._client_id: str | None = client_options.get("client_id")
+        self._adopted: OrderedDict[str, str] = OrderedDict()  # prompt_id -> server, adopt()
         self._capacity = 1 + over_queue
         self._client_options = client_options
         self._rules = BindingRules(max_attempts, fail_running=on_lost == "fail")
@@ -403,6 +401,11 @@ class ComfyUIPool:
             f"waiting={len(self._sched.waiting)} placed={len(self._sched.placed)} "
             f"done={self.done} failed={self.failed}>"
         )
+
+    @property
+    def client_id(self) -> str | None:
+        """The ``client_id`` every client the pool creates uses (``None``: each its own)."""
+        return self._client_id
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -567,6 +570,8 @@ class ComfyUIPool:
                     mean_job_time=r.mean_time,
                     loaded_model=r.loaded,
                     model_switches=r.switches,
+                    down_since=srv.down_since,
+                    error=srv.error if r.state in (ServerState.DOWN, ServerState.JOINING) else None,
                 )
             )
         return out
@@ -643,6 +648,7 @@ class ComfyUIPool:
                 await self._connect(srv)
         except (DreamgenError, TimeoutError) as exc:
             log.warning("server %s did not join: %s", srv.url, exc)
+            srv.error = str(exc) or type(exc).__name__
             if srv.record.state is ServerState.JOINING:
                 self._event(srv, ServerEvent.FAILED)
             return exc
@@ -719,6 +725,14 @@ class ComfyUIPool:
             self._changed()
             return
         log.info("server %s: %s -> %s (%s)", srv.url, old.value, new.value, event.value)
+        if new is ServerState.DOWN and srv.down_since is None:
+            srv.down_since = time.time()
+            why = f": {srv.error}" if srv.error else ""
+            health_log.warning("server %s is down%s", srv.url, why)
+        elif new is ServerState.UP:
+            if srv.down_since is not None:
+                health_log.warning("server %s is back up", srv.url)
+            srv.down_since = srv.error = None
         if new in (ServerState.DOWN, ServerState.REMOVED):
             self._take_back(srv)
         if new is ServerState.DOWN:
@@ -784,6 +798,7 @@ class ComfyUIPool:
                         await self._forget_stale(srv)
                 except (DreamgenError, TimeoutError) as exc:
                     log.info("server %s still down: %s", srv.url, exc)
+                    srv.error = str(exc) or type(exc).__name__
                 else:
                     self._event(srv, ServerEvent.READY)
                     return
@@ -795,13 +810,14 @@ class ComfyUIPool:
     async def _forget_stale(self, srv: _Server) -> None:
         """Before a down server takes jobs again: take off it the prompts of ours that it
         still holds (its client could not reach it to take them back) and that were placed
-        elsewhere meanwhile or have ended, so that they do not run twice."""
+        elsewhere meanwhile or have ended, or that an adopter gave up on while it was down
+        (:meth:`adopt`), so that they do not run twice."""
         client = srv.client
         assert client is not None
         queue = await client.get_queue()
 
         def stale(prompt_id: str) -> bool:
-            if prompt_id in self._recent:
+            if prompt_id in self._recent or prompt_id in srv.abandoned:
                 return True
             book = self._jobs.get(prompt_id)
             return book is not None and not book.bound_to(srv.url)
@@ -816,6 +832,7 @@ class ComfyUIPool:
             await client.delete_from_queue(*pending)
         for prompt_id in running:
             await client.interrupt(prompt_id)
+        srv.abandoned.clear()  # taken off, or not there: run already, or never arrived
 
     async def _check(self, srv: _Server) -> bool:
         client = srv.client
@@ -839,7 +856,76 @@ class ComfyUIPool:
                 if state is ServerState.UP and not client.connected:
                     self._event(srv, ServerEvent.FAILED)
             self._kick()
+            now = time.monotonic()
+            for book in [b for b in self._jobs.values() if b.binding.state is _WAITING]:
+                self._bound_wait(book, now)
             await asyncio.sleep(self._health_interval)
+
+    def _joined_can_run(self, req: Requirements | None) -> bool:
+        """Whether a joined, usable server can run ``req`` (not one down or still joining)."""
+        return req is None or any(
+            srv.record.state in (ServerState.UP, ServerState.SUSPECT) and srv.record.can_run(req)
+            for srv in self._servers.values()
+        )
+
+    def _bound_wait(self, book: _Book, now: float) -> None:
+        """A waiting job only an unjoined or down server might run: start its clock, or fail
+        it once ``join_timeout`` has passed (a joined server that can run it stops it)."""
+        if book.binding.state is not _WAITING or self._joined_can_run(book.req):
+            book.deadline = None
+            return
+        if book.deadline is None:
+            book.deadline = now + self._join_timeout
+            self._spawn(self._expire(book), "dreamgen-pool-join-timeout")
+        elif now >= book.deadline:
+            book.deadline = None
+            error = NoCapableServerError(
+                f"no joined server of the pool can run prompt {book.binding.key} "
+                f"(waited {self._join_timeout:g} s for the others): " + self._why_not(book.req),
+                missing=self._missing(book.req),
+            )
+            self._step(book, Close(error))
+            self.failed += 1
+            self._kick()
+
+    async def _expire(self, book: _Book) -> None:
+        """Check ``book`` again when its deadline passes (the watch loop checks it too)."""
+        deadline = book.deadline
+        if deadline is None:
+            return
+        await asyncio.sleep(max(0.0, deadline - time.monotonic()))
+        if book.deadline == deadline:  # not reset meanwhile
+            self._bound_wait(book, max(time.monotonic(), deadline))
+
+    def _missing(self, req: Requirements | None) -> dict[str, tuple[str, ...]]:
+        if req is None:
+            return {}
+        return {
+            srv.url: srv.record.caps.missing(req)
+            for srv in self._servers.values()
+            if srv.record.caps is not None and srv.record.caps.missing(req)
+        }
+
+    def _why_not(self, req: Requirements | None) -> str:
+        """Each server, and why it does not run ``req``."""
+        reasons = []
+        if req is None:
+            return ""
+        for srv in self._servers.values():
+            state = srv.record.state
+            caps = srv.record.caps
+            lacks = caps.missing(req) if caps is not None else ()
+            if lacks:
+                why = "lacks " + ", ".join(lacks)
+            elif state is ServerState.DOWN:
+                since = time.strftime("%H:%M:%S", time.localtime(srv.down_since or time.time()))
+                why = f"down since {since}" + (f" ({srv.error})" if srv.error else "")
+            elif caps is None:
+                why = "has not joined" + (f" ({srv.error})" if srv.error else "")
+            else:
+                why = state.value
+            reasons.append(f"{srv.url} {why}")
+        return "; ".join(reasons)
 
     async def _refresh_capabilities(self) -> None:
         """Read /object_info again from every usable server (after a capability miss)."""
@@ -868,11 +954,16 @@ class ComfyUIPool:
         extra_data: Mapping[str, Any] | None = None,
         on_progress: ProgressCallback | None = None,
         prompt_id: str | None = None,
+        before_post: BeforePost | None = None,
     ) -> PoolJob:
         """Queue a prompt client-side and return its :class:`PoolJob` at once.
 
         It is posted when a server it can run on has a free slot: higher ``priority``
         first, FIFO within a priority (``front``: ahead of its priority's queue).
+        ``before_post(server, client_id)`` is awaited once the job is bound to a server and
+        before its POST there, and again before the POST to another server on failover (a
+        journal commits where the prompt goes before it goes there); if it fails, the job
+        fails with its error and nothing is posted.
 
         Raises:
             NoCapableServerError: no server has every node class and model file the
@@ -896,6 +987,8 @@ class ComfyUIPool:
         if prompt_id in self._jobs:
             raise ValueError(f"prompt_id {prompt_id} is already in use")
         book = _Book(Binding(prompt_id), asyncio.get_running_loop().create_future())
+        book.before_post = before_post
+        book.req = req
         job = PoolJob(
             book,
             self._cancel_book,
@@ -908,6 +1001,7 @@ class ComfyUIPool:
         self._jobs[prompt_id] = book
         self._sched.enqueue(prompt_id, req, priority, front)
         self._kick()
+        self._bound_wait(book, time.monotonic())
         return job
 
     async def queue_prompt(
@@ -941,7 +1035,12 @@ class ComfyUIPool:
     async def wait_for_completion(
         self, prompt_id: str, timeout: float | None = None
     ) -> PromptResult:
-        """Wait for a prompt submitted through this pool (or recently finished)."""
+        """Wait for a prompt submitted through this pool (or recently finished, or adopted)."""
+        adopted = self._adopted.get(prompt_id)
+        if adopted is not None and prompt_id not in self._jobs:
+            client = self._usable(adopted).client
+            assert client is not None
+            return await client.wait_for_completion(prompt_id, timeout)
         book = self._jobs.get(prompt_id)
         job = book.job if book is not None else self._recent.get(prompt_id)
         if job is None:
@@ -1008,6 +1107,8 @@ class ComfyUIPool:
         inner: Job | None = None
         try:
             workflow = await self._with_inputs(job, srv)
+            if book.before_post is not None:
+                await book.before_post(srv.url, client.client_id)
             inner = await client.submit(
                 workflow,
                 prompt_id=job.prompt_id,
@@ -1150,6 +1251,129 @@ class ComfyUIPool:
         if book.binding.state is BindingState.CANCELLING and launch is not None:
             await asyncio.wait([launch])
 
+    async def adopt(
+        self,
+        prompt_id: str,
+        *,
+        server: str | None = None,
+        client_id: str | None = None,
+        workflow: Mapping[str, Any] | None = None,
+        on_progress: ProgressCallback | None = None,
+    ) -> Job | None:
+        """Take charge of a prompt posted earlier to ``server`` (a journal's record): its
+        :class:`Job` there, or ``None`` when that server does not have it (see
+        :meth:`ComfyUIClient.adopt`). Without ``server``, each usable server is asked in turn.
+
+        The job is that server's (it takes no slot of the pool); its outputs are downloaded
+        from that server by :meth:`get_outputs`.
+
+        Raises:
+            ConnectError: ``server`` is not in the pool, or is down (the prompt's fate there
+                is unknown: the caller may run it elsewhere). If that server comes back, the
+                prompt is taken off it before it takes new jobs (if it has not run it yet).
+        """
+        self._check_open()
+        if server is not None:
+            candidates = [self._usable(server, abandon=prompt_id)]
+        else:
+            candidates = [srv for srv in self._servers.values() if self._answers(srv)]
+        for srv in candidates:
+            client = srv.client
+            assert client is not None
+            job = await client.adopt(
+                prompt_id, client_id=client_id, workflow=workflow, on_progress=on_progress
+            )
+            if job is not None:
+                self._adopted[prompt_id] = srv.url
+                while len(self._adopted) > _OUTPUTS:
+                    self._adopted.popitem(last=False)
+                return job
+        return None
+
+    @staticmethod
+    def _answers(srv: _Server) -> bool:
+        return srv.client is not None and srv.record.state in (
+            ServerState.UP,
+            ServerState.SUSPECT,
+            ServerState.DRAINING,
+        )
+
+    def _usable(self, server: str, abandon: str | None = None) -> _Server:
+        """The server ``server`` names, if it answers; else :class:`ConnectError`.
+
+        ``abandon``: a prompt_id the caller will run elsewhere if this server does not
+        answer; the pool takes it off this server when it is back (see :meth:`_forget_stale`).
+        """
+        srv = self._servers.get(self._key(server))
+        if srv is None:
+            raise ConnectError(f"{server} is not in the pool")
+        if not self._answers(srv):
+            if abandon is not None and len(srv.abandoned) < _OUTPUTS:
+                srv.abandoned.add(abandon)
+            raise ConnectError(f"{srv.url} is {srv.record.state.value}")
+        return srv
+
+    # ------------------------------------------------------------------ capabilities
+
+    async def object_info_by_server(
+        self, node_class: str | None = None
+    ) -> dict[str, dict[str, Any]]:
+        """``GET /object_info`` (or ``/object_info/{class}``) of every server that answers,
+        by URL: which server has which nodes and model files.
+
+        Raises:
+            ConnectError: no server answered (each one's reason is in the message).
+        """
+        self._check_open()
+        servers = list(self._servers.values())
+
+        async def one(srv: _Server) -> dict[str, Any] | BaseException:
+            if srv.client is None or not self._answers(srv):
+                return ConnectError(srv.error or f"it is {srv.record.state.value}")
+            try:
+                async with asyncio.timeout(self._probe_timeout):
+                    info = await srv.client.object_info(node_class)
+            except (DreamgenError, TimeoutError) as exc:
+                return exc
+            if node_class is None:
+                srv.record.caps = Capabilities.from_object_info(info)
+            return info
+
+        answers = await asyncio.gather(*(one(srv) for srv in servers))
+        infos = {
+            srv.url: info
+            for srv, info in zip(servers, answers, strict=True)
+            if not isinstance(info, BaseException)
+        }
+        if not infos:
+            raise ConnectError(
+                "no server of the pool answered: "
+                + "; ".join(
+                    f"{srv.url}: {err or type(err).__name__}"
+                    for srv, err in zip(servers, answers, strict=True)
+                )
+            )
+        return infos
+
+    async def object_info(self, node_class: str | None = None) -> dict[str, Any]:
+        """The union of the answering servers' ``/object_info``: every node class any of them
+        has, each model list with every server's files (what the pool as a whole can run;
+        a job still runs on one server that has all it needs). See
+        :meth:`object_info_by_server` for which server has what.
+
+        Raises:
+            ConnectError: no server answered.
+        """
+        return merge_object_info(await self.object_info_by_server(node_class))
+
+    async def models(self) -> ServerModels:
+        """The model files the pool as a whole offers (any server's)."""
+        return ServerModels.from_object_info(await self.object_info())
+
+    async def status(self) -> list[ServerStatus]:
+        """Every server's status (see :attr:`servers`)."""
+        return self.servers
+
     # ------------------------------------------------------------------ inputs
 
     async def upload_image(
@@ -1259,14 +1483,27 @@ class ComfyUIPool:
         see :meth:`ComfyUIClient.get_outputs`."""
         if isinstance(result, str):
             result = await self.wait_for_completion(result)
-        return await collect_outputs(result, self.download, previews=previews)
+        return await collect_outputs(result, self._fetcher(result), previews=previews)
 
     async def get_output_images(self, result: PromptResult | str) -> list[OutputImage]:
         """Download every output image of a finished prompt (saved images first), each
         checked by its magic bytes; see :meth:`ComfyUIClient.get_output_images`."""
         if isinstance(result, str):
             result = await self.wait_for_completion(result)
-        return await collect_output_images(result, self.download)
+        return await collect_output_images(result, self._fetcher(result))
+
+    def _fetcher(self, result: PromptResult) -> Callable[[ImageRef], Awaitable[bytes]]:
+        """How to download ``result``'s files: an adopted prompt's from its own server."""
+        server = self._adopted.get(result.prompt_id)
+        if server is None:
+            return self.download
+
+        async def fetch(image: ImageRef) -> bytes:
+            client = self._usable(server).client
+            assert client is not None
+            return await client.download(image)
+
+        return fetch
 
 
 def _resolve(future: asyncio.Future[PromptResult], outcome: object) -> None:

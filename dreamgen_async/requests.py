@@ -230,6 +230,12 @@ class GenerationResult:
             200 with ``node_errors``); their ``dependent_outputs`` produced nothing.
         resumed: The item was finished by an earlier run of its journaled batch: its files
             were checked and nothing was sent.
+        server: The server that ran the prompt (``None`` for a cache hit; for a resumed
+            item, the one its journal recorded).
+        resubmitted: The prompt was posted again while an earlier post of it may also have
+            run (a server lost it, a pool moved it, or its server was gone at resume).
+        index: The request's position in its batch (as :class:`JobFailure` has); ``None``
+            outside a batch.
     """
 
     paths: tuple[Path, ...]
@@ -241,6 +247,9 @@ class GenerationResult:
     timings: Timings = field(default_factory=lambda: Timings(time.time()))
     node_errors: tuple[NodeError, ...] = ()
     resumed: bool = False
+    server: str | None = None
+    resubmitted: bool = False
+    index: int | None = None
 
     @property
     def path(self) -> Path:

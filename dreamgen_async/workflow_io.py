@@ -8,8 +8,10 @@ files in a worker thread) before calling them.
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Protocol
+from typing import Any
 
+from dreamgen_async.backend import Backend, merge_object_info
+from dreamgen_async.errors import WorkflowError
 from dreamgen_async.workflows.api import Workflow, WorkflowSource, load_workflow
 from dreamgen_async.workflows.builder import (
     FluxWorkflowBuilder,
@@ -17,27 +19,33 @@ from dreamgen_async.workflows.builder import (
     ServerModels,
 )
 
-__all__ = ["builder_from_server", "load_workflow_from_server", "server_models"]
+__all__ = [
+    "builder_from_server",
+    "load_workflow_from_server",
+    "models_by_server",
+    "server_models",
+]
 
 
-class ObjectInfoClient(Protocol):
-    """Anything with ComfyUIClient's ``object_info()`` coroutine."""
+async def server_models(client: Backend) -> ServerModels:
+    """The checkpoints, diffusion models, CLIP, VAE and LoRA files the backend offers: one
+    server's, or for a :class:`~dreamgen_async.ComfyUIPool` those of every server that
+    answers (what the pool as a whole can run; :func:`models_by_server` says which has what).
 
-    async def object_info(self, node_class: str | None = None) -> dict[str, Any]:
-        """``GET /object_info``."""
-        ...
-
-
-async def server_models(client: ObjectInfoClient) -> ServerModels:
-    """The checkpoints, diffusion models, CLIP, VAE and LoRA files the server offers.
-
-    Cancelling it cancels the one ``GET /object_info`` request.
+    Cancelling it cancels the ``GET /object_info`` requests.
     """
-    return ServerModels.from_object_info(await client.object_info())
+    return await client.models()
 
 
-async def load_workflow_from_server(source: WorkflowSource, client: ObjectInfoClient) -> Workflow:
-    """Load a workflow file or dict; a UI-format one is converted with the server's nodes.
+async def models_by_server(client: Backend) -> dict[str, ServerModels]:
+    """Each answering server's model files, by server URL."""
+    infos = await client.object_info_by_server()
+    return {url: ServerModels.from_object_info(info) for url, info in infos.items()}
+
+
+async def load_workflow_from_server(source: WorkflowSource, client: Backend) -> Workflow:
+    """Load a workflow file or dict; a UI-format one is converted with the server's nodes
+    (a pool's: the nodes of every server that answers).
 
     ``GET /object_info`` is only requested for a UI-format workflow. The file is read in a
     worker thread. Cancelling it cancels the request.
@@ -65,7 +73,7 @@ def _read(source: WorkflowSource) -> Any:
 
 
 async def builder_from_server(
-    client: ObjectInfoClient,
+    client: Backend,
     model: str | None = None,
     *,
     preset: PresetName | None = None,
@@ -78,8 +86,25 @@ async def builder_from_server(
     is guessed from the model name (and logged) when not given. Cancelling it cancels the
     one ``GET /object_info`` request.
 
+    With a pool, the models are those of every server that answers, and a missing model's
+    message lists each server's.
+
     Raises:
         WorkflowError: The model is missing; the message lists what the server has.
     """
-    info = await client.object_info()
-    return FluxWorkflowBuilder.for_server(info, model, preset=preset, **settings)
+    infos = await client.object_info_by_server()
+    merged = merge_object_info(infos)
+    try:
+        return FluxWorkflowBuilder.for_server(merged, model, preset=preset, **settings)
+    except WorkflowError as exc:
+        if len(infos) == 1:
+            raise
+        by_server = "; ".join(
+            f"{url} has {ServerModels.from_object_info(info).describe()}"
+            for url, info in infos.items()
+        )
+        raise WorkflowError(
+            f"{exc} (every server of the pool counted); by server: {by_server}",
+            node_id=exc.node_id,
+            input_name=exc.input_name,
+        ) from exc

@@ -13,10 +13,16 @@ from typing import Any
 import pytest
 from _graphs import img2img, png_bytes, txt2img
 
-from dreamgen_async import ComfyUIClient, DreamGenerator, Img2ImgRequest, RetryPolicy
+from dreamgen_async import (
+    ComfyUIClient,
+    DreamGenerator,
+    GenerationResult,
+    Img2ImgRequest,
+    JobFailure,
+    RetryPolicy,
+)
 from dreamgen_async.errors import (
     ClientClosedError,
-    ConfigError,
     ConnectionLostError,
     NoCapableServerError,
     PromptTimeout,
@@ -536,13 +542,27 @@ async def test_closing_the_pool_ends_a_drain_that_waits(farm: SimulatorFarm) -> 
         assert j.done()
 
 
-async def test_a_batch_journal_needs_one_client_not_a_pool(
+async def test_a_batch_journal_over_a_pool_records_each_items_server(
     farm: SimulatorFarm, tmp_path: Path
 ) -> None:
-    await farm.start(cfg())
+    """Issue 23: a journal over a pool is kept (it was refused with ConfigError)."""
+    from dreamgen_async.journal import BatchJournal, read_journal_meta
+
+    await farm.start(cfg(), cfg())
     async with ComfyUIPool(farm.urls, **FAST) as pool:
         gen = DreamGenerator(pool, output_dir=tmp_path / "out")
-        request = Img2ImgRequest(png_bytes(1), "ink", seed=1)
-        with pytest.raises(ConfigError, match="one server"):
-            await gen.generate_many([request], journal=tmp_path / "batch.journal")
-        assert farm.sims[0].accepted_prompt_ids == []
+        requests = [Img2ImgRequest(png_bytes(1), "ink", seed=i) for i in range(6)]
+        outcomes = await gen.generate_many(requests, journal=tmp_path / "batch.journal")
+    assert all(not isinstance(o, JobFailure) for o in outcomes)
+    accepted = [p for sim in farm.sims for p in sim.accepted_prompt_ids]
+    assert len(accepted) == len(set(accepted)) == 6
+    async with await BatchJournal.open(tmp_path / "batch.journal") as journal:
+        items = await journal.items()
+    assert {item.state for item in items} == {"done"}
+    for item, outcome in zip(items, outcomes, strict=True):
+        assert isinstance(outcome, GenerationResult)
+        assert item.server is not None
+        assert item.server == outcome.server
+        assert item.prompt_id in farm.sims[farm.urls.index(item.server)].accepted_prompt_ids
+        assert outcome.index == item.index
+    assert read_journal_meta(tmp_path / "batch.journal")["servers"] == farm.urls

@@ -48,12 +48,13 @@ async def test_status_one_row_per_server(comfyui_farm: SimulatorFarm) -> None:
     up_a, up_b = await comfyui_farm.start(SimulatorConfig(), SimulatorConfig())
     args = ["status", "--server", up_a.url, "--server", up_b.url, "--server", "http://127.0.0.1:9"]
     code, out, err = await dreamgen(*args)
-    assert code == 0, err
+    assert code == 1, err  # issue 23: a server down is exit status 1
     lines = out.splitlines()
     assert any(up_a.url in line and " up " in line for line in lines)
     assert any(up_b.url in line and "0 running, 0 pending" in line for line in lines)
     assert any("127.0.0.1:9" in line and " down " in line for line in lines)
     assert "2 of 3 servers up" in out
+    assert f"models of {up_a.url}: " in out
     code, out, _ = await dreamgen(*args, "--json")
     assert [json.loads(line)["state"] for line in out.splitlines()] == ["up", "up", "down"]
 

@@ -49,7 +49,7 @@ from dreamgen_async.cli.recipes import (
     recipes_from,
     run_recipes,
 )
-from dreamgen_async.cli.runner import execute, resolve_builder, run_requests
+from dreamgen_async.cli.runner import builder_for, execute, open_backend, run_requests
 from dreamgen_async.errors import DreamgenError, UIWorkflowError, WorkflowError
 from dreamgen_async.generator import (
     Img2ImgRequest,
@@ -328,7 +328,7 @@ def upscale(
     labels = [str(p) for p in paths]
 
     async def go() -> Tally:
-        builder = await resolve_builder(opts, choice)
+        builder = await builder_for(opts, choice)
         try:  # a model the server lacks: a usage error listing what it has
             builder.build_upscale("check.png", model)
         except WorkflowError as exc:
@@ -397,12 +397,9 @@ def run(
 
     async def go() -> Tally:
         loaded = workflow
-        if loaded is None:
-            from dreamgen_async.comfyui_api import ComfyUIClient
-
-            token = os.environ.get("DREAMGEN_TOKEN") or None
-            async with ComfyUIClient(opts.server, token=token) as client:
-                info = await client.object_info()
+        if loaded is None:  # converted with the nodes of whichever servers answer
+            async with open_backend(opts) as backend:
+                info = await backend.object_info()
             loaded = await asyncio.to_thread(load_ui_workflow, workflow_file, info)
             apply(loaded)
         requests, labels = workflow_runs(loaded, workflow_file, inputs)
@@ -461,10 +458,11 @@ def workflow_runs(
 @click.argument("journal", type=click.Path(dir_okay=False, exists=True, path_type=Path))
 @common_options
 def resume(journal: Path, **kwargs: Any) -> None:
-    """Finish the batch recorded in JOURNAL (its server, folder, model and requests).
+    """Finish the batch recorded in JOURNAL (its servers, folder, model and requests).
 
-    Done items are skipped, prompts an earlier run posted are collected, the rest run.
-    --server overrides the journal's server only when given.
+    Done items are skipped, prompts an earlier run posted are collected (each from the
+    server it was posted to), the rest run. --server overrides the journal's servers only
+    when given.
     """
     server_given = click.get_current_context().get_parameter_source("server")
     opts = dataclasses.replace(options_from(kwargs), journal=journal)
@@ -480,7 +478,8 @@ def resume(journal: Path, **kwargs: Any) -> None:
         click.core.ParameterSource.COMMANDLINE,
         click.core.ParameterSource.ENVIRONMENT,
     ):
-        opts = dataclasses.replace(opts, server=meta.get("server", opts.server))
+        servers = meta.get("servers") or [meta.get("server", opts.server)]
+        opts = dataclasses.replace(opts, server=servers[0], servers=tuple(servers))
     requests = [request_from_spec(spec) for spec in specs]
     labels = [spec_label(spec, i) for i, spec in enumerate(specs)]
     output = Path(meta["output_dir"])
@@ -555,6 +554,7 @@ async def server_row(url: str, token: str | None) -> dict[str, Any]:
             row["server"] = client.safe_url
             stats = await client.system_stats()
             queue = await client.get_queue()
+            models = await server_models(client)
     except DreamgenError as exc:
         row["error"] = str(exc)
         return row
@@ -566,12 +566,14 @@ async def server_row(url: str, token: str | None) -> dict[str, Any]:
         vram_free_gib=round(devices[0].get("vram_free", 0) / 2**30, 1),
         running=len(queue.running),
         pending=len(queue.pending),
+        models=[*models.checkpoints, *models.unets],
     )
     return row
 
 
 async def status_table(opts: Options, token: str | None) -> int:
-    """``dreamgen status`` with several servers: one row each; 1 if none is up."""
+    """``dreamgen status`` with several servers: one row each, then each one's models;
+    1 if any is down."""
     from rich.table import Table
 
     rows = await asyncio.gather(*(server_row(url, token) for url in opts.servers))
@@ -597,10 +599,14 @@ async def status_table(opts: Options, token: str | None) -> int:
         if not out.is_terminal:  # a pipe: one line per server, nothing cut
             out = Console(width=100_000)
         out.print(table)
+        for row in rows:
+            if row["state"] == "up":
+                names = ", ".join(row["models"]) or "(none)"
+                click.echo(f"models of {row['server']}: {names}")
     up = sum(row["state"] == "up" for row in rows)
     if not opts.json:
         click.echo(f"{up} of {len(rows)} servers up")
-    return 0 if up else 1
+    return 0 if up == len(rows) else 1
 
 
 @cli.command()

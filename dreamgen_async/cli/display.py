@@ -139,6 +139,8 @@ class Display:
                     seed=outcome.seed,
                     cached=outcome.cached,
                     resumed=outcome.resumed,
+                    server=outcome.server,
+                    resubmitted=outcome.resubmitted,
                 )
                 if dropped:
                     record["warning"] = dropped
@@ -149,6 +151,8 @@ class Display:
         elif not self.opts.quiet:
             paths = ", ".join(str(p) for p in outcome.paths) or "(no output files)"
             earlier = ", done earlier" if outcome.resumed else ""
+            if outcome.resubmitted:
+                earlier += ", resubmitted: it may also have run elsewhere"
             self.console.print(
                 f"ok {label} -> {paths} (seed {outcome.seed}{earlier})",
                 highlight=False,

@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar, cast
+from urllib.parse import urlsplit
 
 import click
 
@@ -63,6 +64,7 @@ class Options:
     debug: bool
     journal: Path | None = None
     servers: tuple[str, ...] = ()  # every --server (several: a ComfyUIPool)
+    join_timeout: float = 60.0  # a pool's: see ComfyUIPool(join_timeout=)
 
 
 def _apply(func: F, decorators: Sequence[Callable[[F], F]]) -> F:
@@ -114,6 +116,14 @@ def job_options(func: F) -> F:
                 default=None,
                 help="Seconds per job (then it is removed from the server and fails).",
             ),
+            click.option(
+                "--join-timeout",
+                type=click.FloatRange(0),
+                default=60.0,
+                show_default=True,
+                help="Several servers: seconds a job that no joined server can run waits for "
+                "the down ones, then fails naming each server and why.",
+            ),
             json_option,
             click.option(
                 "--quiet", "-q", is_flag=True, help="No line per successful job; only problems."
@@ -132,9 +142,17 @@ def options_from(kwargs: dict[str, Any]) -> Options:
     servers = tuple(
         url.strip() for value in kwargs.pop("server", ()) for url in value.split(",") if url.strip()
     ) or (DEFAULT_SERVER,)
+    seen: dict[str, str] = {}
+    for url in servers:
+        key = _server_key(url)
+        if key in seen:
+            also = f" (as {seen[key]})" if seen[key] != url else ""
+            raise click.UsageError(f"--server {url} is given twice{also}")
+        seen[key] = url
     opts = Options(
         server=servers[0],
         servers=servers,
+        join_timeout=kwargs.pop("join_timeout", 60.0),
         concurrency=kwargs.pop("concurrency", 1),
         timeout=kwargs.pop("timeout", None),
         json=kwargs.pop("json_lines", False),
@@ -145,7 +163,20 @@ def options_from(kwargs: dict[str, Any]) -> Options:
         level=logging.DEBUG if opts.debug else logging.ERROR,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    if not opts.debug:  # a server of a pool going down or coming back: one line each
+        logging.getLogger("dreamgen_async.pool.health").setLevel(logging.WARNING)
     return opts
+
+
+def _server_key(url: str) -> str:
+    """A ``--server`` as compared for duplicates: no credentials, case or trailing slash."""
+    parts = urlsplit(url if "://" in url else f"http://{url}")
+    host = (parts.hostname or "").lower()
+    try:
+        port = parts.port if parts.port is not None else {"https": 443}.get(parts.scheme, 80)
+    except ValueError:  # a bad port: the client reports it
+        return url
+    return f"{parts.scheme.lower()}://{host}:{port}{parts.path.rstrip('/')}"
 
 
 def parse_size(text: str | None) -> tuple[int | None, int | None]:

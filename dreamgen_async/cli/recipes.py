@@ -21,7 +21,7 @@ from PIL import Image, UnidentifiedImageError
 
 from dreamgen_async.cli.display import Tally, consoles
 from dreamgen_async.cli.options import IMAGE_SUFFIXES, ModelChoice, Options
-from dreamgen_async.cli.runner import resolve_builder, run_requests
+from dreamgen_async.cli.runner import builder_for, run_requests
 from dreamgen_async.errors import MaskError, WorkflowError
 from dreamgen_async.generator import ControlNetInput, Request
 from dreamgen_async.workflows.masks import MaskAspectWarning, alpha_mask, prepare_mask
@@ -254,7 +254,7 @@ async def run_recipes(
     server's files (a usage error that lists what the server has)."""
     if not loras and controlnet is None:
         return await run_requests(opts, requests, labels, output, choice, consoles(), journal)
-    builder = await resolve_builder(opts, choice)
+    builder = await builder_for(opts, choice)
     try:
         if loras:
             builder.with_loras(loras)

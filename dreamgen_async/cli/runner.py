@@ -15,15 +15,17 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import click
 from rich.console import Console
 
+from dreamgen_async.backend import Backend
 from dreamgen_async.cli.display import Display, Tally, error_text
 from dreamgen_async.cli.options import ModelChoice, Options
+from dreamgen_async.comfyui_api import ComfyUIClient
 from dreamgen_async.errors import ConfigError, DreamgenError, StorageError
 from dreamgen_async.generator import (
     DreamGenerator,
@@ -45,6 +47,8 @@ __all__ = [
     "EXIT_USAGE",
     "check_folders",
     "execute",
+    "open_backend",
+    "builder_for",
     "resolve_builder",
     "run_requests",
 ]
@@ -53,19 +57,46 @@ __all__ = [
 log = logging.getLogger("dreamgen_async.cli")
 
 
-async def resolve_builder(opts: Options, choice: ModelChoice) -> FluxWorkflowBuilder:
-    """Ask the server which models it has and build the fitting loader layout."""
-    from dreamgen_async.comfyui_api import ComfyUIClient
-
+@contextlib.asynccontextmanager
+async def open_backend(opts: Options, *, client_id: str | None = None) -> AsyncIterator[Backend]:
+    """The one backend of a command: a client for one ``--server``, a pool for several
+    (whichever servers answer; a dead one rejoins when it can)."""
     token = os.environ.get("DREAMGEN_TOKEN") or None
-    async with ComfyUIClient(opts.server, token=token) as client:
-        return await builder_from_server(
-            client,
-            choice.ckpt,
-            preset=choice.preset,
-            steps=choice.steps,
-            cfg=choice.cfg,
+    backend: Backend
+    if len(opts.servers) > 1:
+        backend = ComfyUIPool(
+            opts.servers, token=token, on_partial="ignore", join_timeout=opts.join_timeout
         )
+    else:
+        backend = ComfyUIClient(
+            opts.server,
+            token=token,
+            max_in_flight=64,
+            on_partial="ignore",  # shown as a warning line per job, not a Python warning
+            client_id=client_id,
+        )
+    await backend.open()
+    try:
+        yield backend
+    finally:
+        await backend.aclose()
+
+
+async def resolve_builder(backend: Backend, choice: ModelChoice) -> FluxWorkflowBuilder:
+    """Ask the backend which models it has and build the fitting loader layout."""
+    return await builder_from_server(
+        backend,
+        choice.ckpt,
+        preset=choice.preset,
+        steps=choice.steps,
+        cfg=choice.cfg,
+    )
+
+
+async def builder_for(opts: Options, choice: ModelChoice) -> FluxWorkflowBuilder:
+    """:func:`resolve_builder` on a backend of its own (a command that checks names first)."""
+    async with open_backend(opts) as backend:
+        return await resolve_builder(backend, choice)
 
 
 async def run_requests(
@@ -79,42 +110,23 @@ async def run_requests(
 ) -> Tally:
     """Run a batch with a display; return how many jobs failed or lost outputs.
 
-    With a journal, the client takes the journal's client_id (so the events of prompts an
-    earlier run posted reach it) and the batch resumes where the journal left off.
+    One backend runs it (a pool for several ``--server``s), with the journal either way.
+    With a journal, a single server's client takes the journal's client_id (so the events of
+    prompts an earlier run posted reach it; a pool adopts each under its own) and the batch
+    resumes where the journal left off.
     """
     await asyncio.to_thread(check_folders, output, journal)
-    token = os.environ.get("DREAMGEN_TOKEN") or None
-    if isinstance(builder, ModelChoice):
-        builder = await resolve_builder(opts, builder)
+    client_id = None
+    if journal is not None:
+        meta = await asyncio.to_thread(read_journal_meta, journal)
+        client_id = meta.get("client_id")
+        if not opts.quiet:
+            consoles[1].print(run_kind(journal, meta), highlight=False, markup=False)
     tally = Tally()
-    async with contextlib.AsyncExitStack() as stack:
-        gen: DreamGenerator
-        if len(opts.servers) > 1:
-            if journal is not None:  # a journal records one server's prompts
-                log.info("several servers: the batch runs without a journal")
-                journal = None
-            pool = await stack.enter_async_context(
-                ComfyUIPool(opts.servers, token=token, on_partial="ignore")
-            )
-            gen = DreamGenerator(pool, output_dir=output, builder=builder)
-        else:
-            client_id = None
-            if journal is not None:
-                meta = await asyncio.to_thread(read_journal_meta, journal)
-                client_id = meta.get("client_id")
-                if not opts.quiet:
-                    consoles[1].print(run_kind(journal, meta), highlight=False, markup=False)
-            gen = await stack.enter_async_context(
-                DreamGenerator(
-                    opts.server,
-                    output_dir=output,
-                    builder=builder,
-                    token=token,
-                    max_in_flight=64,
-                    on_partial="ignore",  # shown as a warning line per job, not a Python warning
-                    client_id=client_id,
-                )
-            )
+    async with open_backend(opts, client_id=client_id) as backend:
+        if isinstance(builder, ModelChoice):
+            builder = await resolve_builder(backend, builder)
+        gen = DreamGenerator(backend, output_dir=output, builder=builder)
         with Display(opts, labels, *consoles) as display:
             outcomes = gen.enumerate_completed(
                 requests,
@@ -208,6 +220,8 @@ def execute(opts: Options, coro_factory: Callable[[], Any]) -> None:
             raise
         click.echo(f"error: {error_text(exc)}", err=True)
         sys.exit(EXIT_FAILED)
+    if isinstance(result, int) and not isinstance(result, bool) and result:
+        sys.exit(result)  # a command's own exit status (status: a server is down)
     if isinstance(result, Tally):
         if result.failed:
             click.echo(f"{result.failed} job(s) failed", err=True)
