@@ -364,7 +364,7 @@ async def test_status_rows_are_whole_in_a_pipe(comfyui_sim: ComfyUISimulator) ->
         expected = str(exc)
     assert len(expected) > 80
     code, stdout, err = await dreamgen("status", "--server", comfyui_sim.url, "--server", down)
-    assert code == 0, err
+    assert code == 1, err  # a server is down (issue 23)
     (line,) = [line for line in stdout.splitlines() if " down " in line]
     assert expected in line
 

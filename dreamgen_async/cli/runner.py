@@ -45,10 +45,10 @@ __all__ = [
     "EXIT_PARTIAL",
     "EXIT_TERMINATED",
     "EXIT_USAGE",
+    "builder_for",
     "check_folders",
     "execute",
     "open_backend",
-    "builder_for",
     "resolve_builder",
     "run_requests",
 ]
