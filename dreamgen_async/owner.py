@@ -616,7 +616,10 @@ class JobOwner:
         """Delete (pending), then look: interrupt the one running; read history for the rest.
 
         In this order no race leaves a prompt running: a delete that arrives too late is a
-        no-op, and the queue read after it shows the prompt that runs.
+        no-op, and the queue read after it shows the prompt that runs. A prompt in neither
+        ``/queue`` nor ``/history`` is reported :class:`~dreamgen_async.lifecycle.Absent`:
+        cancelled if nothing was missed since it was last seen, else failed with
+        ``PromptLost`` (it may have run, its history wiped by a restart).
         """
         ids = [job.prompt_id for job in batch]
         queue = await self._retrying(functools.partial(self._delete_and_look, ids))
@@ -631,8 +634,10 @@ class JobOwner:
             record = await self._retrying(functools.partial(self._server.get_history, prompt_id))
             if job.state is not JobState.REMOVING:
                 continue
-            if record is None:
-                self.drive(job, lc.Removed(running=False))
+            if record is None:  # our delete took it, or the server lost it: the table
+                # decides whether the client can know it never ran (no gap since last seen)
+                lost = _lost_while_removed(job)
+                self.drive(job, lc.Absent(lost, listening=self.mux.connected))
             else:
                 self.drive(job, history_input(job.prompt_id, record))
 
@@ -646,8 +651,21 @@ class JobOwner:
         return await retry_call(call, self._backoff, retry_if=_retryable_within_budget)
 
 
+def _lost_while_removed(job: Job) -> PromptLost:
+    """What a job being cancelled fails with when the server has no trace of its prompt and
+    the client missed events since it last saw it (else the job is simply cancelled)."""
+    return PromptLost(
+        f"prompt {job.prompt_id} was being cancelled and the server no longer has it "
+        "(did it restart?): it may have run, its history lost",
+        prompt_id=job.prompt_id,
+    )
+
+
 def _lost_error(job: Job) -> PromptLost:
-    if job.resubmitted or job.state is JobState.INTERRUPTING:
+    if job.state is JobState.INTERRUPTING:
+        log.warning("prompt %s vanished from the server while it was interrupted", job.prompt_id)
+        return _lost_while_removed(job)
+    if job.resubmitted:
         log.warning("prompt %s vanished from the server again", job.prompt_id)
     else:
         log.warning("prompt %s vanished from the server (did it restart?)", job.prompt_id)
