@@ -581,3 +581,49 @@ async def test_a_removal_that_spans_a_restart_still_settles(
         assert job.state == "failed"
         with pytest.raises(PromptLost, match="may have run"):
             await job.result()
+
+
+# Issue #24 follow-up ----------------------------------------------------------------------
+
+
+async def test_a_prompt_that_ran_unheard_and_lost_its_history_is_not_reported_cancelled(
+    comfyui_sim: ComfyUISimulator,
+) -> None:
+    """Found by the model test ("reported cancelled but ran"): the prompt finished while our
+    socket was down, a restart wiped ``/history``, then the cancel's removal found it in
+    neither ``/queue`` nor ``/history``. It ran: the job must not be reported cancelled. The
+    client cannot know it ran, so it fails with PromptLost, which says it may have."""
+    sim = comfyui_sim
+    async with client_for(sim) as client:
+        sim.hold()
+        job = await client.submit(txt2img(seed=1))  # seen queued, socket open: no gap yet
+        sim.fail_next("/ws", n=10_000, status=503)  # the socket stays down from here
+        await sim.drop_websockets()
+        sim.release()
+        await sim.wait_for_status(job.prompt_id, "success")  # ran, and nobody heard it
+        await sim.restart()  # ... and its history is gone
+        await job.cancel()
+        assert job.state == "failed"
+        with pytest.raises(PromptLost, match="may have run"):
+            await job.result()
+        sim.clear_faults()
+        assert sim.accepted_prompt_ids == [job.prompt_id]  # taken as it is: not resubmitted
+        assert sim.prompts[job.prompt_id].status == "success"
+
+
+async def test_a_prompt_deleted_with_nothing_missed_is_reported_cancelled(
+    comfyui_sim: ComfyUISimulator,
+) -> None:
+    """The other side of the rule: seen queued while the socket listened, no drop since, then
+    deleted. Found nowhere, the client knows our delete took it: cancelled, not PromptLost."""
+    sim = comfyui_sim
+    async with client_for(sim) as client:
+        sim.hold()
+        job = await client.submit(txt2img(seed=1))
+        await job.cancel()
+        assert job.state == "cancelled"
+        with pytest.raises(asyncio.CancelledError):
+            await job.result()
+        assert sim.requests_to(f"/history/{job.prompt_id}", "GET")  # it looked: nowhere
+        await quiesce(sim)
+        assert sim.prompts[job.prompt_id].status == "deleted"
