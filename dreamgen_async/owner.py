@@ -36,6 +36,7 @@ import aiohttp
 
 from dreamgen_async import lifecycle as lc
 from dreamgen_async.errors import (
+    ConnectionLostError,
     DreamgenError,
     ExecutionInterrupted,
     PartialPromptWarningError,
@@ -156,6 +157,7 @@ class JobOwner:
         resubmit_lost: bool,
     ) -> None:
         self._server = server
+        self._url = url
         self.mux = Multiplexer(connect, self, reconnect, url)
         self._backoff = backoff
         self._max_in_flight = max_in_flight
@@ -174,7 +176,7 @@ class JobOwner:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._running_prompt: str | None = None
         self._closing = False
-        #: Seconds a removal (delete + interrupt) may take before the job is reported gone.
+        #: Seconds a removal (delete + interrupt) may take; then the job fails (it may still run).
         self.removal_budget = 10.0
         self._recent: collections.OrderedDict[str, PromptResult | BaseException] = (
             collections.OrderedDict()
@@ -608,9 +610,19 @@ class JobOwner:
                     await self._remove_batch(batch)
             except (DreamgenError, TimeoutError) as exc:
                 log.warning("could not take %d prompts back from the server: %s", len(batch), exc)
-                for job in batch:  # reported gone, though the server did not confirm it
+                for job in batch:  # unconfirmed: the server may still hold, and run, it
                     if job.state is JobState.REMOVING:
-                        self.drive(job, lc.Removed(running=False))
+                        self.drive(job, lc.Abandon(self._not_taken_back(job, exc)))
+
+    def _not_taken_back(self, job: Job, exc: BaseException) -> ConnectionLostError:
+        """What a job being cancelled fails with when its removal failed for good: never
+        reported cancelled, since the server did not confirm the prompt is off it."""
+        error = ConnectionLostError(
+            f"could not take prompt {job.prompt_id} off {self._url} "
+            f"({exc or type(exc).__name__}): it may still run"
+        )
+        error.__cause__ = exc
+        return error
 
     async def _remove_batch(self, batch: list[Job]) -> None:
         """Delete (pending), then look: interrupt the one running; read history for the rest.

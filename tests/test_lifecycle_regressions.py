@@ -627,3 +627,24 @@ async def test_a_prompt_deleted_with_nothing_missed_is_reported_cancelled(
         assert sim.requests_to(f"/history/{job.prompt_id}", "GET")  # it looked: nowhere
         await quiesce(sim)
         assert sim.prompts[job.prompt_id].status == "deleted"
+
+
+async def test_a_removal_the_server_never_confirms_is_not_reported_cancelled(
+    comfyui_sim: ComfyUISimulator,
+) -> None:
+    """The delete fails for the whole removal budget: the prompt may still be queued, and
+    run. It was reported cancelled; it now fails with ConnectionLostError "may still run"."""
+    sim = comfyui_sim
+    async with client_for(sim) as client:
+        client._owner.removal_budget = 0.3
+        sim.hold()
+        job = await client.submit(txt2img(seed=1))
+        sim.fail_next("/queue", n=10_000, status=500, method="POST")  # every delete fails
+        await job.cancel()
+        await job.wait_for(lambda state: state.terminal)
+        assert job.state == "failed"
+        with pytest.raises(ConnectionLostError, match="may still run"):
+            await job.result()
+        sim.clear_faults()
+        await quiesce(sim)
+        assert sim.prompts[job.prompt_id].status == "success"  # it did run
