@@ -42,7 +42,8 @@ Rules the table enforces:
   queued nor in history) ends CANCELLED only when the client heard everything since it last
   saw the prompt on the server (no gap, a socket open): then our delete took it, or a restart
   lost it unrun. After a gap it may have finished and had its history wiped by a restart:
-  FAILED with the :class:`Absent`'s ``PromptLost``, which says it may have run.
+  FAILED with the :class:`Absent`'s ``PromptLost``, which says it may have run. A removal
+  the server never confirms is abandoned (FAILED: it may still run), never CANCELLED.
 """
 
 from __future__ import annotations
