@@ -20,6 +20,8 @@ of a job happens in :meth:`Lifecycle.handle` and nowhere else; an input with no 
                       REMOVING --(delete sent, not gone: it runs)--> INTERRUPTING
                          |                                               |
                          +--------------- gone / interrupted ------------+--> CANCELLED
+                         |                                               |
+                         +-- found nowhere after a gap (may have run) ---+--> FAILED
 
     any live state --abandon (close with detach, connection budget exhausted)--> FAILED
     any live state --execution_error / rejected--> FAILED
@@ -36,6 +38,12 @@ Rules the table enforces:
 - **Reported cancelled means gone**: a cancelled job reaches CANCELLED only when the server no
   longer has it (deleted while pending, or interrupted while running). If it finished first,
   it is DONE: the caller gets no result it asked to drop, but nothing ran that we deny.
+- **Reported cancelled means it never ran**: a removal that finds the prompt nowhere (neither
+  queued nor in history) ends CANCELLED only when the client heard everything since it last
+  saw the prompt on the server (no gap, a socket open): then our delete took it, or a restart
+  lost it unrun. After a gap it may have finished and had its history wiped by a restart:
+  FAILED with the :class:`Absent`'s ``PromptLost``, which says it may have run. A removal
+  the server never confirms is abandoned (FAILED: it may still run), never CANCELLED.
 """
 
 from __future__ import annotations
@@ -213,10 +221,13 @@ class Outcome:
 
 @dataclass(frozen=True, slots=True)
 class Absent:
-    """Reconciliation found the prompt neither queued nor in history: the server lost it.
+    """Reconciliation (or a removal) found the prompt neither queued nor in history.
 
-    ``error`` (a ``PromptLost``) is what the job fails with when it is not resubmitted;
-    ``listening`` as for :class:`InQueue` (the resubmitted prompt's events arrive).
+    Watched, the server lost it. Being removed, our delete took it, or the server lost it —
+    perhaps after it ran, its history wiped by a restart. ``error`` (a ``PromptLost``) is
+    what the job fails with when it is not resubmitted, or when a removal cannot tell that
+    it never ran; ``listening`` as for :class:`InQueue` (the socket is open: the
+    resubmitted prompt's events arrive, and no event of the removed one is being missed).
     """
 
     error: BaseException
@@ -539,6 +550,17 @@ def _removed(life: Lifecycle, event: Removed) -> Step:
     return _S.INTERRUPTING, (RECONCILE,) if life.gap else ()
 
 
+def _gone(life: Lifecycle, event: Absent) -> Step:
+    """Found nowhere during a removal. Cancelled only if nothing was missed since the prompt
+    was last seen on the server: then our delete took it, or a restart lost it unrun. After a
+    gap (or with no socket), it may have finished and had its history wiped by a restart:
+    failed with the event's ``PromptLost``, never reported cancelled. (A removal of a failed
+    POST ends with the POST's error either way.)"""
+    if life.ends_as is _S.CANCELLED and (life.gap or not event.listening):
+        return _S.FAILED, (_fail(event.error),)
+    return _cancelled(life, event)
+
+
 def _finished_during_removal(life: Lifecycle, event: Finished) -> Step:
     if event.complete and not life.gap:
         return _S.DONE, (RESOLVE,)  # it finished before the removal
@@ -625,7 +647,7 @@ TRANSITIONS = _table(
             Failed: _fail_with_error,
             Outcome: _outcome_during_removal,
             InQueue: _stay,  # still running: the interrupt's outcome is still to come
-            Absent: _cancelled,
+            Absent: _gone,  # nowhere: cancelled only if it cannot have run
             ReconcileFailed: _resync,
         },
     ),

@@ -36,6 +36,7 @@ import aiohttp
 
 from dreamgen_async import lifecycle as lc
 from dreamgen_async.errors import (
+    ConnectionLostError,
     DreamgenError,
     ExecutionInterrupted,
     PartialPromptWarningError,
@@ -175,7 +176,7 @@ class JobOwner:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._running_prompt: str | None = None
         self._closing = False
-        #: Seconds a removal (delete + interrupt) may take before the job is reported gone.
+        #: Seconds a removal (delete + interrupt) may take; then the job fails (it may still run).
         self.removal_budget = 10.0
         self._recent: collections.OrderedDict[str, PromptResult | BaseException] = (
             collections.OrderedDict()
@@ -623,15 +624,28 @@ class JobOwner:
                     self.url,
                     self._why(exc),
                 )
-                for job in batch:  # reported gone, though the server did not confirm it
+                for job in batch:  # unconfirmed: the server may still hold, and run, it
                     if job.state is JobState.REMOVING:
-                        self.drive(job, lc.Removed(running=False))
+                        self.drive(job, lc.Abandon(self._not_taken_back(job, exc)))
+
+    def _not_taken_back(self, job: Job, exc: BaseException) -> ConnectionLostError:
+        """What a job being cancelled fails with when its removal failed for good: never
+        reported cancelled, since the server did not confirm the prompt is off it."""
+        error = ConnectionLostError(
+            f"could not take prompt {job.prompt_id} off {self.url} "
+            f"({self._why(exc)}): it may still run"
+        )
+        error.__cause__ = exc
+        return error
 
     async def _remove_batch(self, batch: list[Job]) -> None:
         """Delete (pending), then look: interrupt the one running; read history for the rest.
 
         In this order no race leaves a prompt running: a delete that arrives too late is a
-        no-op, and the queue read after it shows the prompt that runs.
+        no-op, and the queue read after it shows the prompt that runs. A prompt in neither
+        ``/queue`` nor ``/history`` is reported :class:`~dreamgen_async.lifecycle.Absent`:
+        cancelled if nothing was missed since it was last seen, else failed with
+        ``PromptLost`` (it may have run, its history wiped by a restart).
         """
         ids = [job.prompt_id for job in batch]
         queue = await self._retrying(functools.partial(self._delete_and_look, ids))
@@ -646,8 +660,10 @@ class JobOwner:
             record = await self._retrying(functools.partial(self._server.get_history, prompt_id))
             if job.state is not JobState.REMOVING:
                 continue
-            if record is None:
-                self.drive(job, lc.Removed(running=False))
+            if record is None:  # our delete took it, or the server lost it: the table
+                # decides whether the client can know it never ran (no gap since last seen)
+                lost = _lost_while_removed(job)
+                self.drive(job, lc.Absent(lost, listening=self.mux.connected))
             else:
                 self.drive(job, history_input(job.prompt_id, record))
 
@@ -661,8 +677,21 @@ class JobOwner:
         return await retry_call(call, self._backoff, retry_if=_retryable_within_budget)
 
 
+def _lost_while_removed(job: Job) -> PromptLost:
+    """What a job being cancelled fails with when the server has no trace of its prompt and
+    the client missed events since it last saw it (else the job is simply cancelled)."""
+    return PromptLost(
+        f"prompt {job.prompt_id} was being cancelled and the server no longer has it "
+        "(did it restart?): it may have run, its history lost",
+        prompt_id=job.prompt_id,
+    )
+
+
 def _lost_error(job: Job) -> PromptLost:
-    if job.resubmitted or job.state is JobState.INTERRUPTING:
+    if job.state is JobState.INTERRUPTING:
+        log.warning("prompt %s vanished from the server while it was interrupted", job.prompt_id)
+        return _lost_while_removed(job)
+    if job.resubmitted:
         log.warning("prompt %s vanished from the server again", job.prompt_id)
     else:
         log.warning("prompt %s vanished from the server (did it restart?)", job.prompt_id)

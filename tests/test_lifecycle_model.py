@@ -5,8 +5,10 @@ latency and hold/release, and drives the real client against the simulator over 
 Checked after every step: in-flight slots add up, at most one socket and one reader, no
 background task failed. Checked at the end, once the server has run what it holds:
 (a) every job settled exactly once (the job's own assertion, and its state);
-(b) a job settled as cancelled or failed never ran to success on the server (unless the
-    caller detached it); a job settled as done did;
+(b) a job settled as cancelled never ran to success on the server (unless the caller
+    detached it), nor did a failed one, unless it failed with ``PromptLost`` (the server
+    lost it and the client cannot know whether it ran: that error says so); a job settled
+    as done did;
 (c) each prompt was accepted at most once, twice only when it was resubmitted;
 (d) every slot is free when idle; (e) no socket and no reader after aclose();
 (f) no task and no file descriptor left behind; (g) reconnects per second bounded.
@@ -30,7 +32,7 @@ from _models import ErrorLog, model_settings, open_fds, our_tasks
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from dreamgen_async import ClientClosedError, PromptTimeout
+from dreamgen_async import ClientClosedError, PromptLost, PromptTimeout
 from dreamgen_async.comfyui_api import ComfyUIClient, RetryPolicy
 from dreamgen_async.jobs import Job, PromptResult
 from dreamgen_async.lifecycle import JobState
@@ -279,7 +281,7 @@ class LifecycleModel(RuleBasedStateMachine):
             status = sim.prompts[prompt_id].status if accepted else None
             if job.state is JobState.DONE:  # (b)
                 assert status == "success", (prompt_id, status)
-            elif not (self.detached and _closed(job)):
+            elif not (self.detached and _closed(job)) and not _may_have_run(job):
                 assert status != "success", f"{prompt_id} reported {job.state} but ran"
         if not self.closed:
             self.run(self.client.aclose())
@@ -289,6 +291,12 @@ class LifecycleModel(RuleBasedStateMachine):
         assert leftovers == []  # (f)
         assert sim.ws_connections_total <= 5 + 40 * elapsed  # (g)
         self.nothing_failed_in_the_background()
+
+
+def _may_have_run(job: Job) -> bool:
+    """Failed (never cancelled) with the error that says the client cannot know whether the
+    prompt ran: the server lost it, history included."""
+    return job.state is JobState.FAILED and isinstance(job.settled_error(), PromptLost)
 
 
 def _closed(job: Job) -> bool:

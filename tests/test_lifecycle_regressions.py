@@ -17,6 +17,7 @@ from dreamgen_async import (
     ClientClosedError,
     ConnectionLostError,
     DreamGenerator,
+    PromptLost,
     PromptTimeout,
     ProtocolError,
     Txt2ImgRequest,
@@ -216,7 +217,10 @@ async def test_a_cancel_during_a_resync_is_not_undone_by_the_resync(
         sim.fail_next("/ws", n=3, status=503)
         await sim.restart()  # the server loses the prompt; the resync would resubmit it
         await job.cancel()
-        with pytest.raises(asyncio.CancelledError):
+        # Found nowhere after a gap the client cannot see through (the socket stays down: a
+        # prompt could have finished meanwhile and lost its history in a restart), so it is
+        # failed with PromptLost, never reported cancelled.
+        with pytest.raises(PromptLost, match="may have run"):
             await job.result()
         await sim.wait_until(lambda: client.ws_connections >= 2)
         await quiesce(sim)
@@ -572,6 +576,75 @@ async def test_a_removal_that_spans_a_restart_still_settles(
         await sim.restart()
         await asyncio.wait_for(cancelling, 10)
         await asyncio.wait_for(client.wait_idle(), 10)
+        # Gone, with the restart's gap since it was seen running: it may have finished
+        # before the interrupt and lost its history, so it is not reported cancelled.
+        assert job.state == "failed"
+        with pytest.raises(PromptLost, match="may have run"):
+            await job.result()
+
+
+# Issue #24 follow-up ----------------------------------------------------------------------
+
+
+async def test_a_prompt_that_ran_unheard_and_lost_its_history_is_not_reported_cancelled(
+    comfyui_sim: ComfyUISimulator,
+) -> None:
+    """Found by the model test ("reported cancelled but ran"): the prompt finished while our
+    socket was down, a restart wiped ``/history``, then the cancel's removal found it in
+    neither ``/queue`` nor ``/history``. It ran: the job must not be reported cancelled. The
+    client cannot know it ran, so it fails with PromptLost, which says it may have."""
+    sim = comfyui_sim
+    async with client_for(sim) as client:
+        sim.hold()
+        job = await client.submit(txt2img(seed=1))  # seen queued, socket open: no gap yet
+        sim.fail_next("/ws", n=10_000, status=503)  # the socket stays down from here
+        await sim.drop_websockets()
+        sim.release()
+        await sim.wait_for_status(job.prompt_id, "success")  # ran, and nobody heard it
+        await sim.restart()  # ... and its history is gone
+        await job.cancel()
+        assert job.state == "failed"
+        with pytest.raises(PromptLost, match="may have run"):
+            await job.result()
+        sim.clear_faults()
+        assert sim.accepted_prompt_ids == [job.prompt_id]  # taken as it is: not resubmitted
+        assert sim.prompts[job.prompt_id].status == "success"
+
+
+async def test_a_prompt_deleted_with_nothing_missed_is_reported_cancelled(
+    comfyui_sim: ComfyUISimulator,
+) -> None:
+    """The other side of the rule: seen queued while the socket listened, no drop since, then
+    deleted. Found nowhere, the client knows our delete took it: cancelled, not PromptLost."""
+    sim = comfyui_sim
+    async with client_for(sim) as client:
+        sim.hold()
+        job = await client.submit(txt2img(seed=1))
+        await job.cancel()
         assert job.state == "cancelled"
         with pytest.raises(asyncio.CancelledError):
             await job.result()
+        assert sim.requests_to(f"/history/{job.prompt_id}", "GET")  # it looked: nowhere
+        await quiesce(sim)
+        assert sim.prompts[job.prompt_id].status == "deleted"
+
+
+async def test_a_removal_the_server_never_confirms_is_not_reported_cancelled(
+    comfyui_sim: ComfyUISimulator,
+) -> None:
+    """The delete fails for the whole removal budget: the prompt may still be queued, and
+    run. It was reported cancelled; it now fails with ConnectionLostError "may still run"."""
+    sim = comfyui_sim
+    async with client_for(sim) as client:
+        client._owner.removal_budget = 0.3
+        sim.hold()
+        job = await client.submit(txt2img(seed=1))
+        sim.fail_next("/queue", n=10_000, status=500, method="POST")  # every delete fails
+        await job.cancel()
+        await job.wait_for(lambda state: state.terminal)
+        assert job.state == "failed"
+        with pytest.raises(ConnectionLostError, match="may still run"):
+            await job.result()
+        sim.clear_faults()
+        await quiesce(sim)
+        assert sim.prompts[job.prompt_id].status == "success"  # it did run

@@ -160,6 +160,7 @@ def test_a_handler_decides_and_only_handle_moves_the_job() -> None:
 
 FAIL_BOOM = lc.Effect("fail", error=BOOM)
 FAIL_REASON = lc.Effect("fail", error=REASON)
+FAIL_LOST = lc.Effect("fail", error=LOST)
 RELEASE = lc.Effect("release")
 
 
@@ -189,6 +190,9 @@ RELEASE = lc.Effect("release")
         (S.SETTLING, lc.Outcome(BOOM), S.FAILED, (FAIL_BOOM, RELEASE)),
         (S.REMOVING, lc.Removed(running=False), S.CANCELLED, (FAIL_REASON, RELEASE)),
         (S.REMOVING, lc.Removed(running=True), S.INTERRUPTING, ()),
+        # Found nowhere with nothing missed: our delete took it. Without a socket: unknown.
+        (S.REMOVING, lc.Absent(LOST), S.CANCELLED, (FAIL_REASON, RELEASE)),
+        (S.REMOVING, lc.Absent(LOST, listening=False), S.FAILED, (FAIL_LOST, RELEASE)),
         (S.INTERRUPTING, lc.Interrupted(BOOM), S.CANCELLED, (FAIL_REASON, RELEASE)),
         (
             S.INTERRUPTING,
@@ -223,3 +227,41 @@ def test_gap_marks_only_a_job_the_server_may_hold() -> None:
     assert running.handle(lc.Gap()) == ()
     assert running.gap
     assert running.state is S.RUNNING
+
+
+@pytest.mark.parametrize("state", [S.REMOVING, S.INTERRUPTING])
+def test_a_removal_that_finds_nothing_after_a_gap_fails_it_may_have_run(state: JobState) -> None:
+    """Issue #24 follow-up: it may have finished unheard and lost its history in a restart,
+    so it is never reported cancelled; it fails with the Absent's (PromptLost) error."""
+    life = in_state(state)
+    life.handle(lc.Gap())
+    assert life.handle(lc.Absent(LOST)) == (FAIL_LOST, RELEASE)
+    assert life.state is S.FAILED
+
+
+def test_a_gap_closed_before_the_cancel_lets_a_removal_that_finds_nothing_cancel() -> None:
+    """Seen pending by a resync while listening, after the gap: nothing missed since."""
+    life = in_state(S.QUEUED)
+    life.handle(lc.Gap())
+    life.handle(lc.InQueue(running=False, listening=True))
+    life.handle(lc.Cancel(REASON))
+    assert life.handle(lc.Absent(LOST)) == (FAIL_REASON, RELEASE)
+    assert life.state is S.CANCELLED
+
+
+def test_a_gap_a_running_prompt_had_stays_open_through_the_removal() -> None:
+    """Seen running after the gap: it may finish unheard, so its gap stays."""
+    life = in_state(S.RUNNING)
+    life.handle(lc.Gap())
+    life.handle(lc.InQueue(running=True, listening=True))
+    life.handle(lc.Cancel(REASON))
+    assert life.handle(lc.Absent(LOST)) == (FAIL_LOST, RELEASE)
+    assert life.state is S.FAILED
+
+
+def test_a_failed_posts_removal_that_finds_nothing_ends_with_the_posts_error() -> None:
+    life = in_state(S.POSTING)
+    life.handle(lc.Gap())
+    life.handle(lc.PostFailed(BOOM))
+    assert life.handle(lc.Absent(LOST)) == (FAIL_BOOM, RELEASE)
+    assert life.state is S.FAILED
