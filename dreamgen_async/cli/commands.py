@@ -40,6 +40,7 @@ from dreamgen_async.cli.options import (
     server_option,
 )
 from dreamgen_async.cli.runner import execute, run_requests
+from dreamgen_async.cli.worker import worker as worker_command
 from dreamgen_async.errors import DreamgenError, UIWorkflowError, WorkflowError
 from dreamgen_async.generator import (
     Img2ImgRequest,
@@ -479,6 +480,9 @@ def demo(count: int, step_time: float, output: Path, **kwargs: Any) -> None:
         return tally
 
     execute(opts, go)
+
+
+cli.add_command(worker_command)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
