@@ -6,17 +6,13 @@ and fails when they were skipped).
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
 import socket
 import subprocess
-import sys
-import threading
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
+import pytest_asyncio
 import redis
 
 REDIS = shutil.which("redis-server")
@@ -67,69 +63,13 @@ def broker_url(redis_server: str) -> str:
     return url
 
 
-class Workers:
-    """``dreamgen worker`` subprocesses, started ready and stopped at the end of the test."""
-
-    def __init__(self, tmp: Path) -> None:
-        self.tmp = tmp
-        self.procs: list[subprocess.Popen[str]] = []
-        self.logs: dict[int, list[str]] = {}
-        self._drains: list[threading.Thread] = []
-
-    def start(self, broker: str, *servers: str, takeover: float = 3.0) -> subprocess.Popen[str]:
-        args = [sys.executable, "-m", "dreamgen_async", "worker", "--broker", broker]
-        for server in servers:
-            args += ["--server", server]
-        args += ["--takeover", str(takeover)]
-        proc = subprocess.Popen(
-            args,
-            stderr=subprocess.PIPE,
-            stdout=subprocess.DEVNULL,
-            text=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-        assert proc.stderr is not None
-        seen = []
-        for line in proc.stderr:  # the worker's "ready" line
-            seen.append(line)
-            if " ready: " in line:
-                break
-        else:
-            pytest.fail("worker exited before it was ready:\n" + "".join(seen))
-        self.procs.append(proc)
-        self.logs[proc.pid] = seen
-        drain = threading.Thread(target=seen.extend, args=(proc.stderr,), daemon=True)
-        drain.start()  # a full pipe would block the worker
-        self._drains.append(drain)
-        return proc
-
-    def kill(self, proc: subprocess.Popen[str]) -> None:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(10)
-
-    def stop_all(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.terminate()
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
-        for drain in self._drains:
-            drain.join(5)
-        for proc in self.procs:
-            if proc.stderr is not None:
-                proc.stderr.close()
+from _workers import Workers  # noqa: E402
 
 
-@pytest.fixture
-def workers(tmp_path: Path) -> Iterator[Workers]:
-    started = Workers(tmp_path)
+@pytest_asyncio.fixture
+async def workers() -> AsyncIterator[Workers]:
+    started = Workers()
     try:
         yield started
     finally:
-        started.stop_all()
-
-
-StartWorker = Callable[..., subprocess.Popen[str]]
+        await started.stop_all()

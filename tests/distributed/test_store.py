@@ -93,7 +93,7 @@ def test_the_delivery_table() -> None:
     assert on_delivery(posted, me="a", holder_alive=False) == "check"
     assert on_delivery(posted, me="a", holder_alive=True) == "wait"
     for state in ("done", "failed", "cancelled"):
-        assert on_delivery(JobRecord("p", state=state), me="a", holder_alive=False) == "settled"  # type: ignore[arg-type]
+        assert on_delivery(JobRecord("p", state=state), me="a", holder_alive=False) == "settled"
     assert on_delivery(JobRecord("p", cancel=True), me="a", holder_alive=False) == "settled"
 
 
