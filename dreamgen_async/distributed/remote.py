@@ -236,7 +236,8 @@ class RemoteBackend:
                         )
                     )
                     break
-                await job.wait(1.0)
+                # The channel's "settled" message wakes it; reading the record is the fallback.
+                await job.wait(1.0 if job.state == "queued" else 5.0)
         except (RedisError, OSError) as exc:
             job.fail(broker_error(self.url, exc))
         finally:

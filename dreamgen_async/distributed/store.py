@@ -58,7 +58,8 @@ class JobStore(Protocol):
     async def claim(self, prompt_id: str, worker: str) -> JobRecord | None:
         """Make ``worker`` the record's holder, unless a live other worker holds it.
 
-        Returns the record as claimed, or ``None`` (held elsewhere, or no record).
+        Returns the record as claimed, or ``None`` (held elsewhere, settled, cancelled, or
+        no record).
         """
         ...
 
@@ -137,7 +138,7 @@ class RedisJobStore:
                 try:
                     await pipe.watch(key)
                     record = await self.get(prompt_id)
-                    if record is None:
+                    if record is None or record.settled or record.cancel:
                         await pipe.reset()  # type: ignore[no-untyped-call]
                         return None
                     holder = record.worker

@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -40,6 +41,8 @@ from dreamgen_async.protocol import Event
 __all__ = ["Worker"]
 
 log = logging.getLogger("dreamgen_async.distributed")
+
+_INPUTS = 1024
 
 
 class Worker:
@@ -75,7 +78,7 @@ class Worker:
         self._adopters: dict[str, ComfyUIClient] = {}
         self._running: dict[str, asyncio.Task[None]] = {}
         self._cancelled: set[str] = set()
-        self._uploaded: set[str] = set()
+        self._uploaded: OrderedDict[str, str] = OrderedDict()  # reference -> digest
         self._sending: set[asyncio.Future[None]] = set()
         self.ran = 0
 
@@ -138,19 +141,44 @@ class Worker:
             async for message in pubsub.listen():
                 if message.get("type") != "message":
                     continue
-                prompt_id = message["data"].decode()
-                task = self._running.get(prompt_id)
-                if task is not None:
-                    self._cancelled.add(prompt_id)
-                    task.cancel()
+                self.cancel(message["data"].decode())
         finally:
             await pubsub.aclose()
 
     # ------------------------------------------------------------------ one job
 
     async def run_job(self, job: Mapping[str, Any]) -> None:
-        """The task: run (or collect, or leave) one delivered job; never raises its error."""
+        """The task: run (or collect, or leave) one delivered job; never raises its error.
+
+        A job delivered again to the worker that already holds it (its message reclaimed
+        while it ran) waits for the first delivery.
+        """
         prompt_id = str(job["prompt_id"])
+        current = self._running.get(prompt_id)
+        if current is not None:
+            await asyncio.wait([current])
+            return
+        task = asyncio.create_task(self._handle(prompt_id, job), name=f"dreamgen-job-{prompt_id}")
+        self._running[prompt_id] = task
+        try:
+            await asyncio.wait([task])
+        except asyncio.CancelledError:  # the worker stops: the job is left to another
+            task.cancel()
+            await asyncio.wait([task])
+            raise
+        finally:
+            self._running.pop(prompt_id, None)
+        if task.cancelled():
+            if prompt_id not in self._cancelled:
+                raise asyncio.CancelledError
+            self._cancelled.discard(prompt_id)
+            record = await self.store.get(prompt_id)
+            if record is not None and record.worker == self.id and not record.settled:
+                await self._settle(record, state="cancelled")
+        elif (exc := task.exception()) is not None:
+            raise exc
+
+    async def _handle(self, prompt_id: str, job: Mapping[str, Any]) -> None:
         while True:
             record = await self.store.get(prompt_id)
             if record is None:
@@ -166,19 +194,16 @@ class Worker:
             claimed = await self.store.claim(prompt_id, self.id)
             if claimed is not None:
                 break
-        task = asyncio.create_task(self._execute(claimed, job, step == "check"))
-        self._running[prompt_id] = task
-        try:
-            await asyncio.wait([task])
-        finally:
-            self._running.pop(prompt_id, None)
-        if task.cancelled() and prompt_id in self._cancelled:
-            self._cancelled.discard(prompt_id)
-            await self._settle(claimed, state="cancelled")
-        elif task.cancelled():
-            raise asyncio.CancelledError
-        elif (exc := task.exception()) is not None:
-            raise exc
+        if claimed.worker != record.worker and record.worker is not None:
+            log.info("job %s: taken over from worker %s", prompt_id, record.worker)
+        await self._execute(claimed, job, step == "check")
+
+    def cancel(self, prompt_id: str) -> None:
+        """Cancel the job if this worker holds it (a producer asked)."""
+        task = self._running.get(prompt_id)
+        if task is not None:
+            self._cancelled.add(prompt_id)
+            task.cancel()
 
     async def _execute(self, record: JobRecord, job: Mapping[str, Any], check: bool) -> None:
         prompt_id = record.prompt_id
@@ -222,11 +247,14 @@ class Worker:
         """Give the pool each input blob the job names (it uploads it where the job lands)."""
         inputs: Mapping[str, Mapping[str, str]] = job.get("inputs") or {}
         for reference, blob in inputs.items():
-            if reference in self._uploaded:
+            if self._uploaded.get(reference) == blob["digest"]:
+                self._uploaded.move_to_end(reference)
                 continue
             data = await self.store.get_blob(blob["digest"])
             await self.pool.upload_image(data, name=blob["name"], subfolder=blob["subfolder"])
-            self._uploaded.add(reference)
+            self._uploaded[reference] = blob["digest"]
+            while len(self._uploaded) > _INPUTS:  # fewer than the pool remembers
+                self._uploaded.popitem(last=False)
         workflow: Mapping[str, Any] = job["workflow"]
         return workflow
 
