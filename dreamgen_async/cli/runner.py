@@ -81,7 +81,13 @@ async def run_requests(
     tally = Tally()
     async with contextlib.AsyncExitStack() as stack:
         gen: DreamGenerator
-        if len(opts.servers) > 1:
+        if opts.broker is not None:
+            from dreamgen_async.distributed import RemoteBackend
+
+            journal = None  # the job records live on the broker
+            backend = await stack.enter_async_context(RemoteBackend(opts.broker))
+            gen = DreamGenerator(backend, output_dir=output, builder=builder)  # type: ignore[arg-type]
+        elif len(opts.servers) > 1:
             if journal is not None:  # a journal records one server's prompts
                 log.info("several servers: the batch runs without a journal")
                 journal = None
