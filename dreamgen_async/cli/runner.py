@@ -85,7 +85,9 @@ async def run_requests(
             from dreamgen_async.distributed import RemoteBackend
 
             journal = None  # the job records live on the broker
-            backend = await stack.enter_async_context(RemoteBackend(opts.broker))
+            # Job ids derived from the output folder: a rerun collects, never runs again.
+            batch = await asyncio.to_thread(os.path.abspath, output)
+            backend = await stack.enter_async_context(RemoteBackend(opts.broker, batch=batch))
             gen = DreamGenerator(backend, output_dir=output, builder=builder)  # type: ignore[arg-type]
         elif len(opts.servers) > 1:
             if journal is not None:  # a journal records one server's prompts

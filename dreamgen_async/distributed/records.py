@@ -58,12 +58,15 @@ __all__ = [
     "encode_error",
     "encode_event",
     "on_delivery",
+    "on_submit",
     "rebuild_error",
 ]
 
 JobState = Literal["pending", "posted", "done", "failed", "cancelled"]
 #: What a delivered job does; see the module's table.
 Delivery: TypeAlias = Literal["settled", "wait", "check", "run"]
+#: What a producer does with a job whose record may exist (a rerun); see :func:`on_submit`.
+Submission: TypeAlias = Literal["create", "collect", "retry", "follow"]
 
 TERMINAL: frozenset[str] = frozenset({"done", "failed", "cancelled"})
 
@@ -169,6 +172,23 @@ def on_delivery(record: JobRecord, *, me: str, holder_alive: bool) -> Delivery:
     if record.state == "posted":
         return "check"
     return "run"
+
+
+def on_submit(existing: JobRecord | None) -> Submission:
+    """What a producer does when it submits a job whose record may already exist.
+
+    ``create``: no record (write it, send the job); ``collect``: an earlier run's job is done
+    (read its outputs, send nothing); ``retry``: it failed or was cancelled (reset the record,
+    send it again); ``follow``: it is pending or running (send it again: a message lost with
+    the earlier producer is replaced, and a duplicate is harmless, see :func:`on_delivery`).
+    """
+    if existing is None:
+        return "create"
+    if existing.state == "done":
+        return "collect"
+    if existing.settled:
+        return "retry"
+    return "follow"
 
 
 # ---------------------------------------------------------------------------- errors

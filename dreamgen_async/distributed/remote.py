@@ -33,6 +33,7 @@ from dreamgen_async.distributed.records import (
     JobRecord,
     NoWorkerError,
     decode_event,
+    on_submit,
     rebuild_error,
 )
 from dreamgen_async.distributed.store import RedisJobStore, broker_error
@@ -124,10 +125,15 @@ class RemoteBackend:
         url: ``redis://HOST:PORT/DB``.
         pickup_timeout: Seconds a job may wait for its first worker when no worker is alive
             (then it fails with :class:`~.records.NoWorkerError`).
+        batch: A name for a batch that may be rerun (the CLI uses the output folder): job
+            ids are then derived from it and the workflow, so a rerun after a crash collects
+            what the workers finished meanwhile instead of running it again (requests with a
+            seed; a seedless request draws a new seed, so it is a new job).
     """
 
-    def __init__(self, url: str, *, pickup_timeout: float = 30.0) -> None:
+    def __init__(self, url: str, *, pickup_timeout: float = 30.0, batch: str | None = None) -> None:
         self.url = url
+        self.batch = batch
         self.base_url = url
         self.pickup_timeout = pickup_timeout
         self.id = uuid.uuid4().hex[:12]
@@ -196,19 +202,38 @@ class RemoteBackend:
         prompt_id: str | None = None,
         **_: Any,
     ) -> RemoteJob:
-        """Write the job's record, then send it to the workers; its :class:`RemoteJob`."""
+        """Write the job's record, then send it to the workers; its :class:`RemoteJob`.
+
+        With ``batch=`` set, the prompt_id is derived from the batch and the workflow (so a
+        rerun finds the records of the earlier run: done jobs are collected, not run again).
+        """
         self._check_open()
+        if self.batch is not None:
+            prompt_id = job_id(self.batch, workflow)
         prompt_id = prompt_id or str(uuid.uuid4())
+        job = self._jobs.get(prompt_id)
+        if job is not None and not job.done():  # the same job twice at once: one run
+            return job
         job = RemoteJob(self, prompt_id, workflow, on_progress)
         self._jobs[prompt_id] = job
-        record = JobRecord(prompt_id, reply=self.store.events_channel(self.id), created=time.time())
-        inputs = _inputs_of(workflow, self._inputs)
+        reply = self.store.events_channel(self.id)
+        message = {
+            "prompt_id": prompt_id,
+            "workflow": dict(workflow),
+            "inputs": _inputs_of(workflow, self._inputs),
+        }
         try:
-            if not await self.store.create(record):  # a rerun: follow the existing record
-                await self.store.update(prompt_id, reply=record.reply)
-            await self._kicker.kiq(
-                {"prompt_id": prompt_id, "workflow": dict(workflow), "inputs": inputs}
-            )
+            step = on_submit(await self.store.get(prompt_id))
+            if step == "create":
+                await self.store.create(JobRecord(prompt_id, reply=reply, created=time.time()))
+            elif step == "retry":
+                await self.store.update(
+                    prompt_id, state="pending", cancel=False, error=None, worker=None, reply=reply
+                )
+            else:
+                await self.store.update(prompt_id, reply=reply)
+            if step != "collect":
+                await self._kicker.kiq(message)
         except (RedisError, OSError) as exc:
             self._jobs.pop(prompt_id, None)
             raise broker_error(self.url, exc) from exc
@@ -313,6 +338,12 @@ class RemoteBackend:
             OutputData(stored.output_file(), await self.store.get_blob(stored.digest))
             for stored in record.outputs
         ]
+
+
+def job_id(batch: str, workflow: Mapping[str, Any]) -> str:
+    """The prompt_id of ``workflow`` in ``batch``: the same in every run of the batch."""
+    canonical = json.dumps(workflow, sort_keys=True, separators=(",", ":"))
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"dreamgen:{batch}\n{canonical}"))
 
 
 def _inputs_of(

@@ -298,8 +298,8 @@ class Worker:
         return tuple(stored)
 
     async def _settle(self, record: JobRecord, *, state: str, **changes: Any) -> None:
-        await self.store.update(record.prompt_id, state=state, **changes)
-        if record.reply:
+        written = await self.store.update(record.prompt_id, state=state, **changes)
+        if written.reply:  # the producer's latest channel (a rerun's, after a crash)
             await self.store.publish(
-                record.reply, {"type": "settled", "prompt_id": record.prompt_id}
+                written.reply, {"type": "settled", "prompt_id": record.prompt_id}
             )

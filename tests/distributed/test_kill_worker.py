@@ -1,5 +1,6 @@
-"""Must-show: a worker SIGKILLed mid-batch; the batch still ends with exactly one prompt per
-frame, the surviving worker finishing the dead one's jobs (real processes, real Redis)."""
+"""Must-shows with real processes and a real Redis: a worker SIGKILLed mid-batch (the batch
+still ends with exactly one prompt per frame, the surviving worker finishing the dead one's
+jobs), and a producer SIGKILLed and rerun (the rerun collects, nothing runs twice)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import asyncio
 import os
 import re
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest_asyncio
@@ -41,6 +42,41 @@ def write_frames(folder: Path, count: int) -> list[Path]:
     return paths
 
 
+def finished(sim: ComfyUISimulator) -> Callable[[], bool]:
+    return lambda: all(p.status == "success" for p in sim.prompts.values())
+
+
+async def start_producer(
+    frames: Path, broker: str, server: str, out: Path, concurrency: int = 16
+) -> asyncio.subprocess.Process:
+    """``dreamgen img2img FRAMES ... --broker`` (the model is resolved on ``server``; the
+    jobs go through the broker)."""
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "dreamgen_async",
+        "img2img",
+        str(frames),
+        "a watercolour",
+        "--seed",
+        "5",
+        "--steps",
+        "4",
+        "--broker",
+        broker,
+        "--server",
+        server,
+        "-o",
+        str(out),
+        "-j",
+        str(concurrency),
+        "-q",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+
+
 def worker_id(workers: Workers, proc: asyncio.subprocess.Process) -> str:
     found = re.search(r"worker (\w+) ready", "".join(workers.logs[proc.pid]))
     assert found is not None
@@ -55,30 +91,7 @@ async def test_killing_a_worker_mid_batch(
     survivor = await workers.start(broker_url, *urls, takeover=3.0)
     frames = write_frames(tmp_path / "frames", FRAMES)
     out = tmp_path / "out"
-    producer = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "dreamgen_async",
-        "img2img",
-        str(frames[0].parent),
-        "a watercolour",
-        "--seed",
-        "5",
-        "--steps",
-        "4",
-        "--broker",
-        broker_url,
-        "--server",
-        urls[0],  # the model is resolved there; the jobs go through the broker
-        "-o",
-        str(out),
-        "-j",
-        "16",
-        "-q",
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
+    producer = await start_producer(frames[0].parent, broker_url, urls[0], out)
     # Mid-batch: some frames done, most not.
     await sims[0].wait_until(
         lambda: sum(p.status == "success" for p in sims[0].prompts.values()) >= 5, timeout=60
@@ -100,3 +113,31 @@ async def test_killing_a_worker_mid_batch(
     assert taken_over, "the dead worker held no job when it was killed"
     assert all(r.worker == alive for r in taken_over)
     assert all(r is not None and r.worker in (dead, alive) for r in records)
+
+
+async def test_killing_the_producer_and_rerunning_it(
+    sims: list[ComfyUISimulator], workers: Workers, broker_url: str, tmp_path: Path
+) -> None:
+    urls = [s.url for s in sims]
+    await workers.start(broker_url, *urls)
+    await workers.start(broker_url, *urls)
+    frames = write_frames(tmp_path / "frames", 30)
+    out = tmp_path / "out"
+    first = await start_producer(frames[0].parent, broker_url, urls[0], out, concurrency=12)
+    await sims[0].wait_until(
+        lambda: sum(p.status == "success" for p in sims[0].prompts.values()) >= 3, timeout=60
+    )
+    first.kill()
+    await first.communicate()
+    # The workers finish what they hold, with no producer listening.
+    for sim in sims:
+        await sim.wait_until(finished(sim), timeout=30)
+    before = {pid for sim in sims for pid in sim.prompts}
+    assert 0 < len(before) < 30
+    rerun = await start_producer(frames[0].parent, broker_url, urls[0], out, concurrency=12)
+    _, stderr = await asyncio.wait_for(rerun.communicate(), 120)
+    assert rerun.returncode == 0, stderr.decode()
+    assert len(list(out.glob("*.png"))) == 30
+    prompt_ids = [pid for sim in sims for pid in sim.prompts]
+    assert len(prompt_ids) == 30  # nothing the first run posted ran again
+    assert before <= set(prompt_ids)
