@@ -179,6 +179,7 @@ class Worker:
             raise exc
 
     async def _handle(self, prompt_id: str, job: Mapping[str, Any]) -> None:
+        waited = False
         while True:
             record = await self.store.get(prompt_id)
             if record is None:
@@ -189,6 +190,9 @@ class Worker:
             if step == "settled":
                 return
             if step == "wait":
+                if not waited:
+                    log.info("job %s: held by live worker %s, waiting", prompt_id, record.worker)
+                    waited = True
                 await asyncio.sleep(self.lease / 3)  # the holder finishes it, or dies
                 continue
             claimed = await self.store.claim(prompt_id, self.id)

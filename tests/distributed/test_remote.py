@@ -140,3 +140,20 @@ async def _running_on(sims: list[ComfyUISimulator]) -> ComfyUISimulator:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def test_a_slow_job_on_a_live_worker_is_never_run_twice(
+    workers: Workers, broker_url: str, tmp_path: Path
+) -> None:
+    # Its message is reclaimed (idle past the 1 s takeover) while it runs: the other
+    # worker sees the holder alive and waits for it.
+    async with ComfyUISimulator(SimulatorConfig(step_time=0.6), root=tmp_path / "s") as sim:
+        await workers.start(broker_url, sim.url, takeover=1.0)
+        await workers.start(broker_url, sim.url, takeover=1.0)
+        async with RemoteBackend(broker_url) as backend:
+            gen = DreamGenerator(cast(Any, backend), output_dir=tmp_path / "out")
+            result = await gen.generate_from_prompt("slow", seed=1, steps=6)
+        assert list(sim.prompts) == [result.prompt_id]
+        assert result.path.read_bytes() == sim.prompts[str(result.prompt_id)].output_bytes[0]
+    logs = "".join(line for lines in workers.logs.values() for line in lines)
+    assert "taken over" not in logs
