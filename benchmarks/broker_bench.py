@@ -11,8 +11,9 @@ each worker in its own (``dreamgen worker``).
    2 simulators: (a) one in-process :class:`ComfyUIPool`; (b) :class:`RemoteBackend` with 2
    workers over the same servers. Per job: latency (submit → outputs in hand; median, p95)
    and the producer's CPU; the difference is what the broker adds.
-2. **Queue efficiency**: 0.2 s jobs on 4 simulators, 2 workers, every job submitted at once:
-   Σ server busy time (the servers' own history timestamps) / (4 × wall time).
+2. **Queue efficiency**: ``--efficiency-jobs`` (400) 0.2 s jobs on 4 simulators, 2 workers,
+   every job submitted at once: Σ server busy time (the servers' own history timestamps) /
+   (4 × wall time).
 """
 
 from __future__ import annotations
@@ -222,7 +223,7 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=1000)
     parser.add_argument("--concurrency", type=int, default=32)
-    parser.add_argument("--efficiency-jobs", type=int, default=200)
+    parser.add_argument("--efficiency-jobs", type=int, default=400)
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
     if args.quick:

@@ -67,8 +67,13 @@ class RemoteJob(JobHandle[PromptResult]):
         self._subscribers = None
         self._backlog = None
         self._future: asyncio.Future[PromptResult] = asyncio.get_running_loop().create_future()
-        self._future.add_done_callback(lambda _: self._close_events())
+        self._future.add_done_callback(self._finished)
         self.state = "queued"
+
+    def _finished(self, future: asyncio.Future[PromptResult]) -> None:
+        if not future.cancelled():
+            future.exception()  # retrieved here (a job nobody awaits); result() raises it
+        self._close_events()
 
     def __repr__(self) -> str:
         return f"<RemoteJob {self.prompt_id} {self.state}>"

@@ -74,12 +74,18 @@ class RedisJobStore:
         namespace: str = "dreamgen",
         ttl: int = DEFAULT_TTL,
         max_blob: int = MAX_BLOB,
+        max_connections: int = 32,
     ) -> None:
         self.url = url
         self.ns = namespace
         self.ttl = ttl
         self.max_blob = max_blob
-        self.redis: aioredis.Redis = aioredis.Redis.from_url(url)
+        # A bounded pool that makes callers wait for a connection (hundreds of jobs in
+        # flight share it), rather than one that fails with "Too many connections".
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url, max_connections=max_connections, timeout=None
+        )
+        self.redis: aioredis.Redis = aioredis.Redis(connection_pool=pool)
 
     async def open(self) -> None:
         """Check that Redis answers.
@@ -94,7 +100,7 @@ class RedisJobStore:
             raise broker_error(self.url, exc) from exc
 
     async def aclose(self) -> None:
-        await self.redis.aclose()
+        await self.redis.aclose(close_connection_pool=True)
 
     # ------------------------------------------------------------------ records
 

@@ -11,6 +11,7 @@ from typing import Any, cast
 
 import pytest
 import pytest_asyncio
+from _graphs import txt2img
 from _workers import Workers
 from PIL import Image
 
@@ -157,3 +158,18 @@ async def test_a_slow_job_on_a_live_worker_is_never_run_twice(
         assert result.path.read_bytes() == sim.prompts[str(result.prompt_id)].output_bytes[0]
     logs = "".join(line for lines in workers.logs.values() for line in lines)
     assert "taken over" not in logs
+
+
+async def test_hundreds_of_jobs_at_once_wait_for_a_connection(
+    sims: list[ComfyUISimulator], workers: Workers, broker_url: str
+) -> None:
+    # Each job reads its record while it waits: the producer's Redis connections are a
+    # bounded pool that makes them queue, never "Too many connections".
+    await workers.start(broker_url, *(s.url for s in sims))
+    async with RemoteBackend(broker_url) as backend:
+        jobs = await asyncio.gather(*(backend.submit(txt2img(seed=i, steps=1)) for i in range(300)))
+        results = await asyncio.gather(*(job.result() for job in jobs))
+        outputs = await backend.get_outputs(results[0])
+    assert len({r.prompt_id for r in results}) == 300
+    assert len(ran(sims)) == 300
+    assert outputs[0].data.startswith(b"\x89PNG")
