@@ -166,7 +166,7 @@ class RemoteBackend:
             ConnectError: the broker cannot be reached (one line).
         """
         await self.store.open()
-        pubsub = self.store.redis.pubsub()
+        pubsub = self.store.pubsub()
         try:
             await pubsub.subscribe(self.store.events_channel(self.id))
         except (RedisError, OSError) as exc:
@@ -303,7 +303,7 @@ class RemoteBackend:
         if record is None or record.settled:
             return
         await self.store.update(prompt_id, cancel=True)
-        await self.store.redis.publish(self.store.cancel_channel, prompt_id)
+        await self.store.publish(self.store.cancel_channel, prompt_id)
         fresh = await self.store.get(prompt_id)
         if fresh is not None and fresh.worker is None:  # never taken: nobody else settles it
             await self.store.update(prompt_id, state="cancelled")

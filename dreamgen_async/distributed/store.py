@@ -24,6 +24,7 @@ from dataclasses import replace
 from typing import Any, Protocol
 
 import redis.asyncio as aioredis
+from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
 from dreamgen_async.distributed.records import JobRecord
@@ -33,6 +34,26 @@ __all__ = ["DEFAULT_TTL", "JobStore", "RedisJobStore", "broker_error"]
 
 DEFAULT_TTL = 24 * 3600
 MAX_BLOB = 256 * 1024 * 1024
+
+
+#: KEYS[1] the record; ARGV[1] the claiming worker, ARGV[2] the heartbeat key prefix.
+#: Returns the new attempt count, or 0: no record, settled, cancelled, or held by a live
+#: other worker. (Fields are JSON, as :meth:`JobRecord.to_fields` writes them.)
+_CLAIM = """
+local raw = redis.call('HMGET', KEYS[1], 'state', 'cancel', 'worker', 'attempts')
+if not raw[1] then return 0 end
+local state = cjson.decode(raw[1])
+if state == 'done' or state == 'failed' or state == 'cancelled' then return 0 end
+if raw[2] and cjson.decode(raw[2]) == true then return 0 end
+local holder = raw[3] and cjson.decode(raw[3]) or cjson.null
+if holder ~= cjson.null and holder ~= ARGV[1]
+   and redis.call('EXISTS', ARGV[2] .. holder) == 1 then
+  return 0
+end
+local attempts = (raw[4] and tonumber(raw[4]) or 0) + 1
+redis.call('HSET', KEYS[1], 'worker', cjson.encode(ARGV[1]), 'attempts', tostring(attempts))
+return attempts
+"""
 
 
 def broker_error(url: str, exc: BaseException) -> ConnectError:
@@ -86,6 +107,9 @@ class RedisJobStore:
             url, max_connections=max_connections, timeout=None
         )
         self.redis: aioredis.Redis = aioredis.Redis(connection_pool=pool)
+        # Heartbeats and channels on their own connections: never queued behind jobs.
+        self.control: aioredis.Redis = aioredis.Redis.from_url(url)
+        self._claim = self.redis.register_script(_CLAIM)
 
     async def open(self) -> None:
         """Check that Redis answers.
@@ -101,6 +125,7 @@ class RedisJobStore:
 
     async def aclose(self) -> None:
         await self.redis.aclose(close_connection_pool=True)
+        await self.control.aclose()
 
     # ------------------------------------------------------------------ records
 
@@ -138,29 +163,14 @@ class RedisJobStore:
         return record
 
     async def claim(self, prompt_id: str, worker: str) -> JobRecord | None:
-        key = self._job(prompt_id)
-        async with self.redis.pipeline(transaction=True) as pipe:
-            while True:
-                try:
-                    await pipe.watch(key)
-                    record = await self.get(prompt_id)
-                    if record is None or record.settled or record.cancel:
-                        await pipe.reset()  # type: ignore[no-untyped-call]
-                        return None
-                    holder = record.worker
-                    if holder not in (None, worker) and await self.worker_alive(holder):
-                        await pipe.reset()  # type: ignore[no-untyped-call]
-                        return None
-                    claimed = replace(record, worker=worker, attempts=record.attempts + 1)
-                    fields = claimed.to_fields()
-                    pipe.multi()  # type: ignore[no-untyped-call]
-                    pipe.hset(
-                        key, mapping={"worker": fields["worker"], "attempts": fields["attempts"]}
-                    )
-                    await pipe.execute()
-                    return claimed
-                except aioredis.WatchError:
-                    continue
+        # One script, so the check and the write are atomic and hold no connection between.
+        attempts = await self._claim(
+            keys=[self._job(prompt_id)], args=[worker, f"{self.ns}:worker:"]
+        )
+        if not attempts:
+            return None
+        record = await self.get(prompt_id)
+        return None if record is None else replace(record, worker=worker, attempts=int(attempts))
 
     # ------------------------------------------------------------------ blobs
 
@@ -190,18 +200,18 @@ class RedisJobStore:
 
     async def beat(self, worker: str, lease: float) -> None:
         """``worker`` is alive for ``lease`` more seconds."""
-        await self.redis.set(f"{self.ns}:worker:{worker}", str(time.time()), px=int(lease * 1000))
+        await self.control.set(f"{self.ns}:worker:{worker}", str(time.time()), px=int(lease * 1000))
 
     async def retire(self, worker: str) -> None:
-        await self.redis.delete(f"{self.ns}:worker:{worker}")
+        await self.control.delete(f"{self.ns}:worker:{worker}")
 
     async def worker_alive(self, worker: str) -> bool:
-        return bool(await self.redis.exists(f"{self.ns}:worker:{worker}"))
+        return bool(await self.control.exists(f"{self.ns}:worker:{worker}"))
 
     async def workers(self) -> int:
         """How many workers are alive."""
         count = 0
-        async for _ in self.redis.scan_iter(match=f"{self.ns}:worker:*", count=100):
+        async for _ in self.control.scan_iter(match=f"{self.ns}:worker:*", count=100):
             count += 1
         return count
 
@@ -214,8 +224,13 @@ class RedisJobStore:
     def events_channel(self, producer: str) -> str:
         return f"{self.ns}:events:{producer}"
 
-    async def publish(self, channel: str, message: Mapping[str, Any]) -> None:
-        await self.redis.publish(channel, json.dumps(message))
+    async def publish(self, channel: str, message: Mapping[str, Any] | str) -> None:
+        text = message if isinstance(message, str) else json.dumps(message)
+        await self.control.publish(channel, text)
+
+    def pubsub(self) -> PubSub:
+        """A subscriber on its own connection."""
+        return self.control.pubsub()
 
 
 def _text(value: bytes | str) -> str:

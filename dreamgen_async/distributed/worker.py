@@ -135,7 +135,7 @@ class Worker:
             await asyncio.sleep(self.lease / 3)
 
     async def _listen_cancels(self) -> None:
-        pubsub = self.store.redis.pubsub()
+        pubsub = self.store.pubsub()
         await pubsub.subscribe(self.store.cancel_channel)
         try:
             async for message in pubsub.listen():

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest_asyncio
+from _redis import broker_url_fixture, redis_server_fixture, workers_fixture  # noqa: F401 (fixtures)
 from _workers import Workers
 from PIL import Image
 

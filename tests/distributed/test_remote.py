@@ -12,6 +12,7 @@ from typing import Any, cast
 import pytest
 import pytest_asyncio
 from _graphs import txt2img
+from _redis import broker_url_fixture, redis_server_fixture, workers_fixture  # noqa: F401 (fixtures)
 from _workers import Workers
 from PIL import Image
 

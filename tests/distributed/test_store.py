@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
 import pytest_asyncio
+from _redis import broker_url_fixture, redis_server_fixture  # noqa: F401 (fixtures)
 
 from dreamgen_async.distributed.records import (
     JobRecord,
@@ -114,3 +116,23 @@ def test_errors_are_rebuilt_as_their_own_type() -> None:
     assert str(again) == str(failed)
     other = rebuild_error({"type": "OSError", "message": "disk full"}, "p")
     assert "OSError on a worker: disk full" in str(other)
+
+
+async def test_concurrent_claims_one_winner_and_no_deadlock(broker_url: str) -> None:
+    # More claims than connections: a claim holds no connection while it waits for another.
+    store = RedisJobStore(broker_url, max_connections=4)
+    try:
+        await store.create(JobRecord("p3"))
+        for i in range(50):
+            await store.beat(f"w{i}", 30)
+        claims = await asyncio.wait_for(
+            asyncio.gather(*(store.claim("p3", f"w{i}") for i in range(50))), 20
+        )
+        winners = [c for c in claims if c is not None]
+        assert len(winners) == 1
+        record = await store.get("p3")
+        assert record is not None
+        assert record.worker == winners[0].worker
+        assert record.attempts == 1
+    finally:
+        await store.aclose()

@@ -1,4 +1,4 @@
-"""A real ``redis-server`` per test module, and ``dreamgen worker`` subprocesses.
+"""The distributed tests' fixtures (each test module imports them): a real ``redis-server``
 
 Without ``redis-server`` on PATH these tests skip, saying how to install it (CI installs it
 and fails when they were skipped).
@@ -29,8 +29,8 @@ def _free_port() -> int:
         return port
 
 
-@pytest.fixture(scope="module")
-def redis_server() -> Iterator[str]:
+@pytest.fixture(scope="module", name="redis_server")
+def redis_server_fixture() -> Iterator[str]:
     """A started redis-server on a free loopback port: its base URL (``redis://...``)."""
     if REDIS is None:
         pytest.skip(INSTALL)
@@ -54,8 +54,8 @@ def redis_server() -> Iterator[str]:
         proc.stdout.close()
 
 
-@pytest.fixture
-def broker_url(redis_server: str) -> str:
+@pytest.fixture(name="broker_url")
+def broker_url_fixture(redis_server: str) -> str:
     """An empty database of the module's redis-server."""
     url = f"{redis_server}/0"
     with redis.Redis.from_url(url) as conn:
@@ -66,8 +66,8 @@ def broker_url(redis_server: str) -> str:
 from _workers import Workers  # noqa: E402
 
 
-@pytest_asyncio.fixture
-async def workers() -> AsyncIterator[Workers]:
+@pytest_asyncio.fixture(name="workers")
+async def workers_fixture() -> AsyncIterator[Workers]:
     started = Workers()
     try:
         yield started
