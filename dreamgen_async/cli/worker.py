@@ -3,14 +3,31 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import signal
 import sys
+from typing import TYPE_CHECKING
 
 import click
 
 from dreamgen_async.errors import DreamgenError
 
+if TYPE_CHECKING:
+    from dreamgen_async.distributed import Worker
+
 __all__ = ["worker"]
+
+
+async def _serve(worker: Worker) -> None:
+    """Serve until SIGTERM or Ctrl-C: then stop taking jobs and leave the prompts in flight
+    on their servers (another worker collects them after ``--takeover``)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError):  # not on Windows
+            loop.add_signal_handler(sig, stop.set)
+    await worker.serve(stop=stop)
 
 
 @click.command()
@@ -53,7 +70,7 @@ def worker(broker: str, servers: tuple[str, ...], takeover: float, max_jobs: int
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("taskiq").setLevel(logging.WARNING)
     try:
-        asyncio.run(Worker(broker, servers, takeover=takeover, max_jobs=max_jobs).serve())
+        asyncio.run(_serve(Worker(broker, servers, takeover=takeover, max_jobs=max_jobs)))
     except KeyboardInterrupt:
         sys.exit(130)
     except DreamgenError as exc:

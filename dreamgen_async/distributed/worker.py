@@ -87,11 +87,14 @@ class Worker:
 
         self.broker.register_task(run, task_name=TASK_NAME)
 
-    async def serve(self, ready: asyncio.Event | None = None) -> None:
-        """Take jobs until cancelled.
+    async def serve(
+        self, ready: asyncio.Event | None = None, stop: asyncio.Event | None = None
+    ) -> None:
+        """Take jobs until ``stop`` is set (or this is cancelled), then stop taking jobs and
+        leave the prompts in flight on their servers (another worker collects them).
 
         Raises:
-            ConnectError: the broker or every server cannot be reached at start.
+            ConnectError: the broker cannot be reached at start.
         """
         await self.store.open()
         try:
@@ -99,26 +102,36 @@ class Worker:
             try:
                 await self.store.beat(self.id, self.lease)
                 await self.broker.startup()
-                async with asyncio.TaskGroup() as tasks:
-                    tasks.create_task(self._heartbeat())
-                    tasks.create_task(self._listen_cancels())
-                    tasks.create_task(
-                        run_receiver_task(
-                            self.broker, max_async_tasks=self.max_jobs, run_startup=False
-                        )
-                    )
-                    log.info(
-                        "worker %s ready: %d server(s), broker %s",
-                        self.id,
-                        len(self.servers),
-                        self.url,
-                    )
-                    if ready is not None:
-                        ready.set()
+                await self._run_until(stop or asyncio.Event(), ready)
             finally:
                 await self._shutdown()
         finally:
             await self.store.aclose()
+
+    async def _run_until(self, stop: asyncio.Event, ready: asyncio.Event | None) -> None:
+        receiver = run_receiver_task(self.broker, max_async_tasks=self.max_jobs, run_startup=False)
+        tasks = [
+            asyncio.create_task(self._heartbeat(), name="dreamgen-worker-heartbeat"),
+            asyncio.create_task(self._listen_cancels(), name="dreamgen-worker-cancels"),
+            asyncio.create_task(receiver, name="dreamgen-worker-receiver"),
+        ]
+        stopping = asyncio.create_task(stop.wait(), name="dreamgen-worker-stop")
+        log.info("worker %s ready: %d server(s), broker %s", self.id, len(self.servers), self.url)
+        if ready is not None:
+            ready.set()
+        try:
+            await asyncio.wait([*tasks, stopping], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            # taskiq's receiver (an anyio task group) can absorb a cancel that lands while it
+            # starts: cancel until each task has ended.
+            for task in [*tasks, stopping]:
+                while not task.done():
+                    task.cancel()
+                    await asyncio.wait([task], timeout=1.0)
+        for task in tasks:
+            error = None if task.cancelled() else task.exception()
+            if error is not None:  # a task ended by itself: the broker failed
+                raise error
 
     async def _shutdown(self) -> None:
         with contextlib.suppress(Exception):
@@ -230,6 +243,10 @@ class Worker:
                 result = await self._run(record, job, publish)
             outputs = await self._store_outputs(result, client)
         except DreamgenError as exc:
+            await self._settle(record, state="failed", error=encode_error(exc))
+            return
+        except Exception as exc:  # a bug or the broker: the producer must still hear of it
+            log.exception("job %s failed on this worker", prompt_id)
             await self._settle(record, state="failed", error=encode_error(exc))
             return
         timings = (result.queued_at, result.started_at, result.finished_at)

@@ -17,7 +17,7 @@ from _workers import Workers
 from PIL import Image
 
 from dreamgen_async import DreamGenerator
-from dreamgen_async.distributed import NoWorkerError, RemoteBackend
+from dreamgen_async.distributed import NoWorkerError, RedisJobStore, RemoteBackend
 from dreamgen_async.errors import ConnectError, NoCapableServerError
 from dreamgen_async.protocol import Event, Progress
 from dreamgen_async.testing import ComfyUISimulator, SimulatorConfig, sample_png
@@ -174,3 +174,21 @@ async def test_hundreds_of_jobs_at_once_wait_for_a_connection(
     assert len({r.prompt_id for r in results}) == 300
     assert len(ran(sims)) == 300
     assert outputs[0].data.startswith(b"\x89PNG")
+
+
+async def test_sigterm_stops_a_worker_cleanly(
+    sims: list[ComfyUISimulator], workers: Workers, broker_url: str
+) -> None:
+    proc = await workers.start(broker_url, sims[0].url)
+    store = RedisJobStore(broker_url)
+    try:
+        assert await store.workers() == 1
+        proc.terminate()
+        try:
+            code = await asyncio.wait_for(proc.wait(), 15)
+        except TimeoutError:
+            raise AssertionError("".join(workers.logs[proc.pid])) from None
+        assert code == 0
+        assert await store.workers() == 0  # its heartbeat is retired at once
+    finally:
+        await store.aclose()
