@@ -18,7 +18,7 @@ import contextlib
 import logging
 import uuid
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Coroutine, Mapping, Sequence
 from typing import Any
 
 from taskiq.api import run_receiver_task
@@ -34,8 +34,9 @@ from dreamgen_async.distributed.records import (
 )
 from dreamgen_async.distributed.store import RedisJobStore
 from dreamgen_async.errors import DreamgenError, ExecutionError, ExecutionInterrupted
+from dreamgen_async.handles import ProgressCallback
 from dreamgen_async.jobs import PromptResult
-from dreamgen_async.pool import ComfyUIPool
+from dreamgen_async.pool import ComfyUIPool, PoolJob
 from dreamgen_async.protocol import Event
 
 __all__ = ["Worker"]
@@ -79,7 +80,7 @@ class Worker:
         self._running: dict[str, asyncio.Task[None]] = {}
         self._cancelled: set[str] = set()
         self._uploaded: OrderedDict[str, str] = OrderedDict()  # reference -> digest
-        self._sending: set[asyncio.Future[None]] = set()
+        self._sending: set[asyncio.Future[Any]] = set()
         self.ran = 0
 
         async def run(job: dict[str, Any]) -> None:
@@ -229,9 +230,7 @@ class Worker:
             data = encode_event(event)
             if data is not None and record.reply:
                 data["prompt_id"] = prompt_id
-                sent = asyncio.ensure_future(self.store.publish(record.reply, data))
-                self._sending.add(sent)
-                sent.add_done_callback(self._sending.discard)
+                self._background(self.store.publish(record.reply, data))
 
         try:
             result, client = None, None
@@ -253,16 +252,39 @@ class Worker:
         await self._settle(record, state="done", outputs=outputs, timings=timings)
         self.ran += 1
 
-    async def _run(self, record: JobRecord, job: Mapping[str, Any], publish: Any) -> PromptResult:
+    async def _run(
+        self, record: JobRecord, job: Mapping[str, Any], publish: ProgressCallback
+    ) -> PromptResult:
+        """Post the job through the pool (the record says ``posted`` first) and wait for it;
+        the record names the server as soon as the job's first event comes from it."""
         workflow = await self._with_inputs(job)
         await self.store.update(record.prompt_id, state="posted")  # before the POST
-        pool_job = await self.pool.submit(workflow, prompt_id=record.prompt_id, on_progress=publish)
+        placed: list[PoolJob] = []
+        noted: list[str] = []
+
+        def on_progress(event: Event) -> None:
+            publish(event)
+            server = placed[0].server if placed else None
+            if server is not None and not noted:
+                noted.append(server)
+                self._background(self.store.update(record.prompt_id, server=server))
+
+        pool_job = await self.pool.submit(
+            workflow, prompt_id=record.prompt_id, on_progress=on_progress
+        )
+        placed.append(pool_job)
         try:
             return await pool_job.result()
         finally:
-            if pool_job.server is not None:
+            if pool_job.server is not None and pool_job.server not in noted:
                 with contextlib.suppress(Exception):
                     await self.store.update(record.prompt_id, server=pool_job.server)
+
+    def _background(self, work: Coroutine[Any, Any, Any]) -> None:
+        """Run ``work`` without waiting for it (kept referenced until it ends)."""
+        task = asyncio.ensure_future(work)
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
 
     async def _with_inputs(self, job: Mapping[str, Any]) -> Mapping[str, Any]:
         """Give the pool each input blob the job names (it uploads it where the job lands)."""
@@ -280,7 +302,7 @@ class Worker:
         return workflow
 
     async def _adopt(
-        self, record: JobRecord, job: Mapping[str, Any], publish: Any
+        self, record: JobRecord, job: Mapping[str, Any], publish: ProgressCallback
     ) -> tuple[PromptResult, ComfyUIClient] | None:
         """Find a dead worker's prompt on a server: its result (collected or waited for),
         or ``None`` when no server has it (it must run)."""

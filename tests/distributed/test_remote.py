@@ -59,6 +59,12 @@ async def test_txt2img_and_img2img_through_a_worker(
     assert Image.open(io.BytesIO(image.path.read_bytes())).size[0] > 0
     assert sorted(ran(sims)) == sorted(str(r.prompt_id) for r in (text, image, again))
     assert any(isinstance(e, Progress) for e in events)  # step progress reached the producer
+    store = RedisJobStore(broker_url)
+    record = await store.get(image.prompt_id)
+    await store.aclose()
+    assert record is not None
+    assert record.state == "done"
+    assert record.server == next(s.url for s in sims if image.prompt_id in s.prompts)
     # The input went to each server at most once (content-addressed).
     uploads = sum(len(s.requests_to("/upload/image")) for s in sims)
     assert 1 <= uploads <= 2
