@@ -146,7 +146,6 @@ class RemoteBackend:
         self.broker = make_broker(url)
         self._kicker: AsyncKicker[[dict[str, Any]], None] = AsyncKicker(TASK_NAME, self.broker, {})
         self._jobs: dict[str, RemoteJob] = {}
-        self._outputs: dict[str, JobRecord] = {}
         self._inputs: dict[str, dict[str, str]] = {}
         self._reader: asyncio.Task[None] | None = None
         self._watchers: set[asyncio.Task[None]] = set()
@@ -187,6 +186,8 @@ class RemoteBackend:
                     await self.request_cancel(job.prompt_id)
         for job in jobs:
             job.fail(ClientClosedError("the remote backend was closed"))
+        if self._watchers:  # they end with their jobs
+            await asyncio.wait(list(self._watchers))
         if self._reader is not None:
             self._reader.cancel()
             await asyncio.wait([self._reader])
@@ -286,8 +287,6 @@ class RemoteBackend:
                 if data.get("type") == "settled":
                     record = await self.store.get(job.prompt_id)
                     if record is not None and record.settled:
-                        if record.state == "done":
-                            self._outputs[job.prompt_id] = record
                         job.settle(record)
                     continue
                 event = decode_event(data, job.prompt_id)
@@ -298,7 +297,17 @@ class RemoteBackend:
             await pubsub.aclose()
 
     async def request_cancel(self, prompt_id: str) -> None:
-        """Ask the worker holding the job to cancel it (and any worker not to start it)."""
+        """Ask the worker holding the job to cancel it (and any worker not to start it).
+
+        Raises:
+            ConnectError: the broker cannot be reached.
+        """
+        try:
+            await self._request_cancel(prompt_id)
+        except (RedisError, OSError) as exc:
+            raise broker_error(self.url, exc) from exc
+
+    async def _request_cancel(self, prompt_id: str) -> None:
         record = await self.store.get(prompt_id)
         if record is None or record.settled:
             return
@@ -306,10 +315,10 @@ class RemoteBackend:
         await self.store.publish(self.store.cancel_channel, prompt_id)
         fresh = await self.store.get(prompt_id)
         if fresh is not None and fresh.worker is None:  # never taken: nobody else settles it
-            await self.store.update(prompt_id, state="cancelled")
+            settled = await self.store.update(prompt_id, state="cancelled")
             job = self._jobs.get(prompt_id)
             if job is not None:
-                job.settle(await self.store.get(prompt_id) or fresh)
+                job.settle(settled)
 
     # ------------------------------------------------------------------ files
 
@@ -336,7 +345,7 @@ class RemoteBackend:
     ) -> list[OutputData]:
         """The outputs the worker collected for a finished job (from the broker's blobs)."""
         prompt_id = result if isinstance(result, str) else result.prompt_id
-        record = self._outputs.pop(prompt_id, None) or await self.store.get(prompt_id)
+        record = await self.store.get(prompt_id)
         if record is None:
             raise DreamgenError(f"no record of job {prompt_id} on the broker")
         return [
