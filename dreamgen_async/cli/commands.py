@@ -50,6 +50,7 @@ from dreamgen_async.cli.recipes import (
     run_recipes,
 )
 from dreamgen_async.cli.runner import builder_for, execute, open_backend, run_requests
+from dreamgen_async.cli.worker import worker as worker_command
 from dreamgen_async.errors import DreamgenError, UIWorkflowError, WorkflowError
 from dreamgen_async.generator import (
     Img2ImgRequest,
@@ -722,6 +723,9 @@ def demo(count: int, step_time: float, output: Path, **kwargs: Any) -> None:
         return tally
 
     execute(opts, go)
+
+
+cli.add_command(worker_command)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

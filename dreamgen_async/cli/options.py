@@ -65,6 +65,7 @@ class Options:
     journal: Path | None = None
     servers: tuple[str, ...] = ()  # every --server (several: a ComfyUIPool)
     join_timeout: float = 60.0  # a pool's: see ComfyUIPool(join_timeout=)
+    broker: str | None = None  # --broker: jobs go to `dreamgen worker` processes
 
 
 def _apply(func: F, decorators: Sequence[Callable[[F], F]]) -> F:
@@ -133,9 +134,20 @@ def job_options(func: F) -> F:
     )
 
 
+def broker_option(func: F) -> F:
+    """``--broker`` (batch commands): jobs go to ``dreamgen worker`` processes."""
+    return click.option(
+        "--broker",
+        envvar="DREAMGEN_BROKER",
+        default=None,
+        help="redis://HOST:PORT/DB (env DREAMGEN_BROKER): send the jobs to `dreamgen worker` "
+        "processes listening there instead of a server; files are written here as usual.",
+    )(func)
+
+
 def common_options(func: F) -> F:
     """Options every job command that talks to a server takes."""
-    return _apply(func, [server_option, job_options])
+    return _apply(func, [server_option, broker_option, job_options])
 
 
 def options_from(kwargs: dict[str, Any]) -> Options:
@@ -158,6 +170,7 @@ def options_from(kwargs: dict[str, Any]) -> Options:
         json=kwargs.pop("json_lines", False),
         quiet=kwargs.pop("quiet", False),
         debug=kwargs.pop("debug", False),
+        broker=kwargs.pop("broker", None),
     )
     logging.basicConfig(
         level=logging.DEBUG if opts.debug else logging.ERROR,

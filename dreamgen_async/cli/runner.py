@@ -115,6 +115,8 @@ async def run_requests(
     prompts an earlier run posted reach it; a pool adopts each under its own) and the batch
     resumes where the journal left off.
     """
+    if opts.broker is not None:
+        journal = None  # the job records live on the broker
     await asyncio.to_thread(check_folders, output, journal)
     client_id = None
     if journal is not None:
@@ -123,9 +125,21 @@ async def run_requests(
         if not opts.quiet:
             consoles[1].print(run_kind(journal, meta), highlight=False, markup=False)
     tally = Tally()
-    async with open_backend(opts, client_id=client_id) as backend:
-        if isinstance(builder, ModelChoice):
-            builder = await resolve_builder(backend, builder)
+    async with contextlib.AsyncExitStack() as stack:
+        backend: Backend
+        if opts.broker is not None:
+            from dreamgen_async.distributed import RemoteBackend
+
+            if isinstance(builder, ModelChoice):  # the models are looked up on --server
+                builder = await builder_for(opts, builder)
+            # Job ids derived from the output folder: a rerun collects, never runs again.
+            batch = await asyncio.to_thread(os.path.abspath, output)
+            remote = await stack.enter_async_context(RemoteBackend(opts.broker, batch=batch))
+            backend = remote  # type: ignore[assignment]  # not yet a full Backend (issue 20)
+        else:
+            backend = await stack.enter_async_context(open_backend(opts, client_id=client_id))
+            if isinstance(builder, ModelChoice):
+                builder = await resolve_builder(backend, builder)
         gen = DreamGenerator(backend, output_dir=output, builder=builder)
         with Display(opts, labels, *consoles) as display:
             outcomes = gen.enumerate_completed(
