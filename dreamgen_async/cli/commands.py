@@ -39,6 +39,7 @@ from dreamgen_async.cli.options import (
     parse_inputs,
     parse_size,
     preset_option,
+    sampler_options,
     server_option,
 )
 from dreamgen_async.cli.recipes import (
@@ -84,13 +85,8 @@ def cli() -> None:
 @click.option(
     "--count", "-n", default=1, show_default=True, type=click.IntRange(1), help="Images to make."
 )
-@click.option("--seed", type=click.IntRange(0), default=None, help="First seed (then +1 each).")
 @click.option("--size", default=None, help="WIDTHxHEIGHT, e.g. 1024x768.")
-@click.option("--steps", type=click.IntRange(1), default=None, help="Sampler steps (preset's).")
-@click.option("--cfg", type=float, default=None, help="CFG scale (preset's by default).")
-@click.option("--ckpt", default=None, help=CKPT_HELP)
-@preset_option
-@click.option("--negative", default="", help="Negative prompt (ignored by Flux presets).")
+@sampler_options(seed_help="First seed (then +1 each).")
 @recipe_options
 @output_option()
 @journal_options
@@ -142,12 +138,7 @@ def txt2img(prompt: str, count: int, seed: int | None, size: str | None, **kwarg
     default=None,
     help="Downscale inputs whose longer side is over this many pixels (aspect kept).",
 )
-@click.option("--seed", type=click.IntRange(0), default=None, help="Seed (random by default).")
-@click.option("--steps", type=click.IntRange(1), default=None, help="Sampler steps (preset's).")
-@click.option("--cfg", type=float, default=None, help="CFG scale (preset's by default).")
-@click.option("--ckpt", default=None, help=CKPT_HELP)
-@preset_option
-@click.option("--negative", default="", help="Negative prompt (ignored by Flux presets).")
+@sampler_options()
 @recipe_options
 @output_option()
 @journal_options
@@ -241,12 +232,7 @@ def img2img(inputs: tuple[str, ...], prompt: str, **kwargs: Any) -> None:
     default=None,
     help="Downscale images whose longer side is over this many pixels (masks follow).",
 )
-@click.option("--seed", type=click.IntRange(0), default=None, help="Seed (random by default).")
-@click.option("--steps", type=click.IntRange(1), default=None, help="Sampler steps (preset's).")
-@click.option("--cfg", type=float, default=None, help="CFG scale (preset's by default).")
-@click.option("--ckpt", default=None, help=CKPT_HELP)
-@preset_option
-@click.option("--negative", default="", help="Negative prompt (ignored by Flux presets).")
+@sampler_options()
 @recipe_options
 @output_option()
 @journal_options

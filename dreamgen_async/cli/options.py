@@ -43,6 +43,7 @@ __all__ = [
     "parse_inputs",
     "parse_size",
     "preset_option",
+    "sampler_options",
     "server_option",
 ]
 
@@ -341,6 +342,27 @@ def preset_option(func: F) -> F:
     return click.option(
         "--preset", type=click.Choice(sorted(PRESETS)), default=None, help=PRESET_HELP
     )(func)
+
+
+def sampler_options(seed_help: str = "Seed (random by default).") -> Callable[[F], F]:
+    """``--seed --steps --cfg --ckpt --preset --negative``: what every sampling command takes."""
+    options: list[Callable[[F], F]] = [
+        click.option("--seed", type=click.IntRange(0), default=None, help=seed_help),
+        click.option(
+            "--steps", type=click.IntRange(1), default=None, help="Sampler steps (preset's)."
+        ),
+        click.option("--cfg", type=float, default=None, help="CFG scale (preset's by default)."),
+        click.option("--ckpt", default=None, help=CKPT_HELP),
+        preset_option,
+        click.option("--negative", default="", help="Negative prompt (ignored by Flux presets)."),
+    ]
+
+    def decorate(func: F) -> F:
+        for option in reversed(options):  # applied bottom-up: listed order in --help
+            func = option(func)
+        return func
+
+    return decorate
 
 
 def output_option(default: str = "dreamgen-output") -> Callable[[F], F]:
