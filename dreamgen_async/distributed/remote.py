@@ -344,13 +344,13 @@ class RemoteBackend:
             return job
         job = RemoteJob(self, prompt_id, workflow or {}, on_progress)
         try:
-            if not await self._send_adoption(job, server, client_id):
-                return None
+            await self._send_adoption(job, server, client_id)
         except (RedisError, OSError) as exc:
             raise broker_error(self.url, exc) from exc
         self._jobs[prompt_id] = job
         self._follow(job)
         # Until a worker found the prompt on a server (or the job ended): None if absent.
+        record: JobRecord | None = None
         while not job.done():
             record = await self.store.get(prompt_id)
             if record is None or record.settled or record.extra.get("adopted"):
@@ -365,9 +365,9 @@ class RemoteBackend:
 
     async def _send_adoption(
         self, job: RemoteJob, server: str | None, client_id: str | None
-    ) -> bool:
-        """Write or reuse the record of a prompt to adopt and send it to a worker if needed;
-        ``False``: its record says no server had it."""
+    ) -> None:
+        """Write or reuse the record of a prompt to adopt, and send it to a worker unless a
+        live one holds it (a record an earlier adoption found absent is asked again)."""
         reply = self.store.events_channel(self.id)
         message: dict[str, Any] = {"prompt_id": job.prompt_id, "inputs": {}, "adopt": True}
         record = await self.store.get(job.prompt_id)
@@ -384,14 +384,23 @@ class RemoteBackend:
             )
             await self.store.create(fresh)
             await self._kicker.kiq(message)
-            return True
-        if record.settled:
-            return (record.error or {}).get("type") != ABSENT
+            return
+        if record.settled and (record.error or {}).get("type") == ABSENT:
+            await self.store.update(
+                job.prompt_id,
+                state="posted",
+                error=None,
+                worker=None,
+                reply=reply,
+                server=server or record.server,
+                client_id=client_id or record.client_id,
+            )
+            await self._kicker.kiq(message)
+            return
         await self.store.update(job.prompt_id, reply=reply)
         holder = record.worker
-        if holder is None or not await self.store.worker_alive(holder):
+        if not record.settled and (holder is None or not await self.store.worker_alive(holder)):
             await self._kicker.kiq(message)
-        return True
 
     async def _watch(self, job: RemoteJob) -> None:
         """Settle ``job`` from its record when it ends; fail it if no worker ever takes it."""

@@ -245,9 +245,11 @@ class RedisJobStore:
     def events_channel(self, producer: str) -> str:
         return f"{self.ns}:events:{producer}"
 
-    async def publish(self, channel: str, message: Mapping[str, Any] | str) -> None:
+    async def publish(self, channel: str, message: Mapping[str, Any] | str) -> int:
+        """Send ``message``; how many subscribers received it."""
         text = message if isinstance(message, str) else json.dumps(message)
-        await self.control.publish(channel, text)
+        receivers: int = await self.control.publish(channel, text)
+        return receivers
 
     def pubsub(self) -> PubSub:
         """A subscriber on its own connection."""

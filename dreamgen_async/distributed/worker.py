@@ -223,7 +223,8 @@ class Worker:
                 "server": server,
                 "client_id": client_id,
             }
-            await self.store.publish(record.reply, message)
+            if not await self.store.publish(record.reply, message):
+                return  # the producer is gone (nobody listens): the record names the server
             done, _ = await asyncio.wait([waiter], timeout=ACK_TIMEOUT)
         finally:
             self._acks.pop(record.prompt_id, None)

@@ -137,11 +137,19 @@ async def test_adopt_what_no_server_has_is_none_and_an_unknown_server_an_error(
     sims: list[ComfyUISimulator], workers: Workers, broker_url: str
 ) -> None:
     await workers.start(broker_url, *(s.url for s in sims))
+    absent = str(uuid.uuid4())
     async with RemoteBackend(broker_url) as backend:
-        assert await backend.adopt(str(uuid.uuid4()), server=sims[1].url) is None
+        assert await backend.adopt(absent, server=sims[1].url) is None
         with pytest.raises(ConnectError, match="none of the live workers' servers"):
             await backend.adopt(str(uuid.uuid4()), server="http://127.0.0.1:9")
-    assert all(not s.accepted_prompt_ids for s in sims)
+        assert all(not s.accepted_prompt_ids for s in sims)
+        # posted there since: asked again, found
+        async with ComfyUIClient(sims[1].url) as client:
+            await client.submit(graph(6, "b.safetensors"), prompt_id=absent)
+            job = await backend.adopt(absent, server=sims[1].url, client_id=client.client_id)
+            assert job is not None
+            assert (await job.result(timeout=30)).prompt_id == absent
+    assert [len(s.accepted_prompt_ids) for s in sims] == [0, 1]
 
 
 async def test_adopt_a_job_of_an_earlier_producer_follows_its_record(
