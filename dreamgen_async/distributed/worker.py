@@ -93,6 +93,7 @@ class Worker:
         self._acks: dict[str, asyncio.Future[Mapping[str, Any]]] = {}
         self._info: dict[str, str] = {}  # server -> its /object_info blob's digest
         self._info_of: tuple[tuple[str, ...], float] = ((), 0.0)  # for which servers, when
+        self._reading: asyncio.Task[None] | None = None
         self.ran = 0
 
         async def run(job: dict[str, Any]) -> None:
@@ -114,6 +115,9 @@ class Worker:
             await self.pool.open()
             try:
                 await self.store.beat(self.id, self.lease)
+                await self.publish_caps()
+                if self._reading is not None:  # ready with what the servers offer
+                    await self._reading
                 await self.publish_caps()
                 await self.broker.startup()
                 await self._run_until(stop or asyncio.Event(), ready)
@@ -148,6 +152,9 @@ class Worker:
                 raise error
 
     async def _shutdown(self) -> None:
+        if self._reading is not None:
+            self._reading.cancel()
+            await asyncio.wait([self._reading])
         with contextlib.suppress(Exception):
             await self.broker.shutdown()
         for adopter in self._adopters.values():
@@ -164,21 +171,18 @@ class Worker:
 
     async def publish_caps(self) -> None:
         """Publish what this worker's servers offer (each one's ``/object_info``, read again
-        when the set of answering servers changes, and its status), for producers'
-        ``object_info``, ``models`` and ``status``; it expires with the heartbeat."""
+        in the background when the set of answering servers changes, and its status), for
+        producers' ``object_info``, ``models`` and ``status``; it expires with the heartbeat
+        (which never waits for a server)."""
         statuses = await self.pool.status()
         answering = tuple(sorted(s.url for s in statuses if s.state == "up"))
         of, at = self._info_of
-        if answering != of or time.monotonic() - at > CAPS_REFRESH:
+        stale = answering != of or time.monotonic() - at > CAPS_REFRESH
+        if stale and (self._reading is None or self._reading.done()):
             self._info_of = (answering, time.monotonic())
-            try:
-                infos = await self.pool.object_info_by_server() if answering else {}
-            except DreamgenError:
-                infos = {}
-            self._info = {
-                url: await self.store.put_blob(json.dumps(info).encode())
-                for url, info in infos.items()
-            }
+            self._reading = asyncio.create_task(
+                self._read_info(bool(answering)), name="dreamgen-worker-object-info"
+            )
         caps = {
             "worker": self.id,
             "at": time.time(),
@@ -186,6 +190,17 @@ class Worker:
             "status": [asdict(s) for s in statuses],
         }
         await self.store.put_caps(self.id, caps, self.lease)
+
+    async def _read_info(self, any_up: bool) -> None:
+        """Read the answering servers' ``/object_info`` into blobs (for :meth:`publish_caps`)."""
+        try:
+            infos = await self.pool.object_info_by_server() if any_up else {}
+            self._info = {
+                url: await self.store.put_blob(json.dumps(info).encode())
+                for url, info in infos.items()
+            }
+        except Exception as exc:  # a server or the broker: the heartbeat goes on regardless
+            log.warning("could not publish the servers' object_info: %s", exc)
 
     async def _listen_cancels(self) -> None:
         """Producers' cancels, and their answers to ``before_post`` calls."""
