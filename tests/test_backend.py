@@ -1,7 +1,9 @@
 """Issue 23: one Backend, every front door.
 
-The public ``DreamGenerator`` scenarios run against a ``ComfyUIClient`` and against a
-two-simulator ``ComfyUIPool`` with the same assertions; the pool helpers that raised
+The public ``DreamGenerator`` scenarios run against a ``ComfyUIClient``, against a
+two-simulator ``ComfyUIPool`` and against a ``RemoteBackend`` (a real redis-server and a
+``dreamgen worker`` subprocess over two simulators; skipped, saying how to install it, without
+redis-server) with the same assertions; the pool helpers that raised
 ``AttributeError: 'ComfyUIPool' object has no attribute 'object_info'`` work.
 """
 
@@ -9,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +20,10 @@ import pytest
 import pytest_asyncio
 from _graphs import png_bytes, txt2img
 from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).parent / "distributed"))  # the Redis fixtures
+from _redis import broker_url_fixture, redis_server_fixture  # noqa: F401 (fixtures)
+from _workers import Workers
 
 from dreamgen_async import (
     Backend,
@@ -55,19 +62,40 @@ def cfg(**kwargs: Any) -> SimulatorConfig:
     return SimulatorConfig(**kwargs)
 
 
-@pytest_asyncio.fixture(params=["client", "pool"])
+@pytest_asyncio.fixture(params=["client", "pool", "remote"])
 async def backend(
     request: pytest.FixtureRequest, comfyui_farm: SimulatorFarm
 ) -> AsyncIterator[Backend]:
-    """One simulator behind a ComfyUIClient, or two behind a ComfyUIPool."""
+    """One simulator behind a ComfyUIClient, two behind a ComfyUIPool, or two behind a
+    worker subprocess that a RemoteBackend sends jobs to through a real redis-server."""
     if request.param == "client":
         await comfyui_farm.start(cfg())
         async with ComfyUIClient(comfyui_farm.urls[0]) as client:
             yield client
-    else:
+    elif request.param == "pool":
         await comfyui_farm.start(cfg(), cfg(speed=0.5))
         async with ComfyUIPool(comfyui_farm.urls, **FAST) as pool:
             yield pool
+    else:
+        async for remote in _remote(request, comfyui_farm):
+            yield remote
+
+
+async def _remote(
+    request: pytest.FixtureRequest, comfyui_farm: SimulatorFarm
+) -> AsyncIterator[Backend]:
+    from dreamgen_async.distributed import RemoteBackend
+
+    url = request.getfixturevalue("broker_url")  # an emptied database
+    await comfyui_farm.start(cfg(), cfg(speed=0.5))
+    workers = Workers()
+    try:
+        await workers.start(url, *comfyui_farm.urls)
+        async with RemoteBackend(url) as remote:
+            remote_backend: Backend = remote  # mypy: a full Backend
+            yield remote_backend
+    finally:
+        await workers.stop_all()
 
 
 def _ui_txt2img() -> dict[str, Any]:

@@ -135,7 +135,7 @@ async def run_requests(
             # Job ids derived from the output folder: a rerun collects, never runs again.
             batch = await asyncio.to_thread(os.path.abspath, output)
             remote = await stack.enter_async_context(RemoteBackend(opts.broker, batch=batch))
-            backend = remote  # type: ignore[assignment]  # not yet a full Backend (issue 20)
+            backend = remote
         else:
             backend = await stack.enter_async_context(open_backend(opts, client_id=client_id))
             if isinstance(builder, ModelChoice):

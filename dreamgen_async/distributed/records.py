@@ -48,6 +48,7 @@ from dreamgen_async.protocol import (
 )
 
 __all__ = [
+    "ABSENT",
     "Delivery",
     "JobRecord",
     "JobState",
@@ -69,6 +70,8 @@ Delivery: TypeAlias = Literal["settled", "wait", "check", "run"]
 Submission: TypeAlias = Literal["create", "collect", "retry", "follow"]
 
 TERMINAL: frozenset[str] = frozenset({"done", "failed", "cancelled"})
+#: The error type a worker settles a producer's ``adopt`` with when no server has the prompt.
+ABSENT = "PromptAbsent"
 
 
 class RemoteJobError(DreamgenError):

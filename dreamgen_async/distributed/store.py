@@ -7,6 +7,10 @@ Keys (``ns`` is the namespace, ``dreamgen`` by default):
 - ``{ns}:blob:{sha256}`` — a content-addressed blob: an input image, or an output's bytes
   (written once, ``SET NX``; expires ``ttl`` s after it was written);
 - ``{ns}:worker:{id}`` — a worker's heartbeat (expires ``lease`` s after its last beat);
+- ``{ns}:caps:{id}`` — what a live worker's servers offer (JSON: each server's
+  ``/object_info`` as a blob digest, and each server's status), written with its heartbeat
+  and expiring with it;
+- ``{ns}:acks`` — the channel a producer answers a worker's ``before_post`` call on;
 - ``{ns}:cancel`` — the channel a producer's cancel goes out on (the prompt_id);
 - ``{ns}:events:{producer}`` — the channel a producer's jobs' events come back on.
 
@@ -203,7 +207,19 @@ class RedisJobStore:
         await self.control.set(f"{self.ns}:worker:{worker}", str(time.time()), px=int(lease * 1000))
 
     async def retire(self, worker: str) -> None:
-        await self.control.delete(f"{self.ns}:worker:{worker}")
+        await self.control.delete(f"{self.ns}:worker:{worker}", f"{self.ns}:caps:{worker}")
+
+    async def put_caps(self, worker: str, caps: Mapping[str, Any], lease: float) -> None:
+        """What ``worker``'s servers offer, for ``lease`` seconds (renewed with its beat)."""
+        await self.control.set(f"{self.ns}:caps:{worker}", json.dumps(caps), px=int(lease * 1000))
+
+    async def caps(self) -> list[dict[str, Any]]:
+        """What each live worker published with :meth:`put_caps`."""
+        keys = [key async for key in self.control.scan_iter(match=f"{self.ns}:caps:*", count=100)]
+        if not keys:
+            return []
+        values = await self.control.mget(keys)
+        return [json.loads(value) for value in values if value is not None]
 
     async def worker_alive(self, worker: str) -> bool:
         return bool(await self.control.exists(f"{self.ns}:worker:{worker}"))
@@ -221,12 +237,19 @@ class RedisJobStore:
     def cancel_channel(self) -> str:
         return f"{self.ns}:cancel"
 
+    @property
+    def ack_channel(self) -> str:
+        """Where a producer answers a worker's ``before_post`` call."""
+        return f"{self.ns}:acks"
+
     def events_channel(self, producer: str) -> str:
         return f"{self.ns}:events:{producer}"
 
-    async def publish(self, channel: str, message: Mapping[str, Any] | str) -> None:
+    async def publish(self, channel: str, message: Mapping[str, Any] | str) -> int:
+        """Send ``message``; how many subscribers received it."""
         text = message if isinstance(message, str) else json.dumps(message)
-        await self.control.publish(channel, text)
+        receivers: int = await self.control.publish(channel, text)
+        return receivers
 
     def pubsub(self) -> PubSub:
         """A subscriber on its own connection."""

@@ -15,10 +15,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Coroutine, Mapping, Sequence
+from dataclasses import asdict
 from typing import Any
 
 from taskiq.api import run_receiver_task
@@ -26,6 +29,7 @@ from taskiq.api import run_receiver_task
 from dreamgen_async.comfyui_api import ComfyUIClient
 from dreamgen_async.distributed.broker import DEFAULT_TAKEOVER, TASK_NAME, make_broker
 from dreamgen_async.distributed.records import (
+    ABSENT,
     JobRecord,
     StoredOutput,
     encode_error,
@@ -44,6 +48,11 @@ __all__ = ["Worker"]
 log = logging.getLogger("dreamgen_async.distributed")
 
 _INPUTS = 1024
+#: Seconds a worker waits for the producer to answer its ``before_post`` call (a producer
+#: that died does not answer: the record already names the server, the POST goes ahead).
+ACK_TIMEOUT = 30.0
+#: Seconds after which the servers' ``/object_info`` is read again even if none joined.
+CAPS_REFRESH = 300.0
 
 
 class Worker:
@@ -81,6 +90,10 @@ class Worker:
         self._cancelled: set[str] = set()
         self._uploaded: OrderedDict[str, str] = OrderedDict()  # reference -> digest
         self._sending: set[asyncio.Future[Any]] = set()
+        self._acks: dict[str, asyncio.Future[Mapping[str, Any]]] = {}
+        self._info: dict[str, str] = {}  # server -> its /object_info blob's digest
+        self._info_of: tuple[tuple[str, ...], float] = ((), 0.0)  # for which servers, when
+        self._reading: asyncio.Task[None] | None = None
         self.ran = 0
 
         async def run(job: dict[str, Any]) -> None:
@@ -102,6 +115,10 @@ class Worker:
             await self.pool.open()
             try:
                 await self.store.beat(self.id, self.lease)
+                await self.publish_caps()
+                if self._reading is not None:  # ready with what the servers offer
+                    await self._reading
+                await self.publish_caps()
                 await self.broker.startup()
                 await self._run_until(stop or asyncio.Event(), ready)
             finally:
@@ -135,6 +152,9 @@ class Worker:
                 raise error
 
     async def _shutdown(self) -> None:
+        if self._reading is not None:
+            self._reading.cancel()
+            await asyncio.wait([self._reading])
         with contextlib.suppress(Exception):
             await self.broker.shutdown()
         for adopter in self._adopters.values():
@@ -146,18 +166,91 @@ class Worker:
     async def _heartbeat(self) -> None:
         while True:
             await self.store.beat(self.id, self.lease)
+            await self.publish_caps()
             await asyncio.sleep(self.lease / 3)
 
+    async def publish_caps(self) -> None:
+        """Publish what this worker's servers offer (each one's ``/object_info``, read again
+        in the background when the set of answering servers changes, and its status), for
+        producers' ``object_info``, ``models`` and ``status``; it expires with the heartbeat
+        (which never waits for a server)."""
+        statuses = await self.pool.status()
+        answering = tuple(sorted(s.url for s in statuses if s.state == "up"))
+        of, at = self._info_of
+        stale = answering != of or time.monotonic() - at > CAPS_REFRESH
+        if stale and (self._reading is None or self._reading.done()):
+            self._info_of = (answering, time.monotonic())
+            self._reading = asyncio.create_task(
+                self._read_info(bool(answering)), name="dreamgen-worker-object-info"
+            )
+        caps = {
+            "worker": self.id,
+            "at": time.time(),
+            "object_info": self._info,
+            "status": [asdict(s) for s in statuses],
+        }
+        await self.store.put_caps(self.id, caps, self.lease)
+
+    async def _read_info(self, any_up: bool) -> None:
+        """Read the answering servers' ``/object_info`` into blobs (for :meth:`publish_caps`)."""
+        try:
+            infos = await self.pool.object_info_by_server() if any_up else {}
+            self._info = {
+                url: await self.store.put_blob(json.dumps(info).encode())
+                for url, info in infos.items()
+            }
+        except Exception as exc:  # a server or the broker: the heartbeat goes on regardless
+            log.warning("could not publish the servers' object_info: %s", exc)
+
     async def _listen_cancels(self) -> None:
+        """Producers' cancels, and their answers to ``before_post`` calls."""
         pubsub = self.store.pubsub()
-        await pubsub.subscribe(self.store.cancel_channel)
+        await pubsub.subscribe(self.store.cancel_channel, self.store.ack_channel)
+        ack_channel = self.store.ack_channel.encode()
         try:
             async for message in pubsub.listen():
                 if message.get("type") != "message":
                     continue
+                if message.get("channel") == ack_channel:
+                    answer = json.loads(message["data"])
+                    waiter = self._acks.get(str(answer.get("prompt_id")))
+                    if waiter is not None and not waiter.done():
+                        waiter.set_result(answer)
+                    continue
                 self.cancel(message["data"].decode())
         finally:
             await pubsub.aclose()
+
+    async def _ask_producer(self, record: JobRecord, server: str, client_id: str) -> None:
+        """Call the producer's ``before_post`` (through its channel) and wait for its answer.
+
+        Raises:
+            DreamgenError: the producer's ``before_post`` failed (the job must not be posted).
+        """
+        if not record.reply:
+            return
+        waiter: asyncio.Future[Mapping[str, Any]] = asyncio.get_running_loop().create_future()
+        self._acks[record.prompt_id] = waiter
+        try:
+            message = {
+                "type": "before_post",
+                "prompt_id": record.prompt_id,
+                "server": server,
+                "client_id": client_id,
+            }
+            if not await self.store.publish(record.reply, message):
+                return  # the producer is gone (nobody listens): the record names the server
+            done, _ = await asyncio.wait([waiter], timeout=ACK_TIMEOUT)
+        finally:
+            self._acks.pop(record.prompt_id, None)
+        if not done:
+            log.warning(
+                "job %s: the producer did not answer before_post: posting", record.prompt_id
+            )
+            return
+        answer = waiter.result()
+        if not answer.get("ok"):
+            raise DreamgenError(f"the producer's before_post failed: {answer.get('error')}")
 
     # ------------------------------------------------------------------ one job
 
@@ -232,12 +325,17 @@ class Worker:
                 data["prompt_id"] = prompt_id
                 self._background(self.store.publish(record.reply, data))
 
+        adopt_only = bool(job.get("adopt"))  # a producer's adopt(): never run it here
         try:
             result, client = None, None
-            if check:
-                found = await self._adopt(record, job, publish)
+            if check or adopt_only:
+                found = await self._adopt(record, publish, rerun=not adopt_only)
                 if found is not None:
                     result, client = found
+            if result is None and adopt_only:
+                error = {"type": ABSENT, "message": f"no server has prompt {prompt_id}"}
+                await self._settle(record, state="failed", error=error)
+                return
             if result is None:
                 result = await self._run(record, job, publish)
             outputs = await self._store_outputs(result, client)
@@ -255,30 +353,28 @@ class Worker:
     async def _run(
         self, record: JobRecord, job: Mapping[str, Any], publish: ProgressCallback
     ) -> PromptResult:
-        """Post the job through the pool (the record says ``posted`` first) and wait for it;
-        the record names the server as soon as the job's first event comes from it."""
+        """Post the job through the pool and wait for it. The record says ``posted`` first;
+        right before each POST (again on failover) it names the server and client_id, then
+        the producer's ``before_post`` is called when it passed one."""
         workflow = await self._with_inputs(job)
         await self.store.update(record.prompt_id, state="posted")  # before the POST
-        placed: list[PoolJob] = []
-        noted: list[str] = []
+        ask = bool(job.get("before_post"))
 
-        def on_progress(event: Event) -> None:
-            publish(event)
-            server = placed[0].server if placed else None
-            if server is not None and not noted:
-                noted.append(server)
-                self._background(self.store.update(record.prompt_id, server=server))
+        async def before_post(server: str, client_id: str) -> None:
+            await self.store.update(record.prompt_id, server=server, client_id=client_id)
+            if ask:
+                await self._ask_producer(record, server, client_id)
 
-        pool_job = await self.pool.submit(
-            workflow, prompt_id=record.prompt_id, on_progress=on_progress
+        pool_job: PoolJob = await self.pool.submit(
+            workflow,
+            prompt_id=record.prompt_id,
+            on_progress=publish,
+            before_post=before_post,
+            priority=int(job.get("priority") or 0),
+            front=bool(job.get("front")),
+            extra_data=job.get("extra_data"),
         )
-        placed.append(pool_job)
-        try:
-            return await pool_job.result()
-        finally:
-            if pool_job.server is not None and pool_job.server not in noted:
-                with contextlib.suppress(Exception):
-                    await self.store.update(record.prompt_id, server=pool_job.server)
+        return await pool_job.result()
 
     def _background(self, work: Coroutine[Any, Any, Any]) -> None:
         """Run ``work`` without waiting for it (kept referenced until it ends)."""
@@ -302,20 +398,27 @@ class Worker:
         return workflow
 
     async def _adopt(
-        self, record: JobRecord, job: Mapping[str, Any], publish: ProgressCallback
+        self, record: JobRecord, publish: ProgressCallback, *, rerun: bool
     ) -> tuple[PromptResult, ComfyUIClient] | None:
-        """Find a dead worker's prompt on a server: its result (collected or waited for),
-        or ``None`` when no server has it (it must run)."""
+        """Find the prompt on a server (the record's first, under the record's client_id):
+        its result (collected or waited for), or ``None`` when no server has it. With
+        ``rerun`` (a dead worker's job) a prompt that failed there is ``None`` too: it runs
+        again; otherwise its error is the job's."""
         order = sorted(self.servers, key=lambda url: url != record.server)
         for url in order:
             client = await self._adopter(url)
-            adopted = await client.adopt(record.prompt_id, on_progress=publish)
+            adopted = await client.adopt(
+                record.prompt_id, client_id=record.client_id, on_progress=publish
+            )
             if adopted is None:
                 continue
             log.info("job %s: adopted its prompt on %s", record.prompt_id, url)
+            await self.store.update(record.prompt_id, server=url, extra={"adopted": url})
             try:
                 return await adopted.result(), client
             except (ExecutionInterrupted, ExecutionError):
+                if not rerun:
+                    raise
                 return None
         return None
 

@@ -7,7 +7,7 @@ import io
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import pytest
 import pytest_asyncio
@@ -45,7 +45,7 @@ async def test_txt2img_and_img2img_through_a_worker(
     src.write_bytes(sample_png())
     events: list[Event] = []
     async with RemoteBackend(broker_url) as backend:
-        gen = DreamGenerator(cast(Any, backend), output_dir=tmp_path / "out")
+        gen = DreamGenerator(backend, output_dir=tmp_path / "out")
         text = await gen.generate_from_prompt("a lighthouse", seed=7, on_progress=events.append)
         image = await gen.generate_from_image(src, "an oil painting", 0.6, seed=8)
         again = await gen.generate_from_image(src, "a watercolour", 0.6, seed=9)
@@ -80,7 +80,7 @@ async def test_no_worker_listening_is_said_after_a_bounded_wait(
     broker_url: str, tmp_path: Path
 ) -> None:
     async with RemoteBackend(broker_url, pickup_timeout=0.5) as backend:
-        gen = DreamGenerator(cast(Any, backend), output_dir=tmp_path / "out")
+        gen = DreamGenerator(backend, output_dir=tmp_path / "out")
         started = time.monotonic()
         with pytest.raises(NoWorkerError, match="is `dreamgen worker --broker"):
             await gen.generate_from_prompt("nobody home", seed=1)
@@ -96,7 +96,7 @@ async def test_no_capable_server_comes_back_to_the_producer(
         "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "x"}},
     }
     async with RemoteBackend(broker_url) as backend:
-        gen = DreamGenerator(cast(Any, backend), output_dir=tmp_path / "out")
+        gen = DreamGenerator(backend, output_dir=tmp_path / "out")
         with pytest.raises(NoCapableServerError) as caught:
             await gen.run_workflow(workflow)
     assert "NoSuchNode" in str(caught.value)
@@ -111,7 +111,7 @@ async def test_cancel_on_the_producer_takes_the_prompt_off_its_server(
     for sim in sims:
         sim.stall_next()  # the prompt runs until interrupted
     async with RemoteBackend(broker_url) as backend:
-        gen = DreamGenerator(cast(Any, backend), output_dir=tmp_path / "out")
+        gen = DreamGenerator(backend, output_dir=tmp_path / "out")
         job = gen.submit(gen_request())
         holder = await _running_on(sims)
         started = time.monotonic()
@@ -159,7 +159,7 @@ async def test_a_slow_job_on_a_live_worker_is_never_run_twice(
         await workers.start(broker_url, sim.url, takeover=1.0)
         await workers.start(broker_url, sim.url, takeover=1.0)
         async with RemoteBackend(broker_url) as backend:
-            gen = DreamGenerator(cast(Any, backend), output_dir=tmp_path / "out")
+            gen = DreamGenerator(backend, output_dir=tmp_path / "out")
             result = await gen.generate_from_prompt("slow", seed=1, steps=6)
         assert list(sim.prompts) == [result.prompt_id]
         assert result.path.read_bytes() == sim.prompts[str(result.prompt_id)].output_bytes[0]
