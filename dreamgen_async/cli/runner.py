@@ -130,16 +130,13 @@ async def run_requests(
         if opts.broker is not None:
             from dreamgen_async.distributed import RemoteBackend
 
-            if isinstance(builder, ModelChoice):  # the models are looked up on --server
-                builder = await builder_for(opts, builder)
             # Job ids derived from the output folder: a rerun collects, never runs again.
             batch = await asyncio.to_thread(os.path.abspath, output)
-            remote = await stack.enter_async_context(RemoteBackend(opts.broker, batch=batch))
-            backend = remote
+            backend = await stack.enter_async_context(RemoteBackend(opts.broker, batch=batch))
         else:
             backend = await stack.enter_async_context(open_backend(opts, client_id=client_id))
-            if isinstance(builder, ModelChoice):
-                builder = await resolve_builder(backend, builder)
+        if isinstance(builder, ModelChoice):  # the models of whichever servers answer
+            builder = await resolve_builder(backend, builder)
         gen = DreamGenerator(backend, output_dir=output, builder=builder)
         with Display(opts, labels, *consoles) as display:
             outcomes = gen.enumerate_completed(
