@@ -1090,7 +1090,9 @@ class DreamGenerator:
             async with asyncio.timeout(timeout):
                 return await asyncio.shield(task)
         except TimeoutError:
-            if task.done() and not task.cancelled() and task.exception() is None:
+            if task.done() and not task.cancelled():
+                # Its outcome, or its own error: a job limit's PromptTimeout is a
+                # TimeoutError too, and says which limit, not this caller's wait.
                 return task.result()
             raise _shared_timeout(timeout, shared) from None
         finally:
