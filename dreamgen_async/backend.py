@@ -142,8 +142,13 @@ class Backend(Protocol):
         on_progress: Callable[[Event], object] | None = None,
         prompt_id: str | None = None,
         before_post: BeforePost | None = None,
+        max_run_time: float | None = None,
+        queue_timeout: float | None = None,
     ) -> BackendJob:
-        """Queue a prompt; its handle."""
+        """Queue a prompt; its handle. ``max_run_time``: seconds of execution (from
+        ``execution_start``), then it is interrupted; ``queue_timeout``: seconds of waiting
+        before it starts (client-side included), then it is removed. Either fails the job
+        with ``PromptTimeout``."""
         ...
 
     async def adopt(

@@ -44,7 +44,7 @@ from dreamgen_async.errors import (
     ServerError,
 )
 from dreamgen_async.http import BIG_BODY, HttpTransport, RetryPolicy
-from dreamgen_async.jobs import Job, OutputImage, ProgressCallback, PromptResult
+from dreamgen_async.jobs import Job, OutputImage, ProgressCallback, PromptResult, check_limits
 from dreamgen_async.lifecycle import JobState
 from dreamgen_async.multiplexer import Multiplexer, ReconnectPolicy
 from dreamgen_async.outcomes import error_from_history
@@ -467,6 +467,8 @@ class ComfyUIClient:
         prompt_id: str | None = None,
         priority: int = 0,
         before_post: BeforePost | None = None,
+        max_run_time: float | None = None,
+        queue_timeout: float | None = None,
     ) -> Job:
         """Queue a prompt and return its :class:`Job` once the server accepted it.
 
@@ -478,13 +480,22 @@ class ComfyUIClient:
         after its delete); it returns once the removal was sent. ``before_post(server,
         client_id)`` is awaited before anything is sent (a journal commits the prompt_id there).
 
+        Per-job limits (``None``: none), beside a caller's ``result(timeout=)`` which bounds
+        the whole wait: ``max_run_time`` seconds of execution, counted from
+        ``execution_start`` (then the prompt is interrupted on the server), and
+        ``queue_timeout`` seconds of waiting before it starts, client-side for a slot and in
+        the server's queue (then it is taken off the queue). Either fails the job with
+        :class:`PromptTimeout` naming the limit.
+
         Raises:
             PromptRejected: the server refused the graph (400), with ``node_errors``.
+            PromptTimeout: ``queue_timeout`` passed before the server accepted the prompt.
             PartialPromptWarningError: some outputs were dropped and ``on_partial="error"``.
             ConnectError, TransportError, ServerError: the server could not be used.
             ClientClosedError: the client is not open, or was closed meanwhile.
         """
         workflow = as_api_graph(workflow)  # Workflow, BuiltWorkflow, mapping; never UI format
+        check_limits(max_run_time, queue_timeout)
         self._http.check_open()
         if before_post is not None:
             await before_post(self.safe_url, self.client_id)
@@ -496,6 +507,8 @@ class ComfyUIClient:
             front=front,
             on_progress=on_progress,
             priority=priority,
+            max_run_time=max_run_time,
+            queue_timeout=queue_timeout,
         )
         try:
             await job.wait_for(_past_posting)

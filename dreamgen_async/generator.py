@@ -72,7 +72,7 @@ from dreamgen_async.files import (
     write_outputs,
 )
 from dreamgen_async.handles import JobHandle
-from dreamgen_async.jobs import ProgressCallback, PromptResult
+from dreamgen_async.jobs import ProgressCallback, PromptResult, check_limits
 from dreamgen_async.journal import BatchJournal, JournalItem
 from dreamgen_async.plan import (
     Adopt,
@@ -159,6 +159,23 @@ _Upload: TypeAlias = tuple[bytes, str, str, str]
 _Built: TypeAlias = tuple[dict[str, Any], int | None, str, _Upload | None]
 
 
+@dataclass(frozen=True, slots=True)
+class _Limits:
+    """A caller's per-job limits (see :meth:`DreamGenerator.generate`)."""
+
+    max_run_time: float | None = None
+    queue_timeout: float | None = None
+
+    @classmethod
+    def of(cls, max_run_time: float | None, queue_timeout: float | None) -> _Limits:
+        """Checked at the call (a bad value is a ``ConfigError`` before any I/O)."""
+        check_limits(max_run_time, queue_timeout)
+        return cls(max_run_time, queue_timeout)
+
+
+_NO_LIMITS = _Limits()
+
+
 @dataclass(slots=True)
 class _Prepared:
     """A request turned into what runs it: its workflow, seed, key and file-name stem."""
@@ -173,6 +190,7 @@ class _Prepared:
     upload: _Upload | None
     more_uploads: tuple[_Upload, ...] = ()  # other local inputs: a mask, a control image...
     priority: int = 0  # the caller's, for the client's queue (not part of the request)
+    limits: _Limits = _NO_LIMITS  # the caller's, too
 
 
 @dataclass(frozen=True, slots=True)
@@ -408,6 +426,8 @@ class DreamGenerator:
         timeout: float | None = None,
         on_progress: ProgressCallback | None = None,
         priority: int = 0,
+        max_run_time: float | None = None,
+        queue_timeout: float | None = None,
     ) -> GenerationResult:
         """Text to image. Cancelling it takes the prompt off the server; no file is left.
 
@@ -422,7 +442,12 @@ class DreamGenerator:
             prompt, negative, seed, width, height, steps, cfg, name, tuple(loras), controlnet
         )
         return await self.generate(
-            request, timeout=timeout, on_progress=on_progress, priority=priority
+            request,
+            timeout=timeout,
+            on_progress=on_progress,
+            priority=priority,
+            max_run_time=max_run_time,
+            queue_timeout=queue_timeout,
         )
 
     async def generate_from_image(
@@ -442,6 +467,8 @@ class DreamGenerator:
         timeout: float | None = None,
         on_progress: ProgressCallback | None = None,
         priority: int = 0,
+        max_run_time: float | None = None,
+        queue_timeout: float | None = None,
     ) -> GenerationResult:
         """Image to image; ``image`` is a path, bytes or a PIL image.
 
@@ -460,7 +487,12 @@ class DreamGenerator:
             controlnet,
         )  # fmt: skip
         return await self.generate(
-            request, timeout=timeout, on_progress=on_progress, priority=priority
+            request,
+            timeout=timeout,
+            on_progress=on_progress,
+            priority=priority,
+            max_run_time=max_run_time,
+            queue_timeout=queue_timeout,
         )
 
     async def generate_inpaint(
@@ -484,6 +516,8 @@ class DreamGenerator:
         timeout: float | None = None,
         on_progress: ProgressCallback | None = None,
         priority: int = 0,
+        max_run_time: float | None = None,
+        queue_timeout: float | None = None,
     ) -> GenerationResult:
         """Repaint the masked part of ``image``; every pixel outside the mask is the input's.
 
@@ -504,7 +538,12 @@ class DreamGenerator:
             grow_mask, feather, pad, tuple(loras), controlnet,
         )  # fmt: skip
         return await self.generate(
-            request, timeout=timeout, on_progress=on_progress, priority=priority
+            request,
+            timeout=timeout,
+            on_progress=on_progress,
+            priority=priority,
+            max_run_time=max_run_time,
+            queue_timeout=queue_timeout,
         )
 
     async def generate_upscale(
@@ -517,12 +556,19 @@ class DreamGenerator:
         timeout: float | None = None,
         on_progress: ProgressCallback | None = None,
         priority: int = 0,
+        max_run_time: float | None = None,
+        queue_timeout: float | None = None,
     ) -> GenerationResult:
         """Upscale ``image`` with an upscale model (the server's ``upscale_models``; by
         default the first the builder knows of). See :class:`UpscaleRequest`."""
         request = UpscaleRequest(image, model, name, max_side)
         return await self.generate(
-            request, timeout=timeout, on_progress=on_progress, priority=priority
+            request,
+            timeout=timeout,
+            on_progress=on_progress,
+            priority=priority,
+            max_run_time=max_run_time,
+            queue_timeout=queue_timeout,
         )
 
     async def run_workflow(
@@ -533,23 +579,38 @@ class DreamGenerator:
         timeout: float | None = None,
         on_progress: ProgressCallback | None = None,
         priority: int = 0,
+        max_run_time: float | None = None,
+        queue_timeout: float | None = None,
     ) -> GenerationResult:
         """Run a user's API-format workflow and write its output images."""
         request = WorkflowRequest(workflow, name)
         return await self.generate(
-            request, timeout=timeout, on_progress=on_progress, priority=priority
+            request,
+            timeout=timeout,
+            on_progress=on_progress,
+            priority=priority,
+            max_run_time=max_run_time,
+            queue_timeout=queue_timeout,
         )
 
     def submit(
-        self, request: Request, *, timeout: float | None = None, priority: int = 0
+        self,
+        request: Request,
+        *,
+        timeout: float | None = None,
+        priority: int = 0,
+        max_run_time: float | None = None,
+        queue_timeout: float | None = None,
     ) -> GenerationJob:
         """Start one request in the background; follow it with ``events()``.
 
         ``timeout`` applies to the job itself (as for :meth:`generate`); ``result(timeout=)``
-        bounds one caller's wait. ``priority``: as for :meth:`generate`.
+        bounds one caller's wait. ``priority``, ``max_run_time`` and ``queue_timeout``: as
+        for :meth:`generate`.
         """
+        limits = _Limits.of(max_run_time, queue_timeout)
         return GenerationJob(
-            lambda watch: self._generate(request, timeout, watch, priority), request
+            lambda watch: self._generate(request, timeout, watch, priority, limits), request
         )
 
     def start_batch(
@@ -559,10 +620,12 @@ class DreamGenerator:
         concurrency: int = 8,
         journal: str | os.PathLike[str] | None = None,
         priority: int = 0,
+        max_run_time: float | None = None,
+        queue_timeout: float | None = None,
     ) -> Batch:
         """Start a batch in the background; follow it with ``progress()``.
 
-        ``journal=`` and ``priority=``: as for :meth:`as_completed`.
+        ``journal=``, ``priority=`` and the limits: as for :meth:`as_completed`.
         """
         return Batch(
             lambda report: self.generate_many(
@@ -571,6 +634,8 @@ class DreamGenerator:
                 on_batch_progress=report,
                 journal=journal,
                 priority=priority,
+                max_run_time=max_run_time,
+                queue_timeout=queue_timeout,
             )
         )
 
@@ -581,6 +646,8 @@ class DreamGenerator:
         timeout: float | None = None,
         on_progress: ProgressCallback | None = None,
         priority: int = 0,
+        max_run_time: float | None = None,
+        queue_timeout: float | None = None,
     ) -> GenerationResult:
         """Run one request of any kind (what the batch forms call).
 
@@ -588,16 +655,29 @@ class DreamGenerator:
         server (higher first, first come first served within a priority), as the client's
         and the pool's ``submit(priority=)`` do: an interactive request with a higher
         priority overtakes a running batch's queued jobs.
+
+        ``timeout`` bounds the whole job, waiting included. Per-job limits (``None``: none):
+        ``max_run_time`` seconds of execution on the server, counted from its
+        ``execution_start`` (then it is interrupted there), and ``queue_timeout`` seconds of
+        waiting before it starts, for a slot client-side and in the server's queue (then it
+        is taken off the queue). Each fails the job with ``PromptTimeout`` naming the limit.
         """
-        return await self._generate(request, timeout, _Watch(on_progress), priority)
+        limits = _Limits.of(max_run_time, queue_timeout)
+        return await self._generate(request, timeout, _Watch(on_progress), priority, limits)
 
     async def _generate(
-        self, request: Request, timeout: float | None, watch: _Watch, priority: int = 0
+        self,
+        request: Request,
+        timeout: float | None,
+        watch: _Watch,
+        priority: int = 0,
+        limits: _Limits | None = None,
     ) -> GenerationResult:
         self._check_entered()
         await self._check_output_dir()
         prepared = await self._prepare(request)
         prepared.priority = priority
+        prepared.limits = limits or _NO_LIMITS
         return await self._complete(prepared, 0, timeout, watch)
 
     async def _check_output_dir(self) -> None:
@@ -903,7 +983,7 @@ class DreamGenerator:
             started = time.time()
             posting = _Posting(journal, item.item_key if item is not None else None, prep.seed)
             result, images = await self._run_and_download(
-                prep.workflow, timeout, watch, posting, prep.priority
+                prep.workflow, timeout, watch, posting, prep.priority, prep.limits
             )
             fetched = _Fetched(
                 result.prompt_id,
@@ -1010,7 +1090,9 @@ class DreamGenerator:
             async with asyncio.timeout(timeout):
                 return await asyncio.shield(task)
         except TimeoutError:
-            if task.done() and not task.cancelled() and task.exception() is None:
+            if task.done() and not task.cancelled():
+                # Its outcome, or its own error: a job limit's PromptTimeout is a
+                # TimeoutError too, and says which limit, not this caller's wait.
                 return task.result()
             raise _shared_timeout(timeout, shared) from None
         finally:
@@ -1034,6 +1116,7 @@ class DreamGenerator:
         watch: _Watch,
         posting: _Posting,
         priority: int = 0,
+        limits: _Limits | None = None,
     ) -> tuple[PromptResult, list[tuple[str, bytes]]]:
         """Run the workflow under a prompt_id chosen here, then download its images.
 
@@ -1047,6 +1130,8 @@ class DreamGenerator:
             prompt_id=posting.prompt_id,
             before_post=posting.before_post,
             priority=priority,
+            max_run_time=limits.max_run_time if limits else None,
+            queue_timeout=limits.queue_timeout if limits else None,
         )
         watch.bound(job, posting.server)
         result = await job.result(timeout)
@@ -1111,6 +1196,8 @@ class DreamGenerator:
         on_batch_progress: Callable[[BatchProgress], object] | None = None,
         journal: str | os.PathLike[str] | None = None,
         priority: int = 0,
+        max_run_time: float | None = None,
+        queue_timeout: float | None = None,
     ) -> AsyncIterator[GenerationResult | JobFailure]:
         """Yield each job's outcome as it finishes; ``concurrency`` jobs at a time.
 
@@ -1127,7 +1214,8 @@ class DreamGenerator:
         requests with one are found done.
 
         ``priority`` orders the batch's jobs against this generator's other jobs waiting
-        for a slot on the server (see :meth:`generate`).
+        for a slot on the server; ``max_run_time`` and ``queue_timeout`` limit each job
+        (see :meth:`generate`).
 
         Before anything is posted, the output folder (and the journal's) must be writable.
 
@@ -1144,6 +1232,8 @@ class DreamGenerator:
             on_batch_progress,
             journal=journal,
             priority=priority,
+            max_run_time=max_run_time,
+            queue_timeout=queue_timeout,
         ):
             yield outcome
 
@@ -1157,6 +1247,8 @@ class DreamGenerator:
         on_batch_progress: Callable[[BatchProgress], object] | None = None,
         journal: str | os.PathLike[str] | None = None,
         priority: int = 0,
+        max_run_time: float | None = None,
+        queue_timeout: float | None = None,
     ) -> list[GenerationResult | JobFailure]:
         """Run every request, ``concurrency`` at a time; outcomes in request order.
 
@@ -1172,6 +1264,8 @@ class DreamGenerator:
             on_batch_progress,
             journal=journal,
             priority=priority,
+            max_run_time=max_run_time,
+            queue_timeout=queue_timeout,
         ):
             outcomes[index] = outcome
         return [outcomes[i] for i in range(len(outcomes))]
@@ -1187,6 +1281,8 @@ class DreamGenerator:
         journal: str | os.PathLike[str] | None = None,
         timeout: float | None = None,
         priority: int = 0,
+        max_run_time: float | None = None,
+        queue_timeout: float | None = None,
     ) -> AsyncIterator[tuple[int, GenerationResult | JobFailure]]:
         """Like :meth:`as_completed`, yielding ``(index of the request, outcome)`` pairs.
 
@@ -1196,7 +1292,13 @@ class DreamGenerator:
         if concurrency < 1:
             raise ConfigError(f"concurrency must be at least 1, got {concurrency}")
         await self._check_batch_folders(journal)
-        settings = _BatchSettings(concurrency, return_exceptions, timeout, priority)
+        settings = _BatchSettings(
+            concurrency,
+            return_exceptions,
+            timeout,
+            priority,
+            _Limits.of(max_run_time, queue_timeout),
+        )
         if journal is None:
             async for pair in self._enumerate(
                 requests, settings, on_progress, on_batch_progress, None, ""
@@ -1271,6 +1373,7 @@ class DreamGenerator:
                 await journal.record_requests([(index, spec)], replace=False)
             prepared = await self._prepare(request)
             prepared.priority = settings.priority
+            prepared.limits = settings.limits
             occurrence = 0
             if not prepared.deterministic:
                 # The n-th repeat of a seedless request is its own image, named apart.
@@ -1300,6 +1403,7 @@ class _BatchSettings:
     return_exceptions: bool
     timeout: float | None
     priority: int
+    limits: _Limits
 
 
 def _inputs_hash(uploads: Sequence[_Upload]) -> str | None:

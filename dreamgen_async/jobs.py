@@ -8,7 +8,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from dreamgen_async.errors import NodeError
+from dreamgen_async.errors import ConfigError, NodeError
 from dreamgen_async.handles import EventSource, JobHandle, Mailbox, ProgressCallback
 from dreamgen_async.lifecycle import JobState, Lifecycle
 from dreamgen_async.protocol import ImageRef, OutputFile
@@ -24,7 +24,21 @@ __all__ = [
     "OutputImage",
     "ProgressCallback",
     "PromptResult",
+    "check_limits",
 ]
+
+
+def check_limits(max_run_time: float | None, queue_timeout: float | None) -> None:
+    """Refuse a per-job limit that is not a positive number of seconds (``None``: no limit).
+
+    Raises:
+        ConfigError: a limit is zero, negative or not a number.
+    """
+    for name, value in (("max_run_time", max_run_time), ("queue_timeout", queue_timeout)):
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+            raise ConfigError(f"{name} must be a positive number of seconds, got {value!r}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,9 +109,11 @@ class Job(JobHandle[PromptResult]):
         "_watch",
         "extra_data",
         "front",
+        "max_run_time",
         "node_errors",
         "priority",
         "prompt_id",
+        "queue_timeout",
         "queued_at",
         "started_at",
         "workflow",
@@ -115,8 +131,14 @@ class Job(JobHandle[PromptResult]):
         priority: int = 0,
         resubmit_lost: bool = True,
         adopted: bool = False,
+        max_run_time: float | None = None,
+        queue_timeout: float | None = None,
     ) -> None:
         super().__init__()
+        #: Seconds it may run once started (``execution_start``); then it is interrupted.
+        self.max_run_time = max_run_time
+        #: Seconds it may wait (client-side, then in the server's queue) before it starts.
+        self.queue_timeout = queue_timeout
         self.prompt_id = prompt_id
         self.workflow = workflow
         self.extra_data = dict(extra_data) if extra_data else None

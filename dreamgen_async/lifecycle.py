@@ -25,6 +25,8 @@ of a job happens in :meth:`Lifecycle.handle` and nowhere else; an input with no 
 
     any live state --abandon (close with detach, connection budget exhausted)--> FAILED
     any live state --execution_error / rejected--> FAILED
+    RUNNING --run timeout--> REMOVING (interrupt);  WAITING/POSTING/QUEUED --queue timeout-->
+    as a cancel (CANCELLED, CANCEL_WHILE_POSTING, REMOVING); elsewhere a limit changes nothing
 
 Rules the table enforces:
 
@@ -73,8 +75,10 @@ __all__ = [
     "PostAccepted",
     "PostFailed",
     "PostRejected",
+    "QueueTimeout",
     "ReconcileFailed",
     "Removed",
+    "RunTimeout",
     "SlotGranted",
     "Started",
 ]
@@ -250,6 +254,23 @@ class Cancel:
 
 
 @dataclass(frozen=True, slots=True)
+class RunTimeout:
+    """The job's ``max_run_time`` passed since it was seen running: interrupt it if it still
+    runs, then settle with ``reason`` (a ``PromptTimeout``). Ignored in any other state."""
+
+    reason: BaseException
+
+
+@dataclass(frozen=True, slots=True)
+class QueueTimeout:
+    """The job's ``queue_timeout`` passed before it was seen running: take it off the
+    client-side queue or the server's, then settle with ``reason`` (a ``PromptTimeout``).
+    Ignored once it runs (or is being removed)."""
+
+    reason: BaseException
+
+
+@dataclass(frozen=True, slots=True)
 class Removed:
     """The removal requests were sent. ``running``: the prompt was still running (interrupted)."""
 
@@ -278,6 +299,8 @@ Input = (
     | Absent
     | ReconcileFailed
     | Cancel
+    | RunTimeout
+    | QueueTimeout
     | Removed
     | Abandon
 )
@@ -456,7 +479,7 @@ def _granted(life: Lifecycle, event: SlotGranted) -> Step:
     return _S.POSTING, (POST,)
 
 
-def _cancel_waiting(life: Lifecycle, event: Cancel) -> Step:
+def _cancel_waiting(life: Lifecycle, event: Cancel | RunTimeout | QueueTimeout) -> Step:
     """Nothing was sent: cancelling costs nothing."""
     life.reason = event.reason
     return _S.CANCELLED, (_fail(event.reason),)
@@ -478,7 +501,7 @@ def _post_failed(life: Lifecycle, event: PostFailed) -> Step:
     return _S.REMOVING, (REMOVE,)
 
 
-def _cancel_posting(life: Lifecycle, event: Cancel) -> Step:
+def _cancel_posting(life: Lifecycle, event: Cancel | RunTimeout | QueueTimeout) -> Step:
     """Recorded only: the removal waits for the POST's outcome."""
     life.reason = event.reason
     return _S.CANCEL_WHILE_POSTING, ()
@@ -528,7 +551,7 @@ def _absent(life: Lifecycle, event: Absent) -> Step:
     return _S.FAILED, (_fail(event.error),)
 
 
-def _cancel_on_server(life: Lifecycle, event: Cancel) -> Step:
+def _cancel_on_server(life: Lifecycle, event: Cancel | RunTimeout | QueueTimeout) -> Step:
     life.reason = event.reason
     return _S.REMOVING, (REMOVE,)
 
@@ -591,11 +614,22 @@ def _table(*groups: Rows) -> Mapping[tuple[JobState, type[Input]], Handler]:
 _POSTING = (_S.POSTING, _S.CANCEL_WHILE_POSTING)
 _WATCHED = (_S.QUEUED, _S.RUNNING, _S.SETTLING)
 _REMOVAL = (_S.REMOVING, _S.INTERRUPTING)
+_LIVE = [s for s in JobState if not s.terminal]
 
 #: The whole table: (state, input type) -> handler. A pair absent from it is illegal
 #: (:class:`LifecycleError`). A terminal state has no rows: it ignores every input.
 TRANSITIONS = _table(
     ([s for s in JobState if not s.terminal], {Abandon: _abandon, Gap: _gap}),
+    # Limits (``max_run_time``, ``queue_timeout``): each acts only where it applies.
+    ([_S.RUNNING], {RunTimeout: _cancel_on_server}),
+    ([s for s in _LIVE if s is not _S.RUNNING], {RunTimeout: _stay}),
+    ([_S.WAITING], {QueueTimeout: _cancel_waiting}),
+    ([_S.POSTING], {QueueTimeout: _cancel_posting}),
+    ([_S.QUEUED], {QueueTimeout: _cancel_on_server}),
+    (
+        [_S.CANCEL_WHILE_POSTING, _S.RUNNING, _S.SETTLING, *_REMOVAL],
+        {QueueTimeout: _stay},
+    ),
     ([_S.WAITING], {SlotGranted: _granted, Cancel: _cancel_waiting}),
     (
         [_S.POSTING],

@@ -42,6 +42,7 @@ from dreamgen_async.errors import (
     PartialPromptWarningError,
     PromptLost,
     PromptRejected,
+    PromptTimeout,
     ProtocolError,
 )
 from dreamgen_async.jobs import Job, ProgressCallback, PromptResult
@@ -176,6 +177,8 @@ class JobOwner:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._running_prompt: str | None = None
         self._closing = False
+        #: The limit timer of each job that has one (its queue limit, then its run limit).
+        self._timers: dict[str, asyncio.TimerHandle] = {}
         #: Seconds a removal (delete + interrupt) may take; then the job fails (it may still run).
         self.removal_budget = 10.0
         self._recent: collections.OrderedDict[str, PromptResult | BaseException] = (
@@ -240,8 +243,14 @@ class JobOwner:
         on_progress: ProgressCallback | None = None,
         priority: int = 0,
         adopted: bool = False,
+        max_run_time: float | None = None,
+        queue_timeout: float | None = None,
     ) -> Job:
-        """A new job, waiting client-side for a slot (by priority), then granted one."""
+        """A new job, waiting client-side for a slot (by priority), then granted one.
+
+        ``queue_timeout`` starts now (the wait for a slot counts); ``max_run_time`` when
+        the job is seen running. Either limit, reached, feeds its lifecycle input.
+        """
         job = Job(
             self,
             prompt_id,
@@ -253,7 +262,11 @@ class JobOwner:
             # An adopted prompt the server lost is None to the caller, never resubmitted.
             resubmit_lost=self._resubmit_lost and not adopted,
             adopted=adopted,
+            max_run_time=max_run_time,
+            queue_timeout=queue_timeout,
         )
+        if queue_timeout is not None:
+            self._arm(job, queue_timeout, lc.QueueTimeout(_queue_timeout_error(job)))
         heapq.heappush(self._waiting, (-job.priority, next(self._order), job))
         self._waiting_count += 1
         self._idle.clear()
@@ -305,6 +318,9 @@ class JobOwner:
         ``_task_done`` (scheduled with ``call_soon``) to shrink the set would never end.
         """
         self._closing = True
+        for timer in self._timers.values():
+            timer.cancel()
+        self._timers.clear()
         await self.mux.close()
         while self._tasks:
             tasks = list(self._tasks)
@@ -326,6 +342,8 @@ class JobOwner:
         if after is not before:
             if before is JobState.WAITING:
                 self._waiting_count -= 1
+            if after is JobState.RUNNING or after.terminal:
+                self._limit_run(job, after)
             if after.terminal:
                 self._live.pop(job.prompt_id, None)
                 if not self._live and not self._waiting_count:
@@ -374,6 +392,27 @@ class JobOwner:
         self._recent[job.prompt_id] = outcome
         while len(self._recent) > 1024:
             self._recent.popitem(last=False)
+
+    def _arm(self, job: Job, delay: float, event: lc.RunTimeout | lc.QueueTimeout) -> None:
+        """Feed ``event`` to ``job`` in ``delay`` seconds (replacing its earlier timer)."""
+        old = self._timers.pop(job.prompt_id, None)
+        if old is not None:
+            old.cancel()
+
+        def fire() -> None:
+            self._timers.pop(job.prompt_id, None)
+            self.drive(job, event)
+
+        self._timers[job.prompt_id] = asyncio.get_running_loop().call_later(delay, fire)
+
+    def _limit_run(self, job: Job, state: JobState) -> None:
+        """The job runs (its queue limit no longer applies; its run limit starts) or is
+        settled (no limit applies)."""
+        timer = self._timers.pop(job.prompt_id, None)
+        if timer is not None:
+            timer.cancel()
+        if state is JobState.RUNNING and job.max_run_time is not None:
+            self._arm(job, job.max_run_time, lc.RunTimeout(_run_timeout_error(job)))
 
     def _grant_slots(self) -> None:
         """Hand free slots to waiting jobs, highest priority first."""
@@ -675,6 +714,22 @@ class JobOwner:
         """Repeat ``call`` while :func:`classify` allows, with backoff (the caller bounds
         the time)."""
         return await retry_call(call, self._backoff, retry_if=_retryable_within_budget)
+
+
+def _run_timeout_error(job: Job) -> PromptTimeout:
+    return PromptTimeout(
+        f"prompt {job.prompt_id} ran for more than {job.max_run_time:g} s (max_run_time); "
+        "it was interrupted on the server",
+        prompt_id=job.prompt_id,
+    )
+
+
+def _queue_timeout_error(job: Job) -> PromptTimeout:
+    return PromptTimeout(
+        f"prompt {job.prompt_id} waited in the queue more than {job.queue_timeout:g} s "
+        "(queue_timeout) without starting; it was removed",
+        prompt_id=job.prompt_id,
+    )
 
 
 def _lost_while_removed(job: Job) -> PromptLost:

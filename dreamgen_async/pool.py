@@ -55,12 +55,13 @@ from dreamgen_async.errors import (
     NoCapableServerError,
     NotComfyUIError,
     PromptLost,
+    PromptTimeout,
     ResponseTooLargeError,
     ServerError,
     TransportError,
 )
 from dreamgen_async.handles import JobHandle
-from dreamgen_async.jobs import Job, OutputImage, ProgressCallback, PromptResult
+from dreamgen_async.jobs import Job, OutputImage, ProgressCallback, PromptResult, check_limits
 from dreamgen_async.lifecycle import JobState
 from dreamgen_async.placement import (
     CANCELLED,
@@ -200,8 +201,10 @@ class PoolJob(JobHandle[PromptResult]):
         "_on_progress",
         "extra_data",
         "front",
+        "max_run_time",
         "priority",
         "prompt_id",
+        "queue_timeout",
         "submitted_at",
         "workflow",
     )
@@ -216,8 +219,12 @@ class PoolJob(JobHandle[PromptResult]):
         front: bool,
         extra_data: Mapping[str, Any] | None,
         on_progress: ProgressCallback | None,
+        max_run_time: float | None = None,
+        queue_timeout: float | None = None,
     ) -> None:
         super().__init__()
+        self.max_run_time = max_run_time
+        self.queue_timeout = queue_timeout
         self.prompt_id = book.binding.key
         self.workflow = workflow
         self.priority = priority
@@ -955,6 +962,8 @@ class ComfyUIPool:
         on_progress: ProgressCallback | None = None,
         prompt_id: str | None = None,
         before_post: BeforePost | None = None,
+        max_run_time: float | None = None,
+        queue_timeout: float | None = None,
     ) -> PoolJob:
         """Queue a prompt client-side and return its :class:`PoolJob` at once.
 
@@ -965,12 +974,16 @@ class ComfyUIPool:
         journal commits where the prompt goes before it goes there); if it fails, the job
         fails with its error and nothing is posted.
 
+        ``max_run_time`` and ``queue_timeout``: as for :meth:`ComfyUIClient.submit`; the
+        queue limit counts from now, the wait in the pool included.
+
         Raises:
             NoCapableServerError: no server has every node class and model file the
                 workflow names (after reading their ``/object_info`` again); nothing was
                 posted. ``.missing`` says what each server lacks.
         """
         self._check_open()
+        check_limits(max_run_time, queue_timeout)
         req = requirements(workflow)
         missing = self._sched.runnable_somewhere(req)
         if missing is not None:
@@ -997,12 +1010,30 @@ class ComfyUIPool:
             front=front,
             extra_data=extra_data,
             on_progress=on_progress,
+            max_run_time=max_run_time,
+            queue_timeout=queue_timeout,
         )
         self._jobs[prompt_id] = book
         self._sched.enqueue(prompt_id, req, priority, front)
         self._kick()
         self._bound_wait(book, time.monotonic())
+        if queue_timeout is not None:
+            self._spawn(self._queue_expire(book, queue_timeout), "dreamgen-pool-queue-timeout")
         return job
+
+    async def _queue_expire(self, book: _Book, queue_timeout: float) -> None:
+        """Fail a job still waiting in the pool once its ``queue_timeout`` passed (a job
+        placed on a server meanwhile is timed by its client with what is left)."""
+        await asyncio.sleep(queue_timeout)
+        if book.binding.state is _WAITING and not book.future.done():
+            error = PromptTimeout(
+                f"prompt {book.binding.key} waited in the queue more than {queue_timeout:g} s "
+                "(queue_timeout) without starting; it was removed",
+                prompt_id=book.binding.key,
+            )
+            self._step(book, Close(error))
+            self.failed += 1
+            self._kick()
 
     async def queue_prompt(
         self,
@@ -1115,6 +1146,8 @@ class ComfyUIPool:
                 front=front,
                 extra_data=job.extra_data,
                 on_progress=book.deliver,
+                max_run_time=job.max_run_time,
+                queue_timeout=_left(job.queue_timeout, job.submitted_at),
             )
             for handle in self._step(book, Posted(attempt, inner)):
                 await handle.cancel()  # cancelled while posting
@@ -1521,3 +1554,10 @@ def _resolve(future: asyncio.Future[PromptResult], outcome: object) -> None:
 def _retrieve(fut: asyncio.Future[Any]) -> None:
     if not fut.cancelled():
         fut.exception()
+
+
+def _left(limit: float | None, since: float) -> float | None:
+    """What is left of a limit of ``limit`` seconds counted from ``since`` (at least 1 ms)."""
+    if limit is None:
+        return None
+    return max(0.001, limit - (time.time() - since))

@@ -371,15 +371,17 @@ async def test_status_json_works(comfyui_sim: ComfyUISimulator) -> None:
 
 
 async def test_timeout_applies_to_each_job(comfyui_sim: ComfyUISimulator, tmp_path: Path) -> None:
+    # A held server never starts the job: --timeout (the run limit, issue 19) does not
+    # apply, --queue-timeout does (see test_run_limits.py for --timeout).
     comfyui_sim.hold()
     code, stdout, stderr = await dreamgen_piped(
-        "txt2img", "a fox", "--size", "64x64", "--timeout", "0.5", "--server", comfyui_sim.url,
-        "-o", str(tmp_path),
+        "txt2img", "a fox", "--size", "64x64", "--queue-timeout", "0.5",
+        "--server", comfyui_sim.url, "-o", str(tmp_path),
     )  # fmt: skip
     comfyui_sim.release()
     assert code == 1, stderr
     assert stdout == ""
-    assert "did not finish within 0.5 s" in stderr
+    assert "waited in the queue more than 0.5 s" in stderr
     assert {p.status for p in comfyui_sim.prompts.values()} == {"deleted"}
 
 

@@ -67,6 +67,7 @@ class Options:
     servers: tuple[str, ...] = ()  # every --server (several: a ComfyUIPool)
     join_timeout: float = 60.0  # a pool's: see ComfyUIPool(join_timeout=)
     broker: str | None = None  # --broker: jobs go to `dreamgen worker` processes
+    queue_timeout: float | None = None  # --queue-timeout; --timeout is the run limit
 
 
 def _apply(func: F, decorators: Sequence[Callable[[F], F]]) -> F:
@@ -116,7 +117,15 @@ def job_options(func: F) -> F:
                 "--timeout",
                 type=click.FloatRange(0, min_open=True),
                 default=None,
-                help="Seconds per job (then it is removed from the server and fails).",
+                help="Seconds each job may run on the server, from the moment it starts "
+                "(time waiting in a queue does not count); then it is interrupted and fails.",
+            ),
+            click.option(
+                "--queue-timeout",
+                type=click.FloatRange(0, min_open=True),
+                default=None,
+                help="Seconds each job may wait before it starts (for a slot here, then in "
+                "the server's queue); then it is removed from the queue and fails.",
             ),
             click.option(
                 "--join-timeout",
@@ -168,6 +177,7 @@ def options_from(kwargs: dict[str, Any]) -> Options:
         join_timeout=kwargs.pop("join_timeout", 60.0),
         concurrency=kwargs.pop("concurrency", 1),
         timeout=kwargs.pop("timeout", None),
+        queue_timeout=kwargs.pop("queue_timeout", None),
         json=kwargs.pop("json_lines", False),
         quiet=kwargs.pop("quiet", False),
         debug=kwargs.pop("debug", False),

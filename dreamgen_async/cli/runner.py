@@ -146,7 +146,8 @@ async def run_requests(
                 display.event,
                 display.batch,
                 journal=journal,
-                timeout=opts.timeout,
+                max_run_time=opts.timeout,
+                queue_timeout=opts.queue_timeout,
             )
             async for index, outcome in outcomes:
                 if isinstance(outcome, JobFailure):

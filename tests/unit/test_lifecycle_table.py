@@ -33,6 +33,8 @@ SAMPLES: dict[type[lc.Input], lc.Input] = {
     lc.Cancel: lc.Cancel(REASON),
     lc.Removed: lc.Removed(running=True),
     lc.Abandon: lc.Abandon(BOOM),
+    lc.RunTimeout: lc.RunTimeout(BOOM),
+    lc.QueueTimeout: lc.QueueTimeout(BOOM),
 }
 
 #: A way into every state, through handle() only.
@@ -83,7 +85,8 @@ _POSTING = {
     lc.Failed,
     lc.Interrupted,
 }
-_ANYWHERE = {lc.Abandon, lc.Gap}
+# The limits have a row in every live state (most of them ignore it).
+_ANYWHERE = {lc.Abandon, lc.Gap, lc.RunTimeout, lc.QueueTimeout}
 
 #: The table, read as "which inputs each live state accepts".
 LEGAL: dict[JobState, set[type[lc.Input]]] = {
