@@ -30,12 +30,15 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal, TypeAlias
 
 from dreamgen_async.errors import (
+    ConnectionLostError,
     DreamgenError,
     ExecutionError,
     ExecutionInterrupted,
     NoCapableServerError,
     PromptError,
+    PromptLost,
     PromptRejected,
+    PromptTimeout,
 )
 from dreamgen_async.protocol import (
     Event,
@@ -218,10 +221,22 @@ def encode_error(exc: BaseException) -> dict[str, Any]:
     return data
 
 
+#: Errors rebuilt from their message alone: the limits' timeouts, a prompt the server lost,
+#: one that may still run on a server the worker lost.
+_PROMPT_ERRORS: dict[str, type[PromptError]] = {
+    "PromptTimeout": PromptTimeout,
+    "PromptLost": PromptLost,
+}
+
+
 def rebuild_error(data: Mapping[str, Any], prompt_id: str) -> DreamgenError:
     """The producer-side error for a worker's :func:`encode_error` data."""
     kind = str(data.get("type", "DreamgenError"))
     message = str(data.get("message", "the job failed on a worker"))
+    if kind in _PROMPT_ERRORS:
+        return _PROMPT_ERRORS[kind](message, prompt_id=prompt_id)
+    if kind == "ConnectionLostError":
+        return ConnectionLostError(message)
     if kind == "NoCapableServerError":
         missing = {str(k): tuple(v) for k, v in dict(data.get("missing") or {}).items()}
         return NoCapableServerError(message, missing=missing)

@@ -66,7 +66,7 @@ from dreamgen_async.distributed.records import (
 from dreamgen_async.distributed.store import RedisJobStore, broker_error
 from dreamgen_async.errors import ClientClosedError, ConnectError, DreamgenError
 from dreamgen_async.handles import JobHandle, ProgressCallback
-from dreamgen_async.jobs import OutputImage, PromptResult
+from dreamgen_async.jobs import OutputImage, PromptResult, check_limits
 from dreamgen_async.protocol import ImageRef, OutputData
 from dreamgen_async.workflows.builder import ServerModels
 
@@ -264,17 +264,21 @@ class RemoteBackend:
         on_progress: ProgressCallback | None = None,
         prompt_id: str | None = None,
         before_post: BeforePost | None = None,
+        max_run_time: float | None = None,
+        queue_timeout: float | None = None,
     ) -> RemoteJob:
         """Write the job's record, then send it to the workers; its :class:`RemoteJob`.
 
         ``priority``, ``front`` and ``extra_data`` go to the worker's pool (its order among
-        that worker's jobs). ``before_post(server, client_id)`` is awaited here before each
-        POST the worker makes (see the module docstring).
+        that worker's jobs), and so do ``max_run_time`` and ``queue_timeout`` (the queue
+        limit counts from the worker's pickup). ``before_post(server, client_id)`` is awaited
+        here before each POST the worker makes (see the module docstring).
 
         With ``batch=`` set, the prompt_id is derived from the batch and the workflow (so a
         rerun finds the records of the earlier run: done jobs are collected, not run again).
         """
         self._check_open()
+        check_limits(max_run_time, queue_timeout)
         if self.batch is not None:
             prompt_id = job_id(self.batch, workflow)
         prompt_id = prompt_id or str(uuid.uuid4())
@@ -292,6 +296,8 @@ class RemoteBackend:
             "front": front,
             "extra_data": None if extra_data is None else dict(extra_data),
             "before_post": before_post is not None,
+            "max_run_time": max_run_time,
+            "queue_timeout": queue_timeout,
         }
         try:
             step = on_submit(await self.store.get(prompt_id))

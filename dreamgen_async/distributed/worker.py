@@ -373,6 +373,8 @@ class Worker:
             priority=int(job.get("priority") or 0),
             front=bool(job.get("front")),
             extra_data=job.get("extra_data"),
+            max_run_time=job.get("max_run_time"),
+            queue_timeout=job.get("queue_timeout"),
         )
         return await pool_job.result()
 

@@ -18,7 +18,7 @@ from PIL import Image
 
 from dreamgen_async import DreamGenerator
 from dreamgen_async.distributed import NoWorkerError, RedisJobStore, RemoteBackend
-from dreamgen_async.errors import ConnectError, NoCapableServerError
+from dreamgen_async.errors import ConnectError, NoCapableServerError, PromptTimeout
 from dreamgen_async.protocol import Event, Progress
 from dreamgen_async.testing import ComfyUISimulator, SimulatorConfig, sample_png
 
@@ -120,6 +120,20 @@ async def test_cancel_on_the_producer_takes_the_prompt_off_its_server(
         assert time.monotonic() - started < 2.0
     assert job.state == "cancelled"
     assert not list((tmp_path / "out").glob("*.png")) if (tmp_path / "out").exists() else True
+
+
+async def test_a_run_limit_travels_to_the_worker(
+    sims: list[ComfyUISimulator], workers: Workers, broker_url: str, tmp_path: Path
+) -> None:
+    await workers.start(broker_url, *(s.url for s in sims))
+    for sim in sims:
+        sim.stall_next()  # the prompt runs until interrupted
+    async with RemoteBackend(broker_url) as backend:
+        gen = DreamGenerator(backend, output_dir=tmp_path / "out")
+        with pytest.raises(PromptTimeout, match="ran for more than"):
+            await gen.generate(gen_request(), max_run_time=0.5)
+    (holder,) = [s for s in sims if s.prompts]
+    assert [p.status for p in holder.prompts.values()] == ["interrupted"]
 
 
 def gen_request() -> Any:
