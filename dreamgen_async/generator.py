@@ -62,7 +62,7 @@ from dreamgen_async.files import (
     fit_within,
     output_name,
     output_suffix,
-    read_input,
+    read_input_hashed,
     read_mask,
     safe_stem,
     sha256,
@@ -678,8 +678,7 @@ class DreamGenerator:
 
     async def _read_upload(self, image: Any, max_side: int | None = None) -> _Upload:
         """An input image read and checked, named by its content hash (nothing sent yet)."""
-        data, suffix, _ = await read_input(image, self._limits(), max_side)
-        digest = await sha256(data)
+        data, suffix, _, digest = await read_input_hashed(image, self._limits(), max_side)
         return data, digest, suffix, f"{UPLOAD_SUBFOLDER}/{digest[:32]}{suffix}"
 
     async def _recipe_builder(
@@ -720,8 +719,9 @@ class DreamGenerator:
         limits = InputLimits(
             self.max_input_bytes, self.max_input_pixels, self.builder.preset.size_multiple
         )
-        data, suffix, _ = await read_input(request.image, limits, request.max_side)
-        input_hash = await sha256(data)
+        data, suffix, _, input_hash = await read_input_hashed(
+            request.image, limits, request.max_side
+        )
         expected = f"{UPLOAD_SUBFOLDER}/{input_hash[:32]}{suffix}"
         # Built (so every argument is checked) before the upload touches the network.
         built = (builder or self.builder).build_img2img(
