@@ -63,6 +63,7 @@ class Options:
     debug: bool
     journal: Path | None = None
     servers: tuple[str, ...] = ()  # every --server (several: a ComfyUIPool)
+    timeline: Path | None = None  # --timeline: the run's timeline SVG
 
 
 def _apply(func: F, decorators: Sequence[Callable[[F], F]]) -> F:
@@ -114,6 +115,13 @@ def job_options(func: F) -> F:
                 default=None,
                 help="Seconds per job (then it is removed from the server and fails).",
             ),
+            click.option(
+                "--timeline",
+                type=click.Path(dir_okay=False, path_type=Path),
+                default=None,
+                help="Write the run's timeline (one lane per server: busy, idle, model loads, "
+                "coloured by checkpoint) to this SVG file.",
+            ),
             json_option,
             click.option(
                 "--quiet", "-q", is_flag=True, help="No line per successful job; only problems."
@@ -140,6 +148,7 @@ def options_from(kwargs: dict[str, Any]) -> Options:
         json=kwargs.pop("json_lines", False),
         quiet=kwargs.pop("quiet", False),
         debug=kwargs.pop("debug", False),
+        timeline=kwargs.pop("timeline", None),
     )
     logging.basicConfig(
         level=logging.DEBUG if opts.debug else logging.ERROR,

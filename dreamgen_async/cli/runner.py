@@ -15,7 +15,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,13 +27,16 @@ from dreamgen_async.cli.options import ModelChoice, Options
 from dreamgen_async.errors import ConfigError, DreamgenError, StorageError
 from dreamgen_async.generator import (
     DreamGenerator,
+    GenerationResult,
     JobFailure,
     Request,
 )
 from dreamgen_async.journal import read_journal_meta
+from dreamgen_async.placement import requirements
 from dreamgen_async.pool import ComfyUIPool
 from dreamgen_async.signals import SignalExit, stop_on_signals
 from dreamgen_async.storage import check_writable
+from dreamgen_async.timeline import Span, SpanRecorder, write_svg
 from dreamgen_async.workflow_builder import FluxWorkflowBuilder
 from dreamgen_async.workflow_io import builder_from_server
 
@@ -47,6 +50,8 @@ __all__ = [
     "execute",
     "resolve_builder",
     "run_requests",
+    "single_server_spans",
+    "write_timeline",
 ]
 
 
@@ -82,13 +87,17 @@ async def run_requests(
     With a journal, the client takes the journal's client_id (so the events of prompts an
     earlier run posted reach it) and the batch resumes where the journal left off.
     """
-    await asyncio.to_thread(check_folders, output, journal)
+    await asyncio.to_thread(check_folders, output, journal, opts.timeline)
     token = os.environ.get("DREAMGEN_TOKEN") or None
     if isinstance(builder, ModelChoice):
         builder = await resolve_builder(opts, builder)
     tally = Tally()
+    pool: ComfyUIPool | None = None
+    results: list[GenerationResult] = []
     async with contextlib.AsyncExitStack() as stack:
         gen: DreamGenerator
+        if opts.timeline is not None:
+            stack.callback(lambda: write_timeline(opts, pool, results))
         if len(opts.servers) > 1:
             if journal is not None:  # a journal records one server's prompts
                 log.info("several servers: the batch runs without a journal")
@@ -128,18 +137,58 @@ async def run_requests(
             async for index, outcome in outcomes:
                 if isinstance(outcome, JobFailure):
                     tally.failed += 1
-                elif outcome.node_errors:
-                    tally.partial += 1
+                else:
+                    results.append(outcome)
+                    if outcome.node_errors:
+                        tally.partial += 1
                 display.outcome(index, outcome)
     return tally
 
 
-def check_folders(output: Path, journal: Path | None) -> None:
-    """Before anything is posted: the output folder and the journal's must be writable.
+def write_timeline(
+    opts: Options, pool: ComfyUIPool | None, results: Sequence[GenerationResult]
+) -> None:
+    """``--timeline``: the run's spans as an SVG, one lane per server (blocking, small).
+
+    A pool records its servers' spans itself (model loads split out with its learned job
+    times); with one server the lane is built from the results' execution times, coloured
+    by checkpoint (a model switch is not split out: one client learns no job times).
+    """
+    assert opts.timeline is not None
+    spans = pool.spans() if pool is not None else single_server_spans(opts.server, results)
+    write_svg(spans, opts.timeline, title=f"dreamgen: {len(results)} job(s)")
+
+
+def single_server_spans(
+    server: str, results: Iterable[GenerationResult]
+) -> dict[str, tuple[Span, ...]]:
+    """One lane: each result that ran on ``server`` (cache hits and resumed jobs did not)
+    as a busy span, in the order the jobs started, with the idle time between them."""
+    recorder = SpanRecorder(capacity=1_000_000)
+    recorder.add_server(server)
+    ran = [
+        (r.timings.started, r.timings.finished, r)
+        for r in results
+        if r.prompt_id is not None
+        and r.timings.started is not None
+        and r.timings.finished is not None
+    ]
+    ran.sort(key=lambda t: (t[0], t[1]))
+    for started, finished, r in ran:
+        model = requirements(r.workflow).model
+        recorder.job(server, started, finished, model=model, prompt_id=r.prompt_id)
+    return recorder.spans()
+
+
+def check_folders(output: Path, journal: Path | None, timeline: Path | None = None) -> None:
+    """Before anything is posted: the output folder, the journal's and the timeline's must
+    be writable.
 
     Blocking. Raises ``click.UsageError`` (exit status 2) naming the folder.
     """
     folders = [output] if journal is None else [output, journal.parent]
+    if timeline is not None:
+        folders.append(timeline.absolute().parent)
     try:
         for folder in folders:
             check_writable(folder)
