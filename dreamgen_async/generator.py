@@ -1197,16 +1197,19 @@ class DreamGenerator:
         journal: str | os.PathLike[str] | None = None,
         timeout: float | None = None,
         priority: int = 0,
+        on_job: Callable[[int, BackendJob, str | None], object] | None = None,
     ) -> AsyncIterator[tuple[int, GenerationResult | JobFailure]]:
         """Like :meth:`as_completed`, yielding ``(index of the request, outcome)`` pairs.
 
         A pool of ``concurrency`` workers pulls from one shared lazy iterator; ``timeout``
-        applies to each job (see :meth:`generate`).
+        applies to each job (see :meth:`generate`). ``on_job(index, job, server)`` is called
+        when a request's backend job is submitted (a pool job's ``server`` follows it; the
+        server URL is given for a single client, ``None`` for a pool).
         """
         if concurrency < 1:
             raise ConfigError(f"concurrency must be at least 1, got {concurrency}")
         await self._check_batch_folders(journal)
-        settings = _BatchSettings(concurrency, return_exceptions, timeout, priority)
+        settings = _BatchSettings(concurrency, return_exceptions, timeout, priority, on_job)
         if journal is None:
             async for pair in self._enumerate(
                 requests, settings, on_progress, on_batch_progress, None, ""
@@ -1284,11 +1287,12 @@ class DreamGenerator:
                 occurrence = repeats.get(prepared.key, 0)
                 repeats[prepared.key] = occurrence + 1
             progress = None if on_progress is None else functools.partial(on_progress, index)
+            bound = None if settings.on_job is None else functools.partial(settings.on_job, index)
             return await self._complete(
                 prepared,
                 occurrence,
                 settings.timeout,
-                _Watch(progress),
+                _Watch(progress, bound),
                 journal,
                 index,
                 # Only a drawn seed makes a new request per run; an upscale draws none.
@@ -1307,6 +1311,7 @@ class _BatchSettings:
     return_exceptions: bool
     timeout: float | None
     priority: int
+    on_job: Callable[[int, BackendJob, str | None], object] | None = None
 
 
 def _inputs_hash(uploads: Sequence[_Upload]) -> str | None:

@@ -124,7 +124,7 @@ async def run_requests(
                     client_id=client_id,
                 )
             )
-        with Display(opts, labels, *consoles) as display:
+        with Display(opts, labels, *consoles, pool=pool) as display:
             outcomes = gen.enumerate_completed(
                 requests,
                 opts.concurrency,
@@ -133,6 +133,7 @@ async def run_requests(
                 display.batch,
                 journal=journal,
                 timeout=opts.timeout,
+                on_job=display.job if pool is not None else None,
             )
             async for index, outcome in outcomes:
                 if isinstance(outcome, JobFailure):
