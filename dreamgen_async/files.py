@@ -230,6 +230,8 @@ async def read_input(
     return data, suffix, source
 
 
+# A job's outputs this small are written without a thread hop (a few syscalls, tens of µs).
+_INLINE_WRITE = 64 * 1024
 # Content already checked: (sha256, max_pixels) -> suffix. A batch giving the same input to
 # every request opens it with Pillow once, not once per request.
 _VERIFIED: dict[tuple[str, int], str] = {}
@@ -323,9 +325,13 @@ async def write_outputs(
     """Write ``(suffix, data)`` images atomically into ``folder``, each under
     ``name(index, suffix)``; on any failure (or cancellation) the ones written are removed.
 
-    One worker-thread hop for the whole job (not one per open/write/close/rename).
+    Small outputs (at most ``_INLINE_WRITE`` bytes in all) are written on the event loop: a
+    thread hop costs more than the write. Larger ones take one worker-thread hop for the
+    whole job (not one per open, write, close and rename).
     """
     finals = [(folder / name(i, suffix), data) for i, (suffix, data) in enumerate(images)]
+    if sum(len(data) for _, data in finals) <= _INLINE_WRITE:
+        return write_outputs_blocking(folder, finals)
     writing = asyncio.ensure_future(asyncio.to_thread(write_outputs_blocking, folder, finals))
     try:
         return await asyncio.shield(writing)
