@@ -17,7 +17,8 @@ import os
 import re
 import uuid
 import warnings
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -35,6 +36,7 @@ __all__ = [
     "InputLimits",
     "copy_atomically",
     "fit_within",
+    "node_labels",
     "output_name",
     "output_suffix",
     "read_input",
@@ -54,10 +56,39 @@ UPLOAD_SUBFOLDER = "dreamgen"
 # ---------------------------------------------------------------------------- names
 
 
-def output_name(stem: str, seed: int | None, tag: str, index: int, suffix: str) -> str:
-    """``<stem>[_<seed>]_<tag>_<index><suffix>``: the file name of one output image."""
+def output_name(
+    stem: str, seed: int | None, tag: str, index: int, suffix: str, node: str | None = None
+) -> str:
+    """``<stem>[_<seed>]_<tag>[_<node>]_<index><suffix>``: the file name of one output image
+    (``node``: the label of the node that made it, see :func:`node_labels`)."""
     seed_part = f"_{seed}" if seed is not None else ""
-    return f"{stem}{seed_part}_{tag}_{index}{suffix}"
+    node_part = f"_{node}" if node else ""
+    return f"{stem}{seed_part}_{tag}{node_part}_{index}{suffix}"
+
+
+def node_labels(workflow: Mapping[str, Any], nodes: Sequence[str]) -> list[str | None]:
+    """The label each output's node gives its file name: ``None`` for every output when they
+    all come from one node (names as they always were); otherwise the node's title (as the
+    workflow's ``_meta.title`` gives it, made file-name safe) when no other output node has
+    the same title, else its id."""
+    distinct = list(dict.fromkeys(nodes))
+    if len(distinct) <= 1:
+        return [None] * len(nodes)
+    titles: dict[str, str] = {}
+    for node_id in distinct:
+        node = workflow.get(node_id)
+        meta = node.get("_meta") if isinstance(node, Mapping) else None
+        title = meta.get("title") if isinstance(meta, Mapping) else None
+        if isinstance(title, str) and title.strip():
+            titles[node_id] = safe_stem(title, default="")
+    counts = Counter(titles.values())
+    label = {
+        node_id: titles[node_id]
+        if titles.get(node_id) and counts[titles[node_id]] == 1
+        else safe_stem(node_id, default="node")
+        for node_id in distinct
+    }
+    return [label[node_id] for node_id in nodes]
 
 
 def safe_stem(name: str, default: str = "image") -> str:

@@ -60,6 +60,7 @@ from dreamgen_async.files import (
     InputLimits,
     copy_atomically,
     fit_within,
+    node_labels,
     output_name,
     output_suffix,
     read_input_hashed,
@@ -185,6 +186,7 @@ class _Fetched:
     timings: tuple[float | None, ...]
     seed: int | None = None  # the seed of a prompt an earlier run posted
     node_errors: tuple[NodeError, ...] = ()
+    nodes: tuple[str, ...] = ()  # the node that made each image
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -827,7 +829,9 @@ class DreamGenerator:
                 assert item is not None
                 return _resumed(item, prep, submitted)
             if isinstance(plan, FromCache):
-                paths = await self._write_outputs(prep, tag, list(plan.entry.images), prep.seed)
+                paths = await self._write_outputs(
+                    prep, tag, list(plan.entry.images), prep.seed, plan.entry.nodes
+                )
                 timings = cached_timings(plan.entry.timings, submitted)
                 result = GenerationResult(
                     paths, None, prep.seed, prep.workflow, prep.request, True, timings
@@ -878,7 +882,7 @@ class DreamGenerator:
             watch,
         )
         seed = fetched.seed if fetched.seed is not None else prep.seed
-        paths = await self._write_outputs(prep, tag, fetched.images, seed)
+        paths = await self._write_outputs(prep, tag, fetched.images, seed, fetched.nodes)
         queued, started, finished = (fetched.timings + (None,) * 5)[1:4]
         timings = Timings(submitted, queued, started, finished, time.time())
         return GenerationResult(
@@ -918,7 +922,7 @@ class DreamGenerator:
                         key, prompt_id, client.base_url, client.client_id, prep.seed
                     )
 
-            result, images = await self._run_and_download(
+            result, (images, nodes) = await self._run_and_download(
                 prep.workflow, timeout, watch, before_post, prep.priority
             )
             fetched = _Fetched(
@@ -926,9 +930,10 @@ class DreamGenerator:
                 images,
                 (started, result.queued_at, result.started_at, result.finished_at, time.time()),
                 node_errors=result.node_errors,
+                nodes=nodes,
             )
         if prep.deterministic and self.cache is not None:
-            await self.cache.put(prep.key, fetched.images, fetched.timings)
+            await self.cache.put(prep.key, fetched.images, fetched.timings, fetched.nodes)
         return fetched
 
     async def _collect(
@@ -955,10 +960,10 @@ class DreamGenerator:
         except (ExecutionInterrupted, ExecutionError) as exc:
             log.info("prompt %s of an earlier run failed (%s): running it", item.prompt_id, exc)
             return None
-        images = await self._download(client, result)
+        images, nodes = await self._download(client, result)
         now = time.time()
         timings = (now, result.queued_at, result.started_at, result.finished_at, now)
-        return _Fetched(item.prompt_id, images, timings, item.seed, result.node_errors)
+        return _Fetched(item.prompt_id, images, timings, item.seed, result.node_errors, nodes)
 
     async def _client_for(self, item: JournalItem) -> ComfyUIClient | None:
         """The client that receives the events of ``item``'s prompt (its client_id)."""
@@ -1044,8 +1049,9 @@ class DreamGenerator:
         watch: _Watch,
         before_post: Callable[[str], Awaitable[None]] | None = None,
         priority: int = 0,
-    ) -> tuple[PromptResult, list[tuple[str, bytes]]]:
-        """Run the workflow under a prompt_id chosen here, then download its images.
+    ) -> tuple[PromptResult, tuple[list[tuple[str, bytes]], tuple[str, ...]]]:
+        """Run the workflow under a prompt_id chosen here, then download its images (and
+        the node that made each).
 
         ``before_post(prompt_id)`` runs before the prompt is posted (the journal commits the
         id there, so a crash at any later moment can find the prompt on the server).
@@ -1063,12 +1069,14 @@ class DreamGenerator:
     @staticmethod
     async def _download(
         client: ComfyUIClient | ComfyUIPool, result: PromptResult
-    ) -> list[tuple[str, bytes]]:
+    ) -> tuple[list[tuple[str, bytes]], tuple[str, ...]]:
+        """``(suffix, data)`` per output, and the id of the node that made each."""
         # Saved outputs of every kind (and text values); previews only when nothing was saved.
         saved = any(f.ref is not None and f.ref.type == "output" for f in result.files)
         saved = saved or any(ref.type == "output" for ref in result.images)
         outputs = await client.get_outputs(result, previews=not saved)
-        return [(output_suffix(o.file, o.data), o.data) for o in outputs]
+        images = [(output_suffix(o.file, o.data), o.data) for o in outputs]
+        return images, tuple(o.file.node_id for o in outputs)
 
     # ------------------------------------------------------------------ inputs
 
@@ -1094,7 +1102,12 @@ class DreamGenerator:
     # ------------------------------------------------------------------ outputs
 
     async def _write_outputs(
-        self, prep: _Prepared, tag: str, images: list[tuple[str, bytes]], seed: int | None
+        self,
+        prep: _Prepared,
+        tag: str,
+        images: list[tuple[str, bytes]],
+        seed: int | None,
+        nodes: tuple[str, ...] = (),
     ) -> tuple[Path, ...]:
         """Write images atomically under our own, stable names; nothing partial is left.
 
@@ -1103,11 +1116,8 @@ class DreamGenerator:
         rerun replaces, never duplicates; a seedless request draws a new seed each run, so
         its rerun writes new files and never overwrites an earlier run's.
         """
-        return await write_outputs(
-            self.output_dir,
-            lambda i, suffix: output_name(prep.stem, seed, tag, i, suffix),
-            images,
-        )
+        names = output_names(prep, tag, images, seed, nodes)
+        return await write_outputs(self.output_dir, lambda i, _: names[i], images)
 
     # ------------------------------------------------------------------ batches
 
@@ -1312,6 +1322,28 @@ class _BatchSettings:
     timeout: float | None
     priority: int
     on_job: Callable[[int, BackendJob, str | None], object] | None = None
+
+
+def output_names(
+    prep: _Prepared,
+    tag: str,
+    images: Sequence[tuple[str, bytes]],
+    seed: int | None,
+    nodes: Sequence[str],
+) -> list[str]:
+    """Each output's file name. Outputs of several nodes carry their node's label (title or
+    id, see :func:`~dreamgen_async.files.node_labels`) and are numbered per node; outputs of
+    one node (or of a cache entry that does not know its nodes) are numbered as before."""
+    if len(nodes) != len(images):
+        nodes = ()
+    labels = node_labels(prep.workflow, nodes) if nodes else [None] * len(images)
+    counts: dict[str | None, int] = {}
+    names = []
+    for (suffix, _), label in zip(images, labels, strict=True):
+        index = counts.get(label, 0)
+        counts[label] = index + 1
+        names.append(output_name(prep.stem, seed, tag, index, suffix, label))
+    return names
 
 
 def _inputs_hash(uploads: Sequence[_Upload]) -> str | None:
