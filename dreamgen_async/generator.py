@@ -153,6 +153,7 @@ log = logging.getLogger("dreamgen_async")
 BackendJob: TypeAlias = Job | PoolJob
 #: Told which backend job runs a request once it exists (and the server it went to, if known).
 OnJob: TypeAlias = Callable[[BackendJob, str | None], object]
+Locate: TypeAlias = Callable[[], int | None]
 
 
 #: An input to upload: ``(data, sha256 hex digest, suffix, the name LoadImage expects)``.
@@ -195,10 +196,16 @@ class _Watch:
 
     on_progress: ProgressCallback | None = None
     on_job: OnJob | None = None
+    # Told, before the prompt is submitted, how to ask its place in the client-side queue.
+    on_waiting: Callable[[Locate], object] | None = None
 
     def bound(self, job: BackendJob, server: str | None) -> None:
         if self.on_job is not None:
             self.on_job(job, server)
+
+    def waiting(self, locate: Locate) -> None:
+        if self.on_waiting is not None:
+            self.on_waiting(locate)
 
 
 # ---------------------------------------------------------------------------- handles
@@ -250,8 +257,9 @@ class GenerationJob(JobHandle[GenerationResult]):
         self._backlog = None
         self._job: BackendJob | None = None
         self._server: str | None = None
+        self._locate: Locate | None = None
         self._future: asyncio.Task[GenerationResult] = asyncio.create_task(
-            run(_Watch(self._deliver, self._bind)), name="dreamgen-generation"
+            run(_Watch(self._deliver, self._bind, self._waiting)), name="dreamgen-generation"
         )
         self._future.add_done_callback(self._finished)
 
@@ -260,6 +268,9 @@ class GenerationJob(JobHandle[GenerationResult]):
 
     def _bind(self, job: BackendJob, server: str | None) -> None:
         self._job, self._server = job, server
+
+    def _waiting(self, locate: Locate) -> None:
+        self._locate = locate
 
     def _finished(self, task: asyncio.Task[GenerationResult]) -> None:
         if not task.cancelled():
@@ -290,6 +301,18 @@ class GenerationJob(JobHandle[GenerationResult]):
         if self._job is None:
             return "waiting"
         return running_state(str(self._job.state))
+
+    @property
+    def position(self) -> int | None:
+        """Its place in the client-side queue of its client or pool (1: the next to be
+        posted), so a bot can say "you are 3rd"; ``None`` before its prompt is submitted
+        (inputs being checked or uploaded), once posted, and once ended."""
+        if self._future.done():
+            return None
+        job = self._job
+        if job is not None:
+            return None if job.done() else job.position
+        return self._locate() if self._locate is not None else None
 
     @property
     def server(self) -> str | None:
@@ -1015,7 +1038,8 @@ class DreamGenerator:
         if shared is None:
             shared = self._inflight[key] = _SharedRun(key)
             shared.task = asyncio.create_task(
-                fetch(None, _Watch(shared.fan_out, shared.bound)), name="dreamgen-shared-run"
+                fetch(None, _Watch(shared.fan_out, shared.bound, shared.waiting)),
+                name="dreamgen-shared-run",
             )
             shared.task.add_done_callback(functools.partial(self._shared_done, key, shared))
         task = shared.task
@@ -1059,6 +1083,7 @@ class DreamGenerator:
         prompt_id = str(uuid.uuid4())
         if before_post is not None:
             await before_post(prompt_id)
+        watch.waiting(functools.partial(self.client.position, prompt_id))
         job = await self.client.submit(
             workflow, on_progress=watch.on_progress, prompt_id=prompt_id, priority=priority
         )
@@ -1384,13 +1409,14 @@ def _shared_timeout(timeout: float | None, shared: _SharedRun) -> PromptTimeout:
 class _SharedRun:
     """One server run shared by identical requests in flight, and who still waits for it."""
 
-    __slots__ = ("job", "key", "task", "watches")
+    __slots__ = ("job", "key", "locate", "task", "watches")
 
     def __init__(self, key: str) -> None:
         self.key = key
         self.task: asyncio.Task[_Fetched] | None = None
         self.watches: list[_Watch] = []
         self.job: tuple[BackendJob, str | None] | None = None
+        self.locate: Locate | None = None
 
     @property
     def interest(self) -> int:
@@ -1399,6 +1425,8 @@ class _SharedRun:
 
     def join(self, watch: _Watch) -> None:
         self.watches.append(watch)
+        if self.locate is not None:
+            watch.waiting(self.locate)
         if self.job is not None:
             watch.bound(*self.job)
 
@@ -1411,6 +1439,11 @@ class _SharedRun:
         self.job = (job, server)
         for watch in list(self.watches):
             watch.bound(job, server)
+
+    def waiting(self, locate: Locate) -> None:
+        self.locate = locate
+        for watch in list(self.watches):
+            watch.waiting(locate)
 
     def fan_out(self, event: Event) -> None:
         for watch in list(self.watches):
