@@ -102,8 +102,10 @@ async def run_requests(
             if journal is not None:  # a journal records one server's prompts
                 log.info("several servers: the batch runs without a journal")
                 journal = None
+            # --timeline draws the whole run: room for every job's spans (idle, load, busy).
+            history = max(1000, 3 * len(requests)) if opts.timeline is not None else 1000
             pool = await stack.enter_async_context(
-                ComfyUIPool(opts.servers, token=token, on_partial="ignore")
+                ComfyUIPool(opts.servers, token=token, on_partial="ignore", span_history=history)
             )
             gen = DreamGenerator(pool, output_dir=output, builder=builder)
         else:
