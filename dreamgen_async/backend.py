@@ -113,6 +113,11 @@ class BackendJob(Protocol):
         """Whether the outcome is known."""
         ...
 
+    @property
+    def position(self) -> int | None:
+        """Its place in the client-side queue (1: next to be posted); ``None`` otherwise."""
+        ...
+
 
 @runtime_checkable
 class Backend(Protocol):
@@ -205,6 +210,11 @@ class Backend(Protocol):
 
     async def models(self) -> ServerModels:
         """The model files the backend as a whole can use."""
+        ...
+
+    def position(self, prompt_id: str) -> int | None:
+        """Where the job of ``prompt_id`` waits client-side for a slot (1: next to be
+        posted); ``None`` once posted, ended, or unknown."""
         ...
 
     async def status(self) -> list[ServerStatus]:

@@ -104,17 +104,31 @@ class BatchRunner:
         self._counts = _Counts(total, on_batch_progress)
         # Bounded: a consumer that stops reading stops the workers (back-pressure).
         self._finished: asyncio.Queue[tuple[int, Outcome]] = asyncio.Queue(concurrency)
+        self._wake = asyncio.Event()  # set when an outcome is queued or a worker ends
+        self._live = 0  # workers not ended yet
+        self._crash: BaseException | None = None  # a worker's unexpected exception
 
     async def _worker(self) -> None:
-        for index, request in self._pending:
-            self._counts.started()
-            outcome: Outcome
-            try:
-                outcome = await self._run_one(index, request)
-            except (DreamgenError, OSError) as exc:
-                outcome = JobFailure(request, index, exc)
-            self._counts.finished(outcome)
-            await self._finished.put((index, outcome))
+        try:
+            for index, request in self._pending:
+                self._counts.started()
+                outcome: Outcome
+                try:
+                    outcome = await self._run_one(index, request)
+                except (DreamgenError, OSError) as exc:
+                    outcome = JobFailure(request, index, exc)
+                self._counts.finished(outcome)
+                await self._finished.put((index, outcome))
+                self._wake.set()
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # a bug, not a job's failure: the consumer raises it
+            if self._crash is None:
+                self._crash = exc
+            raise
+        finally:
+            self._live -= 1
+            self._wake.set()
 
     async def outcomes(
         self, *, return_exceptions: bool = True
@@ -123,59 +137,40 @@ class BatchRunner:
 
         With ``return_exceptions=False`` the first failure is raised (the rest cancelled).
         Cancelling the iteration (or leaving it) cancels every worker and waits for them.
+
+        The consumer sleeps on one event the workers set (an outcome queued, a worker
+        ended): no per-outcome wait over every worker task.
         """
+        self._live = self._concurrency
         workers = [
             asyncio.create_task(self._worker(), name="dreamgen-batch")
             for _ in range(self._concurrency)
         ]
         for task in workers:
             task.add_done_callback(_retrieve)
-        get: asyncio.Task[tuple[int, Outcome]] | None = None
         try:
             while True:
-                if get is None:
-                    get = asyncio.create_task(self._finished.get(), name="dreamgen-batch-next")
-                if not await self._next_ready(get, workers):
-                    return
-                if not get.done():
+                if not self._finished.empty():
+                    index, outcome = self._finished.get_nowait()
+                    if isinstance(outcome, JobFailure) and not return_exceptions:
+                        raise outcome.error
+                    yield index, outcome
                     continue
-                index, outcome = get.result()
-                get = None
-                if isinstance(outcome, JobFailure) and not return_exceptions:
-                    raise outcome.error
-                yield index, outcome
+                if self._crash is not None:
+                    raise self._crash
+                if self._live == 0:  # every worker ended and nothing is left in the queue
+                    return
+                self._wake.clear()
+                await self._wake.wait()
         finally:
-            await self._stop(workers, get)
-
-    async def _next_ready(
-        self, get: asyncio.Task[tuple[int, Outcome]], workers: list[asyncio.Task[None]]
-    ) -> bool:
-        """Wait until an outcome is ready or a worker ends; False once there is nothing left.
-
-        Raises a worker's unexpected exception (a bug: not a job's failure).
-        """
-        live = [task for task in workers if not task.done()]
-        if not get.done() and (live or not self._finished.empty()):
-            await asyncio.wait([get, *live], return_when=asyncio.FIRST_COMPLETED)
-        for task in workers:
-            error = None if not task.done() or task.cancelled() else task.exception()
-            if error is not None:
-                raise error
-        # Over once every worker ended and nothing is left in the queue.
-        return get.done() or any(not task.done() for task in workers) or not self._finished.empty()
+            await self._stop(workers)
 
     @staticmethod
-    async def _stop(
-        workers: list[asyncio.Task[None]], get: asyncio.Task[tuple[int, Outcome]] | None
-    ) -> None:
-        """Cancel the workers and the pending read, and wait for all of them (asyncio.wait:
-        a second cancel of the consumer then leaves no future with an unretrieved error)."""
-        tasks: list[asyncio.Task[Any]] = [*workers] if get is None else [*workers, get]
-        for task in tasks:
+    async def _stop(workers: list[asyncio.Task[None]]) -> None:
+        """Cancel the workers and wait for all of them."""
+        for task in workers:
             task.cancel()
-        await asyncio.wait(tasks)
-        if get is not None and not get.cancelled():
-            get.exception()
+        await asyncio.wait(workers)
 
 
 class Batch:

@@ -98,11 +98,13 @@ class CacheEntry:
 
     ``timings`` are the original run's (``submitted, queued, started, finished, downloaded``
     as ``time.time()`` values, any of them ``None``), or ``None`` when the entry was stored
-    without them.
+    without them. ``nodes`` are the ids of the nodes that made each image, or ``()`` when
+    the entry was stored without them (by an earlier version).
     """
 
     images: tuple[tuple[str, bytes], ...]
     timings: tuple[float | None, ...] | None
+    nodes: tuple[str, ...] = ()
 
 
 class ResultCache:
@@ -171,7 +173,9 @@ class ResultCache:
         """The images of ``key`` and their original timings, or ``None``; marks it used."""
         return await asyncio.to_thread(self._get_entry, key)
 
-    def _lookup(self, key: str) -> tuple[list[Path], tuple[float | None, ...] | None] | None:
+    def _lookup(
+        self, key: str
+    ) -> tuple[list[Path], tuple[float | None, ...] | None, tuple[str, ...]] | None:
         with self._connect() as db:
             db.execute("BEGIN IMMEDIATE")
             try:
@@ -187,9 +191,12 @@ class ResultCache:
         if row is None:
             return None
         entry = self._entry(key)
-        paths = [entry / name for name in json.loads(row[0])]
+        # Each file is a name, or (since node labels) a [name, node id] pair.
+        files = [(f, None) if isinstance(f, str) else (f[0], f[1]) for f in json.loads(row[0])]
+        paths = [entry / name for name, _ in files]
+        nodes = tuple(node for _, node in files if node is not None)
         timings = tuple(json.loads(row[1])) if row[1] else None
-        return paths, timings
+        return paths, timings, nodes if len(nodes) == len(files) else ()
 
     def _get_paths(self, key: str) -> list[Path] | None:
         with self._translated():
@@ -203,12 +210,12 @@ class ResultCache:
             found = self._lookup(key)
             if found is None or not found[0]:
                 return None
-            paths, timings = found
+            paths, timings, nodes = found
             try:
                 images = tuple((p.suffix, p.read_bytes()) for p in paths)
             except FileNotFoundError:  # evicted by another process in between: a miss
                 return None
-        return CacheEntry(images, timings)
+        return CacheEntry(images, timings, nodes)
 
     # ------------------------------------------------------------------ writing
 
@@ -217,39 +224,45 @@ class ResultCache:
         key: str,
         images: Sequence[tuple[str, bytes]],
         timings: Sequence[float | None] | None = None,
+        nodes: Sequence[str] | None = None,
     ) -> None:
         """Store ``(suffix, data)`` images under ``key``, then evict past ``max_bytes``.
 
         A key already present is left as it is (same key, same images). ``timings`` (the
-        original run's, see :class:`CacheEntry`) are handed back on every hit.
+        original run's, see :class:`CacheEntry`) and ``nodes`` (the id of the node that made
+        each image) are handed back on every hit.
         """
-        await asyncio.to_thread(self._put, key, list(images), timings)
+        if nodes is not None and len(nodes) != len(images):
+            raise ValueError("nodes must name one node per image")
+        await asyncio.to_thread(self._put, key, list(images), timings, nodes)
 
     def _put(
         self,
         key: str,
         images: list[tuple[str, bytes]],
         timings: Sequence[float | None] | None,
+        nodes: Sequence[str] | None = None,
     ) -> None:
         with self._translated():
-            self._put_entry(key, images, timings)
+            self._put_entry(key, images, timings, nodes)
 
     def _put_entry(
         self,
         key: str,
         images: list[tuple[str, bytes]],
         timings: Sequence[float | None] | None,
+        nodes: Sequence[str] | None,
     ) -> None:
         entry = self._entry(key)
         entry.parent.mkdir(parents=True, exist_ok=True)
         staging = entry.parent / f".{key}.{uuid.uuid4().hex}.tmp"
         staging.mkdir()
-        names = []
+        names: list[Any] = []
         try:
             for i, (suffix, data) in enumerate(images):
                 name = f"{i:04d}{suffix}"
                 (staging / name).write_bytes(data)
-                names.append(name)
+                names.append(name if nodes is None else [name, nodes[i]])
             size = sum(len(data) for _, data in images)
             evicted = self._index(key, entry, staging, names, size, timings)
         finally:
@@ -262,7 +275,7 @@ class ResultCache:
         key: str,
         entry: Path,
         staging: Path,
-        names: list[str],
+        names: list[Any],
         size: int,
         timings: Sequence[float | None] | None,
     ) -> list[Path]:

@@ -532,6 +532,12 @@ class ComfyUIClient:
             )
         return job
 
+    def position(self, prompt_id: str) -> int | None:
+        """Where the job of ``prompt_id`` waits for a slot client-side (1: the next to be
+        posted, by priority then first come); ``None`` once posted, ended, or unknown."""
+        job = self._owner.find(prompt_id)
+        return None if job is None else self._owner.position(job)
+
     async def queue_prompt(
         self,
         workflow: WorkflowLike,

@@ -12,17 +12,17 @@ import asyncio
 import contextlib
 import hashlib
 import io
+import itertools
 import os
 import re
 import uuid
 import warnings
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-import aiofiles
-import aiofiles.os
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from dreamgen_async.comfyui_api import BIG_BODY
@@ -36,9 +36,11 @@ __all__ = [
     "InputLimits",
     "copy_atomically",
     "fit_within",
+    "node_labels",
     "output_name",
     "output_suffix",
     "read_input",
+    "read_input_hashed",
     "read_mask",
     "safe_stem",
     "sha256",
@@ -54,10 +56,39 @@ UPLOAD_SUBFOLDER = "dreamgen"
 # ---------------------------------------------------------------------------- names
 
 
-def output_name(stem: str, seed: int | None, tag: str, index: int, suffix: str) -> str:
-    """``<stem>[_<seed>]_<tag>_<index><suffix>``: the file name of one output image."""
+def output_name(
+    stem: str, seed: int | None, tag: str, index: int, suffix: str, node: str | None = None
+) -> str:
+    """``<stem>[_<seed>]_<tag>[_<node>]_<index><suffix>``: the file name of one output image
+    (``node``: the label of the node that made it, see :func:`node_labels`)."""
     seed_part = f"_{seed}" if seed is not None else ""
-    return f"{stem}{seed_part}_{tag}_{index}{suffix}"
+    node_part = f"_{node}" if node else ""
+    return f"{stem}{seed_part}_{tag}{node_part}_{index}{suffix}"
+
+
+def node_labels(workflow: Mapping[str, Any], nodes: Sequence[str]) -> list[str | None]:
+    """The label each output's node gives its file name: ``None`` for every output when they
+    all come from one node (names as they always were); otherwise the node's title (as the
+    workflow's ``_meta.title`` gives it, made file-name safe) when no other output node has
+    the same title, else its id."""
+    distinct = list(dict.fromkeys(nodes))
+    if len(distinct) <= 1:
+        return [None] * len(nodes)
+    titles: dict[str, str] = {}
+    for node_id in distinct:
+        node = workflow.get(node_id)
+        meta = node.get("_meta") if isinstance(node, Mapping) else None
+        title = meta.get("title") if isinstance(meta, Mapping) else None
+        if isinstance(title, str) and title.strip():
+            titles[node_id] = safe_stem(title, default="")
+    counts = Counter(titles.values())
+    label = {
+        node_id: titles[node_id]
+        if titles.get(node_id) and counts[titles[node_id]] == 1
+        else safe_stem(node_id, default="node")
+        for node_id in distinct
+    }
+    return [label[node_id] for node_id in nodes]
 
 
 def safe_stem(name: str, default: str = "image") -> str:
@@ -186,14 +217,19 @@ def _check_max_side(max_side: int | None) -> None:
 
 
 async def _read_file(path: Path, source: str, max_bytes: int) -> bytes:
+    return await asyncio.to_thread(_read_file_blocking, path, source, max_bytes)
+
+
+def _read_file_blocking(path: Path, source: str, max_bytes: int) -> bytes:
+    """One thread hop for the size check and the read."""
     try:
-        size = (await aiofiles.os.stat(path)).st_size
-        if size > max_bytes:
-            raise InputImageError(
-                f"{source}: {size} bytes, over max_input_bytes={max_bytes}", source=source
-            )
-        async with aiofiles.open(path, "rb") as f:
-            return await f.read()
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size > max_bytes:
+                raise InputImageError(
+                    f"{source}: {size} bytes, over max_input_bytes={max_bytes}", source=source
+                )
+            return f.read()
     except FileNotFoundError as exc:
         raise InputImageError(f"{source}: no such file", source=source) from exc
     except IsADirectoryError as exc:
@@ -221,6 +257,29 @@ async def read_input(
         InputImageError: missing, empty, not an image, or over a limit; ``.source`` names it.
         WorkflowError: ``max_side`` is not an integer of at least 16.
     """
+    data, suffix, source, _ = await read_input_hashed(image, limits, max_side)
+    return data, suffix, source
+
+
+# A job's outputs this small are written without a thread hop (a few syscalls, tens of µs).
+_INLINE_WRITE = 64 * 1024
+# Content already checked: (sha256, max_pixels) -> suffix. A batch giving the same input to
+# every request opens it with Pillow once, not once per request.
+_VERIFIED: dict[tuple[str, int], str] = {}
+_VERIFIED_MAX = 1024
+# Inputs this small are checked on the event loop (~25 µs for a 64 px PNG): a thread hop
+# costs more than the check.
+_INLINE_CHECK = 64 * 1024
+
+
+async def read_input_hashed(
+    image: Any, limits: InputLimits, max_side: int | None = None
+) -> tuple[bytes, str, str, str]:
+    """:func:`read_input`, and the data's sha256 hex digest: ``(data, suffix, source, digest)``.
+
+    Each content is hashed once and opened with Pillow once per process (a batch reusing one
+    input image pays for neither per request); small inputs are checked without a thread hop.
+    """
     source = describe_input(image)
     _check_max_side(max_side)
     if isinstance(image, Image.Image):
@@ -243,8 +302,17 @@ async def read_input(
         )
     if max_side is not None:
         data = await asyncio.to_thread(downscale, data, source, max_side, limits.multiple)
-    suffix = await asyncio.to_thread(verify_image, data, source, limits.max_pixels)
-    return data, suffix, source
+    digest = await sha256(data)
+    suffix = _VERIFIED.get((digest, limits.max_pixels))
+    if suffix is None:
+        if len(data) <= _INLINE_CHECK:
+            suffix = verify_image(data, source, limits.max_pixels)
+        else:
+            suffix = await asyncio.to_thread(verify_image, data, source, limits.max_pixels)
+        if len(_VERIFIED) >= _VERIFIED_MAX:
+            _VERIFIED.pop(next(iter(_VERIFIED)))
+        _VERIFIED[digest, limits.max_pixels] = suffix
+    return data, suffix, source, digest
 
 
 def upright_size(data: bytes) -> tuple[int, int]:
@@ -286,13 +354,39 @@ async def write_outputs(
     folder: Path, name: Callable[[int, str], str], images: list[tuple[str, bytes]]
 ) -> tuple[Path, ...]:
     """Write ``(suffix, data)`` images atomically into ``folder``, each under
-    ``name(index, suffix)``; on any failure (or cancellation) the ones written are removed."""
-    await aiofiles.os.makedirs(folder, exist_ok=True)
-    paths = []
+    ``name(index, suffix)``; on any failure (or cancellation) the ones written are removed.
+
+    Small outputs (at most ``_INLINE_WRITE`` bytes in all) are written on the event loop: a
+    thread hop costs more than the write. Larger ones take one worker-thread hop for the
+    whole job (not one per open, write, close and rename).
+    """
+    finals = [(folder / name(i, suffix), data) for i, (suffix, data) in enumerate(images)]
+    if sum(len(data) for _, data in finals) <= _INLINE_WRITE:
+        return write_outputs_blocking(folder, finals)
+    writing = asyncio.ensure_future(asyncio.to_thread(write_outputs_blocking, folder, finals))
     try:
-        for i, (suffix, data) in enumerate(images):
-            final = folder / name(i, suffix)
-            await _write_atomically(final, data)
+        return await asyncio.shield(writing)
+    except asyncio.CancelledError:
+        # The thread finishes its writes regardless; remove them once it has.
+        writing.add_done_callback(_remove_written)
+        raise
+
+
+def _remove_written(writing: asyncio.Future[tuple[Path, ...]]) -> None:
+    if writing.cancelled() or writing.exception() is not None:
+        return
+    for path in writing.result():
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+
+
+def write_outputs_blocking(folder: Path, finals: list[tuple[Path, bytes]]) -> tuple[Path, ...]:
+    """:func:`write_outputs`' work, blocking: all or nothing."""
+    os.makedirs(folder, exist_ok=True)
+    paths: list[Path] = []
+    try:
+        for final, data in finals:
+            _write_atomically(final, data)
             paths.append(final)
     except BaseException:
         for path in paths:
@@ -351,12 +445,22 @@ def _alive(pid: int) -> bool:
     return True
 
 
-async def _write_atomically(final: Path, data: bytes) -> None:
-    staging = final.with_name(f".{final.name}.{os.getpid()}.{uuid.uuid4().hex}.part")
+_STAGING_PREFIX = uuid.uuid4().hex[:16]
+_staging_numbers = itertools.count()
+
+
+def _staging_token() -> str:
+    """32 hex digits, unique in this process (no urandom call per file)."""
+    return f"{_STAGING_PREFIX}{next(_staging_numbers) & 0xFFFFFFFFFFFFFFFF:016x}"
+
+
+def _write_atomically(final: Path, data: bytes) -> None:
+    staging = final.with_name(f".{final.name}.{os.getpid()}.{_staging_token()}.part")
     try:
-        async with aiofiles.open(staging, "wb") as f:
-            await f.write(data)
-        await aiofiles.os.replace(staging, final)
-    finally:
+        with open(staging, "wb") as f:
+            f.write(data)
+        os.replace(staging, final)
+    except BaseException:
         with contextlib.suppress(FileNotFoundError):
-            await aiofiles.os.remove(staging)
+            os.unlink(staging)
+        raise

@@ -62,9 +62,10 @@ from dreamgen_async.files import (
     InputLimits,
     copy_atomically,
     fit_within,
+    node_labels,
     output_name,
     output_suffix,
-    read_input,
+    read_input_hashed,
     read_mask,
     safe_stem,
     sha256,
@@ -151,6 +152,7 @@ log = logging.getLogger("dreamgen_async")
 
 #: Told which backend job runs a request once it exists (and the server it went to, if known).
 OnJob: TypeAlias = Callable[[BackendJob, str | None], object]
+Locate: TypeAlias = Callable[[], int | None]
 
 
 #: An input to upload: ``(data, sha256 hex digest, suffix, the name LoadImage expects)``.
@@ -204,6 +206,7 @@ class _Fetched:
     node_errors: tuple[NodeError, ...] = ()
     server: str | None = None  # where it ran
     resubmitted: bool = False  # an earlier post of it may also have run
+    nodes: tuple[str, ...] = ()  # the node that made each image
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -212,10 +215,16 @@ class _Watch:
 
     on_progress: ProgressCallback | None = None
     on_job: OnJob | None = None
+    # Told, before the prompt is submitted, how to ask its place in the client-side queue.
+    on_waiting: Callable[[Locate], object] | None = None
 
     def bound(self, job: BackendJob, server: str | None) -> None:
         if self.on_job is not None:
             self.on_job(job, server)
+
+    def waiting(self, locate: Locate) -> None:
+        if self.on_waiting is not None:
+            self.on_waiting(locate)
 
 
 # ---------------------------------------------------------------------------- handles
@@ -267,8 +276,9 @@ class GenerationJob(JobHandle[GenerationResult]):
         self._backlog = None
         self._job: BackendJob | None = None
         self._server: str | None = None
+        self._locate: Locate | None = None
         self._future: asyncio.Task[GenerationResult] = asyncio.create_task(
-            run(_Watch(self._deliver, self._bind)), name="dreamgen-generation"
+            run(_Watch(self._deliver, self._bind, self._waiting)), name="dreamgen-generation"
         )
         self._future.add_done_callback(self._finished)
 
@@ -277,6 +287,9 @@ class GenerationJob(JobHandle[GenerationResult]):
 
     def _bind(self, job: BackendJob, server: str | None) -> None:
         self._job, self._server = job, server
+
+    def _waiting(self, locate: Locate) -> None:
+        self._locate = locate
 
     def _finished(self, task: asyncio.Task[GenerationResult]) -> None:
         if not task.cancelled():
@@ -307,6 +320,18 @@ class GenerationJob(JobHandle[GenerationResult]):
         if self._job is None:
             return "waiting"
         return running_state(str(self._job.state))
+
+    @property
+    def position(self) -> int | None:
+        """Its place in the client-side queue of its client or pool (1: the next to be
+        posted), so a bot can say "you are 3rd"; ``None`` before its prompt is submitted
+        (inputs being checked or uploaded), once posted, and once ended."""
+        if self._future.done():
+            return None
+        job = self._job
+        if job is not None:
+            return None if job.done() else job.position
+        return self._locate() if self._locate is not None else None
 
     @property
     def server(self) -> str | None:
@@ -745,8 +770,7 @@ class DreamGenerator:
 
     async def _read_upload(self, image: Any, max_side: int | None = None) -> _Upload:
         """An input image read and checked, named by its content hash (nothing sent yet)."""
-        data, suffix, _ = await read_input(image, self._limits(), max_side)
-        digest = await sha256(data)
+        data, suffix, _, digest = await read_input_hashed(image, self._limits(), max_side)
         return data, digest, suffix, f"{UPLOAD_SUBFOLDER}/{digest[:32]}{suffix}"
 
     async def _recipe_builder(
@@ -787,8 +811,9 @@ class DreamGenerator:
         limits = InputLimits(
             self.max_input_bytes, self.max_input_pixels, self.builder.preset.size_multiple
         )
-        data, suffix, _ = await read_input(request.image, limits, request.max_side)
-        input_hash = await sha256(data)
+        data, suffix, _, input_hash = await read_input_hashed(
+            request.image, limits, request.max_side
+        )
         expected = f"{UPLOAD_SUBFOLDER}/{input_hash[:32]}{suffix}"
         # Built (so every argument is checked) before the upload touches the network.
         built = (builder or self.builder).build_img2img(
@@ -894,7 +919,9 @@ class DreamGenerator:
                 assert item is not None
                 return dataclasses.replace(_resumed(item, prep, submitted), index=index)
             if isinstance(plan, FromCache):
-                paths = await self._write_outputs(prep, tag, list(plan.entry.images), prep.seed)
+                paths = await self._write_outputs(
+                    prep, tag, list(plan.entry.images), prep.seed, plan.entry.nodes
+                )
                 timings = cached_timings(plan.entry.timings, submitted)
                 result = GenerationResult(
                     paths, None, prep.seed, prep.workflow, prep.request, True, timings
@@ -945,7 +972,7 @@ class DreamGenerator:
             watch,
         )
         seed = fetched.seed if fetched.seed is not None else prep.seed
-        paths = await self._write_outputs(prep, tag, fetched.images, seed)
+        paths = await self._write_outputs(prep, tag, fetched.images, seed, fetched.nodes)
         queued, started, finished = (fetched.timings + (None,) * 5)[1:4]
         timings = Timings(submitted, queued, started, finished, time.time())
         return GenerationResult(
@@ -982,7 +1009,7 @@ class DreamGenerator:
             await self._upload(prep)
             started = time.time()
             posting = _Posting(journal, item.item_key if item is not None else None, prep.seed)
-            result, images = await self._run_and_download(
+            result, (images, nodes) = await self._run_and_download(
                 prep.workflow, timeout, watch, posting, prep.priority, prep.limits
             )
             fetched = _Fetched(
@@ -992,9 +1019,10 @@ class DreamGenerator:
                 node_errors=result.node_errors,
                 server=posting.server,
                 resubmitted=resubmitted or result.resubmitted,
+                nodes=nodes,
             )
         if prep.deterministic and self.cache is not None:
-            await self.cache.put(prep.key, fetched.images, fetched.timings)
+            await self.cache.put(prep.key, fetched.images, fetched.timings, fetched.nodes)
         return fetched
 
     async def _collect(
@@ -1038,7 +1066,7 @@ class DreamGenerator:
         except TransportError as exc:  # its server went away meanwhile: it may still run there
             log.warning("prompt %s of an earlier run: %s; running it", item.prompt_id, exc)
             return _UNKNOWN
-        images = await self._download(client, result)
+        images, nodes = await self._download(client, result)
         now = time.time()
         timings = (now, result.queued_at, result.started_at, result.finished_at, now)
         return _Fetched(
@@ -1049,6 +1077,7 @@ class DreamGenerator:
             result.node_errors,
             server=item.server,
             resubmitted=result.resubmitted,
+            nodes=nodes,
         )
 
     async def _upload(self, prep: _Prepared) -> None:
@@ -1080,7 +1109,8 @@ class DreamGenerator:
         if shared is None:
             shared = self._inflight[key] = _SharedRun(key)
             shared.task = asyncio.create_task(
-                fetch(None, _Watch(shared.fan_out, shared.bound)), name="dreamgen-shared-run"
+                fetch(None, _Watch(shared.fan_out, shared.bound, shared.waiting)),
+                name="dreamgen-shared-run",
             )
             shared.task.add_done_callback(functools.partial(self._shared_done, key, shared))
         task = shared.task
@@ -1117,13 +1147,15 @@ class DreamGenerator:
         posting: _Posting,
         priority: int = 0,
         limits: _Limits | None = None,
-    ) -> tuple[PromptResult, list[tuple[str, bytes]]]:
-        """Run the workflow under a prompt_id chosen here, then download its images.
+    ) -> tuple[PromptResult, tuple[list[tuple[str, bytes]], tuple[str, ...]]]:
+        """Run the workflow under a prompt_id chosen here, then download its images (and
+        the node that made each).
 
         ``posting`` is told (and awaited) before each POST of the prompt: the journal commits
         the prompt_id and its server there, so a crash at any later moment can find it.
         """
         posting.prompt_id = str(uuid.uuid4())
+        watch.waiting(functools.partial(self.client.position, posting.prompt_id))
         job = await self.client.submit(
             workflow,
             on_progress=watch.on_progress,
@@ -1138,12 +1170,16 @@ class DreamGenerator:
         return result, await self._download(self.client, result)
 
     @staticmethod
-    async def _download(client: Backend, result: PromptResult) -> list[tuple[str, bytes]]:
+    async def _download(
+        client: Backend, result: PromptResult
+    ) -> tuple[list[tuple[str, bytes]], tuple[str, ...]]:
+        """``(suffix, data)`` per output, and the id of the node that made each."""
         # Saved outputs of every kind (and text values); previews only when nothing was saved.
         saved = any(f.ref is not None and f.ref.type == "output" for f in result.files)
         saved = saved or any(ref.type == "output" for ref in result.images)
         outputs = await client.get_outputs(result, previews=not saved)
-        return [(output_suffix(o.file, o.data), o.data) for o in outputs]
+        images = [(output_suffix(o.file, o.data), o.data) for o in outputs]
+        return images, tuple(o.file.node_id for o in outputs)
 
     # ------------------------------------------------------------------ inputs
 
@@ -1169,7 +1205,12 @@ class DreamGenerator:
     # ------------------------------------------------------------------ outputs
 
     async def _write_outputs(
-        self, prep: _Prepared, tag: str, images: list[tuple[str, bytes]], seed: int | None
+        self,
+        prep: _Prepared,
+        tag: str,
+        images: list[tuple[str, bytes]],
+        seed: int | None,
+        nodes: tuple[str, ...] = (),
     ) -> tuple[Path, ...]:
         """Write images atomically under our own, stable names; nothing partial is left.
 
@@ -1178,11 +1219,8 @@ class DreamGenerator:
         rerun replaces, never duplicates; a seedless request draws a new seed each run, so
         its rerun writes new files and never overwrites an earlier run's.
         """
-        return await write_outputs(
-            self.output_dir,
-            lambda i, suffix: output_name(prep.stem, seed, tag, i, suffix),
-            images,
-        )
+        names = output_names(prep, tag, images, seed, nodes)
+        return await write_outputs(self.output_dir, lambda i, _: names[i], images)
 
     # ------------------------------------------------------------------ batches
 
@@ -1283,11 +1321,14 @@ class DreamGenerator:
         priority: int = 0,
         max_run_time: float | None = None,
         queue_timeout: float | None = None,
+        on_job: Callable[[int, BackendJob, str | None], object] | None = None,
     ) -> AsyncIterator[tuple[int, GenerationResult | JobFailure]]:
         """Like :meth:`as_completed`, yielding ``(index of the request, outcome)`` pairs.
 
         A pool of ``concurrency`` workers pulls from one shared lazy iterator; ``timeout``
-        applies to each job (see :meth:`generate`).
+        applies to each job (see :meth:`generate`). ``on_job(index, job, server)`` is called
+        when a request's backend job is submitted (a pool job's ``server`` follows it; the
+        server URL is given for a single client, ``None`` for a pool).
         """
         if concurrency < 1:
             raise ConfigError(f"concurrency must be at least 1, got {concurrency}")
@@ -1298,6 +1339,7 @@ class DreamGenerator:
             timeout,
             priority,
             _Limits.of(max_run_time, queue_timeout),
+            on_job,
         )
         if journal is None:
             async for pair in self._enumerate(
@@ -1380,11 +1422,12 @@ class DreamGenerator:
                 occurrence = repeats.get(prepared.key, 0)
                 repeats[prepared.key] = occurrence + 1
             progress = None if on_progress is None else functools.partial(on_progress, index)
+            bound = None if settings.on_job is None else functools.partial(settings.on_job, index)
             return await self._complete(
                 prepared,
                 occurrence,
                 settings.timeout,
-                _Watch(progress),
+                _Watch(progress, bound),
                 journal,
                 index,
                 # Only a drawn seed makes a new request per run; an upscale draws none.
@@ -1404,6 +1447,29 @@ class _BatchSettings:
     timeout: float | None
     priority: int
     limits: _Limits
+    on_job: Callable[[int, BackendJob, str | None], object] | None = None
+
+
+def output_names(
+    prep: _Prepared,
+    tag: str,
+    images: Sequence[tuple[str, bytes]],
+    seed: int | None,
+    nodes: Sequence[str],
+) -> list[str]:
+    """Each output's file name. Outputs of several nodes carry their node's label (title or
+    id, see :func:`~dreamgen_async.files.node_labels`) and are numbered per node; outputs of
+    one node (or of a cache entry that does not know its nodes) are numbered as before."""
+    if len(nodes) != len(images):
+        nodes = ()
+    labels = node_labels(prep.workflow, nodes) if nodes else [None] * len(images)
+    counts: dict[str | None, int] = {}
+    names = []
+    for (suffix, _), label in zip(images, labels, strict=True):
+        index = counts.get(label, 0)
+        counts[label] = index + 1
+        names.append(output_name(prep.stem, seed, tag, index, suffix, label))
+    return names
 
 
 def _inputs_hash(uploads: Sequence[_Upload]) -> str | None:
@@ -1468,13 +1534,14 @@ def _shared_timeout(timeout: float | None, shared: _SharedRun) -> PromptTimeout:
 class _SharedRun:
     """One server run shared by identical requests in flight, and who still waits for it."""
 
-    __slots__ = ("job", "key", "task", "watches")
+    __slots__ = ("job", "key", "locate", "task", "watches")
 
     def __init__(self, key: str) -> None:
         self.key = key
         self.task: asyncio.Task[_Fetched] | None = None
         self.watches: list[_Watch] = []
         self.job: tuple[BackendJob, str | None] | None = None
+        self.locate: Locate | None = None
 
     @property
     def interest(self) -> int:
@@ -1483,6 +1550,8 @@ class _SharedRun:
 
     def join(self, watch: _Watch) -> None:
         self.watches.append(watch)
+        if self.locate is not None:
+            watch.waiting(self.locate)
         if self.job is not None:
             watch.bound(*self.job)
 
@@ -1495,6 +1564,11 @@ class _SharedRun:
         self.job = (job, server)
         for watch in list(self.watches):
             watch.bound(job, server)
+
+    def waiting(self, locate: Locate) -> None:
+        self.locate = locate
+        for watch in list(self.watches):
+            watch.waiting(locate)
 
     def fan_out(self, event: Event) -> None:
         for watch in list(self.watches):

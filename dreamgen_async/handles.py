@@ -165,6 +165,12 @@ class JobHandle(EventSource, ABC, Generic[R]):
         """Whether the outcome is known (success, failure or cancellation)."""
         return self._future.done()
 
+    @property
+    def position(self) -> int | None:
+        """Its place in our client-side queue, waiting for a slot: 1 is the next to be
+        posted. ``None`` when it is not waiting there (posted, on a server, or ended)."""
+        return None
+
     def settled_error(self) -> BaseException | None:
         """What the job failed with once done: ``None`` on success, a ``CancelledError``
         when cancelled.

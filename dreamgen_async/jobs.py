@@ -165,6 +165,12 @@ class Job(JobHandle[PromptResult]):
         return f"<Job {self.prompt_id} {self.state.value}>"
 
     @property
+    def position(self) -> int | None:
+        """Its place in the client's queue of jobs waiting for a slot (1: the next to be
+        posted), ``None`` once posted or ended."""
+        return self._owner.position(self)
+
+    @property
     def state(self) -> JobState:
         """Where the job is (see :class:`~dreamgen_async.lifecycle.JobState`)."""
         return self._life.state

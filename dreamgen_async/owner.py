@@ -223,6 +223,17 @@ class JobOwner:
         """The ``POST /prompt`` task of a job that holds a slot, if any (for diagnostics)."""
         return self._posts.get(prompt_id)
 
+    def position(self, job: Job) -> int | None:
+        """``job``'s place among the jobs waiting for a slot (1: the next to get one, in the
+        order slots are granted: priority, then first come), ``None`` when not waiting."""
+        if job.state is not JobState.WAITING:
+            return None
+        mine = next(((p, o) for p, o, j in self._waiting if j is job), None)
+        if mine is None:
+            return None
+        ahead = sum(1 for p, o, j in self._waiting if (p, o) < mine and j.state is JobState.WAITING)
+        return ahead + 1
+
     def waiting_jobs(self) -> list[Job]:
         """The jobs waiting for a slot, in no particular order."""
         return [j for _, _, j in self._waiting if j.state is JobState.WAITING]

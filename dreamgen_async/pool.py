@@ -198,6 +198,7 @@ class PoolJob(JobHandle[PromptResult]):
         "_book",
         "_canceller",
         "_future",
+        "_locate",
         "_on_progress",
         "extra_data",
         "front",
@@ -221,11 +222,13 @@ class PoolJob(JobHandle[PromptResult]):
         on_progress: ProgressCallback | None,
         max_run_time: float | None = None,
         queue_timeout: float | None = None,
+        locate: Callable[[str], int | None] | None = None,
     ) -> None:
         super().__init__()
         self.max_run_time = max_run_time
         self.queue_timeout = queue_timeout
         self.prompt_id = book.binding.key
+        self._locate = locate
         self.workflow = workflow
         self.priority = priority
         self.front = front
@@ -259,6 +262,12 @@ class PoolJob(JobHandle[PromptResult]):
         if binding.handle is not None:
             return _POOL_STATE[binding.handle.state]
         return "waiting" if binding.state is BindingState.WAITING else "posting"
+
+    @property
+    def position(self) -> int | None:
+        """Its place in the pool's client-side wait queue (1: the next to be placed), or in
+        the queue of the server's client it was handed to; ``None`` once posted or ended."""
+        return None if self._locate is None else self._locate(self.prompt_id)
 
     @property
     def server(self) -> str | None:
@@ -607,6 +616,17 @@ class ComfyUIPool:
     def waiting(self) -> int:
         """Jobs waiting client-side for a free slot."""
         return len(self._sched.waiting)
+
+    def position(self, prompt_id: str) -> int | None:
+        """Where the job of ``prompt_id`` waits client-side: its place in the pool's wait
+        queue (1: the next to be placed, by priority then first come; a free server may take
+        a later job of the model it has loaded first), or in the queue of the server's client
+        it was handed to. ``None`` when it waits nowhere (posted, ended, or unknown)."""
+        if self._sched.is_waiting(prompt_id):
+            return self._sched.waiting.index(prompt_id) + 1
+        book = self._jobs.get(prompt_id)
+        handle = book.binding.handle if book is not None else None
+        return handle.position if handle is not None else None
 
     @property
     def in_flight(self) -> int:
@@ -1012,6 +1032,7 @@ class ComfyUIPool:
             on_progress=on_progress,
             max_run_time=max_run_time,
             queue_timeout=queue_timeout,
+            locate=self.position,
         )
         self._jobs[prompt_id] = book
         self._sched.enqueue(prompt_id, req, priority, front)

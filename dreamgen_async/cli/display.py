@@ -10,7 +10,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import click
-from rich.console import Console
+from rich.console import Console, Group, RenderableType
+from rich.live import Live
 from rich.markup import escape
 from rich.progress import (
     BarColumn,
@@ -21,19 +22,19 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from rich.table import Table
 
+from dreamgen_async.backend import BackendJob
 from dreamgen_async.cli.options import Options
 from dreamgen_async.errors import AuthenticationError
-from dreamgen_async.generator import (
-    BatchProgress,
-    GenerationResult,
-    JobFailure,
-)
+from dreamgen_async.generator import BatchProgress, GenerationResult, JobFailure
+from dreamgen_async.pool import ComfyUIPool, PoolJob
 from dreamgen_async.protocol import Event, Executing
 from dreamgen_async.protocol import Progress as StepProgress
 
 __all__ = [
     "Display",
+    "ServerRows",
     "Tally",
     "consoles",
     "error_text",
@@ -62,7 +63,12 @@ class Display:
     """
 
     def __init__(
-        self, opts: Options, labels: Sequence[str], console: Console, errors: Console
+        self,
+        opts: Options,
+        labels: Sequence[str],
+        console: Console,
+        errors: Console,
+        pool: ComfyUIPool | None = None,
     ) -> None:
         self.opts = opts
         self.labels = labels
@@ -72,6 +78,9 @@ class Display:
         self.progress: Progress | None = None
         self.overall: TaskID | None = None
         self.steps: dict[int, TaskID] = {}
+        self.pool = pool
+        self.rows = ServerRows(pool) if pool is not None else None
+        self._live: Live | None = None
 
     def __enter__(self) -> Display:
         if self.live:
@@ -83,13 +92,26 @@ class Display:
                 TimeRemainingColumn(),
                 console=self.console,
             )
-            self.progress.start()
             self.overall = self.progress.add_task("jobs", total=len(self.labels))
+            if self.rows is None:
+                self.progress.start()
+            else:  # today's totals, then one row per server of the pool
+                self._live = Live(
+                    Group(self.progress, self.rows), console=self.console, refresh_per_second=10
+                )
+                self._live.start()
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        if self.progress is not None:
+        if self._live is not None:
+            self._live.stop()
+        elif self.progress is not None:
             self.progress.stop()
+
+    def job(self, index: int, job: BackendJob, server: str | None) -> None:
+        """A request's backend job was submitted (``on_job`` of the batch)."""
+        if self.rows is not None and isinstance(job, PoolJob):
+            self.rows.jobs[index] = job
 
     def batch(self, state: BatchProgress) -> None:
         if self.progress is None or self.overall is None:
@@ -108,6 +130,8 @@ class Display:
         if self.progress is None:
             return
         if isinstance(event, StepProgress):
+            if self.rows is not None:
+                self.rows.steps[index] = (event.value, event.max)
             task = self.steps.get(index)
             if task is None:
                 task = self.progress.add_task(f"  {self.labels[index]}", total=event.max)
@@ -117,6 +141,9 @@ class Display:
             self.finish(index)
 
     def finish(self, index: int) -> None:
+        if self.rows is not None:
+            self.rows.jobs.pop(index, None)
+            self.rows.steps.pop(index, None)
         task = self.steps.pop(index, None)
         if task is not None and self.progress is not None:
             self.progress.remove_task(task)
@@ -158,6 +185,39 @@ class Display:
                 highlight=False,
                 markup=False,
             )
+
+
+class ServerRows:
+    """One row per server of a pool (state, loaded model, the running job's step, done and
+    failed), rendered afresh at each refresh of the live display."""
+
+    def __init__(self, pool: ComfyUIPool) -> None:
+        self.pool = pool
+        self.jobs: dict[int, PoolJob] = {}  # the batch's unfinished jobs, by request index
+        self.steps: dict[int, tuple[float, float]] = {}  # their last step (value, max)
+
+    def running_step(self, url: str) -> str:
+        """The step of our job running on ``url`` ("-" when none of ours runs there)."""
+        for index, job in self.jobs.items():
+            if job.server == url and job.state == "running":
+                value, total = self.steps.get(index, (0, 0))
+                return f"step {value:g}/{total:g}" if total else "running"
+        return "-"
+
+    def __rich__(self) -> RenderableType:
+        table = Table(box=None, pad_edge=False, show_edge=False)
+        for column in ("server", "state", "model", "job", "done", "failed"):
+            table.add_column(column, justify="right" if column in ("done", "failed") else "left")
+        for status in self.pool.servers:
+            table.add_row(
+                escape(status.url),
+                status.state,
+                escape(status.loaded_model or "-"),
+                self.running_step(status.url),
+                str(status.done),
+                str(status.failed),
+            )
+        return table
 
 
 def error_text(error: BaseException) -> str:

@@ -68,6 +68,7 @@ class Options:
     join_timeout: float = 60.0  # a pool's: see ComfyUIPool(join_timeout=)
     broker: str | None = None  # --broker: jobs go to `dreamgen worker` processes
     queue_timeout: float | None = None  # --queue-timeout; --timeout is the run limit
+    timeline: Path | None = None  # --timeline: the run's timeline SVG
 
 
 def _apply(func: F, decorators: Sequence[Callable[[F], F]]) -> F:
@@ -135,6 +136,13 @@ def job_options(func: F) -> F:
                 help="Several servers: seconds a job that no joined server can run waits for "
                 "the down ones, then fails naming each server and why.",
             ),
+            click.option(
+                "--timeline",
+                type=click.Path(dir_okay=False, path_type=Path),
+                default=None,
+                help="Write the run's timeline (one lane per server: busy, idle, model loads, "
+                "coloured by checkpoint) to this SVG file.",
+            ),
             json_option,
             click.option(
                 "--quiet", "-q", is_flag=True, help="No line per successful job; only problems."
@@ -182,6 +190,7 @@ def options_from(kwargs: dict[str, Any]) -> Options:
         quiet=kwargs.pop("quiet", False),
         debug=kwargs.pop("debug", False),
         broker=kwargs.pop("broker", None),
+        timeline=kwargs.pop("timeline", None),
     )
     logging.basicConfig(
         level=logging.DEBUG if opts.debug else logging.ERROR,

@@ -15,7 +15,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,13 +29,16 @@ from dreamgen_async.comfyui_api import ComfyUIClient
 from dreamgen_async.errors import ConfigError, DreamgenError, StorageError
 from dreamgen_async.generator import (
     DreamGenerator,
+    GenerationResult,
     JobFailure,
     Request,
 )
 from dreamgen_async.journal import read_journal_meta
+from dreamgen_async.placement import requirements
 from dreamgen_async.pool import ComfyUIPool
 from dreamgen_async.signals import SignalExit, stop_on_signals
 from dreamgen_async.storage import check_writable
+from dreamgen_async.timeline import Span, SpanRecorder, write_svg
 from dreamgen_async.workflow_builder import FluxWorkflowBuilder
 from dreamgen_async.workflow_io import builder_from_server
 
@@ -51,6 +54,8 @@ __all__ = [
     "open_backend",
     "resolve_builder",
     "run_requests",
+    "single_server_spans",
+    "write_timeline",
 ]
 
 
@@ -58,14 +63,21 @@ log = logging.getLogger("dreamgen_async.cli")
 
 
 @contextlib.asynccontextmanager
-async def open_backend(opts: Options, *, client_id: str | None = None) -> AsyncIterator[Backend]:
+async def open_backend(
+    opts: Options, *, client_id: str | None = None, span_history: int = 1000
+) -> AsyncIterator[Backend]:
     """The one backend of a command: a client for one ``--server``, a pool for several
-    (whichever servers answer; a dead one rejoins when it can)."""
+    (whichever servers answer; a dead one rejoins when it can; ``span_history``: the spans
+    it keeps per server, for ``--timeline``)."""
     token = os.environ.get("DREAMGEN_TOKEN") or None
     backend: Backend
     if len(opts.servers) > 1:
         backend = ComfyUIPool(
-            opts.servers, token=token, on_partial="ignore", join_timeout=opts.join_timeout
+            opts.servers,
+            token=token,
+            on_partial="ignore",
+            join_timeout=opts.join_timeout,
+            span_history=span_history,
         )
     else:
         backend = ComfyUIClient(
@@ -117,7 +129,7 @@ async def run_requests(
     """
     if opts.broker is not None:
         journal = None  # the job records live on the broker
-    await asyncio.to_thread(check_folders, output, journal)
+    await asyncio.to_thread(check_folders, output, journal, opts.timeline)
     client_id = None
     if journal is not None:
         meta = await asyncio.to_thread(read_journal_meta, journal)
@@ -125,8 +137,12 @@ async def run_requests(
         if not opts.quiet:
             consoles[1].print(run_kind(journal, meta), highlight=False, markup=False)
     tally = Tally()
+    pool: ComfyUIPool | None = None
+    results: list[GenerationResult] = []
     async with contextlib.AsyncExitStack() as stack:
         backend: Backend
+        if opts.timeline is not None:
+            stack.callback(lambda: write_timeline(opts, pool, results))
         if opts.broker is not None:
             from dreamgen_async.distributed import RemoteBackend
 
@@ -134,11 +150,16 @@ async def run_requests(
             batch = await asyncio.to_thread(os.path.abspath, output)
             backend = await stack.enter_async_context(RemoteBackend(opts.broker, batch=batch))
         else:
-            backend = await stack.enter_async_context(open_backend(opts, client_id=client_id))
+            # --timeline draws the whole run: room for every job's spans (idle, load, busy).
+            history = max(1000, 3 * len(requests)) if opts.timeline is not None else 1000
+            backend = await stack.enter_async_context(
+                open_backend(opts, client_id=client_id, span_history=history)
+            )
+            pool = backend if isinstance(backend, ComfyUIPool) else None
         if isinstance(builder, ModelChoice):  # the models of whichever servers answer
             builder = await resolve_builder(backend, builder)
         gen = DreamGenerator(backend, output_dir=output, builder=builder)
-        with Display(opts, labels, *consoles) as display:
+        with Display(opts, labels, *consoles, pool=pool) as display:
             outcomes = gen.enumerate_completed(
                 requests,
                 opts.concurrency,
@@ -148,22 +169,63 @@ async def run_requests(
                 journal=journal,
                 max_run_time=opts.timeout,
                 queue_timeout=opts.queue_timeout,
+                on_job=display.job if pool is not None else None,
             )
             async for index, outcome in outcomes:
                 if isinstance(outcome, JobFailure):
                     tally.failed += 1
-                elif outcome.node_errors:
-                    tally.partial += 1
+                else:
+                    results.append(outcome)
+                    if outcome.node_errors:
+                        tally.partial += 1
                 display.outcome(index, outcome)
     return tally
 
 
-def check_folders(output: Path, journal: Path | None) -> None:
-    """Before anything is posted: the output folder and the journal's must be writable.
+def write_timeline(
+    opts: Options, pool: ComfyUIPool | None, results: Sequence[GenerationResult]
+) -> None:
+    """``--timeline``: the run's spans as an SVG, one lane per server (blocking, small).
+
+    A pool records its servers' spans itself (model loads split out with its learned job
+    times); with one server the lane is built from the results' execution times, coloured
+    by checkpoint (a model switch is not split out: one client learns no job times).
+    """
+    assert opts.timeline is not None
+    spans = pool.spans() if pool is not None else single_server_spans(opts.server, results)
+    write_svg(spans, opts.timeline, title=f"dreamgen: {len(results)} job(s)")
+
+
+def single_server_spans(
+    server: str, results: Iterable[GenerationResult]
+) -> dict[str, tuple[Span, ...]]:
+    """One lane: each result that ran on ``server`` (cache hits and resumed jobs did not)
+    as a busy span, in the order the jobs started, with the idle time between them."""
+    recorder = SpanRecorder(capacity=1_000_000)
+    recorder.add_server(server)
+    ran = [
+        (r.timings.started, r.timings.finished, r)
+        for r in results
+        if r.prompt_id is not None
+        and r.timings.started is not None
+        and r.timings.finished is not None
+    ]
+    ran.sort(key=lambda t: (t[0], t[1]))
+    for started, finished, r in ran:
+        model = requirements(r.workflow).model
+        recorder.job(server, started, finished, model=model, prompt_id=r.prompt_id)
+    return recorder.spans()
+
+
+def check_folders(output: Path, journal: Path | None, timeline: Path | None = None) -> None:
+    """Before anything is posted: the output folder, the journal's and the timeline's must
+    be writable.
 
     Blocking. Raises ``click.UsageError`` (exit status 2) naming the folder.
     """
     folders = [output] if journal is None else [output, journal.parent]
+    if timeline is not None:
+        folders.append(timeline.absolute().parent)
     try:
         for folder in folders:
             check_writable(folder)

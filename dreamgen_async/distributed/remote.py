@@ -518,6 +518,11 @@ class RemoteBackend:
 
     # ------------------------------------------------------------------ files
 
+    def position(self, prompt_id: str) -> int | None:
+        """``None``: a remote job waits in the broker's stream and its worker's pool, where
+        the producer cannot see its place."""
+        return None
+
     async def upload_image(
         self,
         image: ImageSource,
