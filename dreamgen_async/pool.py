@@ -160,7 +160,9 @@ class _Server:
     failures: int = 0  # consecutive; reset by a job that succeeds there
     downs: int = 0  # times it went down since its last success: the rejoin backoff grows
     down_since: float | None = None  # when it went down (None unless down)
-    abandoned: set[str] = field(default_factory=set)  # see adopt(): taken off when it is back
+    # Prompts it accepted and may still hold, that are no longer its (taken back from it,
+    # or failed there with their fate unknown; see adopt()): taken off when it is back.
+    abandoned: set[str] = field(default_factory=set)
     error: str | None = None  # why it did not join, or last failed a rejoin
     removed: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -768,11 +770,14 @@ class ComfyUIPool:
         on_it = [b for b in self._jobs.values() if b.bound_to(srv.url)]
         for book in on_it:
             inner = book.binding.handle
+            accepted = inner is not None and inner.queued_at is not None
+            if accepted:  # even if it settles before the server is back
+                srv.abandoned.add(book.binding.key)
             self._step(
                 book,
                 TakeBack(
                     running=inner is not None and inner.state == JobState.RUNNING,
-                    accepted=inner is not None and inner.queued_at is not None,
+                    accepted=accepted,
                 ),
             )
             if book.binding.state is BindingState.WAITING:
@@ -1126,7 +1131,10 @@ class ComfyUIPool:
             self._step(book, ClientJobCancelled(attempt))  # as cancel() asked
             return
         except DreamgenError as exc:
-            self._step(book, self._failure(attempt, exc, inner))
+            failure = self._failure(attempt, exc, inner)
+            if failure.unknown and failure.attempt == book.binding.attempt:
+                srv.abandoned.add(job.prompt_id)  # taken off it when it is back from down
+            self._step(book, failure)
             self._kick()
             return
         seconds = None
@@ -1138,17 +1146,19 @@ class ComfyUIPool:
         """What the table needs to know about a failed launch.
 
         The server's fault (not the job's) is worth another server, unless the pool is
-        closing. A job the server had accepted, whose fate there is unknown (it did not say
-        it lost it), is marked ``resubmitted`` when placed again: that server may still run it.
+        closing. A job whose fate there is unknown is marked ``resubmitted`` when placed
+        again: that server may still run it. So is one the server had accepted and did not
+        say it lost, and one whose POST the client could not confirm or take back (the
+        client raises :class:`ConnectionLostError` then, before it returns a job).
         """
+        accepted = inner is not None and inner.queued_at is not None
         return Failed(
             attempt,
             exc,
             retryable=self._state != "closed" and _is_server_fault(exc),
             running=inner is not None and inner.started_at is not None,
-            unknown=inner is not None
-            and inner.queued_at is not None
-            and not isinstance(exc, PromptLost),
+            unknown=not isinstance(exc, PromptLost)
+            and (accepted or (inner is None and isinstance(exc, ConnectionLostError))),
         )
 
     def _blame(self, key: str, blame: Blame) -> None:

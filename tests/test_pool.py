@@ -238,6 +238,39 @@ async def test_a_server_back_from_a_partition_forgets_prompts_run_elsewhere(
         assert a.prompts[prompt_id].status == "deleted"
 
 
+async def test_a_job_cancelled_after_its_server_went_down_never_runs_there(
+    farm: SimulatorFarm,
+) -> None:
+    # Found by the pool's model test: a job accepted by a server that then went down was
+    # placed elsewhere (resubmitted) and cancelled there; the pool reported it cancelled,
+    # and the first server, back from a partition with its queue, ran it.
+    sims = await farm.start(cfg(), cfg())
+    async with ComfyUIPool(farm.urls, **FAST) as pool:
+        for sim in sims:
+            sim.hold()
+        moved = await pool.submit(job())
+        await pool.wait_until(lambda: moved.server is not None)
+        first = sims[farm.urls.index(moved.server or "")]
+        other = sims[1 - sims.index(first)]
+        await first.wait_for_status(moved.prompt_id, "pending")
+        port = first.port
+        await first.stop()  # a partition: its queue stays
+        await pool.wait_until(lambda: moved.server == other.url)
+        await other.wait_for_status(moved.prompt_id, "pending")
+        assert moved.resubmitted
+        await moved.cancel()
+        # Taken off the server that holds it now, but the one that went down may run it.
+        with pytest.raises(ConnectionLostError, match="may still run"):
+            await moved.result()
+        assert other.prompts[moved.prompt_id].status == "deleted"
+        # When that one is back, the pool takes it off before giving it new jobs.
+        await first.start(port=port)
+        await pool.wait_until(lambda: pool.server(first.url).state == "up")
+        first.release()
+        await first.wait_until(lambda: first.queue_remaining == 0)
+        assert first.prompts[moved.prompt_id].status == "deleted"
+
+
 async def test_down_server_rejoins_by_itself(farm: SimulatorFarm) -> None:
     sims = await farm.start(cfg(), cfg())
     gone = sims[1]
