@@ -29,7 +29,6 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-import random
 import sys
 import time
 import uuid
@@ -55,7 +54,6 @@ from dreamgen_async.errors import (
     NoCapableServerError,
     NotComfyUIError,
     PromptLost,
-    ResponseTooLargeError,
     ServerError,
     TransportError,
 )
@@ -93,7 +91,9 @@ from dreamgen_async.placement import (
     requirements,
 )
 from dreamgen_async.protocol import ImageRef, OutputData
+from dreamgen_async.retry import Backoff
 from dreamgen_async.timeline import Span, SpanRecorder
+from dreamgen_async.transport_errors import blames_server
 from dreamgen_async.workflows.builder import ServerModels
 
 __all__ = ["ComfyUIPool", "PoolImageRef", "PoolJob", "ServerStatus"]
@@ -125,6 +125,9 @@ _OUTPUTS = 65536  # output image -> server, for download()
 _INPUTS = 4096  # remembered input images
 _UNLIMITED = sys.maxsize  # the max_in_flight of the pool's own clients: see _new_client
 _WAITING = BindingState.WAITING
+#: Past this, a probe's backoff is at its cap anyway (and 2**n stays a float: a server down
+#: for days is probed for ever).
+_MAX_PROBE_ATTEMPT = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -288,17 +291,6 @@ class PoolJob(JobHandle[PromptResult]):
         self._close_events()
 
 
-def _is_server_fault(exc: BaseException) -> bool:
-    """A failure that says more about the server than about the job."""
-    if isinstance(exc, TransportError | ClientClosedError | PromptLost | NotComfyUIError):
-        return True
-    return (
-        isinstance(exc, ServerError)
-        and not isinstance(exc, ResponseTooLargeError)
-        and exc.status >= 500
-    )
-
-
 class ComfyUIPool:
     """Several ComfyUI servers behind one job API, with late binding and failover.
 
@@ -372,8 +364,7 @@ class ComfyUIPool:
         self._max_failures = max_failures
         self._health_interval = health_interval
         self._probe_timeout = probe_timeout
-        self._probe_delay = probe_delay
-        self._max_probe_delay = max_probe_delay
+        self._probe_backoff = Backoff(initial=probe_delay, cap=max_probe_delay)
         self._sched = Scheduler(lookahead)
         self._spans = SpanRecorder(span_history)
         self._servers: dict[str, _Server] = {}
@@ -784,8 +775,13 @@ class ComfyUIPool:
                 log.info("prompt %s taken back from %s", book.binding.key, srv.url)
 
     async def _probe(self, srv: _Server) -> None:
-        """Probe a suspect server (a few times) or a down one (with backoff, until it rejoins)."""
-        delay = min(self._probe_delay * 2 ** max(0, srv.downs - 1), self._max_probe_delay)
+        """Probe a suspect server (a few times) or a down one (with backoff, until it rejoins).
+
+        The delays are the pool's :class:`~dreamgen_async.retry.Backoff` (``probe_delay``,
+        doubling to ``max_probe_delay``); a server that went down again since its last
+        success starts further along it."""
+        backoff = self._probe_backoff
+        attempt = max(1, srv.downs)
         while srv.record.state in (ServerState.SUSPECT, ServerState.DOWN):
             if srv.record.state is ServerState.SUSPECT:
                 ok = await self._check(srv)
@@ -796,7 +792,7 @@ class ComfyUIPool:
                 if srv.failures >= self._max_failures:
                     self._event(srv, ServerEvent.PROBE_FAILED)
             else:
-                await asyncio.sleep(random.uniform(delay / 2, delay))
+                await asyncio.sleep(backoff.delay(attempt))
                 try:
                     async with asyncio.timeout(self._probe_timeout):
                         await self._connect(srv)
@@ -807,10 +803,10 @@ class ComfyUIPool:
                 else:
                     self._event(srv, ServerEvent.READY)
                     return
-                delay = min(delay * 2, self._max_probe_delay)
+                attempt = min(attempt + 1, _MAX_PROBE_ATTEMPT)
                 continue
-            await asyncio.sleep(random.uniform(delay / 2, delay))
-            delay = min(delay * 2, self._max_probe_delay)
+            await asyncio.sleep(backoff.delay(attempt))
+            attempt = min(attempt + 1, _MAX_PROBE_ATTEMPT)
 
     async def _forget_stale(self, srv: _Server) -> None:
         """Before a down server takes jobs again: take off it the prompts of ours that it
@@ -1155,7 +1151,7 @@ class ComfyUIPool:
         return Failed(
             attempt,
             exc,
-            retryable=self._state != "closed" and _is_server_fault(exc),
+            retryable=self._state != "closed" and blames_server(exc),
             running=inner is not None and inner.started_at is not None,
             unknown=not isinstance(exc, PromptLost)
             and (accepted or (inner is None and isinstance(exc, ConnectionLostError))),
