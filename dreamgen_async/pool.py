@@ -649,22 +649,26 @@ class ComfyUIPool:
         return None
 
     async def _connect(self, srv: _Server) -> None:
-        """A fresh client for an owned server (rejoin), then its capabilities."""
+        """A fresh client for an owned server (rejoin; the old one closed first), then its
+        capabilities."""
         if srv.owned:
-            old = srv.client
-            assert old is not None
-            client = old if not srv.opened else self._new_client(srv.source)
+            if srv.opened:
+                # One socket per server: the client replaced (its launches were called off
+                # when the server went down) is closed before the new one opens its
+                # WebSocket, since its own reconnect loop may have got through meanwhile.
+                old = srv.client
+                assert old is not None
+                await self._retire(old, set(srv.tasks))
+                srv.client, srv.uploads = self._new_client(srv.source), {}
             srv.opened = True
+            client = srv.client
+            assert client is not None
             await client.open()
             try:
                 info = await client.object_info()
             except BaseException:
                 await client.aclose()
                 raise
-            if client is not old:
-                srv.client = client
-                srv.uploads = {}
-                self._spawn(self._retire(old, set(srv.tasks)), "dreamgen-pool-retire")
         else:
             assert srv.client is not None
             await srv.client.system_stats()

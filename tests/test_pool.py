@@ -271,6 +271,26 @@ async def test_a_job_cancelled_after_its_server_went_down_never_runs_there(
         assert first.prompts[moved.prompt_id].status == "deleted"
 
 
+async def test_a_server_marked_down_while_its_socket_is_open_keeps_one_socket(
+    farm: SimulatorFarm,
+) -> None:
+    # Seen once by the pool's model test: two sockets open on one server. A server marked
+    # down while its client's WebSocket is (or gets) connected again rejoined with a new
+    # client, and the old one's socket stayed open until it was retired.
+    (sim,) = await farm.start(cfg())
+    async with ComfyUIPool(farm.urls, **FAST) as pool:
+        await sim.wait_until(lambda: sim.open_websockets == 1)
+        two = asyncio.create_task(sim.wait_until(lambda: sim.open_websockets > 1, timeout=60))
+        sim.fail_next("/prompt", 1, status=404)  # "not ComfyUI": down at once, socket open
+        result = await pool.run(job())  # it rejoins, and the job runs there
+        assert sim.prompts[result.prompt_id].status == "success"
+        assert pool.server(sim.url).state == "up"
+        await sim.wait_until(lambda: sim.open_websockets == 1)
+        assert not two.done(), "two sockets were open on one server"
+        two.cancel()
+        await asyncio.gather(two, return_exceptions=True)
+
+
 async def test_down_server_rejoins_by_itself(farm: SimulatorFarm) -> None:
     sims = await farm.start(cfg(), cfg())
     gone = sims[1]
