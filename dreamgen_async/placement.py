@@ -264,6 +264,10 @@ def next_state(state: ServerState, event: ServerEvent) -> ServerState:
 # a post, call a launch off, cancel the client job, unbind, blame the server, settle). Each
 # placement is an attempt, numbered; a launch reports with its number, and a report of an
 # earlier launch is stale: the table ignores it (no scattered "is this still mine" checks).
+# A job placed again while a server that had accepted it may still run it is ``resubmitted``;
+# its cancel never reports it cancelled (that server may run it): it fails with
+# ConnectionLostError "it may still run there", as a job being cancelled on a server that
+# goes down does (_take_back); the pool takes it off that server when it is back.
 
 
 class BindingState(enum.Enum):
