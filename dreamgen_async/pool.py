@@ -719,6 +719,10 @@ class ComfyUIPool:
             return
         old, new = self._sched.apply(srv.url, event)
         if old is new:
+            if new is ServerState.DRAINING and not srv.record.assigned:
+                # Its last job left without settling (failed there, placed elsewhere).
+                self._event(srv, ServerEvent.DRAINED)
+                return
             self._changed()
             return
         log.info("server %s: %s -> %s (%s)", srv.url, old.value, new.value, event.value)

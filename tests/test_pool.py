@@ -337,6 +337,30 @@ async def test_drain_finishes_running_jobs_and_takes_no_new_one(farm: SimulatorF
 # ---------------------------------------------------------------------------- priorities
 
 
+async def test_a_drain_ends_when_its_last_job_fails_there_and_goes_elsewhere(
+    farm: SimulatorFarm,
+) -> None:
+    # Found by the pool's model test: the removal of a draining server waited for ever when
+    # its last job failed there (a server fault) and was placed elsewhere instead of settling.
+    a, b = await farm.start(cfg(), cfg())
+    options = {k: FAST[k] for k in ("retry", "reconnect")}
+    async with (
+        ComfyUIClient(a.url, on_lost="fail", **options) as client,
+        ComfyUIPool([client], **FAST) as pool,
+    ):
+        a.hold()
+        moved = await pool.submit(job())
+        await a.wait_for_status(moved.prompt_id, "pending")
+        await pool.add_server(b.url)
+        removal = asyncio.create_task(pool.remove_server(a.url))
+        await pool.wait_until(lambda: pool.server(a.url).state == "draining")
+        await a.restart()  # the prompt is lost there (PromptLost): it fails, b runs it
+        await moved.result()
+        assert moved.server == b.url
+        await asyncio.wait_for(removal, timeout=10)
+        assert [s.url for s in pool.servers] == [b.url]
+
+
 async def test_high_priority_job_behind_100_starts_next(farm: SimulatorFarm) -> None:
     sims = await farm.start(cfg(step_time=0.005), cfg(step_time=0.005))
     async with ComfyUIPool(farm.urls, **FAST) as pool:
