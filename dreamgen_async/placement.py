@@ -264,6 +264,10 @@ def next_state(state: ServerState, event: ServerEvent) -> ServerState:
 # a post, call a launch off, cancel the client job, unbind, blame the server, settle). Each
 # placement is an attempt, numbered; a launch reports with its number, and a report of an
 # earlier launch is stale: the table ignores it (no scattered "is this still mine" checks).
+# A job placed again while a server that had accepted it may still run it is ``resubmitted``;
+# its cancel never reports it cancelled (that server may run it): it fails with
+# ConnectionLostError "it may still run there", as a job being cancelled on a server that
+# goes down does (_take_back); the pool takes it off that server when it is back.
 
 
 class BindingState(enum.Enum):
@@ -522,19 +526,32 @@ def _failed(b: Binding[Any], event: Failed, rules: BindingRules) -> BindingStep:
     return again, (Unbind(avoid=True), blame)
 
 
+def _cancelled(b: Binding[Any]) -> object:
+    """The outcome of a cancel that took the job off wherever the pool holds it: cancelled,
+    unless a server that had accepted it went down or stopped answering (``resubmitted``):
+    that one may still run it, and a job reported cancelled never ran."""
+    if not b.resubmitted:
+        return CANCELLED
+    return ConnectionLostError(
+        f"prompt {b.key} was cancelled, but a server that had accepted it stopped answering "
+        "for it; it may still run there"
+    )
+
+
 def _client_job_cancelled(
     b: Binding[Any], event: ClientJobCancelled, rules: BindingRules
 ) -> BindingStep:
     if _stale(b, event):
         return b, ()
-    return _settled(b), (Settle(CANCELLED),)
+    return _settled(b), (Settle(_cancelled(b)),)
 
 
 def _cancel(b: Binding[Any], event: Cancel, rules: BindingRules) -> BindingStep:
-    """Waiting: cancelled at once. Placed: the client job is cancelled, and its outcome is
-    the job's (done if it finished first). Idempotent."""
+    """Waiting: cancelled at once (:func:`_cancelled`: a ``resubmitted`` job fails with
+    :class:`ConnectionLostError`, it may still run). Placed: the client job is cancelled,
+    and its outcome is the job's (done if it finished first). Idempotent."""
     if b.state is _BS.WAITING or event.launch_over:
-        return _settled(b), (Settle(CANCELLED),)
+        return _settled(b), (Settle(_cancelled(b)),)
     if b.state is _BS.CANCELLING:
         return b, ()
     cancelling = dataclasses.replace(b, state=_BS.CANCELLING)

@@ -29,7 +29,6 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-import random
 import sys
 import time
 import uuid
@@ -56,7 +55,6 @@ from dreamgen_async.errors import (
     NotComfyUIError,
     PromptLost,
     PromptTimeout,
-    ResponseTooLargeError,
     ServerError,
     TransportError,
 )
@@ -94,7 +92,9 @@ from dreamgen_async.placement import (
     requirements,
 )
 from dreamgen_async.protocol import ImageRef, OutputData
+from dreamgen_async.retry import Backoff
 from dreamgen_async.timeline import Span, SpanRecorder
+from dreamgen_async.transport_errors import blames_server
 from dreamgen_async.workflows.builder import ServerModels
 
 __all__ = ["ComfyUIPool", "PoolImageRef", "PoolJob", "ServerStatus"]
@@ -126,6 +126,9 @@ _OUTPUTS = 65536  # output image -> server, for download()
 _INPUTS = 4096  # remembered input images
 _UNLIMITED = sys.maxsize  # the max_in_flight of the pool's own clients: see _new_client
 _WAITING = BindingState.WAITING
+#: Past this, a probe's backoff is at its cap anyway (and 2**n stays a float: a server down
+#: for days is probed for ever).
+_MAX_PROBE_ATTEMPT = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,7 +164,9 @@ class _Server:
     failures: int = 0  # consecutive; reset by a job that succeeds there
     downs: int = 0  # times it went down since its last success: the rejoin backoff grows
     down_since: float | None = None  # when it went down (None unless down)
-    abandoned: set[str] = field(default_factory=set)  # see adopt(): taken off when it is back
+    # Prompts it accepted and may still hold, that are no longer its (taken back from it,
+    # or failed there with their fate unknown; see adopt()): taken off when it is back.
+    abandoned: set[str] = field(default_factory=set)
     error: str | None = None  # why it did not join, or last failed a rejoin
     removed: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -302,17 +307,6 @@ class PoolJob(JobHandle[PromptResult]):
         self._close_events()
 
 
-def _is_server_fault(exc: BaseException) -> bool:
-    """A failure that says more about the server than about the job."""
-    if isinstance(exc, TransportError | ClientClosedError | PromptLost | NotComfyUIError):
-        return True
-    return (
-        isinstance(exc, ServerError)
-        and not isinstance(exc, ResponseTooLargeError)
-        and exc.status >= 500
-    )
-
-
 class ComfyUIPool:
     """Several ComfyUI servers behind one job API, with late binding and failover.
 
@@ -386,8 +380,7 @@ class ComfyUIPool:
         self._max_failures = max_failures
         self._health_interval = health_interval
         self._probe_timeout = probe_timeout
-        self._probe_delay = probe_delay
-        self._max_probe_delay = max_probe_delay
+        self._probe_backoff = Backoff(initial=probe_delay, cap=max_probe_delay)
         self._sched = Scheduler(lookahead)
         self._spans = SpanRecorder(span_history)
         self._servers: dict[str, _Server] = {}
@@ -683,22 +676,26 @@ class ComfyUIPool:
         return None
 
     async def _connect(self, srv: _Server) -> None:
-        """A fresh client for an owned server (rejoin), then its capabilities."""
+        """A fresh client for an owned server (rejoin; the old one closed first), then its
+        capabilities."""
         if srv.owned:
-            old = srv.client
-            assert old is not None
-            client = old if not srv.opened else self._new_client(srv.source)
+            if srv.opened:
+                # One socket per server: the client replaced (its launches were called off
+                # when the server went down) is closed before the new one opens its
+                # WebSocket, since its own reconnect loop may have got through meanwhile.
+                old = srv.client
+                assert old is not None
+                await self._retire(old, set(srv.tasks))
+                srv.client, srv.uploads = self._new_client(srv.source), {}
             srv.opened = True
+            client = srv.client
+            assert client is not None
             await client.open()
             try:
                 info = await client.object_info()
             except BaseException:
                 await client.aclose()
                 raise
-            if client is not old:
-                srv.client = client
-                srv.uploads = {}
-                self._spawn(self._retire(old, set(srv.tasks)), "dreamgen-pool-retire")
         else:
             assert srv.client is not None
             await srv.client.system_stats()
@@ -749,6 +746,10 @@ class ComfyUIPool:
             return
         old, new = self._sched.apply(srv.url, event)
         if old is new:
+            if new is ServerState.DRAINING and not srv.record.assigned:
+                # Its last job left without settling (failed there, placed elsewhere).
+                self._event(srv, ServerEvent.DRAINED)
+                return
             self._changed()
             return
         log.info("server %s: %s -> %s (%s)", srv.url, old.value, new.value, event.value)
@@ -795,19 +796,27 @@ class ComfyUIPool:
         on_it = [b for b in self._jobs.values() if b.bound_to(srv.url)]
         for book in on_it:
             inner = book.binding.handle
+            accepted = inner is not None and inner.queued_at is not None
+            if accepted:  # even if it settles before the server is back
+                srv.abandoned.add(book.binding.key)
             self._step(
                 book,
                 TakeBack(
                     running=inner is not None and inner.state == JobState.RUNNING,
-                    accepted=inner is not None and inner.queued_at is not None,
+                    accepted=accepted,
                 ),
             )
             if book.binding.state is BindingState.WAITING:
                 log.info("prompt %s taken back from %s", book.binding.key, srv.url)
 
     async def _probe(self, srv: _Server) -> None:
-        """Probe a suspect server (a few times) or a down one (with backoff, until it rejoins)."""
-        delay = min(self._probe_delay * 2 ** max(0, srv.downs - 1), self._max_probe_delay)
+        """Probe a suspect server (a few times) or a down one (with backoff, until it rejoins).
+
+        The delays are the pool's :class:`~dreamgen_async.retry.Backoff` (``probe_delay``,
+        doubling to ``max_probe_delay``); a server that went down again since its last
+        success starts further along it."""
+        backoff = self._probe_backoff
+        attempt = max(1, srv.downs)
         while srv.record.state in (ServerState.SUSPECT, ServerState.DOWN):
             if srv.record.state is ServerState.SUSPECT:
                 ok = await self._check(srv)
@@ -818,7 +827,7 @@ class ComfyUIPool:
                 if srv.failures >= self._max_failures:
                     self._event(srv, ServerEvent.PROBE_FAILED)
             else:
-                await asyncio.sleep(random.uniform(delay / 2, delay))
+                await asyncio.sleep(backoff.delay(attempt))
                 try:
                     async with asyncio.timeout(self._probe_timeout):
                         await self._connect(srv)
@@ -829,10 +838,10 @@ class ComfyUIPool:
                 else:
                     self._event(srv, ServerEvent.READY)
                     return
-                delay = min(delay * 2, self._max_probe_delay)
+                attempt = min(attempt + 1, _MAX_PROBE_ATTEMPT)
                 continue
-            await asyncio.sleep(random.uniform(delay / 2, delay))
-            delay = min(delay * 2, self._max_probe_delay)
+            await asyncio.sleep(backoff.delay(attempt))
+            attempt = min(attempt + 1, _MAX_PROBE_ATTEMPT)
 
     async def _forget_stale(self, srv: _Server) -> None:
         """Before a down server takes jobs again: take off it the prompts of ours that it
@@ -1180,7 +1189,10 @@ class ComfyUIPool:
             self._step(book, ClientJobCancelled(attempt))  # as cancel() asked
             return
         except DreamgenError as exc:
-            self._step(book, self._failure(attempt, exc, inner))
+            failure = self._failure(attempt, exc, inner)
+            if failure.unknown and failure.attempt == book.binding.attempt:
+                srv.abandoned.add(job.prompt_id)  # taken off it when it is back from down
+            self._step(book, failure)
             self._kick()
             return
         seconds = None
@@ -1192,17 +1204,19 @@ class ComfyUIPool:
         """What the table needs to know about a failed launch.
 
         The server's fault (not the job's) is worth another server, unless the pool is
-        closing. A job the server had accepted, whose fate there is unknown (it did not say
-        it lost it), is marked ``resubmitted`` when placed again: that server may still run it.
+        closing. A job whose fate there is unknown is marked ``resubmitted`` when placed
+        again: that server may still run it. So is one the server had accepted and did not
+        say it lost, and one whose POST the client could not confirm or take back (the
+        client raises :class:`ConnectionLostError` then, before it returns a job).
         """
+        accepted = inner is not None and inner.queued_at is not None
         return Failed(
             attempt,
             exc,
-            retryable=self._state != "closed" and _is_server_fault(exc),
+            retryable=self._state != "closed" and blames_server(exc),
             running=inner is not None and inner.started_at is not None,
-            unknown=inner is not None
-            and inner.queued_at is not None
-            and not isinstance(exc, PromptLost),
+            unknown=not isinstance(exc, PromptLost)
+            and (accepted or (inner is None and isinstance(exc, ConnectionLostError))),
         )
 
     def _blame(self, key: str, blame: Blame) -> None:

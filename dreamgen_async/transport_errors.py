@@ -10,7 +10,8 @@ a bad certificate would read as "cannot connect"). A test checks that no row hid
 :func:`classify` then says what a failure is worth: ``"retry"`` the same request,
 ``"reconnect"`` (open a new connection), or ``"fatal"`` (stop now and say why). The HTTP
 retries, the removals and the WebSocket reconnect loop all ask it (their backoff is
-:class:`dreamgen_async.retry.Backoff`); nothing else decides.
+:class:`dreamgen_async.retry.Backoff`); nothing else decides. :func:`blames_server`, the
+pool's verdict on a failed job (another server, or the job's own fault), is read from it.
 
 This module does no I/O; it imports aiohttp only for its exception types.
 """
@@ -31,6 +32,7 @@ from dreamgen_async.errors import (
     ConnectError,
     DreamgenError,
     NotComfyUIError,
+    PromptLost,
     ProtocolError,
     ServerError,
     TLSError,
@@ -43,6 +45,7 @@ __all__ = [
     "TABLE",
     "Row",
     "Verdict",
+    "blames_server",
     "classify",
     "error_for_status",
     "mapped_errors",
@@ -271,6 +274,29 @@ def classify(exc: BaseException, *, budgeted: bool = False) -> Verdict:
     if budgeted and isinstance(exc, ServerError) and exc.status >= 500:
         return "retry"
     return "fatal"
+
+
+#: ``"fatal"`` verdicts that are about the server, not about the request: another server may
+#: do better (it is ComfyUI, its TLS works, its client is open, it did not restart).
+_FATAL_HERE = (NotComfyUIError, TLSError, ClientClosedError, PromptLost)
+
+
+def blames_server(exc: BaseException) -> bool:
+    """Whether a job that failed with ``exc`` may do better on another server.
+
+    The pool's verdict (it then places the job elsewhere and counts a strike against the
+    server), read from :func:`classify` with ``budgeted=True`` (the pool gives a job a few
+    placements, against servers it reached before):
+
+    - ``"retry"`` or ``"reconnect"``: the server's fault. The connection failed or broke,
+      timed out, or the server answered "come back later" (429, 502-504) or 5xx, on every
+      attempt its client made.
+    - ``"fatal"``: the job's own fault (a rejected prompt, an execution error, 400/404, an
+      oversized answer, credentials refused: the same everywhere) and not a reason to try
+      elsewhere — except what is about this server only: it is not ComfyUI, its TLS fails,
+      its client was closed, or it lost the prompt (a restart).
+    """
+    return classify(exc, budgeted=True) != "fatal" or isinstance(exc, _FATAL_HERE)
 
 
 def may_have_been_processed(exc: BaseException) -> bool:

@@ -238,6 +238,59 @@ async def test_a_server_back_from_a_partition_forgets_prompts_run_elsewhere(
         assert a.prompts[prompt_id].status == "deleted"
 
 
+async def test_a_job_cancelled_after_its_server_went_down_never_runs_there(
+    farm: SimulatorFarm,
+) -> None:
+    # Found by the pool's model test: a job accepted by a server that then went down was
+    # placed elsewhere (resubmitted) and cancelled there; the pool reported it cancelled,
+    # and the first server, back from a partition with its queue, ran it.
+    sims = await farm.start(cfg(), cfg())
+    async with ComfyUIPool(farm.urls, **FAST) as pool:
+        for sim in sims:
+            sim.hold()
+        moved = await pool.submit(job())
+        await pool.wait_until(lambda: moved.server is not None)
+        first = sims[farm.urls.index(moved.server or "")]
+        other = sims[1 - sims.index(first)]
+        await first.wait_for_status(moved.prompt_id, "pending")
+        port = first.port
+        await first.stop()  # a partition: its queue stays
+        await pool.wait_until(lambda: moved.server == other.url)
+        await other.wait_for_status(moved.prompt_id, "pending")
+        assert moved.resubmitted
+        await moved.cancel()
+        # Taken off the server that holds it now, but the one that went down may run it.
+        with pytest.raises(ConnectionLostError, match="may still run"):
+            await moved.result()
+        assert other.prompts[moved.prompt_id].status == "deleted"
+        # When that one is back, the pool takes it off before giving it new jobs.
+        await first.start(port=port)
+        await pool.wait_until(lambda: pool.server(first.url).state == "up")
+        first.release()
+        await first.wait_until(lambda: first.queue_remaining == 0)
+        assert first.prompts[moved.prompt_id].status == "deleted"
+
+
+async def test_a_server_marked_down_while_its_socket_is_open_keeps_one_socket(
+    farm: SimulatorFarm,
+) -> None:
+    # Seen once by the pool's model test: two sockets open on one server. A server marked
+    # down while its client's WebSocket is (or gets) connected again rejoined with a new
+    # client, and the old one's socket stayed open until it was retired.
+    (sim,) = await farm.start(cfg())
+    async with ComfyUIPool(farm.urls, **FAST) as pool:
+        await sim.wait_until(lambda: sim.open_websockets == 1)
+        two = asyncio.create_task(sim.wait_until(lambda: sim.open_websockets > 1, timeout=60))
+        sim.fail_next("/prompt", 1, status=404)  # "not ComfyUI": down at once, socket open
+        result = await pool.run(job())  # it rejoins, and the job runs there
+        assert sim.prompts[result.prompt_id].status == "success"
+        assert pool.server(sim.url).state == "up"
+        await sim.wait_until(lambda: sim.open_websockets == 1)
+        assert not two.done(), "two sockets were open on one server"
+        two.cancel()
+        await asyncio.gather(two, return_exceptions=True)
+
+
 async def test_down_server_rejoins_by_itself(farm: SimulatorFarm) -> None:
     sims = await farm.start(cfg(), cfg())
     gone = sims[1]
@@ -282,6 +335,30 @@ async def test_drain_finishes_running_jobs_and_takes_no_new_one(farm: SimulatorF
 
 
 # ---------------------------------------------------------------------------- priorities
+
+
+async def test_a_drain_ends_when_its_last_job_fails_there_and_goes_elsewhere(
+    farm: SimulatorFarm,
+) -> None:
+    # Found by the pool's model test: the removal of a draining server waited for ever when
+    # its last job failed there (a server fault) and was placed elsewhere instead of settling.
+    a, b = await farm.start(cfg(), cfg())
+    options = {k: FAST[k] for k in ("retry", "reconnect")}
+    async with (
+        ComfyUIClient(a.url, on_lost="fail", **options) as client,
+        ComfyUIPool([client], **FAST) as pool,
+    ):
+        a.hold()
+        moved = await pool.submit(job())
+        await a.wait_for_status(moved.prompt_id, "pending")
+        await pool.add_server(b.url)
+        removal = asyncio.create_task(pool.remove_server(a.url))
+        await pool.wait_until(lambda: pool.server(a.url).state == "draining")
+        await a.restart()  # the prompt is lost there (PromptLost): it fails, b runs it
+        await moved.result()
+        assert moved.server == b.url
+        await asyncio.wait_for(removal, timeout=10)
+        assert [s.url for s in pool.servers] == [b.url]
 
 
 async def test_high_priority_job_behind_100_starts_next(farm: SimulatorFarm) -> None:

@@ -43,10 +43,12 @@ from dreamgen_async import (
     TransportError,
 )
 from dreamgen_async import errors as errors_module
+from dreamgen_async.errors import ExecutionError, ExecutionInterrupted, PromptLost
 from dreamgen_async.testing import ComfyUISimulator
 from dreamgen_async.transport_errors import (
     TABLE,
     Verdict,
+    blames_server,
     classify,
     mapped_errors,
     may_have_been_processed,
@@ -559,6 +561,50 @@ async def test_an_authentication_refusal_of_post_prompt_is_not_a_queued_prompt(
 )
 def test_classify(exc: BaseException, verdict: Verdict) -> None:
     assert classify(exc) == verdict
+
+
+LOST = PromptLost("gone", prompt_id="p")
+EXECUTION = ExecutionError(
+    prompt_id="p", node_id="3", node_type="KSampler", exception_type="E", exception_message="m"
+)
+
+
+@pytest.mark.parametrize(
+    ("exc", "server"),
+    [
+        # classify says "retry" or "reconnect" (budgeted): the server's fault.
+        (ConnectError("x"), True),
+        (ConnectionLostError("x"), True),
+        (TransportError("x"), True),
+        (ServerError("x", status=500), True),
+        (ServerError("x", status=502), True),
+        (ServerError("x", status=503), True),
+        (ServerError("x", status=429), True),
+        # "fatal", but about this server only: another may do better.
+        (NotComfyUIError("x", status=404), True),
+        (TLSError("x"), True),
+        (ClientClosedError("x"), True),
+        (LOST, True),
+        # "fatal", and the job's own: it would fail anywhere.
+        (AuthenticationError("x", status=401), False),
+        (ServerError("x", status=400), False),
+        (ServerError("x", status=404), False),
+        (ResponseTooLargeError("x", status=200), False),
+        (ProtocolError("x"), False),
+        (PromptRejected(prompt_id="p", error_type="t", error_message="m"), False),
+        (EXECUTION, False),
+        (ExecutionInterrupted(prompt_id="p"), False),
+        (PromptTimeout("x", prompt_id="p"), False),
+        (ValueError("a bug, not a failure"), False),
+    ],
+    ids=lambda value: type(value).__name__ if isinstance(value, BaseException) else str(value),
+)
+def test_which_failure_blames_the_server(exc: BaseException, server: bool) -> None:
+    """The pool's verdict is classify's: whatever another attempt could fix, and the fatal
+    failures that are about one server; nothing else."""
+    assert blames_server(exc) is server
+    if classify(exc, budgeted=True) != "fatal":
+        assert server
 
 
 def test_what_proves_a_request_was_not_processed() -> None:

@@ -164,6 +164,30 @@ def test_a_cancel_after_its_launch_crashed_settles_at_once(state: BindingState) 
     assert (binding.state, actions) == (S.SETTLED, (Settle(CANCELLED),))
 
 
+@pytest.mark.parametrize(
+    ("state", "event"),
+    [
+        (S.WAITING, Cancel()),
+        (S.POSTING, Cancel(launch_over=True)),
+        (S.PLACED, Cancel(launch_over=True)),
+        (S.CANCELLING, ClientJobCancelled(1)),
+    ],
+)
+def test_a_resubmitted_job_is_never_reported_cancelled(state: BindingState, event: Any) -> None:
+    """Found by the pool's model test: taken back from a server that may still run it, a
+    job cancelled since then (waiting, or taken off the server it was placed on again) fails
+    with ConnectionLostError, since that server may run it: a job reported cancelled never
+    ran."""
+    binding, actions = bind_step(dataclasses.replace(binding_in(state), resubmitted=True), event)
+    assert binding.state is S.SETTLED
+    (settle,) = actions
+    assert isinstance(settle, Settle)
+    assert isinstance(settle.outcome, ConnectionLostError)
+    assert str(settle.outcome).endswith("it may still run there")
+    # Without ``resubmitted`` the same step reports it cancelled.
+    assert bind_step(binding_in(state), event)[1] == (Settle(CANCELLED),)
+
+
 @pytest.mark.parametrize("state", BOUND)
 def test_outcomes_of_the_current_launch_settle(state: BindingState) -> None:
     binding, actions = bind_step(binding_in(state), Succeeded(1, "result", 2.0))
@@ -270,6 +294,8 @@ def test_any_sequence_keeps_the_bindings_rules(
         launches = [a for a in actions if isinstance(a, Launch)]
         assert [a.attempt for a in launches] == ([binding.attempt + 1] if launches else [])
         settles += sum(isinstance(a, Settle) for a in actions)
+        if binding.resubmitted:  # it may run on a server that went down: never "cancelled"
+            assert Settle(CANCELLED) not in actions
         if binding.state is S.SETTLED:
             assert (after, actions) == (binding, ())
         if after.bound:
