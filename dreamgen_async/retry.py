@@ -82,7 +82,8 @@ class Backoff:
         retry_after = getattr(error, "retry_after", None)
         if isinstance(retry_after, int | float):
             return min(float(retry_after), self.max_retry_after)
-        ceiling = min(self.initial * 2 ** max(0, attempt - 1), self.cap)
+        # The exponent is bounded: 2.0 ** 1024 overflows, and the cap is reached long before.
+        ceiling = min(self.initial * 2.0 ** min(max(0, attempt - 1), 64), self.cap)
         return random.uniform(ceiling / 2, ceiling)
 
     def delays(self) -> Iterator[float]:

@@ -20,6 +20,12 @@ def test_delays_are_jittered_exponential_with_a_floor_and_a_cap() -> None:
         assert ceiling / 2 <= delay <= ceiling
 
 
+def test_a_loop_that_retries_for_days_stays_at_the_cap() -> None:
+    backoff = Backoff(initial=0.1, cap=5.0)
+    for attempt in (64, 1_100, 10**6):  # 0.1 * 2.0**1099 would overflow
+        assert 2.5 <= backoff.delay(attempt) <= 5.0
+
+
 def test_a_retry_after_wins_and_is_capped() -> None:
     class Throttled(Exception):
         retry_after = 99.0
