@@ -302,7 +302,6 @@ class ComfyUIClient:
             heartbeat=heartbeat,
             max_ws_message=max_ws_message,
         )
-        self._headers = self._http.headers  # (read by tests)
         self._on_partial: PartialPolicy = on_partial
         self._on_lost: LostPolicy = on_lost
         self._max_download = max_download
@@ -329,17 +328,6 @@ class ComfyUIClient:
     def _state(self) -> Literal["unopened", "opening", "opened", "closing", "closed"]:
         """Where the client is in its life (kept by its transport)."""
         return self._http.state
-
-    @property
-    def _live(self) -> Mapping[str, Job]:
-        """The jobs the server may hold, by prompt_id (read-only; for tests' diagnostics)."""
-        return self._owner.live
-
-    @property
-    def _waiting(self) -> list[tuple[int, int, Job]]:
-        """The jobs waiting for a slot, as ``(0, 0, job)`` (the old heap's shape; for tests'
-        diagnostics)."""
-        return [(0, 0, job) for job in self._owner.waiting_jobs()]
 
     # ------------------------------------------------------------------ lifecycle
 

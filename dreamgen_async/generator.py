@@ -278,7 +278,7 @@ class GenerationJob(JobHandle[GenerationResult]):
         self._server: str | None = None
         self._locate: Locate | None = None
         self._future: asyncio.Task[GenerationResult] = asyncio.create_task(
-            run(_Watch(self._deliver, self._bind, self._waiting)), name="dreamgen-generation"
+            run(_Watch(self.deliver, self._bind, self._waiting)), name="dreamgen-generation"
         )
         self._future.add_done_callback(self._finished)
 

@@ -120,8 +120,6 @@ class EventSource:
             except Exception:
                 log.exception("progress callback for prompt %s raised", self.prompt_id)
 
-    _deliver = deliver  # the name the pool still uses
-
     def _close_events(self) -> None:
         """The job settled: end every subscriber's iteration, drop the backlog."""
         for sub in self._subscribers or ():

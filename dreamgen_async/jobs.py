@@ -204,11 +204,6 @@ class Job(JobHandle[PromptResult]):
         return self._life
 
     @property
-    def _post_task(self) -> asyncio.Task[None] | None:
-        """The job's ``POST /prompt`` task, if one runs (for tests' diagnostics)."""
-        return self._owner.post_task(self.prompt_id)
-
-    @property
     def succeeded(self) -> bool:
         """Whether ``execution_success`` was heard."""
         return self._succeeded

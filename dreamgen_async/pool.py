@@ -246,7 +246,7 @@ class PoolJob(JobHandle[PromptResult]):
         self._subscribers = None
         self._backlog = None
         book.job = self
-        book.deliver = self._deliver
+        book.deliver = self.deliver
         # Runs before any waiter wakes (added first): subscribers end with the outcome.
         self._future.add_done_callback(self._settled)
 

@@ -65,7 +65,7 @@ def test_url_credentials_never_show_whatever_their_characters(password: str) -> 
         assert password not in text
         assert "alice" not in text
     assert client.safe_url == "http://127.0.0.1:8188"
-    header = client._headers["Authorization"]
+    header = client._http.headers["Authorization"]
     user, _, sent = base64.b64decode(header.removeprefix("Basic ")).decode().partition(":")
     assert user == "alice"
     assert sent == ("/escaped" if password == "%2Fescaped" else password)

@@ -106,8 +106,8 @@ class LifecycleModel(RuleBasedStateMachine):
         self.run(asyncio.sleep(0))
         # The job object, whatever its caller does next (its fate is the owner's, not the
         # caller's): submit() registered it before its first await.
-        self.owned[prompt_id] = self.client._live.get(prompt_id) or next(
-            j for _, _, j in self.client._waiting if j.prompt_id == prompt_id
+        self.owned[prompt_id] = self.client._owner.live.get(prompt_id) or next(
+            j for j in self.client._owner.waiting_jobs() if j.prompt_id == prompt_id
         )
 
     @precondition(lambda self: not self.closed and self.callers)
@@ -267,7 +267,7 @@ class LifecycleModel(RuleBasedStateMachine):
                     for j in self.owned.values()
                     if not j.done()
                 ]
-                live = [(pid[:8], j.state.value) for pid, j in self.client._live.items()]
+                live = [(pid[:8], j.state.value) for pid, j in self.client._owner.live.items()]
                 msg = f"client never idle: stuck {stuck}; live {live}; {self.client._mux!r}"
                 raise AssertionError(msg) from None
             assert self.client.free_slots == MAX_IN_FLIGHT  # (d)

@@ -327,13 +327,14 @@ def _stacks(pool: ComfyUIPool) -> str:
         srv = pool._servers.get(job.server or "")
         client = srv.client if srv is not None else None
         if client is not None:
-            live = {k[:8]: (j.state.value, j._life.gap) for k, j in client._live.items()}
-            heap = [(j.prompt_id[:8], j.state.value) for _, _, j in client._waiting]
+            live = {k[:8]: (j.state.value, j._life.gap) for k, j in client._owner.live.items()}
+            heap = [(j.prompt_id[:8], j.state.value) for j in client._owner.waiting_jobs()]
             print("client", client._state, client.free_slots, live, heap, client._mux, file=out)
-            for j in client._live.values():
-                print(j, j._post_task, j._life, file=out)
-                if j._post_task is not None:
-                    j._post_task.print_stack(limit=12, file=out)
+            for j in client._owner.live.values():
+                post = client._owner.post_task(j.prompt_id)
+                print(j, post, j._life, file=out)
+                if post is not None:
+                    post.print_stack(limit=12, file=out)
         if book.launch is not None:
             book.launch.print_stack(limit=10, file=out)
     return out.getvalue()
