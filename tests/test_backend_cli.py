@@ -13,7 +13,7 @@ import pytest_asyncio
 from _cli import DREAMGEN
 from _graphs import png_bytes, txt2img
 
-from dreamgen_async.testing import SimulatorConfig, SimulatorFarm
+from dreamgen_async.testing import ComfyUISimulator, SimulatorConfig, SimulatorFarm
 
 DEAD = "http://127.0.0.1:9"
 
@@ -125,24 +125,31 @@ async def test_resume_alone_reruns_a_pool_batch_on_its_servers(
     assert list(elsewhere.iterdir()) == []
 
 
-async def test_a_server_gone_at_resume_its_items_run_elsewhere_marked_resubmitted(
-    comfyui_farm: SimulatorFarm, tmp_path: Path
-) -> None:
-    a, b = await comfyui_farm.start(
-        SimulatorConfig(step_time=0.001), SimulatorConfig(step_time=0.001)
-    )
+async def killed_with_prompts_on_b(
+    farm: SimulatorFarm, tmp_path: Path
+) -> tuple[ComfyUISimulator, ComfyUISimulator, Path, tuple[str, ...]]:
+    """A journaled CLI batch over servers a and b, SIGKILLed once b (held: it accepts prompts
+    and sits on them) has at least two: the servers, the output folder and the command."""
+    a, b = await farm.start(SimulatorConfig(step_time=0.001), SimulatorConfig(step_time=0.001))
     out = tmp_path / "out"
     command = (
         "txt2img", "frame", "-n", "8", "--seed", "0", "--size", "64x64", "--steps", "2",
         "-o", str(out), "--server", a.url, "--server", b.url, "--json",
     )  # fmt: skip
-    b.hold()  # b accepts prompts and sits on them
+    b.hold()
     proc = await asyncio.create_subprocess_exec(
         *DREAMGEN, *command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
     )
     await b.wait_until(lambda: len(b.accepted_prompt_ids) >= 2, timeout=30)
     proc.kill()
     await proc.communicate()
+    return a, b, out, command
+
+
+async def test_a_server_gone_at_resume_its_items_run_elsewhere_marked_resubmitted(
+    comfyui_farm: SimulatorFarm, tmp_path: Path
+) -> None:
+    a, b, out, command = await killed_with_prompts_on_b(comfyui_farm, tmp_path)
     on_b = set(b.accepted_prompt_ids)
     await b.stop()  # gone, with its queue
     code, stdout, err = await dreamgen(*command)
@@ -218,21 +225,7 @@ async def test_cli_status_lists_the_models(servers: list[str]) -> None:
 async def test_a_server_down_at_resume_that_comes_back_does_not_run_its_items_too(
     comfyui_farm: SimulatorFarm, tmp_path: Path
 ) -> None:
-    a, b = await comfyui_farm.start(
-        SimulatorConfig(step_time=0.001), SimulatorConfig(step_time=0.001)
-    )
-    out = tmp_path / "out"
-    command = (
-        "txt2img", "frame", "-n", "8", "--seed", "0", "--size", "64x64", "--steps", "2",
-        "-o", str(out), "--server", a.url, "--server", b.url, "--json",
-    )  # fmt: skip
-    b.hold()  # b accepts prompts and sits on them
-    proc = await asyncio.create_subprocess_exec(
-        *DREAMGEN, *command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
-    )
-    await b.wait_until(lambda: len(b.accepted_prompt_ids) >= 2, timeout=30)
-    proc.kill()
-    await proc.communicate()
+    a, b, out, command = await killed_with_prompts_on_b(comfyui_farm, tmp_path)
     on_b = set(b.accepted_prompt_ids)
     b.fail_next("/object_info", n=10**6, status=503)  # b cannot join the rerun's pool...
     a.hold()
