@@ -250,10 +250,20 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=200)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--size", type=int, default=64, help=">64: txt2img outputs of SIZE²")
+    parser.add_argument(
+        "--output-root",
+        help="generator: write the files in a new folder here (default: the system temp folder)",
+    )
     args = parser.parse_args()
+    if args.output_root:
+        tempfile.tempdir = args.output_root
     cpu_before = time.process_time()
+    usage_before = resource.getrusage(resource.RUSAGE_SELF)
     figures = asyncio.run(CLIENTS[args.client](args.url, args.jobs, args.concurrency, args.size))
     figures["cpu"] = time.process_time() - cpu_before
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    figures["cpu_user"] = usage.ru_utime - usage_before.ru_utime
+    figures["cpu_sys"] = usage.ru_stime - usage_before.ru_stime
     figures["peak_rss_kb"] = peak_rss_kb()
     figures["end_rss_kb"] = rss_kb()
     json.dump(figures, sys.stdout)

@@ -19,7 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,8 @@ from dreamgen_async import ComfyUIClient, FluxWorkflowBuilder
 
 HERE = Path(__file__).parent
 PYTHON = sys.executable
+#: Where the generator of scenario 2 writes its files when the machine has it (see the README).
+TMPFS = "/dev/shm"
 
 
 def free_port() -> int:
@@ -43,9 +45,20 @@ def free_port() -> int:
         return port
 
 
+def pinned(cpu: int) -> Callable[[], None] | None:
+    """A ``preexec_fn`` that keeps a child process on one core, where the machine has two or
+    more and Linux's affinity call: the simulator on one, the client on another, so neither
+    moves onto the other's core between rounds (that alone moved figures by 20 %)."""
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    if len(cpus) < 2:
+        return None
+    core = cpus[cpu % len(cpus)]
+    return lambda: os.sched_setaffinity(0, {core})
+
+
 @contextmanager
 def simulator(step_time: float, node_time: float) -> Iterator[str]:
-    """A simulator in its own process; yields its URL."""
+    """A simulator in its own process (on its own core, see :func:`pinned`); yields its URL."""
     port = free_port()
     with tempfile.TemporaryDirectory() as root:
         proc = subprocess.Popen(
@@ -53,6 +66,7 @@ def simulator(step_time: float, node_time: float) -> Iterator[str]:
              "--step-time", str(step_time), "--node-time", str(node_time)],
             stderr=subprocess.PIPE,
             text=True,
+            preexec_fn=pinned(-1),
         )  # fmt: skip
         try:
             assert proc.stderr is not None
@@ -65,13 +79,16 @@ def simulator(step_time: float, node_time: float) -> Iterator[str]:
             proc.wait(10)
 
 
-def run_client(client: str, url: str, jobs: int, concurrency: int, size: int = 64) -> Any:
+def run_client(
+    client: str, url: str, jobs: int, concurrency: int, size: int = 64, *extra: str
+) -> Any:
     out = subprocess.run(
         [PYTHON, str(HERE / "clients.py"), client, "--url", url, "--jobs", str(jobs),
-         "--concurrency", str(concurrency), "--size", str(size)],
+         "--concurrency", str(concurrency), "--size", str(size), *extra],
         capture_output=True,
         text=True,
         check=True,
+        preexec_fn=pinned(0),
     )  # fmt: skip
     return json.loads(out.stdout)
 
@@ -133,26 +150,45 @@ def queue_efficiency(quick: bool) -> list[dict[str, Any]]:
     return rows
 
 
+#: Scenario 2's clients: name -> (clients.py client, extra arguments).
+OVERHEAD_CLIENTS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "dreamgen": ("dreamgen", ()),
+    "generator": ("generator", ("--output-root", TMPFS) if os.path.isdir(TMPFS) else ()),
+    "generator_disk": ("generator", ("--output-root", tempfile.gettempdir())),
+    "reference": ("reference", ()),
+}
+
+
 def client_overhead(quick: bool) -> dict[str, Any]:
-    jobs, rounds = (300, 1) if quick else (2000, 3)
-    samples: dict[str, list[dict[str, Any]]] = {"dreamgen": [], "generator": [], "reference": []}
-    with simulator(step_time=0.0, node_time=0.0) as url:
-        run_client("reference", url, 20, 8)
-        for _ in range(rounds):  # interleaved: A B A B ...
-            for client in samples:
-                samples[client].append(run_client(client, url, jobs, 64))
+    """Scenario 2: each run against a simulator of its own, started afresh (a simulator's
+    history grows, and a slower server costs a client more wake-ups per job), in a new order
+    each round (A B C, B C A, ...)."""
+    jobs, rounds = (300, 1) if quick else (2000, 5)
+    names = list(OVERHEAD_CLIENTS)
+    samples: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
+    for round_ in range(rounds):
+        for name in names[round_ % len(names) :] + names[: round_ % len(names)]:
+            client, extra = OVERHEAD_CLIENTS[name]
+            with simulator(step_time=0.0, node_time=0.0) as url:
+                run_client("reference", url, 20, 8)  # warm the simulator
+                samples[name].append(run_client(client, url, jobs, 64, 64, *extra))
     result: dict[str, Any] = {"jobs": jobs, "rounds": rounds, "concurrency": 64}
     for client, runs in samples.items():
         latencies = [x * 1000 for run in runs for x in run["latencies"] if x is not None]
         result[client] = {
             "jobs_per_s": statistics.median(jobs / r["wall"] for r in runs),
             "cpu_ms_per_job": statistics.median(r["cpu"] / jobs * 1000 for r in runs),
+            "cpu_sys_ms_per_job": statistics.median(r["cpu_sys"] / jobs * 1000 for r in runs),
+            "cpu_ms_per_job_runs": [r["cpu"] / jobs * 1000 for r in runs],
             "latency_median_ms": statistics.median(latencies) if latencies else None,
             "latency_p99_ms": pct(latencies, 0.99) if latencies else None,
         }
     result["ratios"] = [
         (jobs / d["wall"]) / (jobs / r["wall"])
         for d, r in zip(samples["dreamgen"], samples["reference"], strict=True)
+    ]
+    result["generator_cpu_ratios"] = [
+        g["cpu"] / r["cpu"] for g, r in zip(samples["generator"], samples["reference"], strict=True)
     ]
     return result
 
@@ -244,29 +280,40 @@ def markdown(report: dict[str, Any]) -> str:
             f"{row['efficiency']:.3f} |"
         )
     o = report["overhead"]
+    tmpfs = "tmpfs" if OVERHEAD_CLIENTS["generator"][1] else "disk"
     names = {
         "dreamgen": "dreamgen ComfyUIClient",
-        "generator": "dreamgen DreamGenerator (uploads, files)",
+        "generator": f"dreamgen DreamGenerator (uploads, files on {tmpfs})",
+        "generator_disk": "dreamgen DreamGenerator (uploads, files on disk)",
         "reference": "hand-written reference",
     }
     ratios = ", ".join(f"{x:.2f}" for x in o["ratios"])
+    generator_ratios = ", ".join(f"{x:.2f}" for x in o["generator_cpu_ratios"])
+    reference_cpu = o["reference"]["cpu_ms_per_job"]
     lines += [
         "",
         f"**2. Client overhead and 4. latency** ({o['jobs']} jobs at zero server time, "
-        f"concurrency 64, {o['rounds']} interleaved rounds, medians)",
+        f"concurrency 64, {o['rounds']} rounds in rotated order, a fresh simulator per run, "
+        "medians)",
         "",
-        "| client | jobs/s | client CPU ms/job | latency median (ms) | latency p99 (ms) |",
-        "| --- | --- | --- | --- | --- |",
+        "| client | jobs/s | client CPU ms/job (of it: kernel) | / reference | "
+        "latency median (ms) | latency p99 (ms) |",
+        "| --- | --- | --- | --- | --- | --- |",
     ]
     for key, label in names.items():
         row = o[key]
         median = row["latency_median_ms"]
         p99 = row["latency_p99_ms"]
         lines.append(
-            f"| {label} | {row['jobs_per_s']:.0f} | {row['cpu_ms_per_job']:.2f} | "
+            f"| {label} | {row['jobs_per_s']:.0f} | {row['cpu_ms_per_job']:.2f} "
+            f"({row['cpu_sys_ms_per_job']:.2f}) | {row['cpu_ms_per_job'] / reference_cpu:.2f}x | "
             + (f"{median:.3f} | {p99:.3f} |" if median is not None else "n/a | n/a |")
         )
-    lines += ["", f"ComfyUIClient / reference throughput per round: {ratios}"]
+    lines += [
+        "",
+        f"ComfyUIClient / reference throughput per round: {ratios}",
+        f"DreamGenerator ({tmpfs}) / reference client CPU per round: {generator_ratios}",
+    ]
     s = report["scale"]
     lines += [
         "",

@@ -362,8 +362,8 @@ async def write_outputs(
     """
     finals = [(folder / name(i, suffix), data) for i, (suffix, data) in enumerate(images)]
     if sum(len(data) for _, data in finals) <= _INLINE_WRITE:
-        return write_outputs_blocking(folder, finals)
-    writing = asyncio.ensure_future(asyncio.to_thread(write_outputs_blocking, folder, finals))
+        return write_outputs_blocking(finals)
+    writing = asyncio.ensure_future(asyncio.to_thread(write_outputs_blocking, finals))
     try:
         return await asyncio.shield(writing)
     except asyncio.CancelledError:
@@ -380,13 +380,20 @@ def _remove_written(writing: asyncio.Future[tuple[Path, ...]]) -> None:
             os.unlink(path)
 
 
-def write_outputs_blocking(folder: Path, finals: list[tuple[Path, bytes]]) -> tuple[Path, ...]:
-    """:func:`write_outputs`' work, blocking: all or nothing."""
-    os.makedirs(folder, exist_ok=True)
+def write_outputs_blocking(finals: list[tuple[Path, bytes]]) -> tuple[Path, ...]:
+    """:func:`write_outputs`' work, blocking: all or nothing.
+
+    The folder is created when a write finds it missing (not checked before every job: two
+    system calls each, for a folder that nearly always exists).
+    """
     paths: list[Path] = []
     try:
         for final, data in finals:
-            _write_atomically(final, data)
+            try:
+                _write_atomically(final, data)
+            except FileNotFoundError:
+                os.makedirs(final.parent, exist_ok=True)
+                _write_atomically(final, data)
             paths.append(final)
     except BaseException:
         for path in paths:

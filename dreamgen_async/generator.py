@@ -1192,6 +1192,8 @@ class DreamGenerator:
             while len(self._uploads) > 4096:
                 self._uploads.popitem(last=False)
         self._uploads.move_to_end(digest)
+        if pending.done():  # uploaded already (a batch's every request but the first)
+            return pending.result()
         return await asyncio.shield(pending)
 
     async def _store_once(self, data: bytes, digest: str, suffix: str) -> str:

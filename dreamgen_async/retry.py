@@ -99,13 +99,14 @@ class Backoff:
 
 
 class _Wait(wait_base):
-    def __init__(self, backoff: Backoff) -> None:
+    def __init__(self, backoff: Backoff, offset: int = 0) -> None:
         self._backoff = backoff
+        self._offset = offset  # attempts made before tenacity's loop began
 
     def __call__(self, retry_state: RetryCallState) -> float:
         outcome = retry_state.outcome
         error = outcome.exception() if outcome is not None and outcome.failed else None
-        return self._backoff.delay(retry_state.attempt_number, error)
+        return self._backoff.delay(retry_state.attempt_number + self._offset, error)
 
 
 def in_retry_loop() -> bool:
@@ -141,14 +142,44 @@ async def retry_call(
     raised as it is. ``attempts`` and ``max_time`` bound the loop (``None``: unbounded; the
     caller may bound it with ``asyncio.timeout``). Requests made by ``call`` attempt once.
     Cancelling it cancels the attempt or the wait in progress.
+
+    The first attempt is made directly: a call that succeeds at once (nearly every request)
+    costs no retry machinery. Only a retryable failure starts tenacity's loop, for the
+    attempts after it, numbered (for the backoff, the stop and the time bound) as one loop.
     """
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with single_attempts():
+        try:
+            return await call()
+        except Exception as exc:
+            if attempts == 1 or not retry_if(exc):
+                raise
+            if max_time is not None and loop.time() - started >= max_time:
+                raise
+            log.info("retrying after %s", exc)
+            first_delay = backoff.delay(1, exc)
+    await asyncio.sleep(first_delay)
+    return await _retry_loop(call, backoff, retry_if, attempts, max_time, started)
+
+
+async def _retry_loop(
+    call: Callable[[], Awaitable[T]],
+    backoff: Backoff,
+    retry_if: Callable[[BaseException], bool],
+    attempts: int | None,
+    max_time: float | None,
+    started: float,
+) -> T:
+    """:func:`retry_call` from its second attempt on: tenacity's loop, numbered from 2."""
     stop: stop_base = stop_never
     if attempts is not None:
-        stop = stop_after_attempt(attempts)
+        stop = stop_after_attempt(attempts - 1)
     if max_time is not None:
-        stop = stop | stop_after_delay(max_time)
+        spent = asyncio.get_running_loop().time() - started
+        stop = stop | stop_after_delay(max(0.0, max_time - spent))
     retrying = AsyncRetrying(
-        stop=stop, wait=backoff.wait(), retry=retry_if_exception(retry_if), reraise=True
+        stop=stop, wait=_Wait(backoff, offset=1), retry=retry_if_exception(retry_if), reraise=True
     )
     with single_attempts():
         async for attempt in retrying:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -70,6 +71,20 @@ async def test_generate_from_image_writes_a_real_png(
     assert len(uploads) == 1
     await gen.generate_from_image(source, "again", seed=43)
     assert len([r for r in comfyui_sim.requests if r.route == "/upload/image"]) == 1
+
+
+async def test_an_output_folder_removed_between_jobs_is_made_again(
+    gen: DreamGenerator, tmp_path: Path
+) -> None:
+    """The folder is not checked before each write; a write that finds it gone makes it."""
+    first = await gen.generate_from_prompt("a fox", width=64, height=64, steps=1, seed=1)
+    assert first.path.exists()
+    shutil.rmtree(tmp_path / "out")
+    second = await gen.generate_from_prompt("a fox", width=64, height=64, steps=1, seed=2)
+    assert second.path.parent == tmp_path / "out"
+    with Image.open(second.path) as img:
+        assert img.format == "PNG"
+    assert [p.name for p in (tmp_path / "out").iterdir()] == [second.path.name]  # no staging
 
 
 async def test_pil_and_bytes_inputs_and_a_random_seed(gen: DreamGenerator) -> None:

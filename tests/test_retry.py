@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+from dataclasses import dataclass, field
 
 import pytest
 
@@ -57,6 +58,48 @@ async def test_retry_call_retries_what_retry_if_allows_and_raises_the_rest() -> 
 
 async def flaky_forever() -> str:
     raise ConnectionError("never")
+
+
+@dataclass(frozen=True)
+class _RecordingBackoff(Backoff):
+    """Backs off for no time, and notes which attempt each delay followed."""
+
+    asked: list[int] = field(default_factory=list)
+
+    def delay(self, attempt: int, error: BaseException | None = None) -> float:
+        self.asked.append(attempt)
+        return 0.0
+
+
+async def test_retry_call_numbers_its_attempts_as_one_loop() -> None:
+    """The first attempt is made outside tenacity; the count, the backoff's attempt numbers
+    and the stop still run as one loop of ``attempts``."""
+    calls: list[bool] = []
+
+    async def failing() -> str:
+        calls.append(in_retry_loop())
+        raise ConnectionError("down")
+
+    backoff = _RecordingBackoff()
+    with pytest.raises(ConnectionError):
+        await retry_call(failing, backoff, retry_if=lambda e: True, attempts=4)
+    assert calls == [True, True, True, True]  # every attempt inside the loop's mark
+    # The delays after attempts 1, 2 and 3 (tenacity also computes, never sleeps, the one
+    # after the last attempt: the same numbers as when tenacity ran the whole loop).
+    assert backoff.asked == [1, 2, 3, 4]
+
+    async def fine() -> str:
+        return "ok"
+
+    quiet = _RecordingBackoff()
+    assert await retry_call(fine, quiet, retry_if=lambda e: True, attempts=4) == "ok"
+    assert quiet.asked == []
+    assert not in_retry_loop()  # the mark ends with the loop
+
+    calls.clear()
+    with pytest.raises(ConnectionError):  # no time left after the first failure: no retry
+        await retry_call(failing, _RecordingBackoff(), retry_if=lambda e: True, max_time=0.0)
+    assert len(calls) == 1
 
 
 async def test_the_mark_belongs_to_the_task_that_set_it() -> None:
