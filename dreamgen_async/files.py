@@ -462,7 +462,8 @@ def _staging_token() -> str:
 
 
 def _write_atomically(final: Path, data: bytes) -> None:
-    staging = final.with_name(f".{final.name}.{os.getpid()}.{_staging_token()}.part")
+    folder, name = os.path.split(final)  # strings: no Path built per staging file
+    staging = os.path.join(folder, f".{name}.{os.getpid()}.{_staging_token()}.part")
     try:
         with open(staging, "wb") as f:
             f.write(data)

@@ -154,7 +154,8 @@ def render_svg(
     """An SVG document: one lane per server (``spans`` by server, or a flat iterable grouped
     by :attr:`Span.server`), time from ``start`` (default: the earliest span) to the last end,
     spans coloured by checkpoint (loads darker and striped, idle grey), a legend and an axis
-    in seconds."""
+    in seconds. Idle spans narrower than a pixel are not drawn: at the picture's scale they
+    are the gaps between back-to-back jobs, and a mark for each would read as idle time."""
     lanes = _lanes(spans)
     every = [s for lane in lanes.values() for s in lane]
     origin = start if start is not None else min((s.start for s in every), default=0.0)
@@ -185,6 +186,8 @@ def render_svg(
             f'height="{LANE_HEIGHT - 4}" fill="none" stroke="#CCCCCC"/>'
         )
         for span in lane:
+            if span.kind is SpanKind.IDLE and span.seconds * scale < 1.0:
+                continue  # narrower than a pixel: the gap between two back-to-back jobs
             out.extend(_rect(span, origin, scale, y, colour))
         out.append("</g>")
     out.extend(_axis(TOP + LANE_HEIGHT * len(lanes), length, scale))

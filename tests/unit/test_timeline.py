@@ -76,3 +76,13 @@ def test_a_flat_list_of_spans_and_an_empty_one_draw_too() -> None:
     root = ET.fromstring(render_svg(flat))
     assert len(root.findall(f"{SVG}g[@class='lane']")) == 2
     assert ET.fromstring(render_svg({})).tag == f"{SVG}svg"
+
+
+def test_idle_gaps_narrower_than_a_pixel_are_not_drawn() -> None:
+    """Back-to-back jobs leave sub-millisecond gaps; at a picture's scale they are no idle time."""
+    lane = [Span("a", SpanKind.BUSY, 0.0, 1.0, "m"), Span("a", SpanKind.IDLE, 1.0, 1.0001, "m")]
+    lane += [Span("a", SpanKind.BUSY, 1.0001, 5.0, "m"), Span("a", SpanKind.IDLE, 5.0, 9.0, "m")]
+    lane += [Span("a", SpanKind.BUSY, 9.0, 10.0, "m")]
+    root = ET.fromstring(render_svg({"a": lane}))
+    kinds = [r.get("class") for r in root.iter(f"{SVG}rect") if r.get("class")]
+    assert kinds == ["busy", "busy", "idle", "busy"]  # the 0.1 ms gap is gone, 4 s stays
