@@ -74,10 +74,11 @@ class Mailbox(Generic[T]):
 class EventSource:
     """The progress events of one job, for its callback and its ``events()`` subscribers.
 
-    Shared by :class:`Job` and the pool's job; the subclass owns the attributes.
+    Shared by :class:`Job` and the pool's job; the subclass sets the attributes in its
+    ``__init__``.
     """
 
-    __slots__ = ("_backlog", "_subscribers")
+    __slots__ = ("_backlog", "_on_progress", "_subscribers")
     _backlog: deque[Event] | None
     _subscribers: list[Mailbox[Event]] | None
     prompt_id: str
@@ -121,11 +122,15 @@ class EventSource:
                 log.exception("progress callback for prompt %s raised", self.prompt_id)
 
     def _close_events(self) -> None:
-        """The job settled: end every subscriber's iteration, drop the backlog."""
+        """The job settled: end every subscriber's iteration, drop the backlog and the
+        callback (no event comes after the outcome; a callback often refers back to the job
+        or its owner, a reference cycle that only the garbage collector would free, with
+        everything the job holds)."""
         for sub in self._subscribers or ():
             sub.close()
         self._subscribers = None
         self._backlog = None
+        self._on_progress = None
 
 
 class JobHandle(EventSource, ABC, Generic[R]):

@@ -102,7 +102,6 @@ class Job(JobHandle[PromptResult]):
         "_files",
         "_future",
         "_life",
-        "_on_progress",
         "_outputs",
         "_owner",
         "_succeeded",

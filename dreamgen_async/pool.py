@@ -204,7 +204,6 @@ class PoolJob(JobHandle[PromptResult]):
         "_canceller",
         "_future",
         "_locate",
-        "_on_progress",
         "extra_data",
         "front",
         "max_run_time",

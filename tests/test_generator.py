@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import shutil
 from collections.abc import AsyncIterator
@@ -30,6 +31,7 @@ from dreamgen_async.generator import (
     Txt2ImgRequest,
     safe_stem,
 )
+from dreamgen_async.jobs import Job
 from dreamgen_async.testing import ComfyUISimulator
 
 
@@ -85,6 +87,28 @@ async def test_an_output_folder_removed_between_jobs_is_made_again(
     with Image.open(second.path) as img:
         assert img.format == "PNG"
     assert [p.name for p in (tmp_path / "out").iterdir()] == [second.path.name]  # no staging
+
+
+async def test_a_finished_request_leaves_no_reference_cycle(gen: DreamGenerator) -> None:
+    """Its backend job (and the outputs and tasks it holds) is freed by reference counting
+    alone: a cycle (the job's progress callback into the shared run that holds the job) would
+    keep it until the garbage collector's next pass, whose every pass then walks it."""
+    prompt_ids: set[str] = set()
+    requests = [Txt2ImgRequest("a fox", width=64, height=64, steps=1, seed=i) for i in range(3)]
+    gc.collect()
+    gc.disable()
+    try:
+        async for _, outcome in gen.enumerate_completed(
+            requests, on_job=lambda _, job, __: prompt_ids.add(job.prompt_id)
+        ):
+            assert isinstance(outcome, GenerationResult)
+        del outcome
+        await asyncio.sleep(0)  # the shared runs' done callbacks
+        assert len(prompt_ids) == 3
+        alive = [o for o in gc.get_objects() if isinstance(o, Job) and o.prompt_id in prompt_ids]
+        assert alive == []
+    finally:
+        gc.enable()
 
 
 async def test_pil_and_bytes_inputs_and_a_random_seed(gen: DreamGenerator) -> None:
