@@ -404,17 +404,13 @@ def write_outputs_blocking(finals: list[tuple[Path, bytes]]) -> tuple[Path, ...]
 
 
 def copy_atomically(data: bytes, folder: Path, name: str) -> None:
+    """Write ``data`` as ``folder/name`` unless it exists (a content-named input), through a
+    staging file like every output (:func:`_write_atomically`)."""
     target = folder / name
     if target.exists():
         return
     folder.mkdir(parents=True, exist_ok=True)
-    staging = folder / f".{name}.{uuid.uuid4().hex}.part"
-    try:
-        staging.write_bytes(data)
-        os.replace(staging, target)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            staging.unlink()
+    _write_atomically(target, data)
 
 
 _STAGING = re.compile(r"^\..+\.(\d+)\.[0-9a-f]{32}\.part$")

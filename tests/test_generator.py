@@ -111,6 +111,28 @@ async def test_a_finished_request_leaves_no_reference_cycle(gen: DreamGenerator)
         gc.enable()
 
 
+async def test_an_input_dir_shared_with_the_server_replaces_the_upload(
+    comfyui_sim: ComfyUISimulator, tmp_path: Path
+) -> None:
+    """``input_dir``: the input is copied (atomically, once per content) into the server's
+    input folder, and nothing is uploaded."""
+    async with DreamGenerator(
+        comfyui_sim.url, output_dir=tmp_path / "out", input_dir=comfyui_sim.input_dir
+    ) as generator:
+        first = await generator.generate_from_image(png_bytes(4), "a fox", seed=1)
+        second = await generator.generate_from_image(png_bytes(4), "a fox", seed=2)
+    assert first.path.exists()
+    assert second.path.exists()
+    assert not [r for r in comfyui_sim.requests if r.route == "/upload/image"]
+    copied = list((comfyui_sim.input_dir / "dreamgen").iterdir())
+    assert len(copied) == 1  # one content, one file; no staging file left
+    assert copied[0].read_bytes() == png_bytes(4)
+    loads = [
+        n["inputs"]["image"] for n in first.workflow.values() if n["class_type"] == "LoadImage"
+    ]
+    assert loads == [f"dreamgen/{copied[0].name}"]
+
+
 async def test_pil_and_bytes_inputs_and_a_random_seed(gen: DreamGenerator) -> None:
     with Image.new("RGB", (48, 48), (10, 200, 30)) as pil:
         from_pil = await gen.generate_from_image(pil, "a meadow")
