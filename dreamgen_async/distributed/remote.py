@@ -83,7 +83,6 @@ class RemoteJob(JobHandle[PromptResult]):
     __slots__ = (
         "_backend",
         "_future",
-        "_on_progress",
         "before_post",
         "prompt_id",
         "server",
