@@ -25,7 +25,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any, cast
 
 from PIL import Image
@@ -63,6 +63,9 @@ class InstantJob:
     async def events(self) -> AsyncIterator[Event]:
         return
         yield
+
+    def listen(self, on_progress: Callable[[Event], object]) -> None:
+        pass  # no events
 
     async def cancel(self) -> None:
         return None

@@ -105,6 +105,11 @@ class BackendJob(Protocol):
         """The job's progress events, until it ends."""
         ...
 
+    def listen(self, on_progress: Callable[[Event], object]) -> None:
+        """Send its progress events from now on to ``on_progress`` (in place of the
+        callback it was submitted with); ignored once it has settled."""
+        ...
+
     async def cancel(self) -> None:
         """Cancel it for every waiter."""
         ...

@@ -39,7 +39,7 @@ from collections.abc import (
 )
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, TypeAlias
+from typing import Any, Literal, Protocol, TypeAlias
 
 from dreamgen_async.backend import Backend, BackendJob
 from dreamgen_async.batch import Batch, BatchProgress, BatchRunner, Outcome
@@ -218,6 +218,9 @@ class _Watch:
     # Told, before the prompt is submitted, how to ask its place in the client-side queue.
     on_waiting: Callable[[Locate], object] | None = None
 
+    def progress(self) -> ProgressCallback | None:
+        return self.on_progress
+
     def bound(self, job: BackendJob, server: str | None) -> None:
         if self.on_job is not None:
             self.on_job(job, server)
@@ -225,6 +228,19 @@ class _Watch:
     def waiting(self, locate: Locate) -> None:
         if self.on_waiting is not None:
             self.on_waiting(locate)
+
+
+class _Follower(Protocol):
+    """Who follows a run: one caller's :class:`_Watch`, or the callers of a shared run."""
+
+    def progress(self) -> ProgressCallback | None:
+        """What the run's job reports its progress to (asked when it is submitted)."""
+
+    def bound(self, job: BackendJob, server: str | None) -> None:
+        """The run's backend job is known (submitted)."""
+
+    def waiting(self, locate: Locate) -> None:
+        """Before the job is submitted: how to ask its place in the client-side queue."""
 
 
 # ---------------------------------------------------------------------------- handles
@@ -967,7 +983,7 @@ class DreamGenerator:
         """Run the request (or collect ``adopt``'s prompt), identical requests sharing a run."""
         fetched = await self._run_shared(
             prep.key if prep.deterministic else None,
-            lambda wait, shared_watch: self._fetch(prep, wait, shared_watch, adopt, item, journal),
+            lambda wait, follower: self._fetch(prep, wait, follower, adopt, item, journal),
             timeout,
             watch,
         )
@@ -992,7 +1008,7 @@ class DreamGenerator:
         self,
         prep: _Prepared,
         timeout: float | None,
-        watch: _Watch,
+        watch: _Follower,
         adopt: JournalItem | None = None,
         item: JournalItem | None = None,
         journal: BatchJournal | None = None,
@@ -1030,7 +1046,7 @@ class DreamGenerator:
         item: JournalItem,
         prep: _Prepared,
         timeout: float | None,
-        watch: _Watch,
+        watch: _Follower,
     ) -> _Fetched | object | None:
         """Collect a prompt an earlier run posted on its server; ``None`` when it must run
         again, :data:`_UNKNOWN` when it must run again but may also run where it was posted
@@ -1043,7 +1059,7 @@ class DreamGenerator:
                 server=item.server,
                 client_id=item.client_id,
                 workflow=prep.workflow,
-                on_progress=watch.on_progress,
+                on_progress=watch.progress(),
             )
         except TransportError as exc:
             log.warning(
@@ -1092,7 +1108,7 @@ class DreamGenerator:
     async def _run_shared(
         self,
         key: str | None,
-        fetch: Callable[[float | None, _Watch], Coroutine[Any, Any, _Fetched]],
+        fetch: Callable[[float | None, _Follower], Coroutine[Any, Any, _Fetched]],
         timeout: float | None,
         watch: _Watch,
     ) -> _Fetched:
@@ -1108,10 +1124,9 @@ class DreamGenerator:
         shared = self._inflight.get(key)
         if shared is None:
             shared = self._inflight[key] = _SharedRun(key)
-            shared.task = asyncio.create_task(
-                fetch(None, _Watch(shared.fan_out, shared.bound, shared.waiting)),
-                name="dreamgen-shared-run",
-            )
+            # The run's job reports progress only if a caller listens (a later caller that
+            # does makes the job report from then on: see _SharedRun.join).
+            shared.task = asyncio.create_task(fetch(None, shared), name="dreamgen-shared-run")
             shared.task.add_done_callback(functools.partial(self._shared_done, key, shared))
         task = shared.task
         assert task is not None
@@ -1143,7 +1158,7 @@ class DreamGenerator:
         self,
         workflow: Mapping[str, Any],
         timeout: float | None,
-        watch: _Watch,
+        watch: _Follower,
         posting: _Posting,
         priority: int = 0,
         limits: _Limits | None = None,
@@ -1158,7 +1173,7 @@ class DreamGenerator:
         watch.waiting(functools.partial(self.client.position, posting.prompt_id))
         job = await self.client.submit(
             workflow,
-            on_progress=watch.on_progress,
+            on_progress=watch.progress(),
             prompt_id=posting.prompt_id,
             before_post=posting.before_post,
             priority=priority,
@@ -1536,7 +1551,7 @@ def _shared_timeout(timeout: float | None, shared: _SharedRun) -> PromptTimeout:
 class _SharedRun:
     """One server run shared by identical requests in flight, and who still waits for it."""
 
-    __slots__ = ("job", "key", "locate", "task", "watches")
+    __slots__ = ("job", "key", "listened", "locate", "task", "watches")
 
     def __init__(self, key: str) -> None:
         self.key = key
@@ -1544,6 +1559,9 @@ class _SharedRun:
         self.watches: list[_Watch] = []
         self.job: tuple[BackendJob, str | None] | None = None
         self.locate: Locate | None = None
+        # Whether the job reports its progress to fan_out: from its submission when a caller
+        # listened by then, else from when one does (see _listen).
+        self.listened = False
 
     @property
     def interest(self) -> int:
@@ -1552,18 +1570,34 @@ class _SharedRun:
 
     def join(self, watch: _Watch) -> None:
         self.watches.append(watch)
+        if watch.on_progress is not None:
+            self._listen()
         if self.locate is not None:
             watch.waiting(self.locate)
         if self.job is not None:
             watch.bound(*self.job)
+
+    def _listen(self) -> None:
+        """A caller listens: the job reports to :meth:`fan_out` (once it is known)."""
+        if self.job is not None and not self.listened:
+            self.job[0].listen(self.fan_out)
+            self.listened = True
 
     def leave(self, watch: _Watch) -> bool:
         """One caller is done waiting; True when it was the last."""
         self.watches.remove(watch)
         return not self.watches
 
+    def progress(self) -> ProgressCallback | None:
+        """:meth:`fan_out` when a caller listens as the job is submitted; else nothing
+        (the job then keeps its progress unparsed) until one does (see :meth:`_listen`)."""
+        self.listened = any(watch.on_progress is not None for watch in self.watches)
+        return self.fan_out if self.listened else None
+
     def bound(self, job: BackendJob, server: str | None) -> None:
         self.job = (job, server)
+        if any(watch.on_progress is not None for watch in self.watches):
+            self._listen()  # one joined while the job was being submitted
         for watch in list(self.watches):
             watch.bound(job, server)
 

@@ -23,8 +23,8 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any, Generic, TypeVar
 
-from dreamgen_async.errors import PromptTimeout
-from dreamgen_async.protocol import Event
+from dreamgen_async.errors import PromptTimeout, ProtocolError
+from dreamgen_async.protocol import Event, JSONDict, event_from
 
 __all__ = ["EVENT_BUFFER", "EventSource", "JobHandle", "Mailbox"]
 
@@ -79,7 +79,9 @@ class EventSource:
     """
 
     __slots__ = ("_backlog", "_on_progress", "_subscribers")
-    _backlog: deque[Event] | None
+    # Recent events; a progress-only message nobody listened to is kept as it came,
+    # ``(type, data)``, and parsed only if a subscriber comes (see deliver_message).
+    _backlog: deque[Event | tuple[str, JSONDict]] | None
     _subscribers: list[Mailbox[Event]] | None
     prompt_id: str
     _future: asyncio.Future[Any]
@@ -91,7 +93,7 @@ class EventSource:
         The iterator ends when the prompt reaches an outcome. A consumer that falls far
         behind loses the oldest events (never the outcome); the reader never waits for it.
         """
-        sub: Mailbox[Event] = Mailbox(self._backlog or ())
+        sub: Mailbox[Event] = Mailbox(self._recent())
         if self._future.done():
             sub.close()
         else:
@@ -120,6 +122,45 @@ class EventSource:
                 self._on_progress(event)
             except Exception:
                 log.exception("progress callback for prompt %s raised", self.prompt_id)
+
+    def deliver_message(self, kind: str, data: JSONDict) -> None:
+        """Hand on a progress-only message (see
+        :func:`~dreamgen_async.protocol.progress_only`): parsed and delivered when a callback
+        or a subscriber listens; otherwise only kept in the backlog as it came (most jobs of
+        a batch have no listener, and most of a job's messages are these).
+
+        Never raises, never blocks.
+        """
+        if self._on_progress is None and not self._subscribers:
+            if self._backlog is None:
+                self._backlog = deque(maxlen=32)
+            self._backlog.append((kind, data))
+            return
+        try:
+            event = event_from(kind, data)
+        except ProtocolError as exc:
+            log.warning("ignoring a malformed frame: %s", exc)
+            return
+        self.deliver(event)
+
+    def listen(self, on_progress: ProgressCallback) -> None:
+        """Send the job's progress events from now on to ``on_progress`` (in place of the
+        callback it was submitted with). Ignored once the job has settled."""
+        if not self._future.done():
+            self._on_progress = on_progress
+
+    def _recent(self) -> list[Event]:
+        """The backlog's events, each kept message parsed (a malformed one left out)."""
+        events = []
+        for item in self._backlog or ():
+            if isinstance(item, tuple):
+                try:
+                    item = event_from(*item)
+                except ProtocolError as exc:
+                    log.warning("ignoring a malformed frame: %s", exc)
+                    continue
+            events.append(item)
+        return events
 
     def _close_events(self) -> None:
         """The job settled: end every subscriber's iteration, drop the backlog and the

@@ -31,12 +31,20 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 import aiohttp
 
 from dreamgen_async.errors import ConnectionLostError, DreamgenError, ProtocolError
-from dreamgen_async.protocol import Event, Status, parse_binary, parse_text
+from dreamgen_async.protocol import (
+    Event,
+    JSONDict,
+    Status,
+    decode_text,
+    event_from,
+    parse_binary,
+    progress_only,
+)
 from dreamgen_async.retry import Backoff, single_attempts
 from dreamgen_async.transport_errors import classify
 
@@ -100,11 +108,17 @@ class Listener(Protocol):
     """What the multiplexer tells the owner of the jobs (:class:`~dreamgen_async.owner.JobOwner`).
 
     The multiplexer holds nothing else of the client: it opens sockets with the ``connect``
-    callable it was given and reports through these five methods.
+    callable it was given and reports through these six methods.
     """
 
     def on_event(self, event: Event) -> None:
         """A parsed event other than ``status``, in the order received. Must not raise."""
+
+    def on_progress_message(self, kind: str, data: JSONDict) -> None:
+        """A message that only informs listeners (:func:`~dreamgen_async.protocol.progress_only`),
+        decoded but not parsed: the listener parses it (:func:`~dreamgen_async.protocol.event_from`)
+        only for a job someone listens to. In the order received, among the events. Must not
+        raise."""
 
     def on_gap(self) -> None:
         """The socket dropped: events may be missed until the next resync."""
@@ -333,9 +347,9 @@ class Multiplexer:
         async for message in ws:
             self.messages += 1
             if message.type is aiohttp.WSMsgType.TEXT:
-                self._dispatch_frame(message.data, parse_text)
+                self._dispatch_text(message.data)
             elif message.type is aiohttp.WSMsgType.BINARY:
-                self._dispatch_frame(message.data, parse_binary)
+                self._dispatch_binary(message.data)
             elif message.type is aiohttp.WSMsgType.ERROR:
                 log.warning("WebSocket error: %s", ws.exception())
                 break
@@ -380,9 +394,23 @@ class Multiplexer:
                 heard, silent = self.messages, 0
                 self.force_reconnect()
 
-    def _dispatch_frame(self, data: Any, parse: Callable[[Any], Event]) -> None:
+    def _dispatch_text(self, frame: str) -> None:
+        """Route one text frame; a progress-only message unparsed (most of a job's messages:
+        parsed only if someone listens)."""
         try:
-            event = parse(data)
+            kind, data = decode_text(frame)
+            if progress_only(kind, data):
+                self._listener.on_progress_message(kind, data)
+                return
+            event = event_from(kind, data)
+        except ProtocolError as exc:
+            log.warning("ignoring a malformed frame: %s", exc)
+            return
+        self.dispatch(event)
+
+    def _dispatch_binary(self, frame: bytes) -> None:
+        try:
+            event = parse_binary(frame)
         except ProtocolError as exc:
             log.warning("ignoring a malformed frame: %s", exc)
             return

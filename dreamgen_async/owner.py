@@ -59,6 +59,7 @@ from dreamgen_async.protocol import (
     ExecutionStart,
     ExecutionSuccess,
     HistoryRecord,
+    JSONDict,
     QueueState,
     parse_node_errors,
 )
@@ -457,6 +458,16 @@ class JobOwner:
         job = self._live.get(prompt_id) if prompt_id is not None else None
         if job is not None and self._apply(job, event):
             job.deliver(event)
+
+    def on_progress_message(self, kind: str, data: JSONDict) -> None:
+        """Route a progress-only message (see :meth:`Listener.on_progress_message`) to its
+        job, as :meth:`on_event` routes its event; parsed there only if someone listens."""
+        prompt_id = data.get("prompt_id")
+        if prompt_id is None and kind != "executing":
+            prompt_id = self._running_prompt
+        job = self._live.get(prompt_id) if prompt_id is not None else None
+        if job is not None:
+            job.deliver_message(kind, data)
 
     def _apply(self, job: Job, event: Event) -> bool:
         """What ``event`` means for ``job``; False when it settles the job (not delivered)."""

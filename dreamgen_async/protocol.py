@@ -44,6 +44,8 @@ __all__ = [
     "Status",
     "UnknownBinary",
     "UnknownMessage",
+    "decode_text",
+    "event_from",
     "feature_flags_message",
     "json_steps",
     "parse_binary",
@@ -53,6 +55,7 @@ __all__ = [
     "parse_output_images",
     "parse_queue",
     "parse_text",
+    "progress_only",
     "sniff_image_format",
     "verify_output",
 ]
@@ -553,6 +556,16 @@ def parse_text(frame: str | bytes) -> Event:
     Raises:
         ProtocolError: not JSON, not an object, or a known type with malformed fields.
     """
+    return event_from(*decode_text(frame))
+
+
+def decode_text(frame: str | bytes) -> tuple[str, Any]:
+    """A text frame's ``(type, data)``, decoded but not parsed further (see
+    :func:`event_from`).
+
+    Raises:
+        ProtocolError: not JSON, not an object, or no string ``type``.
+    """
     try:
         message = json.loads(frame)
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
@@ -561,10 +574,37 @@ def parse_text(frame: str | bytes) -> Event:
     kind = message.get("type")
     if not isinstance(kind, str):
         raise ProtocolError("text frame has no string 'type'")
+    return kind, message.get("data")
+
+
+def event_from(kind: str, data: Any) -> Event:
+    """The event of a decoded text frame (:func:`decode_text`).
+
+    Raises:
+        ProtocolError: a known type with malformed fields.
+    """
     parser = _TEXT_PARSERS.get(kind)
     if parser is None:
-        return UnknownMessage(type=kind, data=message.get("data"))
-    return parser(_dict(message.get("data"), f"{kind}.data"))
+        return UnknownMessage(type=kind, data=data)
+    return parser(_dict(data, f"{kind}.data"))
+
+
+#: The messages that only inform a job's listeners: nothing in a job's lifecycle reads them.
+_PROGRESS_ONLY = frozenset({"progress", "progress_state", "executing"})
+
+
+def progress_only(kind: str, data: Any) -> bool:
+    """Whether a decoded message (:func:`decode_text`) only informs listeners, with a
+    ``prompt_id`` that is a string or absent: ``progress``, ``progress_state``, and
+    ``executing`` a node (``executing`` no node ends a prompt). Such a message can be
+    routed by its ``prompt_id`` and parsed only if someone listens (a malformed one is
+    then dropped with a warning, as it would have been on receipt)."""
+    if kind not in _PROGRESS_ONLY or not isinstance(data, dict):
+        return False
+    prompt_id = data.get("prompt_id")
+    if prompt_id is not None and not isinstance(prompt_id, str):
+        return False
+    return kind != "executing" or data.get("node") is not None
 
 
 def feature_flags_message() -> str:

@@ -4,9 +4,10 @@ the server saw."""
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import aiohttp
@@ -20,6 +21,7 @@ from dreamgen_async import (
     ConnectionLostError,
     ExecutionError,
     ExecutionInterrupted,
+    Job,
     NotComfyUIError,
     PartialPromptWarning,
     PartialPromptWarningError,
@@ -121,6 +123,52 @@ async def test_progress_callback_and_event_iterator(
     assert result.images
     # The reader survived the callback: another job still completes.
     await client.run(txt2img(seed=4), timeout=10)
+
+
+async def test_progress_nobody_listened_to_reaches_a_later_subscriber(
+    client: ComfyUIClient, comfyui_sim: ComfyUISimulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A job without a listener keeps its progress messages unparsed; a subscriber that
+    comes later still gets them (parsed, a malformed one left out with a warning), and a
+    callback given with ``listen()`` gets the events from then on."""
+    comfyui_sim.hold()  # the jobs stay queued while the messages arrive
+    heard: dict[str, list[Event]] = {"job": [], "other": []}
+    handled = {"job": asyncio.Event(), "other": asyncio.Event()}
+
+    def listener(name: str) -> Callable[[Event], None]:
+        def hear(event: Event) -> None:
+            heard[name].append(event)
+            if isinstance(event, Progress) and event.value == 2:
+                handled[name].set()
+
+        return hear
+
+    job = await client.submit(txt2img(seed=21))
+    other = await client.submit(txt2img(seed=22), on_progress=listener("other"))
+
+    async def progress(target: Job, value: object) -> None:
+        data = {"prompt_id": target.prompt_id, "node": "5", "value": value, "max": 9}
+        await comfyui_sim.send_raw(json.dumps({"type": "progress", "data": data}))
+
+    await progress(job, 1)  # nobody listens: kept as it came
+    await progress(job, "one")  # malformed, also kept
+    await progress(other, 2)
+    await handled["other"].wait()  # the socket is read in order: the job's two were handled
+    job.listen(listener("job"))
+    await progress(job, 2)
+    await handled["job"].wait()
+    stream = job.events()
+    early = [await anext(stream), await anext(stream)]
+    assert [(type(e), getattr(e, "value", None)) for e in early] == [(Progress, 1), (Progress, 2)]
+    assert heard["job"] == [early[1]]  # from listen() on
+    assert "ignoring a malformed frame: progress: field 'value'" in caplog.text
+    comfyui_sim.release()
+    result = await job.result(timeout=10)
+    rest = [event async for event in stream]
+    assert any(isinstance(e, Executing) and e.node == "5" for e in rest)
+    job.listen(listener("job"))  # settled: ignored
+    assert result.images
+    assert (await other.result(timeout=10)).images
 
 
 # ---------------------------------------------------------------------------- errors
