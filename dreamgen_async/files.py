@@ -457,12 +457,21 @@ def _staging_token() -> str:
     return f"{_STAGING_PREFIX}{next(_staging_numbers) & 0xFFFFFFFFFFFFFFFF:016x}"
 
 
+_WRITE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_BINARY", 0)
+
+
 def _write_atomically(final: Path, data: bytes) -> None:
     folder, name = os.path.split(final)  # strings: no Path built per staging file
     staging = os.path.join(folder, f".{name}.{os.getpid()}.{_staging_token()}.part")
     try:
-        with open(staging, "wb") as f:
-            f.write(data)
+        # os.open, not open(): no buffer object, no isatty/fstat/lseek calls for one write.
+        fd = os.open(staging, _WRITE_FLAGS, 0o666)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+        finally:
+            os.close(fd)
         os.replace(staging, final)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

@@ -940,11 +940,13 @@ class DreamGenerator:
                 )
                 timings = cached_timings(plan.entry.timings, submitted)
                 result = GenerationResult(
-                    paths, None, prep.seed, prep.workflow, prep.request, True, timings
+                    paths, None, prep.seed, prep.workflow, prep.request, True, timings, index=index
                 )
             else:
                 adopt = item if isinstance(plan, Adopt) else None
-                result = await self._run(prep, tag, adopt, item, journal, submitted, timeout, watch)
+                result = await self._run(
+                    prep, tag, adopt, item, journal, submitted, timeout, watch, index
+                )
         except (DreamgenError, OSError) as exc:
             if journal is not None and item is not None:
                 with contextlib.suppress(JournalError):  # the job's own error matters more
@@ -958,7 +960,7 @@ class DreamGenerator:
                 cached=result.cached,
                 seed=result.seed,
             )
-        return dataclasses.replace(result, index=index) if index is not None else result
+        return result
 
     async def _plan(self, prep: _Prepared, record: Record | None) -> Plan[CacheEntry]:
         """:func:`~dreamgen_async.plan.decide`, the cache read only when it can matter."""
@@ -979,6 +981,7 @@ class DreamGenerator:
         submitted: float,
         timeout: float | None,
         watch: _Watch,
+        index: int | None,
     ) -> GenerationResult:
         """Run the request (or collect ``adopt``'s prompt), identical requests sharing a run."""
         fetched = await self._run_shared(
@@ -999,6 +1002,7 @@ class DreamGenerator:
             prep.request,
             False,
             timings,
+            index=index,
             node_errors=fetched.node_errors,
             server=fetched.server,
             resubmitted=fetched.resubmitted,
