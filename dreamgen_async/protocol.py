@@ -502,12 +502,16 @@ def _parse_executed(data: JSONDict) -> Executed:
     output = data.get("output")
     if output is not None and not isinstance(output, dict):
         raise ProtocolError("executed: field 'output' must be an object or null")
+    prompt_id = _str(data, "prompt_id", "executed")
+    node = _str(data, "node", "executed")
+    files = parse_output_files(node, output)
     return Executed(
-        prompt_id=_str(data, "prompt_id", "executed"),
-        node=_str(data, "node", "executed"),
+        prompt_id=prompt_id,
+        node=node,
         output=output,
-        images=parse_output_images(output),
-        files=parse_output_files(data["node"], output),
+        # What parse_output_images(output) gives, from the files parsed once.
+        images=tuple(f.ref for f in files if f.key == "images" and f.ref is not None),
+        files=files,
     )
 
 

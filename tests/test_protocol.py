@@ -31,11 +31,15 @@ from dreamgen_async.protocol import (
     Status,
     UnknownBinary,
     UnknownMessage,
+    decode_text,
+    event_from,
     parse_binary,
     parse_history,
     parse_node_errors,
+    parse_output_images,
     parse_queue,
     parse_text,
+    progress_only,
 )
 
 TRACES = Path(__file__).parent / "fixtures" / "traces"
@@ -201,6 +205,50 @@ json_values = st.recursive(
 def test_text_parser_raises_only_protocol_error(kind: str, data: Any) -> None:
     with contextlib.suppress(ProtocolError):
         parse_text(json.dumps({"type": kind, "data": data}))
+
+
+image_records = st.fixed_dictionaries(
+    {"filename": st.text(max_size=8) | st.integers()},
+    optional={"subfolder": json_values, "type": json_values, "format": json_values},
+)
+ui_outputs = st.none() | st.dictionaries(
+    st.sampled_from(["images", "gifs", "audio", "text", "animated", "other"]),
+    st.lists(image_records | json_values, max_size=3) | json_values,
+    max_size=4,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(ui_outputs)
+def test_an_executed_events_images_are_its_image_files(output: Any) -> None:
+    """``Executed.images`` (made from the files parsed once) is what parse_output_images
+    makes of the same ui output."""
+    frame = {"type": "executed", "data": {"prompt_id": "p", "node": "9", "output": output}}
+    with contextlib.suppress(ProtocolError):
+        event = parse_text(json.dumps(frame))
+        assert isinstance(event, Executed)
+        assert event.images == parse_output_images(output)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from([*EXPECTED_TYPES, "other"]), json_values)
+def test_a_decoded_message_parses_as_its_frame(kind: str, data: Any) -> None:
+    """Decoding, then parsing (what a job does with a progress-only message someone listens
+    to) gives the event, or the error, that parsing the frame gives."""
+    frame = json.dumps({"type": kind, "data": data})
+    try:
+        expected: Any = parse_text(frame)
+    except ProtocolError as exc:
+        expected = str(exc)
+    decoded = decode_text(frame)
+    try:
+        got: Any = event_from(*decoded)
+    except ProtocolError as exc:
+        got = str(exc)
+    assert got == expected
+    if progress_only(*decoded):  # routed by its prompt_id before it is parsed
+        assert isinstance(got, str | Progress | ProgressState | Executing)
+        assert isinstance(got, str) or got.prompt_id == decoded[1].get("prompt_id")
 
 
 @settings(max_examples=200, deadline=None)
