@@ -24,7 +24,7 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any, Generic, TypeVar
 
 from dreamgen_async.errors import PromptTimeout, ProtocolError
-from dreamgen_async.protocol import Event, JSONDict, event_from
+from dreamgen_async.protocol import Event, JSONDict, event_from, parse_text
 
 __all__ = ["EVENT_BUFFER", "EventSource", "JobHandle", "Mailbox"]
 
@@ -79,9 +79,10 @@ class EventSource:
     """
 
     __slots__ = ("_backlog", "_on_progress", "_subscribers")
-    # Recent events; a progress-only message nobody listened to is kept as it came,
-    # ``(type, data)``, and parsed only if a subscriber comes (see deliver_message).
-    _backlog: deque[Event | tuple[str, JSONDict]] | None
+    # Recent events; a progress-only message nobody listened to is kept as the frame it
+    # came in (a string: nothing for the garbage collector to scan while the job runs),
+    # parsed only if a subscriber comes (see deliver_message).
+    _backlog: deque[Event | str] | None
     _subscribers: list[Mailbox[Event]] | None
     prompt_id: str
     _future: asyncio.Future[Any]
@@ -123,18 +124,19 @@ class EventSource:
             except Exception:
                 log.exception("progress callback for prompt %s raised", self.prompt_id)
 
-    def deliver_message(self, kind: str, data: JSONDict) -> None:
+    def deliver_message(self, kind: str, data: JSONDict, frame: str) -> None:
         """Hand on a progress-only message (see
-        :func:`~dreamgen_async.protocol.progress_only`): parsed and delivered when a callback
-        or a subscriber listens; otherwise only kept in the backlog as it came (most jobs of
-        a batch have no listener, and most of a job's messages are these).
+        :func:`~dreamgen_async.protocol.progress_only`), ``data`` decoded from ``frame``:
+        parsed and delivered when a callback or a subscriber listens; otherwise only its
+        ``frame`` is kept in the backlog (most jobs of a batch have no listener, and most of
+        a job's messages are these).
 
         Never raises, never blocks.
         """
         if self._on_progress is None and not self._subscribers:
             if self._backlog is None:
                 self._backlog = deque(maxlen=32)
-            self._backlog.append((kind, data))
+            self._backlog.append(frame)
             return
         try:
             event = event_from(kind, data)
@@ -150,12 +152,12 @@ class EventSource:
             self._on_progress = on_progress
 
     def _recent(self) -> list[Event]:
-        """The backlog's events, each kept message parsed (a malformed one left out)."""
+        """The backlog's events, each kept frame parsed (a malformed one left out)."""
         events = []
         for item in self._backlog or ():
-            if isinstance(item, tuple):
+            if isinstance(item, str):
                 try:
-                    item = event_from(*item)
+                    item = parse_text(item)
                 except ProtocolError as exc:
                     log.warning("ignoring a malformed frame: %s", exc)
                     continue

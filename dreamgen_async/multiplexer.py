@@ -114,11 +114,11 @@ class Listener(Protocol):
     def on_event(self, event: Event) -> None:
         """A parsed event other than ``status``, in the order received. Must not raise."""
 
-    def on_progress_message(self, kind: str, data: JSONDict) -> None:
+    def on_progress_message(self, kind: str, data: JSONDict, frame: str) -> None:
         """A message that only informs listeners (:func:`~dreamgen_async.protocol.progress_only`),
-        decoded but not parsed: the listener parses it (:func:`~dreamgen_async.protocol.event_from`)
-        only for a job someone listens to. In the order received, among the events. Must not
-        raise."""
+        decoded from ``frame`` but not parsed: the listener parses it
+        (:func:`~dreamgen_async.protocol.event_from`) only for a job someone listens to. In the
+        order received, among the events. Must not raise."""
 
     def on_gap(self) -> None:
         """The socket dropped: events may be missed until the next resync."""
@@ -400,7 +400,7 @@ class Multiplexer:
         try:
             kind, data = decode_text(frame)
             if progress_only(kind, data):
-                self._listener.on_progress_message(kind, data)
+                self._listener.on_progress_message(kind, data, frame)
                 return
             event = event_from(kind, data)
         except ProtocolError as exc:

@@ -459,7 +459,7 @@ class JobOwner:
         if job is not None and self._apply(job, event):
             job.deliver(event)
 
-    def on_progress_message(self, kind: str, data: JSONDict) -> None:
+    def on_progress_message(self, kind: str, data: JSONDict, frame: str) -> None:
         """Route a progress-only message (see :meth:`Listener.on_progress_message`) to its
         job, as :meth:`on_event` routes its event; parsed there only if someone listens."""
         prompt_id = data.get("prompt_id")
@@ -467,7 +467,7 @@ class JobOwner:
             prompt_id = self._running_prompt
         job = self._live.get(prompt_id) if prompt_id is not None else None
         if job is not None:
-            job.deliver_message(kind, data)
+            job.deliver_message(kind, data, frame)
 
     def _apply(self, job: Job, event: Event) -> bool:
         """What ``event`` means for ``job``; False when it settles the job (not delivered)."""
