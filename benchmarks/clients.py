@@ -8,6 +8,9 @@ Clients:
     generator   DreamGenerator.generate_many (uploads, downloads, atomic writes included)
     reference   the speed-of-light reference: a minimal hand-written aiohttp client
                 (one session, one socket, a dict of futures by prompt_id; nothing else)
+    reference_files
+                the reference doing the generator's job too: each output downloaded
+                (GET /view) and written atomically
     canonical   the pattern most scripts copy from ComfyUI's examples: a WebSocket per job,
                 wait for ``executing: null``, then GET /history and /view
 """
@@ -18,6 +21,7 @@ import argparse
 import asyncio
 import io
 import json
+import os
 import resource
 import sys
 import tempfile
@@ -131,6 +135,26 @@ async def run_generator(url: str, jobs: int, concurrency: int, size: int) -> dic
 
 
 async def run_reference(url: str, jobs: int, concurrency: int, size: int) -> dict[str, Any]:
+    return await _reference(url, jobs, concurrency, size, None)
+
+
+async def run_reference_files(url: str, jobs: int, concurrency: int, size: int) -> dict[str, Any]:
+    """The reference doing DreamGenerator's job: each output downloaded and written
+    atomically (a staging file, then a rename), in a new folder."""
+    with tempfile.TemporaryDirectory() as out:
+        return await _reference(url, jobs, concurrency, size, out)
+
+
+def write_atomically(final: str, data: bytes) -> None:
+    """A small file, on the loop (a thread hop costs more), as a script would write it."""
+    with open(f"{final}.part", "wb") as file:
+        file.write(data)
+    os.replace(f"{final}.part", final)
+
+
+async def _reference(
+    url: str, jobs: int, concurrency: int, size: int, out: str | None
+) -> dict[str, Any]:
     client_id = str(uuid.uuid4())
     waiters: dict[str, tuple[asyncio.Future[float], dict[str, Any]]] = {}
     latencies: list[float | None] = []
@@ -172,6 +196,13 @@ async def run_reference(url: str, jobs: int, concurrency: int, size: int) -> dic
                 received = await future
                 done = time.perf_counter()
                 del waiters[prompt_id]
+                if out is not None:
+                    for output in outputs.values():
+                        for n, img in enumerate(output["images"]):
+                            async with session.get(f"{url}/view", params=img) as response:
+                                data = await response.read()
+                            write_atomically(os.path.join(out, f"{prompt_id}_{n}.png"), data)
+                    return None
                 if size > 64:
                     for output in outputs.values():
                         for img in output["images"]:
@@ -239,6 +270,7 @@ CLIENTS = {
     "dreamgen": run_dreamgen,
     "generator": run_generator,
     "reference": run_reference,
+    "reference_files": run_reference_files,
     "canonical": run_canonical,
 }
 
@@ -252,7 +284,8 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=64, help=">64: txt2img outputs of SIZE²")
     parser.add_argument(
         "--output-root",
-        help="generator: write the files in a new folder here (default: the system temp folder)",
+        help="generator, reference_files: write the files in a new folder here (default: the "
+        "system temp folder)",
     )
     args = parser.parse_args()
     if args.output_root:

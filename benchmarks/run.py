@@ -156,6 +156,10 @@ OVERHEAD_CLIENTS: dict[str, tuple[str, tuple[str, ...]]] = {
     "generator": ("generator", ("--output-root", TMPFS) if os.path.isdir(TMPFS) else ()),
     "generator_disk": ("generator", ("--output-root", tempfile.gettempdir())),
     "reference": ("reference", ()),
+    "reference_files": (
+        "reference_files",
+        ("--output-root", TMPFS) if os.path.isdir(TMPFS) else (),
+    ),
 }
 
 
@@ -163,7 +167,7 @@ def client_overhead(quick: bool) -> dict[str, Any]:
     """Scenario 2: each run against a simulator of its own, started afresh (a simulator's
     history grows, and a slower server costs a client more wake-ups per job), in a new order
     each round (A B C, B C A, ...)."""
-    jobs, rounds = (300, 1) if quick else (2000, 5)
+    jobs, rounds = (300, 1) if quick else (2000, 7)
     names = list(OVERHEAD_CLIENTS)
     samples: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
     for round_ in range(rounds):
@@ -189,6 +193,10 @@ def client_overhead(quick: bool) -> dict[str, Any]:
     ]
     result["generator_cpu_ratios"] = [
         g["cpu"] / r["cpu"] for g, r in zip(samples["generator"], samples["reference"], strict=True)
+    ]
+    result["generator_vs_files_cpu_ratios"] = [
+        g["cpu"] / r["cpu"]
+        for g, r in zip(samples["generator"], samples["reference_files"], strict=True)
     ]
     return result
 
@@ -286,9 +294,11 @@ def markdown(report: dict[str, Any]) -> str:
         "generator": f"dreamgen DreamGenerator (uploads, files on {tmpfs})",
         "generator_disk": "dreamgen DreamGenerator (uploads, files on disk)",
         "reference": "hand-written reference",
+        "reference_files": f"hand-written reference, downloads and files on {tmpfs}",
     }
     ratios = ", ".join(f"{x:.2f}" for x in o["ratios"])
     generator_ratios = ", ".join(f"{x:.2f}" for x in o["generator_cpu_ratios"])
+    files_ratios = ", ".join(f"{x:.2f}" for x in o["generator_vs_files_cpu_ratios"])
     reference_cpu = o["reference"]["cpu_ms_per_job"]
     lines += [
         "",
@@ -312,7 +322,10 @@ def markdown(report: dict[str, Any]) -> str:
     lines += [
         "",
         f"ComfyUIClient / reference throughput per round: {ratios}",
-        f"DreamGenerator ({tmpfs}) / reference client CPU per round: {generator_ratios}",
+        f"DreamGenerator ({tmpfs}) / reference client CPU per round: {generator_ratios} "
+        f"(median {statistics.median(o['generator_cpu_ratios']):.2f})",
+        f"DreamGenerator ({tmpfs}) / the reference doing the same job, per round: "
+        f"{files_ratios} (median {statistics.median(o['generator_vs_files_cpu_ratios']):.2f})",
     ]
     s = report["scale"]
     lines += [
