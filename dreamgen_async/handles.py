@@ -23,8 +23,8 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any, Generic, TypeVar
 
-from dreamgen_async.errors import PromptTimeout, ProtocolError
-from dreamgen_async.protocol import Event, JSONDict, event_from, parse_text
+from dreamgen_async.errors import PromptTimeout
+from dreamgen_async.protocol import Event, JSONDict, event_from, parse_text, skipping_malformed
 
 __all__ = ["EVENT_BUFFER", "EventSource", "JobHandle", "Mailbox"]
 
@@ -138,12 +138,9 @@ class EventSource:
                 self._backlog = deque(maxlen=32)
             self._backlog.append(frame)
             return
-        try:
-            event = event_from(kind, data)
-        except ProtocolError as exc:
-            log.warning("ignoring a malformed frame: %s", exc)
-            return
-        self.deliver(event)
+        event = skipping_malformed(event_from, kind, data)
+        if event is not None:
+            self.deliver(event)
 
     def listen(self, on_progress: ProgressCallback) -> None:
         """Send the job's progress events from now on to ``on_progress`` (in place of the
@@ -155,13 +152,9 @@ class EventSource:
         """The backlog's events, each kept frame parsed (a malformed one left out)."""
         events = []
         for item in self._backlog or ():
-            if isinstance(item, str):
-                try:
-                    item = parse_text(item)
-                except ProtocolError as exc:
-                    log.warning("ignoring a malformed frame: %s", exc)
-                    continue
-            events.append(item)
+            event = skipping_malformed(parse_text, item) if isinstance(item, str) else item
+            if event is not None:
+                events.append(event)
         return events
 
     def _close_events(self) -> None:

@@ -35,7 +35,7 @@ from typing import Protocol
 
 import aiohttp
 
-from dreamgen_async.errors import ConnectionLostError, DreamgenError, ProtocolError
+from dreamgen_async.errors import ConnectionLostError, DreamgenError
 from dreamgen_async.protocol import (
     Event,
     JSONDict,
@@ -44,6 +44,7 @@ from dreamgen_async.protocol import (
     event_from,
     parse_binary,
     progress_only,
+    skipping_malformed,
 )
 from dreamgen_async.retry import Backoff, single_attempts
 from dreamgen_async.transport_errors import classify
@@ -397,24 +398,20 @@ class Multiplexer:
     def _dispatch_text(self, frame: str) -> None:
         """Route one text frame; a progress-only message unparsed (most of a job's messages:
         parsed only if someone listens)."""
-        try:
-            kind, data = decode_text(frame)
-            if progress_only(kind, data):
-                self._listener.on_progress_message(kind, data, frame)
-                return
-            event = event_from(kind, data)
-        except ProtocolError as exc:
-            log.warning("ignoring a malformed frame: %s", exc)
+        decoded = skipping_malformed(decode_text, frame)
+        if decoded is None:
             return
-        self.dispatch(event)
+        if progress_only(*decoded):
+            self._listener.on_progress_message(*decoded, frame)
+            return
+        event = skipping_malformed(event_from, *decoded)
+        if event is not None:
+            self.dispatch(event)
 
     def _dispatch_binary(self, frame: bytes) -> None:
-        try:
-            event = parse_binary(frame)
-        except ProtocolError as exc:
-            log.warning("ignoring a malformed frame: %s", exc)
-            return
-        self.dispatch(event)
+        event = skipping_malformed(parse_binary, frame)
+        if event is not None:
+            self.dispatch(event)
 
     def dispatch(self, event: Event) -> None:
         """Route one parsed event. Never raises for a well-formed event, never awaits."""

@@ -12,11 +12,12 @@ not follow the protocol. Unknown message types are not errors: they parse to
 from __future__ import annotations
 
 import json
+import logging
 import re
 import struct
 from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeAlias
+from typing import Any, Literal, TypeAlias, TypeVar
 
 from dreamgen_async.errors import NodeError, OutputContentError, ProtocolError
 
@@ -56,9 +57,14 @@ __all__ = [
     "parse_queue",
     "parse_text",
     "progress_only",
+    "skipping_malformed",
     "sniff_image_format",
     "verify_output",
 ]
+
+T = TypeVar("T")
+
+log = logging.getLogger("dreamgen_async")
 
 #: Binary event types (``uint32`` big-endian at the start of a binary frame).
 PREVIEW_IMAGE = 1
@@ -591,6 +597,16 @@ def event_from(kind: str, data: Any) -> Event:
     if parser is None:
         return UnknownMessage(type=kind, data=data)
     return parser(_dict(data, f"{kind}.data"))
+
+
+def skipping_malformed(parse: Callable[..., T], *args: Any) -> T | None:
+    """``parse(*args)``, or ``None`` after a warning when the frame is malformed: what a
+    client does with a frame it cannot read (it skips it and reads on)."""
+    try:
+        return parse(*args)
+    except ProtocolError as exc:
+        log.warning("ignoring a malformed frame: %s", exc)
+        return None
 
 
 #: The messages that only inform a job's listeners: nothing in a job's lifecycle reads them.
