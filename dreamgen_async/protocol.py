@@ -5,7 +5,8 @@ websockets library): the multiplexer feeds it raw WebSocket frames, the HTTP lay
 decoded JSON bodies, and the tests feed it recorded traffic of a real server.
 
 Every parser raises only :class:`~dreamgen_async.errors.ProtocolError` on input that does
-not follow the protocol. Unknown message types are not errors: they parse to
+not follow the protocol (:func:`skipping_malformed` turns that into a logged warning, for a
+reader that skips what it cannot read). Unknown message types are not errors: they parse to
 :class:`UnknownMessage` / :class:`UnknownBinary`, which callers ignore.
 """
 
