@@ -1564,7 +1564,8 @@ class _SharedRun:
         self.job: tuple[BackendJob, str | None] | None = None
         self.locate: Locate | None = None
         # Whether the job reports its progress to fan_out: from its submission when a caller
-        # listened by then, else from when one does (see _listen).
+        # listened by then, else from when one does (see _listen). A listener joining while
+        # the job is being submitted hears it from when the job is known (bound).
         self.listened = False
 
     @property
