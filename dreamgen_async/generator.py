@@ -1593,15 +1593,18 @@ class _SharedRun:
         self.watches.remove(watch)
         return not self.watches
 
+    def _anyone_listens(self) -> bool:
+        return any(watch.on_progress is not None for watch in self.watches)
+
     def progress(self) -> ProgressCallback | None:
         """:meth:`fan_out` when a caller listens as the job is submitted; else nothing
         (the job then keeps its progress unparsed) until one does (see :meth:`_listen`)."""
-        self.listened = any(watch.on_progress is not None for watch in self.watches)
+        self.listened = self._anyone_listens()
         return self.fan_out if self.listened else None
 
     def bound(self, job: BackendJob, server: str | None) -> None:
         self.job = (job, server)
-        if any(watch.on_progress is not None for watch in self.watches):
+        if self._anyone_listens():
             self._listen()  # one joined while the job was being submitted
         for watch in list(self.watches):
             watch.bound(job, server)

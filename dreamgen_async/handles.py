@@ -113,9 +113,7 @@ class EventSource:
 
         Never raises, never blocks.
         """
-        if self._backlog is None:
-            self._backlog = deque(maxlen=32)
-        self._backlog.append(event)
+        self._remember(event)
         for sub in self._subscribers or ():
             sub.put(event)
         if self._on_progress is not None:
@@ -134,9 +132,7 @@ class EventSource:
         Never raises, never blocks.
         """
         if self._on_progress is None and not self._subscribers:
-            if self._backlog is None:
-                self._backlog = deque(maxlen=32)
-            self._backlog.append(frame)
+            self._remember(frame)
             return
         event = skipping_malformed(event_from, kind, data)
         if event is not None:
@@ -147,6 +143,12 @@ class EventSource:
         callback it was submitted with). Ignored once the job has settled."""
         if not self._future.done():
             self._on_progress = on_progress
+
+    def _remember(self, item: Event | str) -> None:
+        """Keep ``item`` among the recent ones a later subscriber starts with."""
+        if self._backlog is None:
+            self._backlog = deque(maxlen=32)
+        self._backlog.append(item)
 
     def _recent(self) -> list[Event]:
         """The backlog's events, each kept frame parsed (a malformed one left out)."""

@@ -451,23 +451,24 @@ class JobOwner:
 
     def on_event(self, event: Event) -> None:
         """Route one parsed event (not ``status``) to its job. Never raises, never awaits."""
-        prompt_id = getattr(event, "prompt_id", None)
-        if prompt_id is None and not isinstance(event, Executing):
-            # Previews without metadata carry no prompt_id: they belong to the running one.
-            prompt_id = self._running_prompt
-        job = self._live.get(prompt_id) if prompt_id is not None else None
+        job = self._addressee(getattr(event, "prompt_id", None), isinstance(event, Executing))
         if job is not None and self._apply(job, event):
             job.deliver(event)
 
     def on_progress_message(self, kind: str, data: JSONDict, frame: str) -> None:
         """Route a progress-only message (see :meth:`Listener.on_progress_message`) to its
         job, as :meth:`on_event` routes its event; parsed there only if someone listens."""
-        prompt_id = data.get("prompt_id")
-        if prompt_id is None and kind != "executing":
-            prompt_id = self._running_prompt
-        job = self._live.get(prompt_id) if prompt_id is not None else None
+        job = self._addressee(data.get("prompt_id"), kind == "executing")
         if job is not None:
             job.deliver_message(kind, data, frame)
+
+    def _addressee(self, prompt_id: str | None, executing: bool) -> Job | None:
+        """The live job a message is for. One without a prompt_id (a preview without
+        metadata, a progress message) belongs to the running prompt; an ``executing``
+        without one is the re-send to a reconnecting socket, for nobody."""
+        if prompt_id is None and not executing:
+            prompt_id = self._running_prompt
+        return self._live.get(prompt_id) if prompt_id is not None else None
 
     def _apply(self, job: Job, event: Event) -> bool:
         """What ``event`` means for ``job``; False when it settles the job (not delivered)."""
