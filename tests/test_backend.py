@@ -34,10 +34,13 @@ from dreamgen_async import (
     Img2ImgRequest,
     JobFailure,
     NoCapableServerError,
+    Progress,
     RetryPolicy,
+    Txt2ImgRequest,
     WorkflowError,
 )
 from dreamgen_async.multiplexer import ReconnectPolicy
+from dreamgen_async.protocol import Event
 from dreamgen_async.testing import SimulatorConfig, SimulatorFarm
 from dreamgen_async.workflow_io import (
     builder_from_server,
@@ -228,6 +231,40 @@ async def test_a_journaled_batch(backend: Backend, tmp_path: Path) -> None:
     assert not any(isinstance(o, JobFailure) for o in first)
     again = await gen.generate_many(requests, journal=tmp_path / "j.sqlite")
     assert all(isinstance(o, GenerationResult) and o.resumed for o in again)
+
+
+@pytest.mark.parametrize("joins", ["at once", "once posted"])
+async def test_a_listening_caller_gets_the_progress_of_a_run_it_shares(
+    backend: Backend, comfyui_farm: SimulatorFarm, tmp_path: Path, joins: str
+) -> None:
+    """A shared run's backend job reports progress only once a caller listens
+    (``BackendJob.listen``): a listening caller joining the run of an identical request
+    nobody listened to gets every step, on every backend."""
+    gen = DreamGenerator(backend, output_dir=tmp_path / "out")
+    await gen.generate_from_prompt("first", seed=1, width=64, height=64, steps=1)  # folder checked
+    request = Txt2ImgRequest("twins", seed=78, width=64, height=64, steps=3)
+    heard: list[Event] = []
+    posted = asyncio.Event()
+    for sim in comfyui_farm.sims:
+        sim.hold()
+
+    async def first() -> list[GenerationResult | JobFailure]:
+        outcomes = gen.enumerate_completed([request], on_job=lambda *_: posted.set())
+        return [outcome async for _, outcome in outcomes]
+
+    running = asyncio.create_task(first())
+    if joins == "once posted":
+        await posted.wait()
+    second = asyncio.create_task(gen.generate(request, on_progress=heard.append))
+    if joins == "at once":
+        await posted.wait()
+    for sim in comfyui_farm.sims:
+        sim.release()
+    (shared,), joined = await asyncio.gather(running, second)
+    assert isinstance(shared, GenerationResult)
+    assert shared.prompt_id == joined.prompt_id
+    assert sum(len(sim.accepted_prompt_ids) for sim in comfyui_farm.sims) == 2
+    assert [e.value for e in heard if isinstance(e, Progress)] == [1, 2, 3]
 
 
 # ---------------------------------------------------------------------------- pool only

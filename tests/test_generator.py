@@ -32,7 +32,6 @@ from dreamgen_async.generator import (
     safe_stem,
 )
 from dreamgen_async.jobs import Job
-from dreamgen_async.protocol import Event
 from dreamgen_async.testing import ComfyUISimulator
 
 
@@ -305,39 +304,6 @@ async def test_concurrent_identical_requests_share_one_prompt(
     assert len(comfyui_sim.accepted_prompt_ids) == 1
     paths = {o.path for o in outcomes if isinstance(o, GenerationResult)}
     assert len(paths) == 1  # same request, same name: the same file
-
-
-@pytest.mark.parametrize("joins", ["at once", "once posted"])
-async def test_a_listening_caller_gets_the_progress_of_a_run_it_shares(
-    gen: DreamGenerator, comfyui_sim: ComfyUISimulator, joins: str
-) -> None:
-    """A shared run's job reports progress only when a caller listens: a listening caller
-    that joins the run of an identical request nobody listened to gets every step, whether
-    it joins before the prompt is posted or once it is."""
-    request = Txt2ImgRequest("twins", seed=78, width=64, height=64, steps=3)
-    heard: list[Event] = []
-    posted = asyncio.Event()
-    # Its first job checks the output folder (a thread hop): done, nothing delays a caller
-    # between its call and its joining the run.
-    await gen.generate(Txt2ImgRequest("first", seed=1, width=64, height=64))
-    comfyui_sim.hold()
-
-    async def first() -> list[GenerationResult | JobFailure]:
-        outcomes = gen.enumerate_completed([request], on_job=lambda *_: posted.set())
-        return [outcome async for _, outcome in outcomes]
-
-    running = asyncio.create_task(first())
-    if joins == "once posted":
-        await posted.wait()
-    second = asyncio.create_task(gen.generate(request, on_progress=heard.append))
-    if joins == "at once":
-        await posted.wait()
-    comfyui_sim.release()
-    (shared,), joined = await asyncio.gather(running, second)
-    assert len(comfyui_sim.accepted_prompt_ids) == 2  # the first job's, and the shared one
-    assert isinstance(shared, GenerationResult)
-    assert shared.prompt_id == joined.prompt_id
-    assert [e.value for e in heard if isinstance(e, Progress)] == [1, 2, 3]
 
 
 async def test_cache_eviction_keeps_the_size_limit(tmp_path: Path) -> None:
