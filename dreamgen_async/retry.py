@@ -20,7 +20,7 @@ The API, in full::
     Backoff(initial=0.1, cap=5.0, max_retry_after=30.0)   # the policy (frozen)
         .delay(attempt) -> float                          # before attempt + 1 (1-based)
         .delays() -> Iterator[float]                      # the delays of a loop, forever
-        .wait() -> tenacity wait strategy                 # for tenacity.AsyncRetrying
+        .wait(offset=0) -> tenacity wait strategy         # for tenacity.AsyncRetrying
     await retry_call(call, backoff, retry_if=..., attempts=None, max_time=None)
     with single_attempts(): ...                           # this task's loop does the retrying
     in_retry_loop() -> bool                               # inside such a loop: attempt once
@@ -93,9 +93,10 @@ class Backoff:
             attempt += 1
             yield self.delay(attempt)
 
-    def wait(self) -> wait_base:
-        """This policy as a tenacity ``wait`` strategy."""
-        return _Wait(self)
+    def wait(self, offset: int = 0) -> wait_base:
+        """This policy as a tenacity ``wait`` strategy; ``offset``: attempts made before
+        tenacity's loop began (its attempt 1 is then attempt ``offset + 1`` here)."""
+        return _Wait(self, offset)
 
 
 class _Wait(wait_base):
@@ -179,7 +180,7 @@ async def _retry_loop(
         spent = asyncio.get_running_loop().time() - started
         stop = stop | stop_after_delay(max(0.0, max_time - spent))
     retrying = AsyncRetrying(
-        stop=stop, wait=_Wait(backoff, offset=1), retry=retry_if_exception(retry_if), reraise=True
+        stop=stop, wait=backoff.wait(offset=1), retry=retry_if_exception(retry_if), reraise=True
     )
     with single_attempts():
         async for attempt in retrying:
