@@ -150,16 +150,16 @@ def queue_efficiency(quick: bool) -> list[dict[str, Any]]:
     return rows
 
 
+#: The arguments that put a client's files on tmpfs, where the machine has one.
+ON_TMPFS: tuple[str, ...] = ("--output-root", TMPFS) if os.path.isdir(TMPFS) else ()
+
 #: Scenario 2's clients: name -> (clients.py client, extra arguments).
 OVERHEAD_CLIENTS: dict[str, tuple[str, tuple[str, ...]]] = {
     "dreamgen": ("dreamgen", ()),
-    "generator": ("generator", ("--output-root", TMPFS) if os.path.isdir(TMPFS) else ()),
+    "generator": ("generator", ON_TMPFS),
     "generator_disk": ("generator", ("--output-root", tempfile.gettempdir())),
     "reference": ("reference", ()),
-    "reference_files": (
-        "reference_files",
-        ("--output-root", TMPFS) if os.path.isdir(TMPFS) else (),
-    ),
+    "reference_files": ("reference_files", ON_TMPFS),
 }
 
 
