@@ -35,7 +35,7 @@ from typing import Protocol
 
 import aiohttp
 
-from dreamgen_async.errors import ConnectionLostError, DreamgenError
+from dreamgen_async.errors import ConnectionLostError, DreamgenError, ProtocolError
 from dreamgen_async.protocol import (
     Event,
     JSONDict,
@@ -44,7 +44,9 @@ from dreamgen_async.protocol import (
     event_from,
     parse_binary,
     progress_only,
+    queue_remaining_of,
     skipping_malformed,
+    warn_malformed,
 )
 from dreamgen_async.retry import Backoff, single_attempts
 from dreamgen_async.transport_errors import classify
@@ -397,15 +399,25 @@ class Multiplexer:
 
     def _dispatch_text(self, frame: str) -> None:
         """Route one text frame; a progress-only message unparsed (most of a job's messages:
-        parsed only if someone listens)."""
-        decoded = skipping_malformed(decode_text, frame)
-        if decoded is None:
+        parsed only if someone listens), a ``status`` read for its queue length only. A
+        malformed frame is skipped with a warning.
+
+        Every message a job gets passes here: one decode, one branch, one hand-off.
+        """
+        event: Event | None = None
+        try:
+            kind, data = decode_text(frame)
+            if kind == "status":
+                self.queue_remaining = queue_remaining_of(data)
+                return
+            if not progress_only(kind, data):
+                event = event_from(kind, data)
+        except ProtocolError as exc:
+            warn_malformed(exc)
             return
-        if progress_only(*decoded):
-            self._listener.on_progress_message(*decoded, frame)
-            return
-        event = skipping_malformed(event_from, *decoded)
-        if event is not None:
+        if event is None:
+            self._listener.on_progress_message(kind, data, frame)
+        else:
             self.dispatch(event)
 
     def _dispatch_binary(self, frame: bytes) -> None:

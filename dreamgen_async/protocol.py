@@ -58,9 +58,11 @@ __all__ = [
     "parse_queue",
     "parse_text",
     "progress_only",
+    "queue_remaining_of",
     "skipping_malformed",
     "sniff_image_format",
     "verify_output",
+    "warn_malformed",
 ]
 
 T = TypeVar("T")
@@ -462,12 +464,22 @@ def verify_output(file: OutputFile, data: bytes) -> str | None:
     return detected
 
 
-def _parse_status(data: JSONDict) -> Status:
-    status = _dict(data.get("status"), "status.status")
+def queue_remaining_of(data: Any) -> int:
+    """A decoded ``status`` message's ``queue_remaining`` (all a client reads of most of
+    them), checked as :func:`event_from` checks it, without making the event.
+
+    Raises:
+        ProtocolError: the field is missing or malformed.
+    """
+    status = _dict(_dict(data, "status.data").get("status"), "status.status")
     exec_info = _dict(status.get("exec_info"), "status.exec_info")
-    remaining = _number(exec_info, "queue_remaining", "status")
+    return int(_number(exec_info, "queue_remaining", "status"))
+
+
+def _parse_status(data: JSONDict) -> Status:
     sid = data.get("sid")
-    return Status(queue_remaining=int(remaining), sid=sid if isinstance(sid, str) else None)
+    remaining = queue_remaining_of(data)
+    return Status(queue_remaining=remaining, sid=sid if isinstance(sid, str) else None)
 
 
 def _parse_executing(data: JSONDict) -> Executing:
@@ -581,7 +593,8 @@ def decode_text(frame: str | bytes) -> tuple[str, Any]:
         message = json.loads(frame)
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise ProtocolError(f"text frame is not JSON: {exc}") from exc
-    message = _dict(message, "a text frame")
+    if type(message) is not dict:  # the check _dict makes, inline: every frame passes here
+        _dict(message, "a text frame")
     kind = message.get("type")
     if not isinstance(kind, str):
         raise ProtocolError("text frame has no string 'type'")
@@ -606,8 +619,13 @@ def skipping_malformed(parse: Callable[..., T], *args: Any) -> T | None:
     try:
         return parse(*args)
     except ProtocolError as exc:
-        log.warning("ignoring a malformed frame: %s", exc)
+        warn_malformed(exc)
         return None
+
+
+def warn_malformed(exc: ProtocolError) -> None:
+    """Say that a frame was skipped, and why (the one wording of that warning)."""
+    log.warning("ignoring a malformed frame: %s", exc)
 
 
 #: The messages that only inform a job's listeners: nothing in a job's lifecycle reads them.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import struct
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from dreamgen_async import (
     Workflow,
     WorkflowError,
 )
+from dreamgen_async.protocol import Progress
 from dreamgen_async.testing import ComfyUISimulator
 
 
@@ -76,19 +78,33 @@ def test_a_ui_format_workflow_says_how_to_export_the_api_format() -> None:
 async def test_malformed_and_unknown_frames_do_not_stop_the_reader(
     comfyui_sim: ComfyUISimulator,
 ) -> None:
+    seen: list[int | None] = []  # the client's queue length when the marker arrived
     async with ComfyUIClient(comfyui_sim.url) as client:
+
+        def on_progress(event: object) -> None:
+            if isinstance(event, Progress) and event.value == 7:
+                seen.append(client.queue_remaining)
+
         comfyui_sim.hold()
-        job = await client.submit(txt2img(seed=2))
+        job = await client.submit(txt2img(seed=2), on_progress=on_progress)
+        marker = {"value": 7, "max": 9, "prompt_id": job.prompt_id, "node": "6"}
         for frame in (
             "not json",
             '{"type": "progress", "data": {"value": "x"}}',
             '{"type": "some.custom_node.event", "data": {}}',
+            '{"type": "status", "data": {"status": {"exec_info": {"queue_remaining": 41}}}}',
+            '{"type": "status", "data": {"status": {"exec_info": {"queue_remaining": "x"}}}}',
+            '{"type": "status", "data": []}',
+            '{"type": "status", "data": {"status": null}}',
             struct.pack(">II", 4, 1 << 30) + b"{}",
             struct.pack(">I", 77) + b"payload",
             b"\x00",
+            json.dumps({"type": "progress", "data": marker}),
         ):
             await comfyui_sim.send_raw(frame)
         comfyui_sim.release()
         result = await job.result(timeout=10)
     assert result.images
+    # Frames are read in order: the well-formed status was read, the malformed ones skipped.
+    assert seen == [41]
     assert comfyui_sim.ws_connections_total == 1

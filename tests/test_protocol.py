@@ -40,6 +40,7 @@ from dreamgen_async.protocol import (
     parse_queue,
     parse_text,
     progress_only,
+    queue_remaining_of,
 )
 
 TRACES = Path(__file__).parent / "fixtures" / "traces"
@@ -249,6 +250,41 @@ def test_a_decoded_message_parses_as_its_frame(kind: str, data: Any) -> None:
     if progress_only(*decoded):  # routed by its prompt_id before it is parsed
         assert isinstance(got, str | Progress | ProgressState | Executing)
         assert isinstance(got, str) or got.prompt_id == decoded[1].get("prompt_id")
+    if kind == "status":  # read for its queue length only, checked the same way
+        try:
+            remaining: Any = queue_remaining_of(decoded[1])
+        except ProtocolError as exc:
+            remaining = str(exc)
+        assert remaining == (got if isinstance(got, str) else got.queue_remaining)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        {"status": {"exec_info": {"queue_remaining": 3}}, "sid": "abc"},
+        {"status": {"exec_info": {"queue_remaining": 2.0}}},
+        {"status": {"exec_info": {"queue_remaining": "2"}}},
+        {"status": {"exec_info": {}}},
+        {"status": []},
+        [],
+        None,
+    ],
+)
+def test_a_status_queue_length_is_read_as_its_event_says(data: Any) -> None:
+    """The multiplexer reads only ``queue_remaining`` of a status: the same number, or the
+    same error, as the parsed :class:`Status` (the property test above draws the rest)."""
+    frame = json.dumps({"type": "status", "data": data})
+    try:
+        expected: Any = parse_text(frame)
+        assert isinstance(expected, Status)
+        expected = expected.queue_remaining
+    except ProtocolError as exc:
+        expected = str(exc)
+    try:
+        got: Any = queue_remaining_of(data)
+    except ProtocolError as exc:
+        got = str(exc)
+    assert got == expected
 
 
 @settings(max_examples=200, deadline=None)
