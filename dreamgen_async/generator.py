@@ -72,7 +72,7 @@ from dreamgen_async.files import (
     sweep_staging,
     write_outputs,
 )
-from dreamgen_async.handles import JobHandle
+from dreamgen_async.handles import JobHandle, within
 from dreamgen_async.jobs import ProgressCallback, PromptResult, check_limits
 from dreamgen_async.journal import BatchJournal, JournalItem
 from dreamgen_async.plan import (
@@ -1136,8 +1136,7 @@ class DreamGenerator:
         assert task is not None
         shared.join(watch)
         try:
-            async with asyncio.timeout(timeout):
-                return await asyncio.shield(task)
+            return await within(asyncio.shield(task), timeout)
         except TimeoutError:
             if task.done() and not task.cancelled():
                 # Its outcome, or its own error: a job limit's PromptTimeout is a

@@ -20,13 +20,13 @@ import asyncio
 import logging
 from abc import ABC, abstractmethod
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any, Generic, TypeVar
 
 from dreamgen_async.errors import PromptTimeout
 from dreamgen_async.protocol import Event, JSONDict, event_from, parse_text, skipping_malformed
 
-__all__ = ["EVENT_BUFFER", "EventSource", "JobHandle", "Mailbox"]
+__all__ = ["EVENT_BUFFER", "EventSource", "JobHandle", "Mailbox", "within"]
 
 R = TypeVar("R")
 T = TypeVar("T")
@@ -69,6 +69,10 @@ class Mailbox(Generic[T]):
             self._wakeup.clear()
             await self._wakeup.wait()
         return self._items.popleft()
+
+
+#: How many recent events (or frames) a job keeps for a subscriber that comes late.
+_BACKLOG = 32
 
 
 class EventSource:
@@ -132,7 +136,10 @@ class EventSource:
         Never raises, never blocks.
         """
         if self._on_progress is None and not self._subscribers:
-            self._remember(frame)
+            # _remember's work, inline: most messages of a batch end here.
+            if self._backlog is None:
+                self._backlog = deque(maxlen=_BACKLOG)
+            self._backlog.append(frame)
             return
         event = skipping_malformed(event_from, kind, data)
         if event is not None:
@@ -147,7 +154,7 @@ class EventSource:
     def _remember(self, item: Event | str) -> None:
         """Keep ``item`` among the recent ones a later subscriber starts with."""
         if self._backlog is None:
-            self._backlog = deque(maxlen=32)
+            self._backlog = deque(maxlen=_BACKLOG)
         self._backlog.append(item)
 
     def _recent(self) -> list[Event]:
@@ -169,6 +176,15 @@ class EventSource:
         self._subscribers = None
         self._backlog = None
         self._on_progress = None
+
+
+async def within(waiting: Awaitable[T], timeout: float | None) -> T:
+    """``await waiting``, within ``timeout`` seconds when there is one (``TimeoutError``);
+    no timer at all when there is none (most waits)."""
+    if timeout is None:
+        return await waiting
+    async with asyncio.timeout(timeout):
+        return await waiting
 
 
 class JobHandle(EventSource, ABC, Generic[R]):
@@ -239,11 +255,13 @@ class JobHandle(EventSource, ABC, Generic[R]):
             PromptTimeout: ``timeout`` seconds passed (also a builtin ``TimeoutError``).
             DreamgenError: the job did not succeed (what it failed with).
         """
+        future = self._future
+        if future.done():  # settled: nothing to wait for, nobody to give up
+            return future.result()
         self._waiters += 1
         reason: BaseException | None = None  # set when this caller gives up
         try:
-            async with asyncio.timeout(timeout):
-                return await asyncio.shield(self._future)
+            return await within(asyncio.shield(future), timeout)
         except TimeoutError:
             if self._future.done() and not self._future.cancelled():
                 return self._future.result()
