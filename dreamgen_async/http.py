@@ -43,6 +43,7 @@ from dreamgen_async.transport_errors import (
     error_for_status,
     mapped_errors,
     may_have_been_processed,
+    reraise_translated,
 )
 
 __all__ = ["BIG_BODY", "HttpTransport", "Response", "RetryPolicy", "decode_json", "retryable"]
@@ -352,7 +353,8 @@ class HttpTransport:
         params: Mapping[str, str] | None,
         max_body: int,
     ) -> Response:
-        with mapped_errors(self.safe_url, f"{method} {path}", path):
+        # mapped_errors, written out: no context manager built for every request.
+        try:
             async with session.request(
                 method,
                 self.base_url + path,
@@ -389,6 +391,10 @@ class HttpTransport:
                         )
                     chunks.append(chunk)
                 return await make_response(resp.status, resp.content_type, b"".join(chunks))
+        except DreamgenError:
+            raise
+        except Exception as exc:
+            reraise_translated(exc, self.safe_url, f"{method} {path}", path)
 
     async def ws_connect(
         self, params: Mapping[str, str], hello: str

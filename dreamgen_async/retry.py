@@ -150,16 +150,19 @@ async def retry_call(
     """
     loop = asyncio.get_running_loop()
     started = loop.time()
-    with single_attempts():
-        try:
-            return await call()
-        except Exception as exc:
-            if attempts == 1 or not retry_if(exc):
-                raise
-            if max_time is not None and loop.time() - started >= max_time:
-                raise
-            log.info("retrying after %s", exc)
-            first_delay = backoff.delay(1, exc)
+    # single_attempts(), written out: no context manager built for every request.
+    token = _LOOP_TASK.set(asyncio.current_task())
+    try:
+        return await call()
+    except Exception as exc:
+        if attempts == 1 or not retry_if(exc):
+            raise
+        if max_time is not None and loop.time() - started >= max_time:
+            raise
+        log.info("retrying after %s", exc)
+        first_delay = backoff.delay(1, exc)
+    finally:
+        _LOOP_TASK.reset(token)
     await asyncio.sleep(first_delay)
     return await _retry_loop(call, backoff, retry_if, attempts, max_time, started)
 

@@ -22,7 +22,7 @@ import ssl
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NoReturn
 
 import aiohttp
 
@@ -50,6 +50,7 @@ __all__ = [
     "error_for_status",
     "mapped_errors",
     "may_have_been_processed",
+    "reraise_translated",
     "translate",
 ]
 
@@ -230,10 +231,17 @@ def mapped_errors(url: str, what: str, path: str = "") -> Iterator[None]:
     except DreamgenError:
         raise
     except Exception as exc:
-        mapped = translate(exc, url=url, what=what, path=path)
-        if mapped is None:
-            raise
-        raise mapped from exc
+        reraise_translated(exc, url, what, path)
+
+
+def reraise_translated(exc: Exception, url: str, what: str, path: str = "") -> NoReturn:
+    """Raise our error for transport exception ``exc`` (``from`` it), or ``exc`` itself when
+    it is not one: :func:`mapped_errors`' ``except`` clause, for a hot path that writes its
+    own ``try`` (no context manager built per call)."""
+    mapped = translate(exc, url=url, what=what, path=path)
+    if mapped is None:
+        raise exc
+    raise mapped from exc
 
 
 # ---------------------------------------------------------------------------- the classifier
