@@ -93,9 +93,15 @@ def node_labels(workflow: Mapping[str, Any], nodes: Sequence[str]) -> list[str |
 
 def safe_stem(name: str, default: str = "image") -> str:
     """A file-name stem with no path separators, no leading dots, at most 80 characters."""
-    stem = _SAFE.sub("_", PurePosixPath(name.replace("\\", "/")).name.replace("\0", ""))
+    stem = _SAFE.sub("_", _last_part(name.replace("\\", "/")).replace("\0", ""))
     stem = stem.lstrip(".")[:80].strip("_")
     return stem or default
+
+
+def _last_part(path: str) -> str:
+    """``PurePosixPath(path).name``, without building a path (once per request): the last
+    part that is neither empty nor ``.``, or ``""``."""
+    return next((part for part in reversed(path.split("/")) if part and part != "."), "")
 
 
 _FORMAT_SUFFIXES = {"jpeg": ".jpg", "tiff": ".tif"}
@@ -461,8 +467,10 @@ _WRITE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_BINARY", 0
 
 
 def _write_atomically(final: Path, data: bytes) -> None:
-    folder, name = os.path.split(final)  # strings: no Path built per staging file
-    staging = os.path.join(folder, f".{name}.{os.getpid()}.{_staging_token()}.part")
+    # The staging file beside it, as a string (no Path built, no split or join per file).
+    path, name = os.fspath(final), final.name
+    folder = path[: len(path) - len(name)]  # "" or ending with the separator
+    staging = f"{folder}.{name}.{os.getpid()}.{_staging_token()}.part"
     try:
         # os.open, not open(): no buffer object, no isatty/fstat/lseek calls for one write.
         fd = os.open(staging, _WRITE_FLAGS, 0o666)

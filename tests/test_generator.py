@@ -5,12 +5,15 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
+import re
 import shutil
 from collections.abc import AsyncIterator
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import pytest
 from _graphs import png_bytes, txt2img
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from dreamgen_async import (
@@ -330,6 +333,16 @@ async def test_cache_eviction_keeps_the_size_limit(tmp_path: Path) -> None:
     ],
 )
 def test_safe_stem(name: str, expected: str) -> None:
+    assert safe_stem(name) == expected
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.text(alphabet="/\\.ab \0_-", max_size=14))
+def test_safe_stem_takes_the_last_part_as_a_posix_path_would(name: str) -> None:
+    """The stem is read off the string (no path built per request): the same last part a
+    ``PurePosixPath`` gives, dots, separators and empty parts included."""
+    last = PurePosixPath(name.replace("\\", "/")).name.replace("\0", "")
+    expected = re.sub(r"[^A-Za-z0-9._-]+", "_", last).lstrip(".")[:80].strip("_") or "image"
     assert safe_stem(name) == expected
 
 
