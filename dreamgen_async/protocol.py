@@ -13,6 +13,7 @@ reader that skips what it cannot read). Unknown message types are not errors: th
 from __future__ import annotations
 
 import json
+import json.scanner
 import logging
 import re
 import struct
@@ -50,6 +51,7 @@ __all__ = [
     "event_from",
     "feature_flags_message",
     "json_steps",
+    "loads_frame",
     "parse_binary",
     "parse_history",
     "parse_node_errors",
@@ -582,6 +584,30 @@ def parse_text(frame: str | bytes) -> Event:
     return event_from(*decode_text(frame))
 
 
+#: The C scanner ``json.loads`` ends in (the standard decoder's, built once). typeshed
+#: types make_scanner's argument as a scanner; it is the decoder whose settings it takes.
+_SCAN: Callable[[str, int], tuple[Any, int]] = json.scanner.make_scanner(
+    json.JSONDecoder()  # type: ignore[arg-type]
+)
+
+
+def loads_frame(frame: str | bytes) -> Any:
+    """``json.loads(frame)``, the same value or the same error, faster for what a server
+    sends: a string that is one JSON value from its first character to its last goes
+    straight to the scanner (``json.loads``' own checks cost half as much again as the scan
+    of a small frame, and a job gets ~24 frames); anything else goes through ``json.loads``.
+    """
+    if isinstance(frame, str):
+        try:
+            value, end = _SCAN(frame, 0)
+        except StopIteration:  # not a value at 0 (space first, or not JSON): json.loads says
+            pass
+        else:
+            if end == len(frame):
+                return value
+    return json.loads(frame)
+
+
 def decode_text(frame: str | bytes) -> tuple[str, Any]:
     """A text frame's ``(type, data)``, decoded but not parsed further (see
     :func:`event_from`).
@@ -590,7 +616,7 @@ def decode_text(frame: str | bytes) -> tuple[str, Any]:
         ProtocolError: not JSON, not an object, or no string ``type``.
     """
     try:
-        message = json.loads(frame)
+        message = loads_frame(frame)
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise ProtocolError(f"text frame is not JSON: {exc}") from exc
     if type(message) is not dict:  # the check _dict makes, inline: every frame passes here

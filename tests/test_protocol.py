@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ from dreamgen_async.protocol import (
     UnknownMessage,
     decode_text,
     event_from,
+    loads_frame,
     parse_binary,
     parse_history,
     parse_node_errors,
@@ -285,6 +286,38 @@ def test_a_status_queue_length_is_read_as_its_event_says(data: Any) -> None:
     except ProtocolError as exc:
         got = str(exc)
     assert got == expected
+
+
+def _loaded(loads: Callable[[Any], Any], frame: str | bytes) -> str:
+    """What ``loads`` makes of ``frame``: its value's repr, or its error's type and text."""
+    try:
+        return repr(loads(frame))
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    json_values,
+    st.sampled_from([None, 0, 2]),
+    st.sampled_from(["", " ", "\n", "x", "{}"]),
+    st.sampled_from(["", " ", "\t"]),
+    st.booleans(),
+)
+def test_a_frame_loads_as_json_loads_loads_it(
+    value: Any, indent: int | None, after: str, before: str, as_bytes: bool
+) -> None:
+    """The scanner's short cut gives json.loads' value, or its error, for every frame:
+    spaces around it, trailing data, bytes."""
+    text = before + json.dumps(value, indent=indent) + after
+    frame = text.encode() if as_bytes else text
+    assert _loaded(loads_frame, frame) == _loaded(json.loads, frame)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text(alphabet='{}[]":,0123456789.eE+-tfrunalsNIy \\\n', max_size=30))
+def test_any_text_loads_as_json_loads_loads_it(frame: str) -> None:
+    assert _loaded(loads_frame, frame) == _loaded(json.loads, frame)
 
 
 @settings(max_examples=200, deadline=None)
