@@ -102,6 +102,11 @@ class SocketState(enum.StrEnum):
     CLOSED = "closed"
 
 
+_TEXT = aiohttp.WSMsgType.TEXT
+#: What ends a socket's messages (what ends `async for message in ws`).
+_CLOSED = frozenset({aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED})
+
+
 def _fatal(exc: BaseException) -> bool:
     """Whether reconnecting cannot help (a 5xx is a server restarting: worth another try)."""
     return classify(exc, budgeted=True) == "fatal"
@@ -347,16 +352,17 @@ class Multiplexer:
         return True
 
     async def _read(self, ws: aiohttp.ClientWebSocketResponse) -> None:
-        async for message in ws:
+        # ws.receive(), not `async for message in ws`: one coroutine less per message.
+        while (message := await ws.receive()).type not in _CLOSED:
             self.messages += 1
-            if message.type is aiohttp.WSMsgType.TEXT:
+            if message.type is _TEXT:
                 self._dispatch_text(message.data)
             elif message.type is aiohttp.WSMsgType.BINARY:
                 self._dispatch_binary(message.data)
             elif message.type is aiohttp.WSMsgType.ERROR:
                 log.warning("WebSocket error: %s", ws.exception())
                 break
-        # `async for` ends on close instead of raising: say why, the caller reconnects.
+        # A closed socket ends the loop instead of raising: say why, the caller reconnects.
         log.warning(
             "WebSocket to %s closed (code %s, %s); reconnecting",
             self._url,
