@@ -26,7 +26,7 @@ from typing import Any, Generic, TypeVar
 from dreamgen_async.errors import PromptTimeout
 from dreamgen_async.protocol import Event, JSONDict, event_from, parse_text, skipping_malformed
 
-__all__ = ["EVENT_BUFFER", "EventSource", "JobHandle", "Mailbox", "within"]
+__all__ = ["EVENT_BUFFER", "EventSource", "JobHandle", "Mailbox", "Waiters", "within"]
 
 R = TypeVar("R")
 T = TypeVar("T")
@@ -178,6 +178,33 @@ class EventSource:
         self._on_progress = None
 
 
+class Waiters:
+    """Callers waiting for one moment, each on a future of its own (cancelling one wait
+    cancels nothing shared), all woken by :meth:`wake`: their tasks resume in the next pass
+    of the loop, where a shield over a shared future takes two (its own callback, then
+    theirs). Empty (no list) until someone waits: thousands of jobs may hold one each."""
+
+    __slots__ = ("_futures",)
+
+    def __init__(self) -> None:
+        self._futures: list[asyncio.Future[None]] | None = None
+
+    def wait(self) -> asyncio.Future[None]:
+        """A future of the caller's own, resolved at the next :meth:`wake`."""
+        future = asyncio.get_running_loop().create_future()
+        if self._futures is None:
+            self._futures = []
+        self._futures.append(future)
+        return future
+
+    def wake(self) -> None:
+        """Resolve every waiting future (a cancelled wait is skipped)."""
+        futures, self._futures = self._futures, None
+        for future in futures or ():
+            if not future.done():
+                future.set_result(None)
+
+
 async def within(waiting: Awaitable[T], timeout: float | None) -> T:
     """``await waiting``, within ``timeout`` seconds when there is one (``TimeoutError``);
     no timer at all when there is none (most waits)."""
@@ -261,7 +288,8 @@ class JobHandle(EventSource, ABC, Generic[R]):
         self._waiters += 1
         reason: BaseException | None = None  # set when this caller gives up
         try:
-            return await within(asyncio.shield(future), timeout)
+            await within(self._settling(), timeout)
+            return future.result()
         except TimeoutError:
             if self._future.done() and not self._future.cancelled():
                 return self._future.result()
@@ -274,6 +302,12 @@ class JobHandle(EventSource, ABC, Generic[R]):
             self._waiters -= 1
             if reason is not None and self._waiters == 0 and not self._future.done():
                 await self.abandon(reason)
+
+    def _settling(self) -> Awaitable[object]:
+        """What :meth:`result` awaits: done once the job has its outcome, and cancelling it
+        cancels nothing of the job's. A handle that settles its own future wakes its waiters
+        itself (one loop pass: see :class:`Waiters`); here, a shield."""
+        return asyncio.shield(self._future)
 
     def _timeout_error(self, timeout: float | None, *, last: bool) -> PromptTimeout:
         what = (

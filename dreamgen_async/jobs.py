@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from dreamgen_async.errors import ConfigError, NodeError
-from dreamgen_async.handles import EventSource, JobHandle, Mailbox, ProgressCallback
+from dreamgen_async.handles import EventSource, JobHandle, Mailbox, ProgressCallback, Waiters
 from dreamgen_async.lifecycle import JobState, Lifecycle
 from dreamgen_async.protocol import ImageRef, OutputFile
 
@@ -99,13 +99,14 @@ class Job(JobHandle[PromptResult]):
     # Thousands may be in flight at once: keep each one small.
     __slots__ = (
         "_cached",
+        "_changed",
         "_files",
         "_future",
         "_life",
         "_outputs",
         "_owner",
+        "_settled",
         "_succeeded",
-        "_watch",
         "extra_data",
         "front",
         "max_run_time",
@@ -154,8 +155,8 @@ class Job(JobHandle[PromptResult]):
         self._files: dict[str, tuple[OutputFile, ...]] = {}
         self._cached: tuple[str, ...] = ()
         self._succeeded = False
-        # Resolved (and replaced) on every state change; created only while someone watches.
-        self._watch: asyncio.Future[None] | None = None
+        self._changed = Waiters()  # woken at every state change (wait_for)
+        self._settled = Waiters()  # woken once, when the job has its outcome (result)
         # Created on first use: most jobs have no subscriber and few events.
         self._subscribers = None
         self._backlog = None
@@ -210,15 +211,15 @@ class Job(JobHandle[PromptResult]):
     async def wait_for(self, reached: Callable[[JobState], bool]) -> None:
         """Return once ``reached(self.state)`` holds (re-checked after every change)."""
         while not reached(self._life.state):
-            if self._watch is None:
-                self._watch = asyncio.get_running_loop().create_future()
-            await asyncio.shield(self._watch)
+            await self._changed.wait()
 
     def state_changed(self) -> None:
         """Wake :meth:`wait_for` callers: the state changed."""
-        watch, self._watch = self._watch, None
-        if watch is not None and not watch.done():
-            watch.set_result(None)
+        self._changed.wake()
+
+    def _settling(self) -> asyncio.Future[None]:
+        # Woken by resolve() and fail() themselves: one loop pass, not a shield's two.
+        return self._settled.wait()
 
     def note_started(self) -> None:
         self.started_at = time.time()
@@ -261,6 +262,7 @@ class Job(JobHandle[PromptResult]):
             files=files,
         )
         self._future.set_result(result)
+        self._settled.wake()
         self._close_events()
         return result
 
@@ -273,4 +275,5 @@ class Job(JobHandle[PromptResult]):
             self._future.set_exception(exc)
             # Mark retrieved: a job nobody awaits must not warn "exception never retrieved".
             self._future.exception()
+        self._settled.wake()
         self._close_events()
