@@ -72,7 +72,7 @@ from dreamgen_async.files import (
     sweep_staging,
     write_outputs,
 )
-from dreamgen_async.handles import JobHandle, within
+from dreamgen_async.handles import JobHandle, Waiters, within
 from dreamgen_async.jobs import ProgressCallback, PromptResult, check_limits
 from dreamgen_async.journal import BatchJournal, JournalItem
 from dreamgen_async.plan import (
@@ -1130,13 +1130,16 @@ class DreamGenerator:
             shared = self._inflight[key] = _SharedRun(key)
             # The run's job reports progress only if a caller listens (a later caller that
             # does makes the job report from then on: see _SharedRun.join).
-            shared.task = asyncio.create_task(fetch(None, shared), name="dreamgen-shared-run")
+            shared.task = asyncio.create_task(
+                shared.drive(fetch(None, shared)), name="dreamgen-shared-run"
+            )
             shared.task.add_done_callback(functools.partial(self._shared_done, key, shared))
         task = shared.task
         assert task is not None
         shared.join(watch)
         try:
-            return await within(asyncio.shield(task), timeout)
+            await within(shared.settling(), timeout)
+            return task.result()  # done: the run woke its callers as it ended
         except TimeoutError:
             if task.done() and not task.cancelled():
                 # Its outcome, or its own error: a job limit's PromptTimeout is a
@@ -1146,14 +1149,20 @@ class DreamGenerator:
         finally:
             if shared.leave(watch) and not task.done():
                 # The last caller gave up: take the prompt back, and wait until it is.
+                # An identical request from now on starts a run of its own, not this one.
                 # (asyncio.wait, not gather: a second cancel of this caller then leaves no
                 # future holding an exception nobody retrieves.)
+                self._forget_shared(key, shared)
                 task.cancel()
                 await asyncio.wait([task])
 
-    def _shared_done(self, key: str, shared: _SharedRun, task: asyncio.Task[Any]) -> None:
+    def _forget_shared(self, key: str, shared: _SharedRun) -> None:
         if self._inflight.get(key) is shared:
             del self._inflight[key]
+
+    def _shared_done(self, key: str, shared: _SharedRun, task: asyncio.Task[Any]) -> None:
+        self._forget_shared(key, shared)
+        shared.wake()  # whoever waits, however the task ended (even before it started)
         if not task.cancelled():
             task.exception()  # retrieved: every caller may have given up already
 
@@ -1554,11 +1563,12 @@ def _shared_timeout(timeout: float | None, shared: _SharedRun) -> PromptTimeout:
 class _SharedRun:
     """One server run shared by identical requests in flight, and who still waits for it."""
 
-    __slots__ = ("job", "key", "listened", "locate", "task", "watches")
+    __slots__ = ("_settled", "job", "key", "listened", "locate", "task", "watches")
 
     def __init__(self, key: str) -> None:
         self.key = key
         self.task: asyncio.Task[_Fetched] | None = None
+        self._settled = Waiters()  # the callers waiting for the run's outcome
         self.watches: list[_Watch] = []
         self.job: tuple[BackendJob, str | None] | None = None
         self.locate: Locate | None = None
@@ -1571,6 +1581,23 @@ class _SharedRun:
     def interest(self) -> int:
         """How many callers still wait for the run."""
         return len(self.watches)
+
+    async def drive(self, work: Coroutine[Any, Any, _Fetched]) -> _Fetched:
+        """The run's task: ``work``, its callers woken as it ends (its outcome, an error or
+        a cancellation), from the task itself: they resume in the loop's next pass, with
+        the task done (a shield would take two passes). The task's done-callback wakes
+        them too (:meth:`wake` is idempotent): a task cancelled before it started."""
+        try:
+            return await work
+        finally:
+            self.wake()
+
+    def wake(self) -> None:
+        self._settled.wake()
+
+    def settling(self) -> asyncio.Future[None]:
+        """A caller's wait for the run's end (cancelling it cancels nothing of the run)."""
+        return self._settled.wait()
 
     def join(self, watch: _Watch) -> None:
         self.watches.append(watch)
