@@ -74,6 +74,30 @@ class RetryPolicy:
         return Backoff(self.initial_delay, self.max_delay, self.max_retry_after)
 
 
+class _CheckedResend:
+    """A request whose re-send must first ask ``before_resend``, once an attempt may have
+    got through (an unknown outcome): from then on every re-send checks."""
+
+    __slots__ = ("_before_resend", "_send", "_unknown_outcome")
+
+    def __init__(
+        self, send: Callable[..., Awaitable[Response]], before_resend: Callable[[], Awaitable[None]]
+    ) -> None:
+        self._send = send
+        self._before_resend = before_resend
+        self._unknown_outcome = False
+
+    async def __call__(self, *args: Any) -> Response:
+        if self._unknown_outcome:
+            await self._before_resend()
+        try:
+            return await self._send(*args)
+        except DreamgenError as exc:
+            if retryable(exc):
+                self._unknown_outcome = self._unknown_outcome or may_have_been_processed(exc)
+            raise
+
+
 def retryable(exc: BaseException) -> bool:
     """What an HTTP request tries again: :func:`classify`'s verdict."""
     return isinstance(exc, DreamgenError) and classify(exc) != "fatal"
@@ -192,13 +216,19 @@ class HttpTransport:
             self.headers["Authorization"] = f"Basic {encoded}"
         self.ssl: ssl_module.SSLContext | bool = True if ssl is None else ssl
         self.timeout = aiohttp.ClientTimeout(total=timeout, sock_connect=min(timeout, 30.0))
-        self.retry = retry
+        self._retry = retry
+        self._backoff = retry.backoff  # the policy is frozen: its backoff too
         self.heartbeat = heartbeat
         self.max_ws_message = max_ws_message
         self.session = session
         self._owns_session = session is None
         self.state: State = "unopened"
         self._loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def retry(self) -> RetryPolicy:
+        """How requests are retried (set when the transport is made)."""
+        return self._retry
 
     # ------------------------------------------------------------------ the session
 
@@ -311,26 +341,21 @@ class HttpTransport:
         policy = self.retry
         # Inside a caller's retry loop, one attempt: that loop does the retrying.
         attempts = 1 if in_retry_loop() else policy.attempts
-        unknown_outcome = False
-
-        async def attempt() -> Response:
-            nonlocal unknown_outcome
-            if unknown_outcome and before_resend is not None:
-                await before_resend()
-            try:
-                return await self._request_once(
-                    session, method, path, json_body, data, params, max_body
-                )
-            except DreamgenError as exc:
-                if retryable(exc):
-                    # Once an attempt may have got through, every re-send checks first.
-                    unknown_outcome = unknown_outcome or may_have_been_processed(exc)
-                raise
-
+        send: Callable[..., Awaitable[Response]] = self._request_once
+        if before_resend is not None:
+            send = _CheckedResend(send, before_resend)
         try:
+            # No closure per request: the arguments go through the retry loop as they are.
             return await retry_call(
-                attempt,
-                policy.backoff,
+                send,
+                self._backoff,
+                session,
+                method,
+                path,
+                json_body,
+                data,
+                params,
+                max_body,
                 retry_if=retryable,
                 attempts=attempts,
                 max_time=policy.max_time,

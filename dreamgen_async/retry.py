@@ -21,7 +21,7 @@ The API, in full::
         .delay(attempt) -> float                          # before attempt + 1 (1-based)
         .delays() -> Iterator[float]                      # the delays of a loop, forever
         .wait(offset=0) -> tenacity wait strategy         # for tenacity.AsyncRetrying
-    await retry_call(call, backoff, retry_if=..., attempts=None, max_time=None)
+    await retry_call(call, backoff, *args, retry_if=..., attempts=None, max_time=None)
     with single_attempts(): ...                           # this task's loop does the retrying
     in_retry_loop() -> bool                               # inside such a loop: attempt once
 """
@@ -35,7 +35,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from tenacity import (
     AsyncRetrying,
@@ -130,14 +130,14 @@ def single_attempts() -> Iterator[None]:
 
 
 async def retry_call(
-    call: Callable[[], Awaitable[T]],
+    call: Callable[..., Awaitable[T]],
     backoff: Backoff,
-    *,
+    *args: Any,
     retry_if: Callable[[BaseException], bool],
     attempts: int | None = None,
     max_time: float | None = None,
 ) -> T:
-    """Await ``call()`` until it returns, backing off between attempts.
+    """Await ``call(*args)`` until it returns, backing off between attempts.
 
     A failure for which ``retry_if`` is false, or the last allowed attempt's failure, is
     raised as it is. ``attempts`` and ``max_time`` bound the loop (``None``: unbounded; the
@@ -153,7 +153,7 @@ async def retry_call(
     # single_attempts(), written out: no context manager built for every request.
     token = _LOOP_TASK.set(asyncio.current_task())
     try:
-        return await call()
+        return await call(*args)
     except Exception as exc:
         if attempts == 1 or not retry_if(exc):
             raise
@@ -164,11 +164,12 @@ async def retry_call(
     finally:
         _LOOP_TASK.reset(token)
     await asyncio.sleep(first_delay)
-    return await _retry_loop(call, backoff, retry_if, attempts, max_time, started)
+    return await _retry_loop(call, args, backoff, retry_if, attempts, max_time, started)
 
 
 async def _retry_loop(
-    call: Callable[[], Awaitable[T]],
+    call: Callable[..., Awaitable[T]],
+    args: tuple[Any, ...],
     backoff: Backoff,
     retry_if: Callable[[BaseException], bool],
     attempts: int | None,
@@ -189,7 +190,7 @@ async def _retry_loop(
         async for attempt in retrying:
             with attempt:
                 try:
-                    return await call()
+                    return await call(*args)
                 except Exception as exc:
                     if retry_if(exc):
                         log.info("retrying after %s", exc)

@@ -56,6 +56,20 @@ async def test_retry_call_retries_what_retry_if_allows_and_raises_the_rest() -> 
         await retry_call(flaky_forever, fast, retry_if=lambda e: True, attempts=2)
 
 
+async def test_retry_call_gives_every_attempt_the_same_arguments() -> None:
+    seen: list[tuple[str, int]] = []
+
+    async def flaky(name: str, size: int) -> str:
+        seen.append((name, size))
+        if len(seen) < 3:
+            raise ConnectionError("again")
+        return name * size
+
+    fast = Backoff(initial=0.001, cap=0.002)
+    assert await retry_call(flaky, fast, "ab", 2, retry_if=lambda e: True) == "abab"
+    assert seen == [("ab", 2)] * 3
+
+
 async def flaky_forever() -> str:
     raise ConnectionError("never")
 
