@@ -18,7 +18,7 @@ import re
 import uuid
 import warnings
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -357,16 +357,16 @@ async def read_mask(mask: Any, image: bytes, limits: InputLimits) -> PreparedMas
 
 
 async def write_outputs(
-    folder: Path, name: Callable[[int, str], str], images: list[tuple[str, bytes]]
+    folder: Path, names: Sequence[str], images: Sequence[tuple[str, bytes]]
 ) -> tuple[Path, ...]:
-    """Write ``(suffix, data)`` images atomically into ``folder``, each under
-    ``name(index, suffix)``; on any failure (or cancellation) the ones written are removed.
+    """Write ``(suffix, data)`` images atomically into ``folder``, each under its name in
+    ``names``; on any failure (or cancellation) the ones written are removed.
 
     Small outputs (at most ``_INLINE_WRITE`` bytes in all) are written on the event loop: a
     thread hop costs more than the write. Larger ones take one worker-thread hop for the
     whole job (not one per open, write, close and rename).
     """
-    finals = [(folder / name(i, suffix), data) for i, (suffix, data) in enumerate(images)]
+    finals = [(folder / name, data) for name, (_, data) in zip(names, images, strict=True)]
     if sum(len(data) for _, data in finals) <= _INLINE_WRITE:
         return write_outputs_blocking(finals)
     writing = asyncio.ensure_future(asyncio.to_thread(write_outputs_blocking, finals))

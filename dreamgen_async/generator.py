@@ -986,7 +986,7 @@ class DreamGenerator:
         """Run the request (or collect ``adopt``'s prompt), identical requests sharing a run."""
         fetched = await self._run_shared(
             prep.key if prep.deterministic else None,
-            lambda wait, follower: self._fetch(prep, wait, follower, adopt, item, journal),
+            functools.partial(self._fetch, prep, adopt=adopt, item=item, journal=journal),
             timeout,
             watch,
         )
@@ -1249,7 +1249,7 @@ class DreamGenerator:
         its rerun writes new files and never overwrites an earlier run's.
         """
         names = output_names(prep, tag, images, seed, nodes)
-        return await write_outputs(self.output_dir, lambda i, _: names[i], images)
+        return await write_outputs(self.output_dir, names, images)
 
     # ------------------------------------------------------------------ batches
 

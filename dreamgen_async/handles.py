@@ -205,11 +205,15 @@ class Waiters:
                 future.set_result(None)
 
 
-async def within(waiting: Awaitable[T], timeout: float | None) -> T:
-    """``await waiting``, within ``timeout`` seconds when there is one (``TimeoutError``);
-    no timer at all when there is none (most waits)."""
+def within(waiting: Awaitable[T], timeout: float | None) -> Awaitable[T]:
+    """``waiting``, to be awaited within ``timeout`` seconds when there is one (then
+    ``TimeoutError``); itself when there is none (most waits: no timer, no coroutine)."""
     if timeout is None:
-        return await waiting
+        return waiting
+    return _timed(waiting, timeout)
+
+
+async def _timed(waiting: Awaitable[T], timeout: float) -> T:
     async with asyncio.timeout(timeout):
         return await waiting
 
