@@ -56,19 +56,21 @@ INSERT OR IGNORE INTO totals (id, bytes) VALUES (0, 0);
 def _canonical(
     workflow: Mapping[str, Any], input_hash: str | None, drawn_seed: int | None
 ) -> dict[str, Any]:
+    """What the key hashes: each node without its ``_meta``, a LoadImage's image as the
+    input's hash, a drawn seed as ``<random>``. Inputs are copied only where one changes."""
     canonical = {}
     for node_id, node in workflow.items():
-        node = dict(node)
-        node.pop("_meta", None)
-        inputs = dict(node.get("inputs", {}))
-        if node.get("class_type") == "LoadImage" and input_hash is not None:
-            inputs["image"] = input_hash
+        inputs = node.get("inputs", {})
+        changes = {}
+        if input_hash is not None and node.get("class_type") == "LoadImage":
+            changes["image"] = input_hash
         if drawn_seed is not None:
             for name in _SEED_INPUTS:
                 if inputs.get(name) == drawn_seed:
-                    inputs[name] = _RANDOM
-        node["inputs"] = inputs
-        canonical[node_id] = node
+                    changes[name] = _RANDOM
+        copy = {key: value for key, value in node.items() if key != "_meta"}
+        copy["inputs"] = {**inputs, **changes} if changes else inputs
+        canonical[node_id] = copy
     return canonical
 
 

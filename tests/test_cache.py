@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import copy
+import hashlib
 import json
 import sqlite3
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from _cache_worker import payload
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from dreamgen_async.cache import ResultCache, request_key
 
@@ -67,6 +72,88 @@ def test_a_drawn_seed_does_not_change_the_request_key() -> None:
     other = {"1": {"class_type": "KSampler", "inputs": {"seed": 456, "steps": 4}}}
     assert request_key(graph, None, 123) == request_key(other, None, 456)
     assert request_key(graph, None) != request_key(other, None)
+
+
+#: Keys are kept (cache, journal, file names): the same request must keep its key.
+GOLDEN_GRAPH = {
+    "1": {
+        "class_type": "LoadImage",
+        "inputs": {"image": "dreamgen/abc.png"},
+        "_meta": {"title": "Load"},
+    },
+    "2": {
+        "class_type": "KSampler",
+        "inputs": {"seed": 7, "steps": 4, "model": ["3", 0], "latent_image": ["1", 0]},
+        "_meta": {"title": "Sampler"},
+    },
+    "3": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "flux1-schnell"}},
+    "4": {"class_type": "RandomNoise", "inputs": {"noise_seed": 7}, "is_changed": ["x"]},
+}
+
+
+@pytest.mark.parametrize(
+    ("input_hash", "drawn_seed", "expected"),
+    [
+        (None, None, "6eb241405bda15cb3fdc8342e179465262140b7377f2a00c88dc4c2fef1b0d46"),
+        ("ab" * 32, None, "38d70d0b43b00b60725039b44e63a58ac30721766c0d0b89620da4fbda6c7d0f"),
+        (None, 7, "6e3fdfc3e694a278813f7075e457c6bf535c6b2ebb0f09d28812225a93ed9069"),
+        ("ab" * 32, 7, "50c2295514697f0bd446cba73f7cf36cebfbc28b024e447cf9b251980057ad6b"),
+    ],
+)
+def test_a_request_keeps_its_key_across_versions(
+    input_hash: str | None, drawn_seed: int | None, expected: str
+) -> None:
+    assert request_key(GOLDEN_GRAPH, input_hash, drawn_seed) == expected
+
+
+def _canonical_as_first_written(
+    workflow: dict[str, Any], input_hash: str | None, drawn_seed: int | None
+) -> dict[str, Any]:
+    """The key's canonical form as version 1 computed it (every node and input copied)."""
+    canonical = {}
+    for node_id, node in workflow.items():
+        node = dict(node)
+        node.pop("_meta", None)
+        inputs = dict(node.get("inputs", {}))
+        if node.get("class_type") == "LoadImage" and input_hash is not None:
+            inputs["image"] = input_hash
+        if drawn_seed is not None:
+            for name in ("seed", "noise_seed"):
+                if inputs.get(name) == drawn_seed:
+                    inputs[name] = "<random>"
+        node["inputs"] = inputs
+        canonical[node_id] = node
+    return canonical
+
+
+_values = st.one_of(st.integers(0, 9), st.text("ab", max_size=2), st.lists(st.integers(0, 3)))
+_nodes = st.fixed_dictionaries(
+    {"class_type": st.sampled_from(["LoadImage", "KSampler", "RandomNoise"])},
+    optional={
+        "inputs": st.dictionaries(st.sampled_from(["seed", "noise_seed", "image", "x"]), _values),
+        "_meta": st.just({"title": "t"}),
+        "extra": _values,
+    },
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.dictionaries(st.sampled_from("123"), _nodes, max_size=3),
+    st.sampled_from([None, "h" * 64]),
+    st.sampled_from([None, 0, 3]),
+)
+def test_the_key_is_the_hash_of_the_first_canonical_form(
+    graph: dict[str, Any], input_hash: str | None, drawn_seed: int | None
+) -> None:
+    before = copy.deepcopy(graph)
+    text = json.dumps(
+        _canonical_as_first_written(graph, input_hash, drawn_seed),
+        sort_keys=True,
+        separators=(",", ":"),
+    )
+    assert request_key(graph, input_hash, drawn_seed) == hashlib.sha256(text.encode()).hexdigest()
+    assert graph == before  # the request's own graph is left as it was
 
 
 async def run_workers(
