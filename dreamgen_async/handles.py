@@ -194,8 +194,20 @@ class Waiters:
         future = asyncio.get_running_loop().create_future()
         if self._futures is None:
             self._futures = []
+        elif len(self._futures) >= 16:  # waits given up (timeouts, cancels) are dropped
+            self._futures = [waiting for waiting in self._futures if not waiting.done()]
         self._futures.append(future)
         return future
+
+    @property
+    def pending(self) -> int:
+        """How many waits are still waiting."""
+        return sum(not future.done() for future in self._futures or ())
+
+    @property
+    def held(self) -> int:
+        """How many futures are held: the pending ones and at most 16 given up."""
+        return len(self._futures or ())
 
     def wake(self) -> None:
         """Resolve every waiting future (a cancelled wait is skipped)."""

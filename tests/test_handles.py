@@ -21,7 +21,7 @@ from _graphs import txt2img
 
 from dreamgen_async import ComfyUIClient, DreamGenerator, Txt2ImgRequest
 from dreamgen_async.errors import PromptTimeout
-from dreamgen_async.handles import JobHandle
+from dreamgen_async.handles import JobHandle, Waiters
 from dreamgen_async.pool import ComfyUIPool
 from dreamgen_async.testing import ComfyUISimulator
 
@@ -131,3 +131,18 @@ async def test_await_cancel_cancels_for_every_waiter_once(front: Front) -> None:
     await front.sim.wait_for_status(prompt_id, "deleted")
     assert len(front.sim.requests_to("/queue", "POST")) == 1  # one removal for three cancels
     front.sim.release()
+
+
+async def test_waiters_wake_every_wait_and_keep_few_given_up_ones() -> None:
+    """What a job's result() and wait_for() wait on: each caller's own future, all woken at
+    once; a caller that gives up (a timeout, a cancel) is skipped and not kept for long."""
+    waiters = Waiters()
+    kept = [waiters.wait() for _ in range(3)]
+    for _ in range(100):
+        waiters.wait().cancel()
+    assert waiters.pending == 3
+    assert waiters.held <= 3 + 17
+    waiters.wake()
+    assert [future.result() for future in kept] == [None, None, None]
+    assert (waiters.pending, waiters.held) == (0, 0)
+    waiters.wake()  # idempotent: nobody left to wake
