@@ -136,10 +136,7 @@ class EventSource:
         Never raises, never blocks.
         """
         if self._on_progress is None and not self._subscribers:
-            # _remember's work, inline: most messages of a batch end here.
-            if self._backlog is None:
-                self._backlog = deque(maxlen=_BACKLOG)
-            self._backlog.append(frame)
+            self._remember(frame)
             return
         event = skipping_malformed(event_from, kind, data)
         if event is not None:
@@ -307,8 +304,8 @@ class JobHandle(EventSource, ABC, Generic[R]):
             await within(self._settling(), timeout)
             return future.result()
         except TimeoutError:
-            if self._future.done() and not self._future.cancelled():
-                return self._future.result()
+            if future.done() and not future.cancelled():
+                return future.result()
             reason = self._timeout_error(timeout, last=self._waiters == 1)
             raise reason from None
         except asyncio.CancelledError as exc:
@@ -316,7 +313,7 @@ class JobHandle(EventSource, ABC, Generic[R]):
             raise
         finally:
             self._waiters -= 1
-            if reason is not None and self._waiters == 0 and not self._future.done():
+            if reason is not None and self._waiters == 0 and not future.done():
                 await self.abandon(reason)
 
     def _settling(self) -> Awaitable[object]:
