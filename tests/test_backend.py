@@ -10,9 +10,10 @@ redis-server) with the same assertions; the pool helpers that raised
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +42,7 @@ from dreamgen_async import (
 )
 from dreamgen_async.multiplexer import ReconnectPolicy
 from dreamgen_async.protocol import Event
-from dreamgen_async.testing import SimulatorConfig, SimulatorFarm
+from dreamgen_async.testing import ComfyUISimulator, SimulatorConfig, SimulatorFarm
 from dreamgen_async.workflow_io import (
     builder_from_server,
     load_workflow_from_server,
@@ -265,6 +266,53 @@ async def test_a_listening_caller_gets_the_progress_of_a_run_it_shares(
     assert shared.prompt_id == joined.prompt_id
     assert sum(len(sim.accepted_prompt_ids) for sim in comfyui_farm.sims) == 2
     assert [e.value for e in heard if isinstance(e, Progress)] == [1, 2, 3]
+
+
+async def _on_any(
+    farm: SimulatorFarm, reached: Callable[[ComfyUISimulator], bool]
+) -> ComfyUISimulator:
+    """Wait until ``reached`` holds on one of the farm's simulators; that one."""
+    waits = {
+        asyncio.ensure_future(sim.wait_until(functools.partial(reached, sim))): sim
+        for sim in farm.sims
+    }
+    done, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    for wait in pending:
+        wait.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)
+    return waits[done.pop()]
+
+
+async def test_an_identical_request_after_the_last_sharer_left_gets_a_run_of_its_own(
+    backend: Backend, comfyui_farm: SimulatorFarm, tmp_path: Path
+) -> None:
+    """While a run whose every caller gave up is being taken off the server, an identical
+    request does not join it (it would end cancelled, or never): it runs anew, on every
+    backend."""
+    gen = DreamGenerator(backend, output_dir=tmp_path / "out")
+    await gen.generate_from_prompt("first", seed=1, width=64, height=64, steps=1)  # folder checked
+    before = {p for sim in comfyui_farm.sims for p in sim.accepted_prompt_ids}
+    deletes = {id(sim): len(sim.requests_to("/queue", "POST")) for sim in comfyui_farm.sims}
+    request = Txt2ImgRequest("a late twin", seed=9, width=64, height=64, steps=1)
+    for sim in comfyui_farm.sims:
+        sim.hold()
+    first = asyncio.create_task(gen.generate(request))
+    holder = await _on_any(comfyui_farm, lambda s: bool(set(s.accepted_prompt_ids) - before))
+    (first_id,) = set(holder.accepted_prompt_ids) - before
+    for sim in comfyui_farm.sims:
+        sim.fail_next("/queue", n=2, status=503, method="POST")  # the removal takes a while
+    first.cancel()
+    await _on_any(comfyui_farm, lambda s: len(s.requests_to("/queue", "POST")) > deletes[id(s)])
+    late = asyncio.create_task(gen.generate(request))  # the first run is being removed
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    for sim in comfyui_farm.sims:
+        sim.release()
+    result = await asyncio.wait_for(late, 20)
+    assert result.paths[0].exists()
+    assert result.prompt_id != first_id
+    accepted = {p for sim in comfyui_farm.sims for p in sim.accepted_prompt_ids} - before
+    assert accepted == {first_id, result.prompt_id}
 
 
 # ---------------------------------------------------------------------------- pool only

@@ -177,30 +177,6 @@ async def test_identical_requests_have_their_own_timeout_cancel_and_events(
         assert all(not isinstance(o, BaseException) for o in outcomes)
 
 
-async def test_an_identical_request_after_the_last_sharer_left_gets_a_run_of_its_own(
-    comfyui_sim: ComfyUISimulator, tmp_path: Path
-) -> None:
-    """While a run whose every caller gave up is being taken off the server, an identical
-    request does not join it (it would end cancelled, or never): it runs anew."""
-    sim = comfyui_sim
-    request = Txt2ImgRequest("a late twin", seed=9, width=64, height=64)
-    async with client_for(sim) as client, DreamGenerator(client, output_dir=tmp_path) as gen:
-        sim.hold()
-        first = asyncio.create_task(gen.generate(request))
-        await sim.wait_until(lambda: len(sim.accepted_prompt_ids) == 1)
-        sim.fail_next("/queue", n=2, status=503, method="POST")  # the removal takes a while
-        first.cancel()
-        await sim.wait_until(lambda: len(sim.requests_to("/queue", "POST")) >= 1)
-        late = asyncio.create_task(gen.generate(request))  # the first run is being removed
-        with pytest.raises(asyncio.CancelledError):
-            await first
-        await sim.wait_until(lambda: len(sim.accepted_prompt_ids) == 2)
-        sim.release()
-        result = await asyncio.wait_for(late, 10)
-    assert result.paths[0].exists()
-    assert result.prompt_id == sim.accepted_prompt_ids[1]
-
-
 # 5 --------------------------------------------------------------------------------------
 
 
